@@ -1,0 +1,1 @@
+"""Pure document filters: each scores a batch of texts and decides what to keep."""

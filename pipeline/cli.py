@@ -1,0 +1,91 @@
+"""`textbook` (also `python -m pipeline`): one subcommand per stage.
+
+Every stage takes ``-c CONFIG`` and any number of dotted ``key=value`` overrides. Errors a user
+can act on are printed on one line with a non-zero exit; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+
+# subcommand -> (module:function, help). The function takes (cfg, **options) and returns an exit code.
+STAGES: dict[str, tuple[str, str]] = {
+    "generate": ("pipeline.generate.runner:generate", "generate synthetic textbook data"),
+    "annotate": ("pipeline.classify.annotate:annotate", "label web text for educational value with an LLM"),
+    "train-classifier": ("pipeline.classify.train:train_classifier", "train the fastText edu classifier"),
+    "score": ("pipeline.classify.score:score_files", "score Parquet/JSONL text with the edu classifier"),
+    "filter": ("pipeline.filter.runner:run_filter", "heuristics, edu score, dedup, decontamination"),
+    "train": ("pipeline.train.loop:train", "tokenizer, phase-1/phase-2 pretraining and SFT"),
+    "compare": ("pipeline.train.compare:compare", "phase-2 data A/B from one phase-1 checkpoint"),
+    "card": ("pipeline.hub.card:write_card", "write the dataset card and model card"),
+    "push": ("pipeline.hub.push:push", "upload the run to the Hugging Face Hub"),
+    "demo": ("pipeline.demo:demo", "run every stage end to end on a small config"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textbook", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for name, (_, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-c", "--config", help="YAML config (default: built-in defaults)")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="dotted config overrides, values parsed as YAML")
+        p.add_argument("--scheduler", help="address of an existing dask.distributed scheduler")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        _stage_options(name, p)
+    return parser
+
+
+def _stage_options(name: str, p: argparse.ArgumentParser) -> None:
+    if name in ("generate", "annotate"):
+        p.add_argument("--dry-run", action="store_true",
+                       help="render every prompt and print requests, tokens and cost; call no model")
+    if name == "score":
+        p.add_argument("--input", nargs="+", required=True, help="Parquet/JSONL files or globs")
+        p.add_argument("--output", required=True, help="output Parquet path (adds edu_score)")
+    if name == "train":
+        p.add_argument("--phase", required=True, choices=["1", "2", "sft"], help="which phase to run")
+    if name == "push":
+        p.add_argument("--repo-id", help="ORG/NAME of the dataset repo (default: hub.repo_id)")
+        p.add_argument("--private", action="store_true", help="create the repo as private")
+        p.add_argument("--dry-run", action="store_true",
+                       help="write the exact upload folder to RUN_DIR/push/ and list it")
+    if name == "demo":
+        p.add_argument("--model", help="generator model id or local path")
+        p.add_argument("--web", nargs="+", help="web text paths (Parquet/JSONL)")
+
+
+_COMMON = ("command", "config", "overrides", "scheduler", "debug")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = list(args.overrides)
+        if args.scheduler:
+            overrides.append(f"scheduler={args.scheduler}")
+        cfg = load_config(args.config, overrides)
+        module_name, func_name = STAGES[args.command][0].split(":")
+        stage = getattr(importlib.import_module(module_name), func_name)
+        options = {k: v for k, v in vars(args).items() if k not in _COMMON}
+        code = stage(cfg, **options)
+        return int(code or 0)
+    except PipelineError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed shards are kept; rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

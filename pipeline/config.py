@@ -1,0 +1,127 @@
+"""Typed run config: a YAML file plus dotted `key=value` overrides, validated with errors naming the key.
+
+Each stage owns its section (``pipeline/<stage>/config.py``); this module only assembles them and
+turns pydantic's errors into one line a user can act on.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pipeline.classify.config import AnnotateConfig, ClassifierConfig
+from pipeline.errors import ConfigError
+from pipeline.filter.config import FilterConfig
+from pipeline.generate.config import GenerateConfig
+from pipeline.hub.config import HubConfig
+from pipeline.settings import Section
+from pipeline.train.config import TrainConfig
+
+
+class Config(Section):
+    run_dir: Path = Path("runs/default")
+    seed: int = 0
+    scheduler: str | None = None
+    """Address of an existing dask.distributed scheduler; None starts a LocalCluster."""
+    workers: int | None = None
+    """LocalCluster worker processes (default: one per core)."""
+    generate: GenerateConfig = GenerateConfig()
+    annotate: AnnotateConfig = AnnotateConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    filter: FilterConfig = FilterConfig()
+    train: TrainConfig = TrainConfig()
+    hub: HubConfig = HubConfig()
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read ``path`` (YAML), apply ``key=value`` overrides (values parsed as YAML), validate."""
+    source = str(path) if path else "<defaults>"
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r}: expected key=value, e.g. generate.num_samples=50")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override {override!r}: value is not valid YAML") from None
+        set_dotted(data, key.strip(), value)
+    return validate(data, source)
+
+
+def validate(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {describe(e)}") from None
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, leaf = key.split(".")
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{'.'.join(parents[: i + 1])}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def describe(error: ValidationError) -> str:
+    """The first validation error as ``config key 'a.b': what is wrong``."""
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        hint = _closest(loc)
+        return f"config key '{key}': unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
+    if first["type"] == "missing":
+        return f"config key '{key}': required"
+    value = first.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    return f"config key '{key}': {first['msg'].lower()} (got {shown})"
+
+
+def _closest(loc: list[str]) -> str | None:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    match = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return ".".join([*loc[:-1], match[0]]) if match else None
+
+
+def public_dict(cfg: BaseModel) -> dict[str, Any]:
+    """The config as JSON-able data with secrets removed: what manifests and cards may hold."""
+    return _strip_secrets(cfg.model_dump(mode="json"))
+
+
+_SECRET_KEYS = ("api_key", "token", "password", "secret")
+
+
+def _strip_secrets(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: (None if any(s in k.lower() for s in _SECRET_KEYS) else _strip_secrets(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_strip_secrets(v) for v in node]
+    return node

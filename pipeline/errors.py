@@ -1,0 +1,33 @@
+"""One exception type per stage family; the CLI prints them on one line and exits non-zero."""
+
+
+class PipelineError(Exception):
+    """An error a user can act on: the message names the file, row or config key."""
+
+
+class ConfigError(PipelineError):
+    """Invalid config: unknown key, wrong type, bad value."""
+
+
+class DataError(PipelineError):
+    """Unreadable or malformed input data (file, column, row)."""
+
+
+class GenerateError(PipelineError):
+    """Generation failed in a way retries cannot fix (wrong key, unknown model, ...)."""
+
+
+class ClassifierError(PipelineError):
+    """Annotation or classifier training/scoring cannot proceed."""
+
+
+class FilterError(PipelineError):
+    """The filter stage cannot proceed."""
+
+
+class TrainError(PipelineError):
+    """Training cannot start or continue."""
+
+
+class HubError(PipelineError):
+    """Dataset card or Hub push failed."""

@@ -1,0 +1,311 @@
+"""Shard I/O shared by every stage: atomic Parquet/JSON writes, manifests, input discovery.
+
+Nothing is ever half-written: files go to a temporary name in the same folder and are renamed
+into place, so a crash leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import DataError
+
+SHARD_GLOB = "part-*.parquet"
+
+
+def shard_path(folder: Path, index: int) -> Path:
+    return Path(folder) / f"part-{index:05d}.parquet"
+
+
+def list_shards(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob(SHARD_GLOB))
+
+
+def write_parquet(data: pd.DataFrame | pa.Table, path: Path) -> Path:
+    """Write a zstd Parquet file atomically (temporary name in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    """Write JSON atomically, pretty-printed for people who open it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_shards(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """All ``part-*.parquet`` shards of a folder as one DataFrame (empty if there are none)."""
+    shards = list_shards(folder)
+    if not shards:
+        return pd.DataFrame(columns=columns or [])
+    return pd.concat([read_parquet(p, columns) for p in shards], ignore_index=True)
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    try:
+        return pq.read_table(path, columns=columns).to_pandas()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: cannot read Parquet: {_first_line(e)}") from None
+    except KeyError as e:
+        raise DataError(f"{path}: missing column {e}") from None
+
+
+# --- manifests --------------------------------------------------------------------------------
+
+_PACKAGES = ("datasets", "openai", "datasketch", "fasttext-numpy2-wheel", "dask", "distributed",
+             "pyarrow", "jinja2", "transformers", "tokenizers", "torch", "huggingface_hub", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def build_manifest(stage: str, config: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A stage manifest: the public config (no secrets), versions, git sha, plus stage fields."""
+    return {
+        "stage": stage,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_sha": git_sha(),
+        "versions": package_versions(),
+        "config": config,
+        **fields,
+    }
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """Cheap identity of an input file: size, mtime and the sha1 of its first and last MiB."""
+    path = Path(path)
+    st = path.stat()
+    h = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if st.st_size > 2 * chunk:
+            f.seek(-chunk, os.SEEK_END)
+            h.update(f.read(chunk))
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short hex digest of JSON-able data, stable across processes and runs."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+# --- input discovery --------------------------------------------------------------------------
+
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input: a local Parquet/JSONL(.gz) file, an hf:// file, or a Hub dataset id."""
+
+    path: str
+    kind: str  # "parquet" | "jsonl" | "hf_dataset"
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+
+def expand_inputs(patterns: list[str] | str) -> list[InputFile]:
+    """Resolve globs, folders, hf:// paths and Hub dataset ids into input files, in a stable order."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    found: list[InputFile] = []
+    for pattern in patterns:
+        pattern = str(pattern)
+        if pattern.startswith("hf://"):
+            found.extend(_expand_hf(pattern))
+            continue
+        local = Path(pattern).expanduser()
+        if local.is_dir():
+            matches = sorted(str(p) for p in local.rglob("*") if _kind(str(p)))
+        else:
+            matches = sorted(glob.glob(str(local), recursive=True))
+        if not matches:
+            if _HF_ID.match(pattern) and not local.exists():
+                found.append(InputFile(pattern, "hf_dataset"))
+                continue
+            raise DataError(f"{pattern}: no input files match")
+        for m in matches:
+            kind = _kind(m)
+            if kind is None:
+                raise DataError(f"{m}: unsupported input format (expected .parquet, .jsonl or .jsonl.gz)")
+            found.append(InputFile(m, kind))
+    return found
+
+
+def _kind(path: str) -> str | None:
+    p = path.lower()
+    if p.endswith(".parquet"):
+        return "parquet"
+    if p.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+        return "jsonl"
+    return None
+
+
+def _expand_hf(pattern: str) -> list[InputFile]:
+    from huggingface_hub import HfFileSystem
+
+    fs = HfFileSystem()
+    try:
+        matches = sorted(fs.glob(pattern[len("hf://"):])) if any(c in pattern for c in "*?[") else [
+            pattern[len("hf://"):]]
+    except Exception as e:  # network or auth: say which path
+        raise DataError(f"{pattern}: cannot list on the Hub: {_first_line(e)}") from None
+    files = [InputFile("hf://" + m, _kind(m) or "parquet") for m in matches if _kind(m)]
+    if not files:
+        raise DataError(f"{pattern}: no Parquet/JSONL files on the Hub match")
+    return files
+
+
+def iter_batches(source: InputFile, columns: list[str] | None = None, batch_size: int = 10_000,
+                 limit: int | None = None) -> Iterator[pd.DataFrame]:
+    """Stream an input as DataFrames of at most ``batch_size`` rows; errors name the file."""
+    remaining = limit
+    for batch in _raw_batches(source, columns, batch_size):
+        if remaining is not None:
+            if remaining <= 0:
+                return
+            batch = batch.iloc[:remaining]
+            remaining -= len(batch)
+        yield batch
+
+
+def _raw_batches(source: InputFile, columns: list[str] | None, batch_size: int) -> Iterator[pd.DataFrame]:
+    if source.kind == "hf_dataset":
+        yield from _hf_dataset_batches(source.path, columns, batch_size)
+        return
+    if source.kind == "parquet":
+        try:
+            if source.path.startswith("hf://"):
+                from huggingface_hub import HfFileSystem
+
+                handle = HfFileSystem().open(source.path[len("hf://"):], "rb")
+            else:
+                handle = source.path
+            pf = pq.ParquetFile(handle)
+            missing = [c for c in columns or [] if c not in pf.schema_arrow.names]
+            if missing:
+                raise DataError(f"{source.path}: missing column {missing[0]!r} "
+                                f"(has: {', '.join(pf.schema_arrow.names)})")
+            for rb in pf.iter_batches(batch_size=batch_size, columns=columns):
+                yield rb.to_pandas()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{source.path}: cannot read Parquet: {_first_line(e)}") from None
+        return
+    yield from _jsonl_batches(source.path, columns, batch_size)
+
+
+def _jsonl_batches(path: str, columns: list[str] | None, batch_size: int) -> Iterator[pd.DataFrame]:
+    opener = gzip.open if path.endswith(".gz") else open
+    rows: list[dict] = []
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw.decode("utf-8", errors="replace"))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+                if columns:
+                    missing = [c for c in columns if c not in row]
+                    if missing:
+                        raise DataError(f"{path}:{lineno}: missing column {missing[0]!r}")
+                    row = {c: row[c] for c in columns}
+                rows.append(row)
+                if len(rows) >= batch_size:
+                    yield pd.DataFrame(rows)
+                    rows = []
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read JSONL: {_first_line(e)}") from None
+    if rows:
+        yield pd.DataFrame(rows)
+
+
+def _hf_dataset_batches(spec: str, columns: list[str] | None, batch_size: int) -> Iterator[pd.DataFrame]:
+    import datasets
+
+    name, _, split = spec.partition(":")
+    try:
+        ds = datasets.load_dataset(name, split=split or "train", streaming=True)
+    except Exception as e:  # offline, private, missing: one line naming the dataset
+        raise DataError(f"{spec}: cannot load Hugging Face dataset: {_first_line(e)}") from None
+    rows: list[dict] = []
+    for row in ds:
+        if columns:
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise DataError(f"{spec}: missing column {missing[0]!r}")
+            row = {c: row[c] for c in columns}
+        rows.append(row)
+        if len(rows) >= batch_size:
+            yield pd.DataFrame(rows)
+            rows = []
+    if rows:
+        yield pd.DataFrame(rows)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
