@@ -15,6 +15,8 @@ class WebSeedConfig(Section):
     path: list[str] = Field(default_factory=list)
     text_column: str = "text"
     max_chars: int = Field(default=1500, gt=0)
+    max_documents: int = Field(default=10_000, gt=0)
+    """How many texts to read as the pool that rows draw their extract from."""
 
 
 class GenerateConfig(Section):
@@ -55,3 +57,9 @@ class GenerateConfig(Section):
     """Prompts per forward pass for the in-process transformers backend."""
     device: str | None = None
     """torch device for the transformers backend (default: cuda if available, else cpu)."""
+    diversity_max_opening_share: float = Field(default=0.25, gt=0, le=1)
+    """Largest share of rows that may start with the same 3-word opening (TinyStories: 59%)."""
+    diversity_gate: Literal["warn", "fail", "off"] = "warn"
+    """What to do when the opening share is exceeded: warn, fail (exit non-zero), or off."""
+    retry_backoff_s: float = Field(default=0.5, gt=0)
+    """First retry delay; doubles per attempt (with jitter, capped at 30 s) unless Retry-After says more."""

@@ -1,0 +1,112 @@
+"""Benchmark: generate throughput against a local OpenAI-compatible server with fixed latency.
+
+With latency L per request and C requests in flight, the ideal rate is C/L. The table compares
+(1) a bare asyncio + openai loop (the floor any client pays) and (2) the pipeline's run_requests on
+a LocalCluster (shards, cluster-wide semaphore, ledger actor, journal, Parquet), each as achieved
+requests/s over C/L, and client CPU time per request (driver + Dask workers).
+
+    .venv/bin/python bench/generate.py [--requests 1920] [--concurrency 64] [--latency 0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def serve(port_queue: multiprocessing.Queue, latency: float) -> None:
+    from pipeline.generate.stub_server import StubServer
+
+    srv = StubServer(latency_s=latency, responder=lambda messages, params: "A short answer. " * 8)
+    port_queue.put(srv._httpd.server_address[1])
+    srv._httpd.serve_forever()
+
+
+def bare_openai(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
+    import openai
+
+    async def go() -> None:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await client.chat.completions.create(model="stub-model", max_tokens=64,
+                                                     messages=[{"role": "user", "content": f"q {i}"}])
+        await asyncio.gather(*(one(i) for i in range(n)))
+        await client.close()
+
+    cpu, start = time.process_time(), time.perf_counter()
+    asyncio.run(go())
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def pipeline_run(base_url: str, n: int, concurrency: int, workers: int) -> tuple[float, float]:
+    """run_requests on a warm LocalCluster (started, and its workers' imports paid, before timing)."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from pipeline.config import load_config
+    from pipeline.generate.runner import run_requests
+
+    def requests(k: int, tag: str) -> pd.DataFrame:
+        return pd.DataFrame({"id": [f"{tag}{i}" for i in range(k)],
+                             "messages": [[{"role": "user", "content": f"q {tag} {i}"}] for i in range(k)]})
+
+    def worker_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client, \
+            tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(None, [f"generate.base_url={base_url}", "generate.model=stub-model",
+                                 "generate.max_tokens=64", f"generate.concurrency={concurrency}",
+                                 f"generate.shard_size={max(1, n // (2 * workers))}",
+                                 f"scheduler={cluster.scheduler_address}"])
+        run_requests(cfg, requests(2 * concurrency, "warm"), Path(tmp) / "warm", stage="warmup")
+        before = sum(client.run(worker_cpu).values())
+        cpu, start = time.process_time(), time.perf_counter()
+        summary = run_requests(cfg, requests(n, "r"), Path(tmp) / "out", stage="bench")
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu + sum(client.run(worker_cpu).values()) - before
+        assert summary.complete, summary
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=1920)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    ports: multiprocessing.Queue = multiprocessing.Queue()
+    server = multiprocessing.Process(target=serve, args=(ports, args.latency), daemon=True)
+    server.start()
+    base_url = f"http://127.0.0.1:{ports.get(timeout=30)}/v1"
+    ideal = args.concurrency / args.latency
+    rows = [("ideal C/L", args.requests / ideal, 0.0)]
+    rows.append(("bare asyncio + openai", *bare_openai(base_url, args.requests, args.concurrency)))
+    rows.append((f"run_requests, LocalCluster x{args.workers}",
+                 *pipeline_run(base_url, args.requests, args.concurrency, args.workers)))
+    server.terminate()
+    print(f"\n{args.requests} requests, C={args.concurrency}, L={args.latency}s, ideal {ideal:.0f} req/s")
+    bare = args.requests / rows[1][1]
+    print(f"{'client':<34}{'wall s':>9}{'req/s':>9}{'/ ideal':>9}{'/ bare':>9}{'CPU ms/req':>12}")
+    for name, wall, cpu in rows:
+        rate = args.requests / wall
+        print(f"{name:<34}{wall:>9.2f}{rate:>9.1f}{rate / ideal:>9.2f}{rate / bare:>9.2f}"
+              f"{1000 * cpu / args.requests:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Model backends: any OpenAI-compatible server (async, retried) or in-process transformers (batched).
+
+Both return ``Completion`` records; neither knows about shards, journals or Dask. Fatal answers
+(401/403/404/400) raise ``GenerateError`` at once with a one-line cause; transient ones (429, 5xx,
+timeouts, dropped connections) are retried with exponential backoff and jitter, honouring Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import GenerateError
+from pipeline.generate.config import GenerateConfig
+
+Messages = list[dict[str, str]]
+_BACKOFF_CAP_S = 30.0
+_RETRY_AFTER_CAP_S = 300.0
+
+
+@dataclass
+class Completion:
+    """One model answer with what it cost and how long it took."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+def resolve_endpoint(cfg: GenerateConfig) -> tuple[str | None, str]:
+    """(base_url, api_key) from the config, else OPENAI_BASE_URL / OPENAI_API_KEY."""
+    base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    key = cfg.api_key.get_secret_value() if cfg.api_key else os.environ.get("OPENAI_API_KEY")
+    if not key:
+        if base_url is None:
+            raise GenerateError("no API key for the OpenAI API: set OPENAI_API_KEY or generate.api_key "
+                                "(or point generate.base_url at a local server)")
+        key = "EMPTY"  # local servers (vLLM, llama.cpp, Ollama) accept any key
+    return base_url, key
+
+
+class OpenAIBackend:
+    """Chat completions against an OpenAI-compatible server; the SDK's own retries are off."""
+
+    def __init__(self, cfg: GenerateConfig) -> None:
+        import openai
+
+        self.cfg = cfg
+        self.base_url, key = resolve_endpoint(cfg)
+        self.where = self.base_url or "api.openai.com"
+        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0,
+                                         timeout=cfg.request_timeout_s)
+
+    async def complete(self, messages: Messages) -> Completion:
+        import openai
+
+        cfg = self.cfg
+        last = ""
+        for attempt in range(cfg.max_retries + 1):
+            start = time.perf_counter()
+            try:
+                resp = await self.client.chat.completions.create(
+                    model=cfg.model, messages=messages, temperature=cfg.temperature, top_p=cfg.top_p,
+                    max_tokens=cfg.max_tokens)
+            except openai.APIStatusError as e:
+                fatal = self._fatal(e)
+                if fatal:
+                    raise GenerateError(fatal) from None
+                last = f"HTTP {e.status_code}"
+                wait = retry_after(e.response.headers) or self._backoff(attempt)
+            except openai.APIConnectionError as e:  # includes APITimeoutError
+                last = "timeout" if isinstance(e, openai.APITimeoutError) else f"connection error ({e})"
+                wait = self._backoff(attempt)
+            else:
+                return _completion(resp, time.perf_counter() - start)
+            if attempt < cfg.max_retries:
+                await asyncio.sleep(wait)
+        raise GenerateError(f"{self.where}: giving up after {cfg.max_retries + 1} attempts "
+                            f"(last: {last}); completed rows are kept, rerun to resume")
+
+    def _fatal(self, e: Any) -> str | None:
+        status, model, where = e.status_code, self.cfg.model, self.where
+        if status == 401:
+            return f"{where}: 401 Unauthorized: wrong API key (check generate.api_key or OPENAI_API_KEY)"
+        if status == 403:
+            return f"{where}: 403 Forbidden: this API key may not use model '{model}'"
+        if status == 404:
+            return f"{where}: 404 Not Found: unknown model '{model}' (check generate.model and generate.base_url)"
+        if status in (400, 413, 422):
+            detail = str(getattr(e, "message", "") or "").splitlines()[:1]
+            return f"{where}: {status} bad request for model '{model}': {' '.join(detail)}"
+        return None
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(_BACKOFF_CAP_S, self.cfg.retry_backoff_s * 2**attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # equal jitter: spread, but never ~0
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds a server asked us to wait (``retry-after-ms``, ``Retry-After`` seconds or HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return min(_RETRY_AFTER_CAP_S, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return min(_RETRY_AFTER_CAP_S, max(0.0, float(value)))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        if when is None:
+            return None
+        return min(_RETRY_AFTER_CAP_S, max(0.0, when.timestamp() - time.time()))
+
+
+def _completion(resp: Any, latency: float) -> Completion:
+    choice = resp.choices[0]
+    text = choice.message.content or ""
+    usage = resp.usage
+    return Completion(text=text, finish_reason=choice.finish_reason,
+                      prompt_tokens=int(usage.prompt_tokens) if usage else 0,
+                      completion_tokens=int(usage.completion_tokens) if usage else 0,
+                      latency_s=round(latency, 4))
+
+
+class TransformersBackend:
+    """In-process batched generation: a Hub id or local path, its chat template, left padding."""
+
+    def __init__(self, model: str, device: str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForCausalLM.from_pretrained(model)
+        except (OSError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise GenerateError(f"generate.model '{model}': cannot load with transformers ({first})") from None
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _prompt(self, messages: Messages) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def complete_batch(self, batch: list[Messages], cfg: GenerateConfig, seed: int) -> list[Completion]:
+        """Generate for a batch of conversations; ``seed`` makes sampling reproducible."""
+        import torch
+
+        tok = self.tokenizer
+        start = time.perf_counter()
+        enc = tok([self._prompt(m) for m in batch], return_tensors="pt", padding=True,
+                  add_special_tokens=False).to(self.device)
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} \
+            if cfg.temperature > 0 else {"do_sample": False}
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=cfg.max_tokens, pad_token_id=tok.pad_token_id,
+                                      **sampling)
+        latency = (time.perf_counter() - start) / len(batch)
+        eos = {tok.eos_token_id, *([self.model.generation_config.eos_token_id]
+                                   if isinstance(self.model.generation_config.eos_token_id, int)
+                                   else self.model.generation_config.eos_token_id or [])}
+        results = []
+        for row, mask in zip(out[:, enc["input_ids"].shape[1]:].tolist(), enc["attention_mask"], strict=True):
+            stop = next((i for i, t in enumerate(row) if t in eos), None)
+            kept = row if stop is None else row[:stop]
+            results.append(Completion(
+                text=tok.decode(kept, skip_special_tokens=True).strip(),
+                finish_reason="stop" if stop is not None else "length",
+                prompt_tokens=int(mask.sum()), completion_tokens=len(kept) + (stop is not None),
+                latency_s=round(latency, 4)))
+        return results

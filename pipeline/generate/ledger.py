@@ -1,0 +1,37 @@
+"""The cost ledger: tokens in and out, their price, and whether the budget is spent. Pure state."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Ledger:
+    """Running totals of a run; ``cost_usd`` uses prices per million input/output tokens."""
+
+    price_input_per_million: float = 0.0
+    price_output_per_million: float = 0.0
+    max_cost_usd: float | None = None
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def cost_usd(self) -> float:
+        return self.cost_of(self.prompt_tokens, self.completion_tokens)
+
+    def cost_of(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return (prompt_tokens * self.price_input_per_million
+                + completion_tokens * self.price_output_per_million) / 1e6
+
+    def add(self, prompt_tokens: int, completion_tokens: int, requests: int = 1) -> None:
+        self.requests += requests
+        self.prompt_tokens += int(prompt_tokens)
+        self.completion_tokens += int(completion_tokens)
+
+    @property
+    def over_budget(self) -> bool:
+        return self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "cost_usd": round(self.cost_usd, 6)}

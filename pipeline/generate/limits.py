@@ -1,0 +1,74 @@
+"""Cluster-wide limits: requests/tokens per minute (token buckets) and the shared cost ledger.
+
+One ``Coordinator`` lives as a Dask actor on one worker; every shard task, on any worker, asks it
+before each request (``reserve``: how long to wait) and tells it after (``record``: whether the
+budget is spent), so rate limits and ``max_cost_usd`` hold for the whole cluster, not per worker.
+Concurrency is held by a ``distributed.Semaphore`` (its leases expire if a worker dies).
+"""
+
+from __future__ import annotations
+
+import time
+
+from pipeline.generate.ledger import Ledger
+
+
+class TokenBucket:
+    """A token bucket refilled at ``per_minute / 60`` per second, holding at most ``burst``.
+
+    ``reserve`` always grants and returns how many seconds the caller must wait first: the level may
+    go negative, which queues later callers behind earlier ones in arrival order.
+    """
+
+    def __init__(self, per_minute: float, burst: float | None = None) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = burst if burst is not None else max(1.0, self.rate)
+        self.level = self.burst
+        self.stamp = time.monotonic()
+
+    def reserve(self, amount: float, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self.level = min(self.burst, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.level -= amount
+        return max(0.0, -self.level / self.rate)
+
+
+class Coordinator:
+    """Shared state of one run (a Dask actor): rate buckets, the ledger and the stop reason."""
+
+    def __init__(self, ledger: Ledger, requests_per_minute: float | None = None,
+                 tokens_per_minute: float | None = None) -> None:
+        self.ledger = ledger
+        self.requests = TokenBucket(requests_per_minute) if requests_per_minute else None
+        self.tokens = TokenBucket(tokens_per_minute) if tokens_per_minute else None
+        self.stop_reason: str | None = None
+        self._check_budget()
+
+    def reserve(self, tokens: float) -> float:
+        """Seconds to wait before sending a request of about ``tokens`` tokens (prompt + max out)."""
+        wait = 0.0
+        if self.requests:
+            wait = self.requests.reserve(1)
+        if self.tokens:
+            # a request larger than the bucket would wait forever; let it through at full bucket
+            self.tokens.burst = max(self.tokens.burst, tokens)
+            wait = max(wait, self.tokens.reserve(tokens))
+        return wait
+
+    def record(self, prompt_tokens: int, completion_tokens: int, requests: int = 1) -> str | None:
+        """Add completions to the ledger; returns the stop reason once the budget is spent."""
+        self.ledger.add(prompt_tokens, completion_tokens, requests)
+        self._check_budget()
+        return self.stop_reason
+
+    def stop(self) -> str | None:
+        return self.stop_reason
+
+    def snapshot(self) -> dict:
+        return {**self.ledger.as_dict(), "stop_reason": self.stop_reason}
+
+    def _check_budget(self) -> None:
+        if self.stop_reason is None and self.ledger.over_budget:
+            self.stop_reason = (f"generate.max_cost_usd reached: spent ${self.ledger.cost_usd:.4f} "
+                                f"of ${self.ledger.max_cost_usd:.4f}")

@@ -1,0 +1,79 @@
+"""The plan of a generate run: one request per row, with its rendered prompt, seeds and row key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.errors import DataError, GenerateError
+from pipeline.generate.config import WebSeedConfig
+from pipeline.generate.render import PROMPTS_DIR, Template, load_templates
+from pipeline.generate.sampler import SEED_VARIABLES, Vocabulary, load_vocabulary, sample_row
+from pipeline.io import expand_inputs, iter_batches, stable_hash
+
+
+def plan_requests(cfg: Config) -> tuple[pd.DataFrame, dict[str, Template]]:
+    """Rows ``0..num_samples-1`` as requests: ``id``, ``messages``, ``prompt``, ``template``,
+    ``template_sha`` and the seed values (``None`` where the row's template does not use one).
+
+    The ``id`` hashes the template version, the seed values, the model and the sampling parameters,
+    plus the run seed and row index: two rows that happen to draw the same seeds are still two
+    samples (at temperature > 0 they differ), and must not collapse into one key.
+    """
+    gen = cfg.generate
+    prompts_dir = Path(gen.prompts_dir) if gen.prompts_dir else PROMPTS_DIR
+    templates = load_templates(prompts_dir, gen.templates, SEED_VARIABLES)
+    vocab = load_vocabulary(prompts_dir / "seeds")
+    needs_web = [t.name for t in templates.values() if "extract" in t.requires]
+    extracts: list[str] = []
+    if needs_web:
+        if not gen.web_seed.path:
+            raise GenerateError(f"config key 'generate.web_seed.path': template '{needs_web[0]}' is web-seeded; "
+                                "give Parquet/JSONL files with a text column")
+        extracts = load_extracts(gen.web_seed)
+    return build_requests(cfg, templates, vocab, extracts), templates
+
+
+def build_requests(cfg: Config, templates: dict[str, Template], vocab: Vocabulary,
+                   extracts: list[str]) -> pd.DataFrame:
+    gen = cfg.generate
+    requires = {name: t.requires for name, t in templates.items()}
+    sampling = {"model": gen.model, "temperature": gen.temperature, "top_p": gen.top_p,
+                "max_tokens": gen.max_tokens}
+    rows = []
+    for i in range(gen.num_samples):
+        seeds = sample_row(cfg.seed, i, gen.templates, requires, vocab, extracts)
+        template = templates[seeds["template"]]
+        prompt = template.render(seeds)
+        key = stable_hash({"template_sha": template.sha, "seeds": seeds, **sampling, "seed": cfg.seed, "row": i})
+        rows.append({"id": key, "messages": [{"role": "user", "content": prompt}], "prompt": prompt,
+                     "template_sha": template.sha, **seeds})
+    columns = ["id", "messages", "prompt", "template", "template_sha", *SEED_VARIABLES]
+    frame = pd.DataFrame(rows, columns=columns)
+    # one string dtype per seed column, whether or not any row of this run uses it
+    return frame.astype({c: "str" for c in columns if c != "messages"})
+
+
+def load_extracts(web: WebSeedConfig) -> list[str]:
+    """Up to ``web.max_documents`` texts of ``web.text_column``, each cut to ``web.max_chars`` at a word."""
+    extracts: list[str] = []
+    for source in expand_inputs(web.path):
+        left = web.max_documents - len(extracts)
+        if left <= 0:
+            break
+        for batch in iter_batches(source, [web.text_column], limit=left):
+            for text in batch[web.text_column]:
+                if isinstance(text, str) and text.strip():
+                    extracts.append(_cut(text.strip(), web.max_chars))
+    if not extracts:
+        raise DataError(f"config key 'generate.web_seed.path': no non-empty '{web.text_column}' texts found")
+    return extracts
+
+
+def _cut(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    return cut[: cut.rfind(" ")] if " " in cut else cut

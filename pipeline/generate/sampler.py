@@ -1,0 +1,131 @@
+"""Seeded, weighted sampling of prompt seeds: (run seed, row index) -> template and seed values.
+
+Row ``i`` draws from its own RNG, seeded by ``(seed, i)`` and not by a shared stream, so a row's
+prompt never depends on how many rows came before it, on sharding, or on resume. Only the variables
+the row's template declares are drawn; the others stay ``None``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import GenerateError
+
+# variable -> the seed group that draws it (a group draws related variables together)
+SEED_VARIABLES = {
+    "subject": "taxonomy", "topic": "taxonomy", "subtopic": "taxonomy",
+    "audience": "audience", "style": "style",
+    "noun": "words", "verb": "words", "adjective": "words", "features": "features",
+    "extract": "web",
+}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The seed vocabularies of ``prompts/seeds/*.yaml``, as weighted choices."""
+
+    subjects: list[tuple[str, float, dict[str, list[str]]]]
+    audiences: list[tuple[str, str, float]]
+    styles: list[tuple[str, str, float]]
+    nouns: list[str]
+    verbs: list[str]
+    adjectives: list[str]
+    features: list[tuple[str, str, float]]
+
+    @property
+    def topic_count(self) -> int:
+        return sum(len(topics) for _, _, topics in self.subjects)
+
+
+def load_vocabulary(seeds_dir: Path) -> Vocabulary:
+    """Read taxonomy/audiences/styles/tinystories YAML; errors name the file and the entry."""
+    seeds_dir = Path(seeds_dir)
+    tax = _read(seeds_dir / "taxonomy.yaml", "subjects")
+    subjects = []
+    for s in tax["subjects"]:
+        topics = s.get("topics") or {}
+        if not topics or not all(isinstance(v, list) and v for v in topics.values()):
+            raise GenerateError(f"{seeds_dir / 'taxonomy.yaml'}: subject {s.get('name')!r} needs topics, "
+                                "each with a non-empty list of subtopics")
+        subjects.append((str(s["name"]), _weight(s, seeds_dir / "taxonomy.yaml"), topics))
+    aud = _read(seeds_dir / "audiences.yaml", "audiences")["audiences"]
+    sty = _read(seeds_dir / "styles.yaml", "styles")["styles"]
+    words = _read(seeds_dir / "tinystories.yaml", "nouns", "verbs", "adjectives", "features")
+    return Vocabulary(
+        subjects=subjects,
+        audiences=[(a["name"], a["description"], _weight(a, seeds_dir / "audiences.yaml")) for a in aud],
+        styles=[(s["name"], s["instruction"], _weight(s, seeds_dir / "styles.yaml")) for s in sty],
+        nouns=list(words["nouns"]), verbs=list(words["verbs"]), adjectives=list(words["adjectives"]),
+        features=[(f["name"], f["instruction"], _weight(f, seeds_dir / "tinystories.yaml"))
+                  for f in words["features"]])
+
+
+def _read(path: Path, *keys: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GenerateError(f"{path}: seed vocabulary not found") from None
+    except yaml.YAMLError as e:
+        raise GenerateError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    for key in keys:
+        if not isinstance(data, dict) or not data.get(key):
+            raise GenerateError(f"{path}: missing or empty key '{key}'")
+    return data
+
+
+def _weight(entry: Mapping[str, Any], path: Path) -> float:
+    weight = entry.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or weight <= 0:
+        raise GenerateError(f"{path}: entry {entry.get('name')!r}: weight must be a positive number (got {weight!r})")
+    return float(weight)
+
+
+def row_rng(seed: int, index: int) -> random.Random:
+    """The RNG of row ``index``: a function of (seed, index) alone."""
+    return random.Random(f"textbook-row:{seed}:{index}")
+
+
+def sample_row(seed: int, index: int, mix: Mapping[str, float], requires: Mapping[str, Sequence[str]],
+               vocab: Vocabulary, extracts: Sequence[str] = ()) -> dict[str, Any]:
+    """Template name and seed values of row ``index``: ``{"template": ..., "topic": ..., ...}``."""
+    rng = row_rng(seed, index)
+    names = list(mix)
+    template = rng.choices(names, weights=[mix[n] for n in names])[0]
+    groups = {SEED_VARIABLES[v] for v in requires[template]}
+    row: dict[str, Any] = {"template": template}
+    # draw groups in a fixed order so a row's values do not depend on set iteration order
+    if "taxonomy" in groups:
+        subject, _, topics = rng.choices(vocab.subjects, weights=[w for _, w, _ in vocab.subjects])[0]
+        topic = rng.choice(sorted(topics))
+        row.update(subject=subject, topic=topic, subtopic=rng.choice(topics[topic]))
+    if "audience" in groups:
+        row["audience"] = rng.choices(vocab.audiences, weights=[w for *_, w in vocab.audiences])[0][1]
+    if "style" in groups:
+        row["style"] = rng.choices(vocab.styles, weights=[w for *_, w in vocab.styles])[0][1]
+    if "words" in groups:
+        row.update(noun=rng.choice(vocab.nouns), verb=rng.choice(vocab.verbs),
+                   adjective=rng.choice(vocab.adjectives))
+    if "features" in groups:
+        row["features"] = ", ".join(_weighted_sample(rng, vocab.features, rng.choice([1, 2])))
+    if "web" in groups:
+        if not extracts:
+            raise GenerateError(f"template '{template}' needs web extracts: set generate.web_seed.path")
+        row["extract"] = extracts[rng.randrange(len(extracts))]
+    declared = set(requires[template])
+    return {"template": template, **{k: row.get(k) if k in declared else None for k in SEED_VARIABLES}}
+
+
+def _weighted_sample(rng: random.Random, items: list[tuple[str, str, float]], k: int) -> list[str]:
+    pool = list(items)
+    chosen = []
+    for _ in range(min(k, len(pool))):
+        pick = rng.choices(pool, weights=[w for *_, w in pool])[0]
+        pool.remove(pick)
+        chosen.append(pick[1])
+    return chosen

@@ -1,0 +1,203 @@
+"""One shard of a run, executed as one Dask task: request the missing rows, journal, compact.
+
+The task body is synchronous (what Dask runs); the OpenAI path runs an asyncio loop inside it with
+a local cap on in-flight requests, and takes a lease of the run's cluster-wide
+``distributed.Semaphore`` around every request. Blocking Dask calls (semaphore, coordinator actor)
+go to a thread pool so they never stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import GenerateError
+from pipeline.generate.backends import Completion, OpenAIBackend, TransformersBackend
+from pipeline.generate.config import GenerateConfig
+from pipeline.generate.flags import completion_flags
+from pipeline.generate.journal import Journal, journal_path
+from pipeline.io import read_parquet, shard_path, stable_hash, write_parquet
+
+COMPLETION_COLUMNS = ["text", "model", "temperature", "max_tokens", "finish_reason", "prompt_tokens",
+                      "completion_tokens", "latency_s", "flags"]
+
+
+@dataclass
+class ShardSpec:
+    """What one task needs: its rows (``id``, ``messages``, passthrough columns) and where they go."""
+
+    index: int
+    requests: pd.DataFrame
+    out_dir: Path
+    cfg: GenerateConfig
+    seed: int = 0
+    postprocess: Callable[[dict], dict] | None = None
+
+
+@dataclass
+class ShardResult:
+    index: int
+    rows: int
+    new_rows: int
+    stop_reason: str | None = None
+
+
+def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any) -> ShardResult:
+    """Complete every row of the shard not yet on disk, then write ``part-NNNNN.parquet`` atomically."""
+    part = shard_path(spec.out_dir, spec.index)
+    existing = read_parquet(part) if part.exists() else None
+    journal = Journal(journal_path(spec.out_dir, spec.index))
+    done = set(existing["id"]) if existing is not None else set()
+    done |= {r["id"] for r in journal.read()}
+    todo = spec.requests[~spec.requests["id"].isin(done)]
+    stop_reason = None
+    try:
+        if len(todo):
+            stop_reason = coordinator.stop().result()
+            if stop_reason is None:
+                stop_reason = _complete(spec, todo, journal, coordinator, semaphore)
+    finally:
+        journal.close()
+    fresh = journal.read()
+    if fresh or existing is None:
+        table = _compact(spec, existing, fresh)
+        if len(table):
+            write_parquet(table, part)
+        rows = len(table)
+    else:
+        rows = len(existing)
+    journal.remove()
+    return ShardResult(spec.index, rows, len(fresh), stop_reason)
+
+
+def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator: Any,
+              semaphore: Any) -> str | None:
+    cfg = spec.cfg
+
+    def record(row_id: str, c: Completion) -> None:
+        journal.append({
+            "id": row_id, "text": c.text, "model": cfg.model, "temperature": cfg.temperature,
+            "max_tokens": cfg.max_tokens, "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "latency_s": c.latency_s, "flags": completion_flags(c.text, c.finish_reason)})
+
+    if cfg.backend == "transformers":
+        return _complete_batched(spec, todo, record, coordinator)
+    return asyncio.run(_complete_async(cfg, todo, record, coordinator, semaphore))
+
+
+def _complete_batched(spec: ShardSpec, todo: pd.DataFrame, record: Callable, coordinator: Any) -> str | None:
+    from pipeline.cluster import worker_cached
+
+    cfg = spec.cfg
+    backend = worker_cached(("transformers", cfg.model, cfg.device),
+                            lambda: TransformersBackend(cfg.model, cfg.device))
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo.iloc[start:start + cfg.batch_size]
+        seed = int(stable_hash([spec.seed, batch["id"].iloc[0]], 8), 16)
+        completions = backend.complete_batch(list(batch["messages"]), cfg, seed)
+        for row_id, c in zip(batch["id"], completions, strict=True):
+            record(row_id, c)
+        stop = coordinator.record(sum(c.prompt_tokens for c in completions),
+                                  sum(c.completion_tokens for c in completions), len(completions)).result()
+        if stop:
+            return stop
+    return None
+
+
+async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, record: Callable, coordinator: Any,
+                          semaphore: Any) -> str | None:
+    """Up to ``concurrency`` slots; each holds one cluster-wide lease while it works through the queue.
+
+    Holding a lease per slot, not per request, keeps Dask round trips off the per-request path. The
+    coordinator is told about every completion at once when a budget or rate limit needs it, and
+    otherwise twice a second (it then only feeds the progress bar).
+    """
+    backend = OpenAIBackend(cfg)
+    loop = asyncio.get_running_loop()
+    width = min(cfg.concurrency, len(todo))
+    pool = ThreadPoolExecutor(max_workers=width + 2, thread_name_prefix="generate-limits")
+    queue = deque(zip(todo["id"], todo["messages"], strict=True))
+    exact = cfg.max_cost_usd is not None
+    limited = bool(cfg.requests_per_minute or cfg.tokens_per_minute)
+    state: dict[str, Any] = {"stop": None, "error": None, "unsent": [0, 0, 0]}
+
+    def blocking(fn: Callable, *args: Any) -> asyncio.Future:
+        return loop.run_in_executor(pool, fn, *args)
+
+    async def sync_ledger() -> None:
+        p, c, n = state["unsent"]
+        if n:
+            state["unsent"] = [0, 0, 0]
+            reason = await blocking(lambda: coordinator.record(p, c, n).result())
+            state["stop"] = state["stop"] or reason
+
+    async def slot() -> None:
+        await blocking(semaphore.acquire)
+        try:
+            while queue and not (state["stop"] or state["error"]):
+                row_id, messages = queue.popleft()
+                if limited:
+                    estimate = sum(len(m["content"]) for m in messages) / 4 + cfg.max_tokens
+                    wait = await blocking(lambda e=estimate: coordinator.reserve(e).result())
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                completion = await backend.complete(messages)
+                record(row_id, completion)
+                unsent = state["unsent"]
+                unsent[0] += completion.prompt_tokens
+                unsent[1] += completion.completion_tokens
+                unsent[2] += 1
+                if exact:
+                    await sync_ledger()
+        except GenerateError as e:
+            # stop starting new requests; those in flight still finish and are journaled
+            state["error"] = state["error"] or e
+        finally:
+            await blocking(semaphore.release)
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            await sync_ledger()
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        await asyncio.gather(*(slot() for _ in range(width)))
+    finally:
+        beat.cancel()
+        await sync_ledger()
+        await backend.aclose()
+        pool.shutdown(wait=False)
+    if state["error"]:
+        raise state["error"]
+    return state["stop"]
+
+
+def _compact(spec: ShardSpec, existing: pd.DataFrame | None, fresh: list[dict]) -> pd.DataFrame:
+    """Old part + journaled rows (postprocessed, joined to their passthrough columns), in request order."""
+    requests = spec.requests
+    passthrough = requests.drop(columns=["messages"]).set_index("id")
+    new_rows = []
+    seen = set(existing["id"]) if existing is not None else set()
+    for rec in fresh:
+        if rec["id"] in seen or rec["id"] not in passthrough.index:
+            continue
+        seen.add(rec["id"])
+        row = {"id": rec["id"], **passthrough.loc[rec["id"]].to_dict(), **rec}
+        if spec.postprocess is not None:
+            row.update(spec.postprocess(dict(row)))
+        new_rows.append(row)
+    frames = [f for f in (existing, pd.DataFrame(new_rows)) if f is not None and len(f)]
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    order = {row_id: i for i, row_id in enumerate(requests["id"])}
+    return table.sort_values("id", key=lambda s: s.map(order)).reset_index(drop=True)

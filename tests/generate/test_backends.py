@@ -1,0 +1,126 @@
+"""The OpenAI backend against a real local HTTP server: retries, Retry-After, fail-fast errors, flags."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import GenerateError
+from pipeline.generate.backends import OpenAIBackend, retry_after
+from pipeline.generate.flags import completion_flags
+from pipeline.generate.stub_server import Fault, StubServer
+
+MESSAGES = [{"role": "user", "content": "Explain why the sky is blue."}]
+
+
+def complete(srv: StubServer, *overrides: str, api_key: str = "sk-test"):
+    cfg = load_config(None, [f"generate.base_url={srv.base_url}", "generate.model=stub-model",
+                             f"generate.api_key={api_key}", "generate.retry_backoff_s=0.05", *overrides])
+
+    async def go():
+        backend = OpenAIBackend(cfg.generate)
+        try:
+            return await backend.complete(MESSAGES)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+def test_answer_has_text_usage_and_latency():
+    with StubServer() as srv:
+        c = complete(srv)
+    assert c.text and c.finish_reason == "stop"
+    assert c.prompt_tokens == 6 and c.completion_tokens == len(c.text.split())
+    assert c.latency_s > 0
+    assert len(srv.requests) == 1
+
+
+def test_429_waits_for_retry_after_then_succeeds():
+    with StubServer(faults=[Fault("429", retry_after=1.0)]) as srv:
+        start = time.perf_counter()
+        c = complete(srv)
+        elapsed = time.perf_counter() - start
+    assert c.text
+    assert [r["status"] for r in srv.requests] == [429, 200]
+    assert srv.requests[1]["time"] - srv.requests[0]["time"] >= 0.95
+    assert elapsed >= 1.0
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "drop"])
+def test_transient_failures_are_retried(fault):
+    with StubServer(faults=[fault, fault]) as srv:
+        c = complete(srv)
+    assert c.text
+    assert len(srv.requests) == 3 and srv.requests[-1]["status"] == 200
+
+
+def test_slow_answer_times_out_and_is_retried():
+    with StubServer(faults=[Fault("slow", delay_s=3.0)]) as srv:
+        start = time.perf_counter()
+        c = complete(srv, "generate.request_timeout_s=0.5")
+        elapsed = time.perf_counter() - start
+    assert c.text
+    assert elapsed < 2.5  # did not wait out the slow answer
+
+
+def test_gives_up_after_max_retries_with_one_line():
+    with StubServer(faults=["503"] * 10) as srv, pytest.raises(GenerateError) as err:
+        complete(srv, "generate.max_retries=2")
+    assert len(srv.requests) == 3
+    assert "giving up after 3 attempts (last: HTTP 503)" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_wrong_key_fails_fast_and_never_shows_the_key():
+    with StubServer(api_key="sk-right") as srv, pytest.raises(GenerateError) as err:
+        complete(srv, api_key="sk-wrong-secret")
+    assert "401 Unauthorized: wrong API key" in str(err.value)
+    assert "sk-wrong-secret" not in str(err.value)
+    assert len(srv.requests) == 1
+
+
+def test_unknown_model_fails_fast():
+    with StubServer(models=["served-model"]) as srv, pytest.raises(GenerateError) as err:
+        complete(srv)
+    assert "404 Not Found: unknown model 'stub-model'" in str(err.value)
+    assert len(srv.requests) == 1
+
+
+def test_unreachable_server_is_a_one_line_error():
+    cfg = load_config(None, ["generate.base_url=http://127.0.0.1:9/v1", "generate.max_retries=1",
+                             "generate.retry_backoff_s=0.01"])
+
+    async def go():
+        backend = OpenAIBackend(cfg.generate)
+        try:
+            await backend.complete(MESSAGES)
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(GenerateError, match=r"127.0.0.1:9/v1: giving up after 2 attempts \(last: connection error"):
+        asyncio.run(go())
+
+
+def test_truncated_completion_is_flagged():
+    with StubServer() as srv:
+        c = complete(srv, "generate.max_tokens=5")
+    assert c.finish_reason == "length" and c.completion_tokens == 5
+    assert completion_flags(c.text, c.finish_reason) == ["truncated"]
+
+
+def test_flags_empty_and_refusal_but_not_lessons_that_mention_sorry():
+    assert completion_flags("   ", "stop") == ["empty"]
+    assert completion_flags("I'm sorry, but I can't help with that.", "stop") == ["refusal"]
+    assert completion_flags("As an AI language model, I cannot write this.", "stop") == ["refusal"]
+    assert completion_flags("Saying 'I'm sorry' is a way to repair a friendship.", "stop") == []
+
+
+def test_retry_after_parses_seconds_milliseconds_and_dates():
+    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after-ms": "250"}) == 0.25
+    assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after({}) is None

@@ -1,0 +1,172 @@
+"""Templates, seed vocabularies and sampling: deterministic, declared, validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, GenerateError
+from pipeline.generate.conversation import parse_conversation
+from pipeline.generate.plan import build_requests, plan_requests
+from pipeline.generate.render import PROMPTS_DIR, load_template, load_templates
+from pipeline.generate.sampler import SEED_VARIABLES, load_vocabulary, sample_row
+
+MIX = {"textbook": 0.35, "exercises": 0.2, "story": 0.15, "conversation": 0.15, "wikihow": 0.15}
+
+
+def test_project_vocabulary_is_broad_and_weighted():
+    vocab = load_vocabulary(PROMPTS_DIR / "seeds")
+    assert len(vocab.subjects) >= 20
+    assert vocab.topic_count >= 300
+    assert all(subtopics for _, _, topics in vocab.subjects for subtopics in topics.values())
+    names = [name for name, _, _ in vocab.audiences]
+    assert "young children" in names and "researchers" in names
+    assert len(vocab.nouns) >= 50 and len(vocab.verbs) >= 50 and len(vocab.adjectives) >= 30
+
+
+def test_every_project_template_loads_declares_and_renders():
+    templates = load_templates(PROMPTS_DIR, {**MIX, "web_textbook": 1}, SEED_VARIABLES)
+    vocab = load_vocabulary(PROMPTS_DIR / "seeds")
+    requires = {n: t.requires for n, t in templates.items()}
+    for name, template in templates.items():
+        assert len(template.sha) == 16 and template.about
+        row = sample_row(0, 0, {name: 1.0}, requires, vocab, extracts=["Tides are caused by the Moon."])
+        prompt = template.render(row)
+        assert "{{" not in prompt and "None" not in prompt
+        assert all(row[v] for v in template.requires)
+        assert all(row[v] is None for v in SEED_VARIABLES if v not in template.requires)
+
+
+def test_row_prompt_depends_only_on_seed_and_index():
+    small = build_requests(*_plan_inputs(num_samples=5, seed=7))
+    large = build_requests(*_plan_inputs(num_samples=40, seed=7))
+    pd.testing.assert_frame_equal(small, large.iloc[:5], check_dtype=False)
+    assert large["id"].is_unique
+    other_seed = build_requests(*_plan_inputs(num_samples=40, seed=8))
+    assert (other_seed["prompt"] != large["prompt"]).sum() > 30
+
+
+def test_row_key_changes_with_model_sampling_and_template_version(tmp_path):
+    base = build_requests(*_plan_inputs(num_samples=3))
+    hotter = build_requests(*_plan_inputs(num_samples=3, temperature=0.2))
+    other_model = build_requests(*_plan_inputs(num_samples=3, model="other"))
+    assert not set(base["id"]) & set(hotter["id"])
+    assert not set(base["id"]) & set(other_model["id"])
+    assert list(base["prompt"]) == list(hotter["prompt"])
+    edited = _copy_prompts(tmp_path)
+    (edited / "story.j2").write_text((edited / "story.j2").read_text() + "\nKeep it under 200 words.\n")
+    cfg = load_config(None, [f"generate.prompts_dir={edited}", "generate.templates={story: 1}",
+                             "generate.num_samples=3"])
+    original = load_config(None, ["generate.templates={story: 1}", "generate.num_samples=3"])
+    assert not set(plan_requests(cfg)[0]["id"]) & set(plan_requests(original)[0]["id"])
+
+
+def test_template_mix_weights_are_followed():
+    rows = build_requests(*_plan_inputs(num_samples=600, templates={"story": 3, "wikihow": 1}))
+    share = (rows["template"] == "story").mean()
+    assert 0.68 < share < 0.82
+
+
+def test_undeclared_variable_is_rejected_at_load(tmp_path):
+    path = tmp_path / "bad.j2"
+    path.write_text("{#- requires: [topic] -#}\nExplain {{ topic }} to {{ audince }}.\n")
+    with pytest.raises(GenerateError, match=r"bad\.j2: uses variable 'audince' that its header does not declare"):
+        load_template(path, SEED_VARIABLES)
+
+
+def test_missing_header_unknown_variable_and_syntax_errors_name_the_file(tmp_path):
+    cases = {
+        "noheader.j2": ("Explain {{ topic }}.", "must start with a header comment"),
+        "unknown.j2": ("{#- requires: [colour] -#}\n{{ colour }}", "requires unknown seed variable 'colour'"),
+        "syntax.j2": ("{#- requires: [topic] -#}\n{% if topic %}open", r"syntax\.j2:\d+: template syntax error"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(GenerateError, match=message):
+            load_template(tmp_path / name, SEED_VARIABLES)
+
+
+def test_render_without_a_declared_variable_is_a_clear_error():
+    template = load_template(PROMPTS_DIR / "textbook.j2", SEED_VARIABLES)
+    with pytest.raises(GenerateError, match=r"textbook\.j2: missing template variable 'style'"):
+        template.render({"subject": "Physics", "topic": "Waves", "subtopic": "interference", "audience": "x"})
+
+
+def test_sandbox_blocks_unsafe_attribute_access(tmp_path):
+    path = tmp_path / "evil.j2"
+    path.write_text("{#- requires: [topic] -#}\n{{ topic.__class__.__mro__ }}")
+    with pytest.raises(Exception, match="unsafe|not safely|access"):
+        load_template(path, SEED_VARIABLES).render({"topic": "x"})
+
+
+@pytest.mark.parametrize(("mix", "message"), [
+    ("{textbook: 1, lecture_notes: 1}", r"config key 'generate.templates': unknown template 'lecture_notes'"),
+    ("{textbook: 1, story: 0}", r"config key 'generate.templates.story': weight must be positive"),
+    ("{textbook: -2}", r"config key 'generate.templates.textbook': weight must be positive"),
+])
+def test_bad_template_mix_names_the_config_key(mix, message):
+    cfg = load_config(None, [f"generate.templates={mix}"])
+    with pytest.raises(ConfigError, match=message):
+        plan_requests(cfg)
+
+
+def test_web_seeded_template_needs_web_seed_path_and_uses_extracts(tmp_path):
+    cfg = load_config(None, ["generate.templates={web_textbook: 1}", "generate.num_samples=4"])
+    with pytest.raises(GenerateError, match="generate.web_seed.path"):
+        plan_requests(cfg)
+    web = tmp_path / "web.parquet"
+    pd.DataFrame({"body": ["Tides rise and fall twice a day " * 40, "", "Bees dance to share where food is."]}
+                 ).to_parquet(web)
+    cfg = load_config(None, ["generate.templates={web_textbook: 1}", "generate.num_samples=4",
+                             f"generate.web_seed.path=[{web}]", "generate.web_seed.text_column=body",
+                             "generate.web_seed.max_chars=100"])
+    rows, _ = plan_requests(cfg)
+    assert set(rows["extract"]) <= {("Tides rise and fall twice a day " * 3).strip(),
+                                    "Bees dance to share where food is."}
+    assert all(len(e) <= 100 and e in p for e, p in zip(rows["extract"], rows["prompt"], strict=True))
+
+
+def test_malformed_seed_yaml_names_the_file(tmp_path):
+    prompts = _copy_prompts(tmp_path)
+    (prompts / "seeds" / "styles.yaml").write_text("styles: [unclosed\n")
+    cfg = load_config(None, [f"generate.prompts_dir={prompts}"])
+    with pytest.raises(GenerateError, match=r"styles\.yaml: invalid YAML"):
+        plan_requests(cfg)
+
+
+def test_parse_conversation_alternates_user_and_assistant():
+    text = ("Here is the conversation.\n"
+            "Teacher: Welcome back.\n"
+            "Student: Why is the sky blue?\n"
+            "**Teacher:** Sunlight scatters off air molecules,\nand blue light scatters most.\n"
+            "Student: So red scatters least?\n"
+            "Student: Sorry, I mean: is that why sunsets are red?\n"
+            "Teacher: Exactly.\n"
+            "Student: Thanks!")
+    assert parse_conversation(text) == [
+        {"role": "user", "content": "Why is the sky blue?"},
+        {"role": "assistant", "content": "Sunlight scatters off air molecules,\nand blue light scatters most."},
+        {"role": "user", "content": "So red scatters least?\nSorry, I mean: is that why sunsets are red?"},
+        {"role": "assistant", "content": "Exactly."},
+    ]
+    assert parse_conversation("A story with no speakers.") == []
+    assert parse_conversation("Student: only a question?") == []
+
+
+def _plan_inputs(num_samples=10, seed=0, templates=None, **gen):
+    overrides = [f"seed={seed}", f"generate.num_samples={num_samples}"]
+    overrides += [f"generate.{k}={v}" for k, v in gen.items()]
+    if templates:
+        overrides.append("generate.templates={" + ", ".join(f"{k}: {v}" for k, v in templates.items()) + "}")
+    cfg = load_config(None, overrides)
+    templates_ = load_templates(PROMPTS_DIR, cfg.generate.templates, SEED_VARIABLES)
+    return cfg, templates_, load_vocabulary(PROMPTS_DIR / "seeds"), []
+
+
+def _copy_prompts(tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(PROMPTS_DIR, tmp_path / "prompts"))
