@@ -1,0 +1,119 @@
+"""`textbook annotate` against a real local OpenAI-compatible server with canned rubric answers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from pipeline.classify.annotate import parse_score
+from pipeline.cli import main
+from pipeline.generate.stub_server import StubServer
+from pipeline.io import read_json, read_shards
+from tests.classify.conftest import make_corpus
+
+MALFORMED = [
+    "Looks educational to me, maybe a four.",            # no score line
+    "Educational score: 3.5",                             # not an integer
+    "Educational score: 7",                               # out of range
+    "Educational score: 4\nHope this helps!",             # score line is not the last line
+    "Educational score: 2\nOn reflection:\nEducational score: 4",  # two score lines
+    "",                                                   # empty answer
+]
+
+
+@pytest.mark.parametrize(("answer", "score"), [
+    ("The extract defines terms and works an example.\nEducational score: 4", 4.0),
+    ("Mostly ads.\n\nEducational score: 0\n", 0.0),
+    ("Clear tutorial.\n**Educational score: 5**", 5.0),
+    ("Some basics.\neducational score : 2.", 2.0),
+    *[(bad, None) for bad in MALFORMED],
+])
+def test_parse_score_is_strict(answer, score):
+    parsed = parse_score(answer)
+    assert parsed["score"] == score
+    assert (parsed["annotation_error"] is None) == (score is not None)
+
+
+def canned_answers(corpus: pd.DataFrame) -> dict[str, str]:
+    """Document → answer: lessons get 4, ads 1, and every seventh document a malformed answer."""
+    answers = {}
+    for i, (text, llm) in enumerate(zip(corpus["text"], corpus["score"], strict=True)):
+        if i % 7 == 3:
+            answers[text] = MALFORMED[(i // 7) % len(MALFORMED)]
+        else:
+            answers[text] = f"Justification for document {i}: it meets {llm} criteria.\nEducational score: {llm}"
+    return answers
+
+
+def test_annotate_then_train_on_the_annotations(tmp_path, capsys):
+    corpus = make_corpus(150, seed=21).drop_duplicates("text").reset_index(drop=True)
+    web = tmp_path / "web.jsonl"
+    rows = [{"url": f"https://example.org/{i}", "text": t} for i, t in enumerate(corpus["text"])]
+    rows += [{"url": "empty", "text": ""}, {"url": "null", "text": None}]
+    web.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers = canned_answers(corpus)
+
+    def responder(messages, params):
+        document = re.search(r'"""\n(.*)\n"""', messages[-1]["content"], re.DOTALL).group(1)
+        return answers[document]
+
+    with StubServer(responder=responder, api_key="sk-test") as srv:
+        args = ["annotate", f"run_dir={tmp_path / 'run'}", f"annotate.input=[{web}]", "annotate.num_documents=120",
+                "annotate.max_chars=100000", f"generate.base_url={srv.base_url}", "generate.model=stub-model",
+                "generate.api_key=sk-test", "generate.shard_size=50", "workers=1"]
+        assert main(args) == 0
+        sent = len(srv.requests)
+        assert main(args) == 0  # same seed, same sample: everything resumes, nothing is asked again
+        assert len(srv.requests) == sent == 120
+        prompts = [r["messages"][-1]["content"] for r in srv.requests]
+
+    assert all("Educational score: <an integer from 0 to 5>" in p for p in prompts)
+    table = read_shards(tmp_path / "run" / "annotations")
+    assert len(table) == 120 and table["id"].is_unique
+    assert {"id", "text", "score", "justification", "answer", "annotation_error", "doc_id", "template_sha",
+            "model", "finish_reason", "prompt_tokens", "completion_tokens"} <= set(table.columns)
+    assert set(table["text"]) <= set(corpus["text"])  # the document, not the LLM's answer
+    for _, row in table.iterrows():
+        if row["answer"] in MALFORMED:
+            assert pd.isna(row["score"]) and row["annotation_error"]  # failed, never guessed
+        else:
+            truth = corpus.loc[corpus["text"] == row["text"], "score"].item()
+            assert row["score"] == truth and pd.isna(row["annotation_error"])
+            assert row["justification"].startswith("Justification for document")
+    failed = int(table["score"].isna().sum())
+    assert 0 < failed < 30
+    manifest = read_json(tmp_path / "run" / "annotations" / "manifest.json")
+    assert manifest["annotations"]["failed"] == failed
+    assert manifest["annotations"]["scored"] == 120 - failed
+    assert "sk-test" not in (tmp_path / "run" / "annotations" / "manifest.json").read_text()
+    assert f"{failed} failed" in capsys.readouterr().out
+
+    # The annotations are train-classifier's default input; failed rows are skipped, not guessed.
+    assert main(["train-classifier", f"run_dir={tmp_path / 'run'}", "classifier.threads=1", "classifier.dim=32",
+                 "classifier.bucket=100000", "classifier.min_auc=0"]) == 0
+    report = read_json(tmp_path / "run" / "classifier" / "report.json")
+    assert report["counts"]["skipped"]["unlabelled"] == failed
+    assert report["validation"]["spearman_vs_llm"] is not None
+
+
+def test_dry_run_sends_nothing(tmp_path, capsys):
+    web = tmp_path / "web.jsonl"
+    web.write_text("".join(json.dumps({"text": t}) + "\n" for t in make_corpus(10, seed=1)["text"]))
+    with StubServer(api_key="sk-test") as srv:
+        assert main(["annotate", "--dry-run", f"run_dir={tmp_path}", f"annotate.input=[{web}]",
+                     f"generate.base_url={srv.base_url}", "generate.model=stub-model", "workers=1"]) == 0
+        assert srv.requests == []
+    out = capsys.readouterr().out
+    assert "10 requests to send" in out and "Educational score:" in out
+    assert not (tmp_path / "annotations").exists()
+
+
+def test_missing_text_column_names_the_file(tmp_path, capsys):
+    web = tmp_path / "web.jsonl"
+    web.write_text(json.dumps({"body": "x"}) + "\n")
+    assert main(["annotate", f"run_dir={tmp_path}", f"annotate.input=[{web}]"]) == 2
+    err = capsys.readouterr().err
+    assert str(web) in err and "missing column 'text'" in err

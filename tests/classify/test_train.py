@@ -1,0 +1,157 @@
+"""`textbook train-classifier` and `textbook score`: honest held-out numbers, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from filters.quality import EduClassifier
+from pipeline.cli import main
+from pipeline.io import read_json, read_parquet, write_parquet
+from tests.classify.conftest import make_corpus
+
+FAST = ["classifier.threads=1", "classifier.dim=32", "classifier.bucket=100000"]
+
+
+def train(run_dir, *overrides: str) -> int:
+    return main(["train-classifier", f"run_dir={run_dir}", *FAST, *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, labelled_parquet):
+    run = tmp_path_factory.mktemp("run")
+    assert train(run, f"classifier.input=[{labelled_parquet}]") == 0
+    return run
+
+
+def test_training_writes_model_report_and_figure(trained):
+    out = trained / "classifier"
+    assert (out / "edu_fasttext.bin").stat().st_size > 0
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = read_json(out / "report.json")
+    assert report["verdict"] == "accepted" and report["mode"] == "labelled"
+    assert report["label_rule"] == "positive when score >= 3.0"
+    counts = report["counts"]
+    assert counts["train"] + counts["validation"] == counts["used"]
+    assert counts["validation"] == pytest.approx(0.2 * counts["used"], abs=2)
+    # stratified: both splits keep the corpus's positive share
+    assert counts["validation_positives"] / counts["validation"] == pytest.approx(
+        counts["train_positives"] / counts["train"], abs=0.02)
+    assert report["training_time_s"] > 0 and report["model_size_bytes"] > 0
+    assert "api_key" not in json.dumps(report["config"]) or report["config"]["generate"]["api_key"] is None
+
+
+def test_held_out_metrics_are_sane(trained):
+    v = read_json(trained / "classifier" / "report.json")["validation"]
+    cm = v["confusion_matrix"]
+    assert cm["tp"] + cm["fp"] + cm["tn"] + cm["fn"] == v["n"]
+    assert v["precision"] == pytest.approx(cm["tp"] / (cm["tp"] + cm["fp"]), abs=1e-5)
+    assert v["recall"] == pytest.approx(cm["tp"] / (cm["tp"] + cm["fn"]), abs=1e-5)
+    # The corpus's labels are noisy by construction (about 1 in 6 flipped), so near-perfect
+    # numbers would mean leakage and chance-level ones a broken model.
+    assert 0.7 < v["roc_auc"] < 0.95
+    assert 0.65 < v["f1"] < 0.95
+    assert 0.4 < v["spearman_vs_llm"] < 0.9
+    assert 0 <= v["best_f1"]["threshold"] <= 1
+
+
+def test_score_cli_adds_edu_score(trained, tmp_path):
+    rng = random.Random(3)
+    docs = make_corpus(60, seed=11)
+    src = tmp_path / "web.jsonl"
+    src.write_text("".join(json.dumps({"url": f"u{i}", "text": t}) + "\n"
+                           for i, t in enumerate(docs["text"])) + json.dumps({"url": "empty", "text": ""}) + "\n")
+    out = tmp_path / "scored.parquet"
+    assert main(["score", f"run_dir={trained}", "--input", str(src), "--output", str(out)]) == 0
+    scored = read_parquet(out)
+    assert list(scored.columns) == ["url", "text", "edu_score"] and len(scored) == 61
+    assert scored["edu_score"].dtype == np.float32
+    assert scored["edu_score"].between(0, 1).all() and scored["edu_score"].iloc[-1] == 0.0
+    edu = (docs["score"] >= 3).to_numpy()
+    s = scored["edu_score"].to_numpy()[:60]
+    assert s[edu].mean() > s[~edu].mean() + 0.2
+    del rng
+
+
+def test_score_cli_errors_name_the_problem(trained, tmp_path, capsys):
+    src = tmp_path / "web.jsonl"
+    src.write_text(json.dumps({"body": "no text column"}) + "\n")
+    assert main(["score", f"run_dir={trained}", "--input", str(src), "--output", str(tmp_path / "o.parquet")]) == 2
+    assert "missing text column 'text'" in capsys.readouterr().err
+    assert main(["score", f"run_dir={tmp_path}", "--input", str(src), "--output", str(tmp_path / "o.parquet")]) == 2
+    assert "classifier model not found" in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_dclm_style_positives_vs_negatives(tmp_path):
+    corpus = make_corpus(600, seed=4)
+    edu = corpus["score"] >= 3
+    pos = write_parquet(corpus[edu].rename(columns={"text": "body"}), tmp_path / "textbooks.parquet")
+    neg = tmp_path / "web.jsonl"
+    neg.write_text("".join(json.dumps({"body": t}) + "\n" for t in corpus[~edu]["text"]))
+    assert train(tmp_path / "run", f"classifier.positives=[{pos}]", f"classifier.negatives=[{neg}]",
+                 "classifier.text_column=body") == 0
+    report = read_json(tmp_path / "run" / "classifier" / "report.json")
+    assert report["mode"] == "dclm" and report["validation"]["spearman_vs_llm"] is None
+    assert report["validation"]["roc_auc"] > 0.7
+    assert EduClassifier.load(tmp_path / "run" / "classifier" / "edu_fasttext.bin").score(["a lesson"]).shape == (1,)
+
+
+def test_annotations_are_the_default_input_and_failed_rows_are_skipped(tmp_path):
+    corpus = make_corpus(400, seed=2)
+    corpus["score"] = corpus["score"].astype("Float64")
+    corpus.loc[::10, "score"] = pd.NA  # the LLM answer was unparseable: failed, no label
+    write_parquet(corpus, tmp_path / "run" / "annotations" / "part-00000.parquet")
+    assert train(tmp_path / "run") == 0
+    report = read_json(tmp_path / "run" / "classifier" / "report.json")
+    assert report["counts"]["skipped"]["unlabelled"] == 40
+    assert report["counts"]["used"] + 40 + report["counts"]["skipped"]["duplicate"] == 400
+
+
+def test_bad_documents_are_counted_not_fatal(tmp_path):
+    corpus = make_corpus(300, seed=6)
+    extra = pd.DataFrame({
+        "text": ["", "   ", "The water cycle moves water. " * 400_000, "caf\ufffd broken \ufffd bytes",
+                 corpus["text"].iloc[0]],
+        "score": [4, 1, 5, 2, corpus["score"].iloc[0]],
+    })
+    path = write_parquet(pd.concat([corpus[["text", "score"]], extra], ignore_index=True), tmp_path / "l.parquet")
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(b'{"text": "invalid \xff\xfe utf-8 in a lesson about cells", "score": 4}\n')
+    assert train(tmp_path / "run", f"classifier.input=[{path}, {raw}]") == 0
+    skipped = read_json(tmp_path / "run" / "classifier" / "report.json")["counts"]["skipped"]
+    assert skipped["empty"] == 2 and skipped["truncated"] == 1 and skipped["duplicate"] >= 1
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["classifier.label_column=grade"], "missing column 'grade'"),
+    (["classifier.threshold=9"], "usable documents are negative (positive when score >= 9.0)"),
+    (["classifier.label_column=id"], "non-numeric value 'doc-0' (row 0)"),
+    (["classifier.positives=[x.parquet]"], "must both be set"),
+])
+def test_bad_inputs_fail_before_training_with_one_line(tmp_path, labelled_parquet, capsys, overrides, message):
+    assert train(tmp_path, f"classifier.input=[{labelled_parquet}]", *overrides) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "classifier").exists()
+
+
+def test_missing_annotations_say_what_to_run(tmp_path, capsys):
+    assert train(tmp_path) == 2
+    assert "run `textbook annotate`" in capsys.readouterr().err
+
+
+def test_a_model_no_better_than_chance_is_refused(tmp_path, capsys):
+    corpus = make_corpus(600, seed=8)
+    corpus["score"] = np.random.default_rng(0).permutation(corpus["score"].to_numpy())  # labels carry no signal
+    path = write_parquet(corpus, tmp_path / "random.parquet")
+    assert train(tmp_path / "run", f"classifier.input=[{path}]") == 2
+    err = capsys.readouterr().err
+    assert "classifier rejected" in err and "classifier.min_auc" in err
+    assert not (tmp_path / "run" / "classifier" / "edu_fasttext.bin").exists()  # never installed
+    rejected = read_json(tmp_path / "run" / "classifier" / "rejected" / "report.json")
+    assert rejected["verdict"].startswith("rejected") and rejected["validation"]["roc_auc"] < 0.6
