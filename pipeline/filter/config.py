@@ -1,11 +1,18 @@
-"""The `filter` section: inputs and one sub-section per stage."""
+"""The `filter` section: inputs and one sub-section per stage.
+
+The per-document filters (length, the four heuristics) are the filter classes themselves, so
+their published defaults live in one place (``filters/``) and every parameter is a config key.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from filters.heuristics import C4Lines, FineWebQuality, GopherQuality, GopherRepetition
+from filters.normalize import LengthBounds
+from pipeline.filter.benchmarks import PRESETS
 from pipeline.settings import Section
 
 
@@ -13,24 +20,79 @@ class StageConfig(Section):
     enabled: bool = True
 
 
+class HeuristicsConfig(StageConfig):
+    apply_to_generated: bool = False
+    """Web-text rules misjudge markdown textbooks (headings, bullets, code); scores are kept either way."""
+    gopher_quality: GopherQuality = GopherQuality()
+    gopher_repetition: GopherRepetition = GopherRepetition()
+    c4: C4Lines = C4Lines()
+    fineweb: FineWebQuality = FineWebQuality()
+
+
 class QualityConfig(StageConfig):
     model: str | None = None
+    """fastText model path; default RUN_DIR/classifier/edu_fasttext.bin."""
     threshold: float | None = None
+    """Keep documents with edu_score >= threshold (default 0.5 when keep_top is not set)."""
     keep_top: float | None = Field(default=None, gt=0, le=1)
+    """Keep this fraction of (web) documents with the highest edu_score: a global percentile."""
+    apply_to_generated: bool = False
+    """Generated textbooks are scored but not thresholded unless this is true."""
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> QualityConfig:
+        if self.threshold is not None and self.keep_top is not None:
+            raise ValueError("set either threshold (absolute edu_score) or keep_top (a fraction), not both")
+        return self
 
 
 class MinHashConfig(StageConfig):
     threshold: float = Field(default=0.8, gt=0, lt=1)
+    num_perm: int = Field(default=128, ge=16)
+    ngram: int = Field(default=5, ge=1)
+    seed: int = 0
+    bands: int | None = Field(default=None, ge=1)
+    """LSH bands x rows; derived from threshold and num_perm when not set (both or neither)."""
+    rows: int | None = Field(default=None, ge=1)
+    verify: bool = True
+    """Confirm LSH candidate pairs by estimated Jaccard >= threshold before clustering."""
 
 
 class BenchmarkConfig(Section):
+    """One benchmark set: a preset name (gsm8k, mmlu, humaneval, arc, arc_easy, hellaswag) fills the rest."""
+
     name: str
-    path: str
-    columns: list[str]
+    path: str | None = None
+    """Local JSONL(.gz)/Parquet/CSV path or glob, or a Hugging Face dataset id."""
+    columns: list[str] | None = None
+    subset: str | None = None
+    """Hugging Face dataset config name (e.g. 'main' for openai/gsm8k)."""
+    split: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _fill_from_preset(self) -> BenchmarkConfig:
+        preset = PRESETS.get(self.name.lower())
+        if preset is None:
+            if not self.path or not self.columns:
+                raise ValueError(f"benchmark {self.name!r} is not a preset ({', '.join(PRESETS)}): "
+                                 "give its path and columns")
+            return self
+        is_hub = self.path is None or self.path == preset.path
+        for key, value in (("path", preset.path), ("columns", preset.columns),
+                           ("subset", preset.subset if is_hub else None),
+                           ("split", preset.split if is_hub else None)):
+            if getattr(self, key) is None and value is not None:
+                object.__setattr__(self, key, value)
+        return self
 
 
 class DecontaminateConfig(StageConfig):
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    ngram: int = Field(default=13, ge=3)
+    """Word n-gram length for candidate matches."""
+    min_ratio: float = Field(default=0.5, gt=0, le=1)
+    """difflib ratio of the aligned region a candidate needs to count as a hit."""
 
 
 class FilterConfig(Section):
@@ -38,7 +100,14 @@ class FilterConfig(Section):
     text_column: str = "text"
     id_column: str = "id"
     on_bad_file: Literal["fail", "skip"] = "fail"
-    heuristics: StageConfig = StageConfig()
+    include_generated: bool = True
+    """Also filter RUN_DIR/generated/part-*.parquet (source 'generated')."""
+    limit: int | None = Field(default=None, ge=1)
+    """At most this many documents per input (needed for streamed Hub datasets)."""
+    partition_rows: int = Field(default=20_000, ge=1)
+    """Documents per Dask partition (and per resumable shard)."""
+    normalize: LengthBounds = LengthBounds()
+    heuristics: HeuristicsConfig = HeuristicsConfig()
     quality: QualityConfig = QualityConfig()
     exact_dedup: StageConfig = StageConfig()
     minhash: MinHashConfig = MinHashConfig()

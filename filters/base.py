@@ -1,0 +1,82 @@
+"""The Filter contract: ``score(batch) -> score columns``; ``keep(scores) -> (mask, reason)``.
+
+Scoring is the expensive part and is stored as columns; keeping is a cheap comparison against
+thresholds, so thresholds can change without recomputing scores (as NeMo Curator splits
+``score_document`` / ``keep_document``). A filter is a pydantic model: its fields are its
+parameters, so the same class is a config section and a notebook object::
+
+    scores = GopherQuality(min_doc_words=20).score(df)
+    mask, reason = GopherQuality(min_doc_words=20).keep(scores)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+TEXT = "text"
+
+
+class Filter(BaseModel, ABC):
+    """A document filter: parameters as fields, ``score`` then ``keep``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: ClassVar[str]
+    score_fields: ClassVar[tuple[str, ...]] = ()
+    """Parameters that change the scores (the others are thresholds applied by ``keep``)."""
+
+    enabled: bool = True
+
+    @abstractmethod
+    def score(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Score columns for ``batch[TEXT]``, indexed like ``batch``."""
+
+    @abstractmethod
+    def keep(self, scores: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        """A boolean keep mask and a reason per row (``""`` where kept), from score columns."""
+
+    def score_key(self) -> dict[str, Any]:
+        """What the scores depend on: a changed key means stored scores are stale."""
+        return {"filter": self.name, **{f: getattr(self, f) for f in self.score_fields}}
+
+    def apply(self, batch: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Score and split ``batch`` into (kept, rejected); rejected has a ``filter_reason`` column."""
+        scored = batch.join(self.score(batch))
+        mask, reason = self.keep(scored)
+        return scored[mask], scored[~mask].assign(filter_reason=reason[~mask])
+
+
+class RowFilter(Filter):
+    """A filter whose scores are a pure function of one document's text."""
+
+    @abstractmethod
+    def score_text(self, text: str) -> dict[str, float]:
+        """The score columns of one document."""
+
+    def score(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = [self.score_text(t) for t in batch[TEXT]]
+        return pd.DataFrame(rows, index=batch.index, columns=list(self.columns()), dtype="float64")
+
+    def columns(self) -> Sequence[str]:
+        return list(self.score_text("A short probe sentence."))
+
+
+Rule = tuple[str, Callable[[pd.DataFrame], pd.Series]]
+
+
+def first_failure(scores: pd.DataFrame, rules: Sequence[Rule]) -> tuple[pd.Series, pd.Series]:
+    """Apply ``(reason, fails(scores))`` rules in order: a row's reason is the first rule it fails.
+
+    Rows whose scores are missing (NaN: not scored because an earlier rule rejected them) fail
+    no rule here, so the earlier stage's reason stands.
+    """
+    reason = pd.Series("", index=scores.index, dtype=object)
+    for label, fails in rules:
+        hit = fails(scores).fillna(False).astype(bool) & (reason == "")
+        reason[hit] = label
+    return reason == "", reason

@@ -1,0 +1,97 @@
+"""What the filter stage removed and why: per-stage counts for stats.json, and report.png."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Stage of each reason prefix, in data-flow order.
+STAGES = ("normalize", "heuristics", "quality", "exact_dedup", "minhash", "decontaminate")
+_PREFIX = {"length": "normalize", "gopher": "heuristics", "gopher_rep": "heuristics", "c4": "heuristics",
+           "fineweb": "heuristics", "quality": "quality", "exact_dup": "exact_dedup",
+           "near_dup": "minhash", "decontam": "decontaminate"}
+
+
+def stage_of(reason: str) -> str:
+    return _PREFIX.get(reason.split(":", 1)[0], "other")
+
+
+def stage_table(docs_in: int, bytes_in: int, removed: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """Documents and bytes in, removed and out per stage, from ``{reason: [docs, bytes]}``."""
+    per_stage: dict[str, list[int]] = {s: [0, 0] for s in STAGES}
+    for reason, (docs, size) in removed.items():
+        counts = per_stage.setdefault(stage_of(reason), [0, 0])
+        counts[0] += docs
+        counts[1] += size
+    rows, docs, size = [], docs_in, bytes_in
+    for stage, (gone_docs, gone_bytes) in per_stage.items():
+        rows.append({"stage": stage, "docs_in": docs, "bytes_in": size, "docs_removed": gone_docs,
+                     "bytes_removed": gone_bytes, "docs_out": docs - gone_docs, "bytes_out": size - gone_bytes})
+        docs, size = docs - gone_docs, size - gone_bytes
+    return rows
+
+
+def decontamination_report(matches: list[str], items: dict[str, int], indexed: dict[str, int]) -> dict[str, Any]:
+    """Per benchmark: items, items long enough to index, documents hit, unique items hit.
+
+    ``matches`` holds one ``decontam_matches`` string per removed document (``"gsm8k:3,mmlu:9"``).
+    """
+    docs: Counter[str] = Counter()
+    unique: dict[str, set[str]] = {name: set() for name in items}
+    for doc in matches:
+        hit = [m.rsplit(":", 1) for m in doc.split(",") if m]
+        for name in {b for b, _ in hit}:
+            docs[name] += 1
+        for b, item in hit:
+            unique.setdefault(b, set()).add(item)
+    return {name: {"items": items.get(name, 0), "items_indexed": indexed.get(name, 0),
+                   "documents_hit": docs[name], "unique_items_hit": len(unique[name])}
+            for name in unique}
+
+
+def plot_report(path: Path, table: list[dict[str, Any]], bins: np.ndarray, scored: np.ndarray,
+                kept: np.ndarray) -> Path:
+    """report.png: edu_score histogram (counts per bin, scored vs kept) and the removal waterfall."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (hist, fall) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if scored.sum():
+        width = np.diff(bins)
+        hist.bar(bins[:-1], scored, width=width, align="edge", alpha=0.5, label=f"scored ({int(scored.sum()):,})")
+        hist.bar(bins[:-1], kept, width=width, align="edge", alpha=0.7, label=f"kept ({int(kept.sum()):,})")
+        hist.legend()
+    else:
+        hist.text(0.5, 0.5, "quality stage off: no edu_score", ha="center", va="center")
+    hist.set(title="edu_score", xlabel="edu_score", ylabel="documents")
+
+    names = ["input"] + [r["stage"] for r in table] + ["kept"]
+    start = table[0]["docs_in"] if table else 0
+    tops, bottoms, colors = [start], [0], ["tab:blue"]
+    for r in table:
+        tops.append(r["docs_removed"])
+        bottoms.append(r["docs_out"])
+        colors.append("tab:red")
+    tops.append(table[-1]["docs_out"] if table else 0)
+    bottoms.append(0)
+    colors.append("tab:green")
+    bars = fall.bar(names, tops, bottom=bottoms, color=colors)
+    for bar, r in zip(bars[1:-1], table, strict=True):
+        if r["docs_removed"]:
+            fall.annotate(f"-{r['docs_removed']:,}", (bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height()),
+                          ha="center", va="bottom", fontsize=8)
+    fall.set_ylim(0, max(start, 1) * 1.1)  # room for the labels under the title
+    fall.set(title="documents removed per stage", ylabel="documents")
+    fall.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

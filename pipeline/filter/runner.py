@@ -1,0 +1,336 @@
+"""`textbook filter`: web text and generated shards -> clean, deduplicated, decontaminated Parquet.
+
+The flow, as in the data-flow diagram::
+
+    validate inputs -> score shards (normalise, length, heuristics, edu score; resumable)
+      -> thresholds -> exact dedup -> MinHash dedup -> decontaminate -> filtered/ + rejected/
+
+Scores are stored per shard under ``filtered/scored/`` with a manifest entry (input digest,
+score-config hash), so a rerun after a threshold change rescores nothing. Outputs are staged
+and renamed into place, then ``stats.json``, ``report.png`` and ``manifest.json`` are written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import xxhash
+from distributed import as_completed
+from tqdm.auto import tqdm
+
+from filters.decontaminate import BenchmarkIndex, Decontaminate
+from filters.dedup import exact_dedup, minhash_dedup
+from filters.quality import percentile_threshold
+from pipeline.cluster import dask_client, worker_cached
+from pipeline.config import Config, public_dict
+from pipeline.errors import DataError, FilterError
+from pipeline.filter.benchmarks import load_benchmark
+from pipeline.filter.config import BenchmarkConfig, DecontaminateConfig
+from pipeline.filter.documents import REASON, DocumentFilters
+from pipeline.filter.inputs import Partition, Source, discover, read_partition, validate
+from pipeline.filter.report import decontamination_report, plot_report, stage_table
+from pipeline.io import (
+    build_manifest,
+    list_shards,
+    read_json,
+    read_parquet,
+    shard_path,
+    stable_hash,
+    write_json,
+    write_parquet,
+)
+
+EDU_BINS = np.linspace(0.0, 1.0, 41)
+# Flags that the kept/rejected split already says; the scores themselves stay as columns.
+_DROPPED = ("exact_dup", "minhash_dup", "exact_hash")
+
+
+def run_filter(cfg: Config, scheduler: str | None = None, **_: Any) -> int:
+    """Run the filter stage of ``cfg``; returns 0. Errors a user can act on raise PipelineError."""
+    fc = cfg.filter
+    folder = Path(cfg.run_dir) / "filtered"
+    filters = DocumentFilters.from_config(cfg)
+    benchmarks = fc.decontaminate.benchmarks if fc.decontaminate.enabled else []
+    index = benchmark_index(benchmarks, fc.decontaminate.ngram, fc.decontaminate.min_ratio) if benchmarks else None
+    sources = discover(fc.input, fc.text_column, fc.id_column, cfg.run_dir, fc.include_generated, fc.limit)
+    if not sources:
+        raise FilterError("filter.input: nothing to filter (no inputs given and no RUN_DIR/generated shards)")
+    clock: dict[str, float] = {}
+    with dask_client(scheduler or cfg.scheduler, cfg.workers) as client:
+        with timed(clock, "validate"):
+            partitions, bad_files = validate_inputs(client, sources, fc.partition_rows, fc.on_bad_file)
+        with timed(clock, "score"):
+            shards = score_shards(client, partitions, filters, folder / "scored")
+        output_key = stable_hash({"shards": read_json(folder / "scored" / "manifest.json")["shards"],
+                                  "filter": public_dict(fc), "run_dir": str(cfg.run_dir),
+                                  "benchmarks": xxhash.xxh3_64_hexdigest(index.hashes.tobytes()) if index else None})
+        if _up_to_date(folder, output_key):
+            print(f"filter: {folder} is up to date (same scored shards and config); nothing to do")
+            return 0
+        stats = filter_corpus(client, shards, filters, cfg, folder, index, clock)
+    stats.update(bad_files=bad_files, timings_s={k: round(v, 3) for k, v in clock.items()})
+    finish(folder, cfg, stats, output_key, partitions)
+    return 0
+
+
+@contextmanager
+def timed(clock: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    clock[name] = clock.get(name, 0.0) + time.perf_counter() - start
+
+
+# --- inputs and per-shard scores ---------------------------------------------------------------
+
+def _validate_one(source: Source, partition_rows: int) -> tuple[list[Partition], str | None]:
+    try:
+        return validate(source, partition_rows), None
+    except DataError as e:
+        return [], str(e)
+
+
+def validate_inputs(client: Any, sources: list[Source], partition_rows: int,
+                    on_bad_file: str) -> tuple[list[Partition], list[dict[str, str]]]:
+    """Validate every input on the cluster before any output; stop on a bad file or skip and report it."""
+    results = client.gather(client.map(_validate_one, sources, partition_rows=partition_rows, pure=False))
+    bad = [{"path": s.file.path, "error": err} for s, (_, err) in zip(sources, results, strict=True) if err]
+    if bad and on_bad_file == "fail":
+        more = f" (and {len(bad) - 1} more bad input(s))" if len(bad) > 1 else ""
+        raise DataError(f"{bad[0]['error']}{more}; nothing was written (filter.on_bad_file=skip skips bad files)")
+    for b in bad:
+        print(f"filter: skipping bad input: {b['error']}")
+    partitions = [p for parts, _ in results for p in parts]
+    if not partitions:
+        raise DataError("filter.input: no readable documents in any input")
+    return partitions, bad
+
+
+def _score_shard(part: Partition, filters: DocumentFilters, path: str) -> int:
+    frame = filters.score(read_partition(part))
+    write_parquet(frame, Path(path))
+    return len(frame)
+
+
+def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilters, folder: Path) -> list[Path]:
+    """Score every partition into ``folder/part-*.parquet``; a shard whose manifest entry (input
+    digest, score-config hash) matches is done and skipped."""
+    manifest_path = folder / "manifest.json"
+    manifest = read_json(manifest_path) if manifest_path.exists() else {"shards": {}}
+    score_hash = stable_hash(filters.score_key())
+    paths = [shard_path(folder, i) for i in range(len(partitions))]
+    for stale in list_shards(folder)[len(partitions):]:
+        stale.unlink()
+        manifest["shards"].pop(stale.name, None)
+    entries = {p.name: {"input": part.key, "score_hash": score_hash} for p, part in zip(paths, partitions, strict=True)}
+    def done(path: Path) -> bool:
+        entry = manifest["shards"].get(path.name, {})
+        return path.exists() and {k: entry.get(k) for k in entries[path.name]} == entries[path.name]
+
+    todo = [i for i, p in enumerate(paths) if not done(p)]
+    for i in todo:  # forget first: a crash while rewriting must not leave a matching entry
+        manifest["shards"].pop(paths[i].name, None)
+    manifest["shards"] = {k: v for k, v in manifest["shards"].items() if k in entries}
+    write_json(manifest, manifest_path)
+    if len(todo) < len(paths):
+        print(f"filter: {len(paths) - len(todo)}/{len(paths)} shards already scored, resuming")
+    futures = {client.submit(_score_shard, partitions[i], filters, str(paths[i]), pure=False): i for i in todo}
+    with tqdm(total=len(todo), desc="filter: score", unit="shard", disable=not todo) as bar:
+        for future in as_completed(futures):
+            i = futures[future]
+            rows = future.result()
+            manifest["shards"][paths[i].name] = {**entries[paths[i].name], "rows": rows}
+            write_json(manifest, manifest_path)
+            bar.update(1)
+    return paths
+
+
+# --- global stages -----------------------------------------------------------------------------
+
+def benchmark_index(benchmarks: list[BenchmarkConfig], ngram: int, min_ratio: float) -> BenchmarkIndex:
+    """The n-gram index of the configured benchmarks, built once per process."""
+    key = ("benchmark_index", stable_hash([b.model_dump() for b in benchmarks]), ngram, min_ratio)
+    return worker_cached(key, lambda: BenchmarkIndex({b.name: load_benchmark(b) for b in benchmarks},
+                                                     ngram, min_ratio))
+
+
+def _decontaminate(part: pd.DataFrame, config: DecontaminateConfig) -> pd.DataFrame:
+    index = benchmark_index(config.benchmarks, config.ngram, config.min_ratio)
+    decontam = Decontaminate.from_index(index)
+    scores = decontam.score(part) if len(part) else pd.DataFrame(
+        {"decontam_hits": pd.Series(dtype="int64"), "decontam_matches": pd.Series(dtype=object)}, index=part.index)
+    _, reason = decontam.keep(scores)
+    return part.join(scores).assign(**{REASON: reason.astype(object)})
+
+
+def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg: Config, folder: Path,
+                  index: BenchmarkIndex | None, clock: dict[str, float]) -> dict[str, Any]:
+    """Thresholds, exact dedup, MinHash dedup and decontamination over the scored shards; write outputs."""
+    fc = cfg.filter
+    meta = read_parquet(shards[0]).iloc[:0]
+    scored = dd.from_map(read_parquet, [str(p) for p in shards], meta=meta, enforce_metadata=False)
+    stats: dict[str, Any] = {}
+    with timed(clock, "thresholds"):
+        n_docs, n_ids = dask.compute(scored["id"].size, scored["id"].nunique())
+        if n_docs != n_ids:
+            raise FilterError(f"filter.id_column: {n_docs - n_ids} duplicate document ids across inputs; use a "
+                              "unique id column, or drop it from the inputs so ids are made from source and row")
+        if filters.quality and fc.quality.keep_top:
+            pool = scored.map_partitions(filters.quality_pool, meta=("edu_score", "float64")).compute()
+            threshold = percentile_threshold(pool.to_numpy(), fc.quality.keep_top)
+            filters = filters.with_threshold(threshold)
+            print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.4f}")
+        if filters.quality:
+            stats["quality"] = {"threshold": filters.quality.threshold, "keep_top": fc.quality.keep_top}
+    marked = scored.map_partitions(filters.mark, meta=meta.assign(**{REASON: pd.Series(dtype=object)}))
+    rejected = [marked[marked[REASON] != ""]]
+    alive = marked[marked[REASON] == ""].drop(columns=[REASON])
+    if fc.exact_dedup.enabled:
+        with timed(clock, "exact_dedup"):
+            flagged = exact_dedup(alive, "text", "id", "edu_score")
+        rejected.append(flagged[flagged["exact_dup"]].assign(**{REASON: "exact_dup"}))
+        alive = flagged[~flagged["exact_dup"]]
+    if fc.minhash.enabled:
+        mh = fc.minhash
+        lsh: dict[str, Any] = {}
+        work = folder / ".work" / "minhash"
+        shutil.rmtree(work, ignore_errors=True)
+        with timed(clock, "minhash"):
+            flagged = minhash_dedup(alive, "text", "id", "edu_score", threshold=mh.threshold, num_perm=mh.num_perm,
+                                    ngram=mh.ngram, seed=mh.seed, bands=mh.bands, rows=mh.rows, verify=mh.verify,
+                                    work_dir=work, stats=lsh)
+        print(f"filter: minhash threshold {mh.threshold} with {mh.num_perm} permutations -> "
+              f"{lsh.get('bands')} bands x {lsh.get('rows')} rows")
+        stats["minhash"] = lsh
+        rejected.append(flagged[flagged["minhash_dup"]].assign(**{REASON: "near_dup"}))
+        alive = flagged[~flagged["minhash_dup"]]
+    if index is not None:
+        checked = alive.map_partitions(_decontaminate, fc.decontaminate, meta=_decontaminate(
+            alive._meta.assign(**{"text": pd.Series(dtype=object)}), fc.decontaminate))
+        rejected.append(checked[checked[REASON] != ""])
+        alive = checked[checked[REASON] == ""].drop(columns=[REASON])
+    columns = [c for c in alive.columns if c not in _DROPPED]
+    dtypes = {c: _output_dtype(alive._meta[c]) for c in columns}
+    staging = folder / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    writes = [dask.delayed(_write_part)(p, str(shard_path(staging / "kept", j)), columns, dtypes, False)
+              for j, p in enumerate(alive.to_delayed())]
+    rejected_parts = [p for frame in rejected for p in frame.to_delayed()]
+    writes += [dask.delayed(_write_part)(p, str(shard_path(staging / "rejected", j)), columns, dtypes, True)
+               for j, p in enumerate(rejected_parts)]
+    with timed(clock, "decontaminate_and_write"):
+        futures = client.compute(writes)
+        summaries = []
+        with tqdm(total=len(futures), desc="filter: write", unit="part") as bar:
+            for future in as_completed(futures):
+                summaries.append(future.result())
+                bar.update(1)
+    stats.update(_summarise(summaries, index))
+    return stats
+
+
+def _write_part(frame: pd.DataFrame, path: str, columns: list[str], dtypes: dict[str, str],
+                rejected: bool) -> dict[str, Any]:
+    """Write one output partition (skipped when empty); return its counts for stats.json."""
+    out = frame.reindex(columns=columns + ([REASON] if rejected else []))
+    for c, kind in {**dtypes, REASON: "string"}.items():
+        if c in out:  # one Parquet schema for every file, whichever stages left a column empty
+            out[c] = out[c].astype(kind)
+    summary: dict[str, Any] = {"rejected": rejected, "docs": len(out), "bytes": int(frame["n_bytes"].sum()),
+                               "reasons": {}, "matches": [], "sources": {}}
+    edu = frame["edu_score"].dropna().to_numpy() if "edu_score" in frame else np.empty(0)
+    summary["edu_hist"] = np.histogram(edu, bins=EDU_BINS)[0].tolist()
+    if rejected and len(out):
+        grouped = frame.assign(**{REASON: out[REASON]}).groupby(REASON)["n_bytes"].agg(["size", "sum"])
+        summary["reasons"] = {str(r): [int(n), int(b)] for r, (n, b) in grouped.iterrows()}
+        if "decontam_matches" in out:
+            decontam = out[REASON].astype(str).str.startswith("decontam:")
+            summary["matches"] = out.loc[decontam, "decontam_matches"].astype(str).tolist()
+    elif len(out):
+        summary["sources"] = {str(k): int(v) for k, v in frame["source"].value_counts().items()}
+    if len(out):
+        write_parquet(out, Path(path))
+    return summary
+
+
+def _output_dtype(column: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(column.dtype):
+        return "Int64"
+    if pd.api.types.is_float_dtype(column.dtype):
+        return "float64"
+    return "string"
+
+
+def _summarise(summaries: list[dict[str, Any]], index: BenchmarkIndex | None) -> dict[str, Any]:
+    removed: dict[str, list[int]] = {}
+    for s in summaries:
+        for reason, (docs, size) in s["reasons"].items():
+            total = removed.setdefault(reason, [0, 0])
+            total[0] += docs
+            total[1] += size
+    kept = [s for s in summaries if not s["rejected"]]
+    docs_in = sum(s["docs"] for s in summaries)
+    bytes_in = sum(s["bytes"] for s in summaries)
+    sources: dict[str, int] = {}
+    for s in kept:
+        for k, v in s["sources"].items():
+            sources[k] = sources.get(k, 0) + v
+    return {
+        "documents_in": docs_in, "bytes_in": bytes_in,
+        "documents_out": sum(s["docs"] for s in kept), "bytes_out": sum(s["bytes"] for s in kept),
+        "kept_by_source": sources,
+        "stages": stage_table(docs_in, bytes_in, removed),
+        "removed_by_reason": dict(sorted(removed.items(), key=lambda kv: -kv[1][0])),
+        "decontamination": decontamination_report([m for s in summaries for m in s["matches"]],
+                                                  index.items, index.indexed) if index else {},
+        "edu_hist": {"bins": EDU_BINS.tolist(),
+                     "scored": np.sum([s["edu_hist"] for s in summaries], axis=0).tolist(),
+                     "kept": np.sum([s["edu_hist"] for s in kept] or [np.zeros(len(EDU_BINS) - 1)], axis=0).tolist()},
+    }
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+def _up_to_date(folder: Path, output_key: str) -> bool:
+    manifest = folder / "manifest.json"
+    return manifest.exists() and read_json(manifest).get("output_key") == output_key and (folder / "stats.json").exists()
+
+
+def finish(folder: Path, cfg: Config, stats: dict[str, Any], output_key: str, partitions: list[Partition]) -> None:
+    """Move staged outputs into place (renumbered), then write stats.json, report.png, manifest.json."""
+    staging = folder / ".staging"
+    (folder / "manifest.json").unlink(missing_ok=True)  # outputs are in flux until the manifest is back
+    for sub, dest in (("kept", folder), ("rejected", folder / "rejected")):
+        for old in list_shards(dest):
+            old.unlink()
+        dest.mkdir(parents=True, exist_ok=True)
+        for j, staged in enumerate(list_shards(staging / sub)):
+            staged.replace(shard_path(dest, j))
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(folder / ".work", ignore_errors=True)
+    write_json(stats, folder / "stats.json")
+    hist = stats["edu_hist"]
+    plot_report(folder / "report.png", stats["stages"], np.asarray(hist["bins"]), np.asarray(hist["scored"]),
+                np.asarray(hist["kept"]))
+    inputs = sorted({(p.source.file.path, p.digest) for p in partitions})
+    write_json(build_manifest("filter", public_dict(cfg), output_key=output_key,
+                              inputs=[{"path": p, "digest": d} for p, d in inputs],
+                              documents_in=stats["documents_in"], documents_out=stats["documents_out"],
+                              timings_s=stats["timings_s"]), folder / "manifest.json")
+    print(_summary_line(stats, folder))
+
+
+def _summary_line(stats: dict[str, Any], folder: Path) -> str:
+    removed = ", ".join(f"{r['stage']} -{r['docs_removed']:,}" for r in stats["stages"] if r["docs_removed"])
+    return (f"filter: kept {stats['documents_out']:,}/{stats['documents_in']:,} documents "
+            f"({removed or 'nothing removed'}) -> {folder}")

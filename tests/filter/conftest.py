@@ -1,0 +1,83 @@
+"""Fixtures for the filter stage: a real Dask cluster, a tiny fastText edu model, planted inputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from distributed import LocalCluster
+
+from filters.quality import NEGATIVE_LABEL, POSITIVE_LABEL, normalize_for_fasttext
+from tests.filter.corpus import SPAM, documents, near_duplicate
+
+QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+            "How many clips did Natalia sell altogether in April and May?")
+ANSWER = "Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether in April and May. #### 72"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[str]:
+    """Address of a two-process LocalCluster shared by the filter tests (starting one costs seconds)."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as c:
+        yield c.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def edu_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fastText model that scores varied prose high and shouting spam low."""
+    import fasttext
+
+    folder = tmp_path_factory.mktemp("classifier")
+    good = [f"{POSITIVE_LABEL} {normalize_for_fasttext(t)}" for t in documents(40, seed=100)]
+    bad = [f"{NEGATIVE_LABEL} {normalize_for_fasttext(f'{SPAM} Offer number {i} ends soon, call now!')}"
+           for i in range(40)]
+    (folder / "train.txt").write_text("\n".join(good + bad) + "\n", encoding="utf-8")
+    model = fasttext.train_supervised(input=str(folder / "train.txt"), epoch=10, lr=0.1, dim=16, minCount=1,
+                                      bucket=20_000, wordNgrams=2, thread=1, seed=0, verbose=0)
+    model.save_model(str(folder / "edu_fasttext.bin"))
+    return folder / "edu_fasttext.bin"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def planted(tmp_path: Path, edu_model: Path, request: pytest.FixtureRequest) -> dict:
+    """A run dir with web JSONL (ids given), web Parquet (no ids), generated shards and a benchmark file.
+
+    Planted: an exact copy, a near-duplicate, spam, an empty and a null text, a 10 MB document
+    (unless the test is marked ``light``), and a generated document that quotes a GSM8K question.
+    """
+    light = request.node.get_closest_marker("light") is not None
+    docs = documents(48, seed=3)
+    web = [{"id": f"web-{i}", "text": t} for i, t in enumerate(docs[:30])]
+    web += [{"id": "copy-of-0", "text": docs[0].replace("\n\n", "\n\n\n")},  # same after normalisation
+            {"id": "near-1", "text": near_duplicate(docs[1], seed=1)},
+            {"id": "spam", "text": SPAM + " " + SPAM.lower()},
+            {"id": "empty", "text": ""}, {"id": "null", "text": None},
+            {"id": "huge", "text": "" if light else docs[2] * (10_000_000 // len(docs[2]))}]
+    write_jsonl(tmp_path / "web.jsonl", web)
+    pd.DataFrame({"text": docs[30:40]}).to_parquet(tmp_path / "more.parquet")
+    run = tmp_path / "run"
+    (run / "generated").mkdir(parents=True)
+    pd.DataFrame({"id": ["gen-0", "gen-1", "gen-2"],
+                  "text": [docs[40], f"{docs[41]}\n\nExercise. {QUESTION}\n\nSolution. {ANSWER}",
+                           "## Fractions\n" + "\n".join(f"- fraction {i}/{i + 1} of a pizza" for i in range(1, 8))]}).to_parquet(run / "generated" / "part-00000.parquet")
+    write_jsonl(tmp_path / "gsm8k_test.jsonl", [{"question": QUESTION, "answer": ANSWER},
+                                                {"question": "What is two plus two in this story?", "answer": "4"}])
+    overrides = [f"run_dir={run}", f"filter.input=[{tmp_path / 'web.jsonl'}, {tmp_path / 'more.parquet'}]",
+                 "filter.text_column=text", f"filter.quality.model={edu_model}", "filter.quality.threshold=0.5",
+                 f"filter.decontaminate.benchmarks=[{{name: gsm8k, path: {tmp_path / 'gsm8k_test.jsonl'}}}]",
+                 "filter.partition_rows=16"] + (["filter.minhash.enabled=false"] if light else [])
+    return {"root": tmp_path, "run": run, "docs": docs, "overrides": overrides}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "light: planted inputs without the 10 MB page, MinHash off (fast reruns)")

@@ -1,0 +1,101 @@
+"""`run_filter` end to end on a real Dask cluster: what is kept, what is rejected and why, resume."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.config import load_config
+from pipeline.filter.inputs import document_id
+from pipeline.filter.runner import run_filter
+from pipeline.io import read_shards
+
+
+def run(planted: dict, cluster: str, *extra: str) -> Path:
+    cfg = load_config(None, [*planted["overrides"], *extra])
+    assert run_filter(cfg, scheduler=cluster) == 0
+    return planted["run"] / "filtered"
+
+
+def test_filter_end_to_end(planted: dict, cluster: str, capsys: pytest.CaptureFixture) -> None:
+    out = run(planted, cluster)
+    kept, rejected = read_shards(out), read_shards(out / "rejected")
+    reason = dict(zip(rejected.id, rejected.filter_reason, strict=True))
+
+    # every input document is in exactly one of kept/ and rejected/
+    assert len(kept) + len(rejected) == 36 + 10 + 3
+    assert not set(kept.id) & set(rejected.id)
+
+    # the planted problems, each with a reason that says which stage removed it
+    assert reason["empty"] == reason["null"] == "length:empty"
+    assert reason["huge"] == "length:too_long"
+    assert reason["spam"].startswith(("gopher", "c4", "fineweb", "quality"))
+    assert {reason.get("copy-of-0"), reason.get("web-0")} == {"exact_dup", None}
+    assert {reason.get("near-1"), reason.get("web-1")} == {"near_dup", None}
+    assert reason["gen-1"] == "decontam:gsm8k"
+    # generated documents skip the web heuristics by default; dedup and decontamination still apply
+    assert "gen-2" in set(kept.id) and "gen-0" in set(kept.id)
+
+    # contract columns; scores stored; ids kept when given, made stably when absent
+    for column in ("id", "text", "source", "edu_score", "cluster_id", "cluster_size", "decontam_hits",
+                   "gopher_words", "c4_sentences", "fw_line_punct"):
+        assert column in kept.columns
+    assert set(kept.source) == {str(planted["root"] / "web.jsonl"), str(planted["root"] / "more.parquet"),
+                                "generated"}
+    parquet_ids = kept[kept.source.str.endswith("more.parquet")].id
+    assert set(parquet_ids) <= {document_id(str(planted["root"] / "more.parquet"), r) for r in range(10)}
+    assert kept.edu_score.between(0, 1).all()
+    survivor = kept[kept.id.isin(["web-1", "near-1"])].iloc[0]
+    assert survivor.cluster_size == 2
+
+    stats = json.loads((out / "stats.json").read_text())
+    assert [s["stage"] for s in stats["stages"]] == ["normalize", "heuristics", "quality", "exact_dedup",
+                                                      "minhash", "decontaminate"]
+    assert stats["documents_in"] == 49 and stats["documents_out"] == len(kept)
+    for before, after in zip(stats["stages"], stats["stages"][1:], strict=False):
+        assert after["docs_in"] == before["docs_out"] and after["bytes_in"] == before["bytes_out"]
+    assert stats["stages"][0]["bytes_removed"] > 9_000_000  # the 10 MB page
+    assert stats["decontamination"]["gsm8k"] == {"items": 2, "items_indexed": 1, "documents_hit": 1,
+                                                 "unique_items_hit": 1}
+    assert stats["minhash"]["bands"] * stats["minhash"]["rows"] <= 128
+    assert {"validate", "score", "minhash", "decontaminate_and_write"} <= set(stats["timings_s"])
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "filter" and len(manifest["inputs"]) == 3
+    assert not list(out.glob(".staging*")) and "bands x" in capsys.readouterr().out
+
+
+@pytest.mark.light
+def test_thresholds_change_without_rescoring(planted: dict, cluster: str, capsys: pytest.CaptureFixture) -> None:
+    out = run(planted, cluster)
+    scored = sorted(glob.glob(str(out / "scored" / "part-*.parquet")))
+    stamps = [Path(p).stat().st_mtime_ns for p in scored]
+    capsys.readouterr()
+
+    run(planted, cluster)  # unchanged: nothing to do
+    assert "up to date" in capsys.readouterr().out
+
+    out = run(planted, cluster, "filter.quality.threshold=null", "filter.quality.keep_top=0.5")
+    assert "already scored" in capsys.readouterr().out
+    assert [Path(p).stat().st_mtime_ns for p in scored] == stamps  # scores reused, not recomputed
+    stats = json.loads((out / "stats.json").read_text())
+    quality = next(s for s in stats["stages"] if s["stage"] == "quality")
+    pool = quality["docs_in"] - 3  # generated documents are scored but not thresholded by default
+    assert quality["docs_removed"] == pytest.approx(pool / 2, abs=1)
+    assert "quality:low_edu_score" in set(read_shards(out / "rejected").filter_reason)
+
+
+@pytest.mark.light
+def test_a_changed_input_rescores_only_its_shards(planted: dict, cluster: str) -> None:
+    out = run(planted, cluster)
+    before = {p: p.stat().st_mtime_ns for p in (out / "scored").glob("part-*.parquet")}
+    pd.DataFrame({"text": planted["docs"][30:38]}).to_parquet(planted["root"] / "more.parquet")
+    out = run(planted, cluster)
+    after = {p: p.stat().st_mtime_ns for p in (out / "scored").glob("part-*.parquet")}
+    changed = [p.name for p in before if after.get(p) != before[p]]
+    assert changed == ["part-00003.parquet"]  # web.jsonl is shards 0-2 (16 rows each), more.parquet is 3
+    assert json.loads((out / "stats.json").read_text())["documents_in"] == 47

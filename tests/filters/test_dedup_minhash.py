@@ -1,0 +1,85 @@
+"""MinHash signatures and LSH parameters: the pure, per-partition half of near-dedup."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from datasketch import MinHash
+from datasketch.lsh import _optimal_param
+
+from filters.minhash import (
+    MAX_HASH,
+    band_hashes,
+    collision_probability,
+    dedup_form,
+    estimated_jaccard,
+    lsh_params,
+    minhash_signatures,
+    shingle_hashes,
+)
+from tests.conftest import SENTENCES
+
+
+def jaccard(a: str, b: str) -> float:
+    sa, sb = set(shingle_hashes(a).tolist()), set(shingle_hashes(b).tolist())
+    return len(sa & sb) / len(sa | sb)
+
+
+def test_dedup_form_ignores_case_punctuation_and_spacing():
+    assert dedup_form("  Hello,   WORLD!\n\tIt's  me. ") == "hello world it s me"
+    assert dedup_form(None) == "" and dedup_form("") == ""
+
+
+def test_shingles_are_word_5grams_of_the_dedup_form():
+    text = "one two three four five six seven"
+    assert len(shingle_hashes(text)) == 3
+    assert np.array_equal(shingle_hashes(text), shingle_hashes("One, two; THREE four five six seven!"))
+    # an n-gram hashes the same wherever it occurs, and word order matters
+    assert shingle_hashes("x one two three four five")[1] == shingle_hashes(text)[0]
+    assert shingle_hashes("two one three four five")[0] != shingle_hashes(text)[0]
+    assert len(shingle_hashes("only three words")) == 1 and len(shingle_hashes("")) == 0
+
+
+def test_signatures_equal_datasketch_minhash_on_the_same_shingles():
+    texts = [" ".join(SENTENCES), SENTENCES[0], "tiny", "", None, " ".join(SENTENCES[::-1]) * 50]
+    sig = minhash_signatures(texts, num_perm=64, seed=7)
+    assert sig.shape == (len(texts), 64) and sig.dtype == np.uint32
+    for text, row in zip(texts, sig, strict=True):
+        reference = MinHash(num_perm=64, seed=7, hashfunc=int)
+        reference.update_batch(shingle_hashes(text).tolist())
+        assert np.array_equal(reference.hashvalues, row)
+    assert (sig[3] == MAX_HASH).all() and (sig[4] == MAX_HASH).all()
+
+
+def test_estimated_jaccard_tracks_true_jaccard():
+    base = " ".join(SENTENCES)
+    words = base.split()
+    for edits in (1, 3, 8):
+        copy = " ".join("EDITED" if i % (len(words) // edits) == 7 else w for i, w in enumerate(words))
+        sig = minhash_signatures([base, copy], num_perm=256)
+        assert abs(estimated_jaccard(sig[0], sig[1]) - jaccard(base, copy)) < 0.1
+
+
+def test_lsh_params_minimise_the_same_error_as_datasketch():
+    for threshold in (0.5, 0.7, 0.8, 0.9):
+        assert lsh_params(threshold, 128) == _optimal_param(threshold, 128, 0.5, 0.5)
+    bands, rows = lsh_params(0.8, 128)
+    print(f"threshold 0.8, 128 perms: {bands} bands x {rows} rows")
+    assert bands * rows <= 128
+
+
+def test_lsh_s_curve_rises_at_the_threshold():
+    bands, rows = lsh_params(0.8, 128, false_positive_weight=0.1, false_negative_weight=0.9)
+    p = collision_probability(np.array([0.3, 0.5, 0.8, 0.85, 0.95]), bands, rows)
+    assert p[0] < 0.01 and p[1] < 0.1, p
+    assert p[3] >= 0.95 and p[4] > 0.999, p
+    assert np.all(np.diff(p) > 0)
+
+
+def test_band_hashes_collide_exactly_when_a_band_is_equal():
+    sig = np.arange(24, dtype=np.uint32).reshape(2, 12).copy()
+    sig[1, :4] = sig[0, :4]
+    h = band_hashes(sig, bands=3, rows=4)
+    assert h.shape == (2, 3) and h[0, 0] == h[1, 0] and h[0, 1] != h[1, 1] and h[0, 2] != h[1, 2]
+    with pytest.raises(ValueError, match="num_perm"):
+        band_hashes(sig, bands=4, rows=4)
