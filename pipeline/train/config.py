@@ -1,9 +1,166 @@
-"""The `train` section: tokenizer, model, phases and their mixtures."""
+"""The `train` section: tokenizer, model, sources, phases with their mixtures, checkpoints and evals.
+
+A *source* is a set of Parquet paths (``{run_dir}`` is substituted) with optional row filters; a
+*phase* draws fixed-length token sequences from its sources by weight until its token budget is spent.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
 
 from pipeline.settings import Section
 
 
+class RowFilter(Section):
+    """Keep rows where ``column op value``; ``percentile`` sets ``value`` to that percentile of the column."""
+
+    column: str
+    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not in"] = "=="
+    value: Any = None
+    percentile: float | None = Field(default=None, ge=0, le=100)
+
+
+class SourceConfig(Section):
+    paths: list[str] = []
+    text_column: str = "text"
+    id_column: str = "id"
+    filters: list[RowFilter] = []
+    max_docs: int | None = None
+    """Read at most this many documents (after filtering), in file order."""
+
+
+class TokenizerConfig(Section):
+    pretrained: str | None = None
+    """A Hub id or local path of a tokenizer to use instead of training one."""
+    vocab_size: int = 8192
+    sample_docs: int = 20_000
+    """Documents sampled from the phase mixtures to train the BPE."""
+
+
+class ModelConfig(Section):
+    preset: Literal["tiny", "small", "100m"] = "tiny"
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    intermediate_size: int | None = None
+    max_position_embeddings: int | None = None
+
+
+class PhaseConfig(Section):
+    mixture: dict[str, float]
+    """Source name -> sampling weight (normalised; must sum to a positive number)."""
+    tokens: int = 200_000
+    """Token budget: steps = tokens // (batch_size * grad_accum * seq_len * world_size)."""
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)
+    """WSD only: the share of steps spent decaying to min_lr at the end."""
+    batch_size: int = Field(default=8, ge=1)
+    """Sequences per micro-batch per process."""
+    grad_accum: int = Field(default=1, ge=1)
+
+
+class Phase1Config(PhaseConfig):
+    """Phase 1: mostly (filtered) web text, from a fresh model."""
+
+    mixture: dict[str, float] = {"web": 1.0}
+
+
+class Phase2Config(PhaseConfig):
+    """Phase 2: top-edu web plus synthetic textbooks, from phase 1's final weights."""
+
+    mixture: dict[str, float] = {"web_top_edu": 0.5, "synthetic": 0.5}
+    lr: float = 1e-3
+    warmup_steps: int = 5
+    schedule: Literal["cosine", "wsd"] = "wsd"
+
+
+def _src(path: str, *filters: dict[str, Any]) -> SourceConfig:
+    return SourceConfig(paths=[path], filters=[RowFilter(**f) for f in filters])
+
+
+_FILTERED = "{run_dir}/filtered/part-*.parquet"
+_GENERATED = "{run_dir}/generated/part-*.parquet"
+_NOT_GENERATED = {"column": "source", "op": "!=", "value": "generated"}
+_NOT_CHAT = {"column": "template", "op": "!=", "value": "conversation"}
+
+
+def _default_sources() -> dict[str, SourceConfig]:
+    return {
+        "web": _src(_FILTERED, _NOT_GENERATED),
+        "web_top_edu": _src(_FILTERED, _NOT_GENERATED, {"column": "edu_score", "op": ">=", "percentile": 50}),
+        "synthetic": _src(_GENERATED, _NOT_CHAT),
+        "textbook": _src(_GENERATED, {"column": "template", "op": "in", "value": ["textbook", "exercises"]}),
+        "chat": _src(_GENERATED, {"column": "template", "op": "==", "value": "conversation"}),
+        "held_out": SourceConfig(),
+    }
+
+
+class SFTConfig(Section):
+    source: str = "chat"
+    parser: str | None = None
+    """``module:function`` turning a conversation text into [{role, content}]; None finds
+    ``parse_conversation`` in pipeline.generate."""
+    tokens: int = 50_000
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 5
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+
+
+class CompareConfig(Section):
+    arms: dict[str, dict[str, float]] = {
+        "with_synthetic": {"web_top_edu": 0.5, "synthetic": 0.5},
+        "web_only": {"web_top_edu": 1.0},
+    }
+    """Arm name -> phase-2 mixture; every arm starts from checkpoints/phase1 with phase2.tokens."""
+
+
 class TrainConfig(Section):
-    pass
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    seq_len: int = Field(default=256, ge=8)
+    sources: dict[str, SourceConfig] = Field(default_factory=_default_sources)
+    phase1: Phase1Config = Phase1Config()
+    phase2: Phase2Config = Phase2Config()
+    sft: SFTConfig = SFTConfig()
+    compare: CompareConfig = CompareConfig()
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    val_fraction: float = Field(default=0.05, gt=0, lt=1)
+    """Share of each source's documents (by hashed id) held out for validation, never trained on."""
+    eval_domains: dict[str, str] = {"web": "web", "textbook": "textbook", "chat": "chat",
+                                    "held_out": "held_out"}
+    """Eval domain -> source; a domain whose source has no documents is skipped with a warning."""
+    eval_every: int = 50
+    eval_sequences: int = 16
+    """Validation sequences per domain."""
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    stop_at_step: int | None = None
+    """Stop (after checkpointing) at this step without ending the schedule: for time-limited jobs."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = True
+    """torch.compile on CUDA (never on CPU)."""
+    log_every: int = 1
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _merge_default_sources(cls, given: Any) -> Any:
+        """A partial override (``train.sources.web.paths=[...]``) keeps the other sources and keys."""
+        if not isinstance(given, dict):
+            return given
+        merged: dict[str, Any] = {k: v.model_dump() for k, v in _default_sources().items()}
+        for name, spec in given.items():
+            if isinstance(spec, dict) and name in merged:
+                merged[name] = {**merged[name], **spec}
+            else:
+                merged[name] = spec
+        return merged

@@ -1,0 +1,228 @@
+"""Training data: read a source's Parquet, split off validation, tokenize, pack, cache, mix.
+
+Documents are framed ``BOS doc EOS`` and concatenated into non-overlapping rows of
+``seq_len + 1`` tokens (inputs are ``row[:-1]``, targets ``row[1:]``). Packed rows are cached
+per source as ``.npy`` token shards with a manifest; a phase draws rows from its sources by
+weight with a plan that is a pure function of the seed, so the data position is one integer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xxhash
+from tqdm.auto import tqdm
+
+from pipeline.errors import PipelineError, TrainError
+from pipeline.io import expand_inputs, file_digest, read_json, read_parquet, stable_hash, write_json
+from pipeline.train.config import RowFilter, SourceConfig
+
+_OPS: dict[str, Callable[[pd.Series, object], pd.Series]] = {
+    "==": lambda s, v: s == v, "!=": lambda s, v: s != v, ">": lambda s, v: s > v,
+    ">=": lambda s, v: s >= v, "<": lambda s, v: s < v, "<=": lambda s, v: s <= v,
+    "in": lambda s, v: s.isin(list(v)), "not in": lambda s, v: ~s.isin(list(v)),
+}
+
+
+def source_files(name: str, spec: SourceConfig, run_dir: Path) -> list[str]:
+    """The Parquet files of a source (``{run_dir}`` substituted); TrainError if there are none."""
+    if not spec.paths:
+        raise TrainError(f"config key 'train.sources.{name}.paths': the source is empty (no paths)")
+    patterns = [p.replace("{run_dir}", str(run_dir)) for p in spec.paths]
+    try:
+        return [f.path for f in expand_inputs(patterns)]
+    except PipelineError as e:
+        raise TrainError(f"train.sources.{name}: {e}") from None
+
+
+def read_source(name: str, spec: SourceConfig, run_dir: Path) -> pd.DataFrame:
+    """All documents of a source after its filters, as columns ``id`` and ``text``, in file order."""
+    files = source_files(name, spec, run_dir)
+    columns = list(dict.fromkeys([spec.text_column, *(f.column for f in spec.filters)]))
+    frames = []
+    for path in files:
+        df = read_parquet(Path(path))
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise TrainError(f"{path}: source {name!r} needs column {missing[0]!r} (has: {', '.join(df.columns)})")
+        ids = df[spec.id_column].astype(str) if spec.id_column in df.columns else (
+            pd.Series([f"{path}:{i}" for i in range(len(df))], index=df.index))
+        frames.append(df[columns].assign(id=ids.values))
+    rows = pd.concat(frames, ignore_index=True)
+    total = len(rows)
+    for f in spec.filters:
+        rows = rows[_filter_mask(rows, f)]
+    rows = rows[rows[spec.text_column].fillna("").astype(str).str.strip() != ""]
+    if spec.max_docs is not None:
+        rows = rows.iloc[: spec.max_docs]
+    if rows.empty:
+        raise TrainError(f"train.sources.{name}: no documents left ({total} rows in {len(files)} files "
+                         f"before filters {[f.model_dump(exclude_none=True) for f in spec.filters]})")
+    return pd.DataFrame({"id": rows["id"].values, "text": rows[spec.text_column].astype(str).values})
+
+
+def _filter_mask(rows: pd.DataFrame, f: RowFilter) -> pd.Series:
+    col = rows[f.column]
+    value = f.value
+    if f.percentile is not None:
+        value = float(np.nanpercentile(pd.to_numeric(col, errors="coerce"), f.percentile))
+    return _OPS[f.op](col, value).fillna(False).astype(bool)
+
+
+def validation_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
+    """Rows held out for validation, by a hash of the id: stable across runs and file orders."""
+    h = np.array([xxhash.xxh64_intdigest(str(i).encode("utf-8")) for i in ids], dtype=np.uint64)
+    mask = (h % np.uint64(1_000_000)) < np.uint64(int(fraction * 1_000_000))
+    if len(ids) >= 2 and not mask.any():
+        mask[int(np.argmin(h))] = True  # tiny sources still get one validation document
+    if mask.all():
+        mask[int(np.argmax(h))] = False
+    return mask
+
+
+def tokenize_documents(tok, texts: Sequence[str], batch_size: int = 1024, desc: str = "tokenize") -> list[list[int]]:
+    """Token ids of each text (no special tokens); batches run on the Rust tokenizer's thread pool."""
+    out: list[list[int]] = []
+    with tqdm(total=len(texts), desc=desc, unit="doc", disable=len(texts) < 5000) as bar:
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start:start + batch_size])
+            out.extend(tok(batch, add_special_tokens=False)["input_ids"])
+            bar.update(len(batch))
+    return out
+
+
+def pack_sequences(docs: Sequence[Sequence[int]], seq_len: int, bos: int, eos: int,
+                   pad: int | None = None) -> np.ndarray:
+    """Concatenate ``BOS doc EOS`` frames into rows of ``seq_len + 1`` tokens.
+
+    The remainder is dropped, or with ``pad`` given kept as a last row filled with ``pad``.
+    """
+    width = seq_len + 1
+    stream = np.fromiter((t for d in docs for t in (bos, *d, eos)), dtype=np.int64)
+    n_full = len(stream) // width
+    rows = stream[: n_full * width].reshape(n_full, width)
+    rest = stream[n_full * width:]
+    if pad is not None and len(rest) > 1:
+        last = np.full((1, width), pad, dtype=np.int64)
+        last[0, : len(rest)] = rest
+        rows = np.concatenate([rows, last])
+    return rows
+
+
+def token_dtype(vocab_size: int) -> type:
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.uint32
+
+
+def save_array(arr: np.ndarray, path: Path) -> None:
+    """np.save atomically (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
+    os.close(fd)
+    try:
+        np.save(tmp, arr)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cached_arrays(folder: Path, key: dict, build: Callable[[], tuple[dict[str, np.ndarray], dict]]
+                  ) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays under ``folder/<hash of key>/`` built once; the manifest is written last, so a torn
+    cache is rebuilt rather than read."""
+    where = folder / stable_hash(key)
+    manifest_path = where / "manifest.json"
+    if manifest_path.exists():
+        manifest = read_json(manifest_path)
+        try:
+            return {n: np.load(where / f"{n}.npy") for n in manifest["arrays"]}, manifest
+        except (OSError, ValueError):
+            pass  # a shard went missing or is corrupt: rebuild
+    arrays, info = build()
+    for n, arr in arrays.items():
+        save_array(arr, where / f"{n}.npy")
+    manifest = {"key": key, "arrays": sorted(arrays), **info}
+    write_json(manifest, manifest_path)
+    return arrays, manifest
+
+
+@dataclass
+class PackedSource:
+    """The packed train and validation rows of one source."""
+
+    name: str
+    train: np.ndarray
+    val: np.ndarray
+    info: dict
+
+
+def packed_source(name: str, spec: SourceConfig, run_dir: Path, tok, tokenizer_id: str, seq_len: int,
+                  val_fraction: float) -> PackedSource:
+    """Read, split, tokenize and pack a source, through the token-shard cache in RUN_DIR/tokens/."""
+    files = source_files(name, spec, run_dir)
+    key = {"source": spec.model_dump(), "files": {f: file_digest(Path(f)) for f in files},
+           "tokenizer": tokenizer_id, "seq_len": seq_len, "val_fraction": val_fraction}
+
+    def build() -> tuple[dict[str, np.ndarray], dict]:
+        docs = read_source(name, spec, run_dir)
+        is_val = validation_mask(docs["id"].tolist(), val_fraction)
+        ids = tokenize_documents(tok, docs["text"].tolist(), desc=f"tokenize {name}")
+        dtype = token_dtype(len(tok))
+        train_docs = [d for d, v in zip(ids, is_val, strict=True) if not v]
+        val_docs = [d for d, v in zip(ids, is_val, strict=True) if v]
+        train = pack_sequences(train_docs, seq_len, tok.bos_token_id, tok.eos_token_id).astype(dtype)
+        val = pack_sequences(val_docs, seq_len, tok.bos_token_id, tok.eos_token_id,
+                             pad=tok.pad_token_id).astype(dtype)
+        info = {"name": name, "docs": len(docs), "val_docs": int(is_val.sum()),
+                "tokens": int(sum(len(d) + 2 for d in ids)), "train_rows": len(train), "val_rows": len(val),
+                "bytes": int(docs["text"].str.len().sum())}
+        return {"train": train, "val": val}, info
+
+    arrays, manifest = cached_arrays(run_dir / "tokens" / name, key, build)
+    return PackedSource(name, arrays["train"], arrays["val"], manifest)
+
+
+class MixtureSampler:
+    """Rows drawn from weighted sources; row ``i`` of the plan is a pure function of (seed, i).
+
+    Each position picks a source by weight; a source's rows are visited in a seeded permutation,
+    reshuffled every epoch, so a small source repeats rather than running dry.
+    """
+
+    def __init__(self, sources: dict[str, np.ndarray], weights: dict[str, float], total_rows: int, seed: int):
+        self.names = list(weights)
+        self.sources = [sources[n] for n in self.names]
+        w = np.array([weights[n] for n in self.names], dtype=np.float64)
+        self.weights = w / w.sum()
+        self.seed = seed
+        rng = np.random.default_rng([seed, 0x5EED])
+        self.plan = rng.choice(len(self.names), size=total_rows, p=self.weights)
+        # occurrence k of source s in the plan -> k-th row of that source's epoch permutations
+        self.occurrence = np.zeros(total_rows, dtype=np.int64)
+        for s in range(len(self.names)):
+            where = np.flatnonzero(self.plan == s)
+            self.occurrence[where] = np.arange(len(where))
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def _row(self, s: int, k: int) -> np.ndarray:
+        n = len(self.sources[s])
+        epoch, j = divmod(int(k), n)
+        if (s, epoch) not in self._perms:
+            self._perms[(s, epoch)] = np.random.default_rng([self.seed, s, epoch]).permutation(n)
+        return self.sources[s][self._perms[(s, epoch)][j]]
+
+    def rows(self, start: int, count: int) -> np.ndarray:
+        """Plan positions ``start .. start+count`` as an int64 array of shape (count, seq_len + 1)."""
+        return np.stack([self._row(int(self.plan[i]), int(self.occurrence[i]))
+                         for i in range(start, start + count)]).astype(np.int64)
+
+    def counts(self, upto: int) -> dict[str, int]:
+        """Rows drawn from each source among the first ``upto`` plan positions."""
+        c = np.bincount(self.plan[:upto], minlength=len(self.names))
+        return {n: int(c[i]) for i, n in enumerate(self.names)}

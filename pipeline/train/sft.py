@@ -1,0 +1,153 @@
+"""SFT data: conversations -> chat-template tokens with a mask that is true on assistant tokens only.
+
+The chat template is the single source of truth: each message's span is the growth of the rendered
+text when that message is added, so any template (ours or a pretrained tokenizer's) works. The
+assistant header (``<|im_start|>assistant\\n``) is context, not a target; its content and end token are.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import TrainError
+from pipeline.io import file_digest
+from pipeline.train.config import SFTConfig, SourceConfig
+from pipeline.train.data import cached_arrays, read_source, source_files, token_dtype, validation_mask
+
+Conversation = list[dict[str, str]]
+_ROLE_LINE = re.compile(r"^\s*(user|assistant|system|human|ai|student|teacher)\s*:\s*(.*)$", re.IGNORECASE)
+_ROLES = {"human": "user", "student": "user", "ai": "assistant", "teacher": "assistant"}
+
+
+def parse_role_lines(text: str) -> Conversation:
+    """Fallback parser: turns that start with ``User:``/``Assistant:`` (or Student/Teacher) lines."""
+    turns: Conversation = []
+    for line in text.splitlines():
+        m = _ROLE_LINE.match(line)
+        if m:
+            role = m.group(1).lower()
+            turns.append({"role": _ROLES.get(role, role), "content": m.group(2).strip()})
+        elif turns and line.strip():
+            turns[-1]["content"] = (turns[-1]["content"] + "\n" + line.strip()).strip()
+    return [t for t in turns if t["content"]]
+
+
+def conversation_parser(spec: str | None) -> Callable[[str], Conversation]:
+    """``module:function`` if given, else ``parse_conversation`` from a pipeline.generate module."""
+    if spec:
+        module, _, func = spec.partition(":")
+        try:
+            return getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError) as e:
+            raise TrainError(f"config key 'train.sft.parser': cannot import {spec!r}: {e}") from None
+    import pipeline.generate as gen
+
+    names = [info.name for info in pkgutil.iter_modules(gen.__path__)]
+    for name in sorted(names, key=lambda n: n != "conversation"):  # the documented home first
+        try:
+            module = importlib.import_module(f"pipeline.generate.{name}")
+        except Exception:  # a sibling module that fails to import must not break SFT
+            continue
+        if callable(getattr(module, "parse_conversation", None)):
+            return module.parse_conversation
+    warnings.warn("no parse_conversation in pipeline.generate; using User:/Assistant: line parsing",
+                  stacklevel=2)
+    return parse_role_lines
+
+
+def tokenize_chat(tok, messages: Conversation) -> tuple[list[int], list[bool]]:
+    """Tokens of ``messages`` rendered by the chat template, and a mask true on assistant targets."""
+    ids: list[int] = []
+    mask: list[bool] = []
+    rendered = ""
+
+    def extend(text: str, trainable: bool) -> None:
+        piece = tok(text, add_special_tokens=False)["input_ids"] if text else []
+        ids.extend(piece)
+        mask.extend([trainable] * len(piece))
+
+    for i, message in enumerate(messages):
+        full = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not full.startswith(rendered):
+            raise TrainError("the chat template does not render conversations incrementally; "
+                             "use a tokenizer whose template appends one message at a time")
+        if message["role"] == "assistant":
+            header = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) \
+                if i else ""
+            header = header[len(rendered):] if header.startswith(rendered) else ""
+            extend(header, False)
+            extend(full[len(rendered) + len(header):], True)
+        else:
+            extend(full[len(rendered):], False)
+        rendered = full
+    return ids, mask
+
+
+def pack_chats(chats: Sequence[tuple[list[int], list[bool]]], seq_len: int, pad: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Best-fit pack whole conversations into rows of ``seq_len + 1`` (longer ones are truncated).
+
+    Returns (tokens, mask); padding has mask false, so it is never a target.
+    """
+    width = seq_len + 1
+    rows: list[tuple[list[int], list[bool]]] = []
+    for ids, mask in sorted(chats, key=lambda c: -len(c[0])):
+        ids, mask = ids[:width], mask[:width]
+        fits = [r for r in rows if width - len(r[0]) >= len(ids)]
+        if fits:
+            row = min(fits, key=lambda r: width - len(r[0]))
+        else:
+            row = ([], [])
+            rows.append(row)
+        row[0].extend(ids)
+        row[1].extend(mask)
+    tokens = np.full((len(rows), width), pad, dtype=np.int64)
+    masks = np.zeros((len(rows), width), dtype=bool)
+    for i, (ids, mask) in enumerate(rows):
+        tokens[i, : len(ids)] = ids
+        masks[i, : len(mask)] = mask
+    return tokens, masks
+
+
+def sft_data(cfg: SFTConfig, spec: SourceConfig, run_dir: Path, tok, tokenizer_id: str, seq_len: int,
+             val_fraction: float) -> tuple[dict[str, np.ndarray], dict]:
+    """Packed SFT rows ``train``/``train_mask``/``val``/``val_mask`` of the chat source, cached."""
+    files = source_files(cfg.source, spec, run_dir)
+    key = {"sft": cfg.source, "parser": cfg.parser, "source": spec.model_dump(), "tokenizer": tokenizer_id,
+           "files": {f: file_digest(Path(f)) for f in files}, "seq_len": seq_len, "val_fraction": val_fraction}
+
+    def build() -> tuple[dict[str, np.ndarray], dict]:
+        parse = conversation_parser(cfg.parser)
+        docs = read_source(cfg.source, spec, run_dir)
+        chats, ids, skipped = [], [], 0
+        for doc_id, text in zip(docs["id"], docs["text"], strict=True):
+            messages = parse(text)
+            if not any(m.get("role") == "assistant" for m in messages):
+                skipped += 1
+                continue
+            chats.append(tokenize_chat(tok, messages))
+            ids.append(doc_id)
+        if not chats:
+            raise TrainError(f"train.sources.{cfg.source}: none of {len(docs)} conversations has an "
+                             f"assistant turn after parsing")
+        is_val = validation_mask(ids, val_fraction)
+        dtype = token_dtype(len(tok))
+        out = {}
+        for split, pick in (("train", ~is_val), ("val", is_val)):
+            tokens, masks = pack_chats([c for c, p in zip(chats, pick, strict=True) if p], seq_len,
+                                       tok.pad_token_id)
+            out[split], out[f"{split}_mask"] = tokens.astype(dtype), masks
+        if not out["train_mask"][:, 1:].any():
+            raise TrainError(f"train.sources.{cfg.source}: no assistant tokens to train on")
+        info = {"conversations": len(chats), "skipped_without_assistant": skipped,
+                "assistant_tokens": int(out["train_mask"].sum())}
+        return out, info
+
+    return cached_arrays(run_dir / "tokens" / f"sft-{cfg.source}", key, build)

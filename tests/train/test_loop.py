@@ -1,0 +1,132 @@
+"""The training loop end to end on a tiny model: phases, outputs, exact resume, DDP env, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.cli import main
+from pipeline.errors import TrainError
+from pipeline.train.compare import compare
+from pipeline.train.evals import read_metrics
+from pipeline.train.loop import train
+from tests.train.conftest import tiny_config, write_run
+
+
+def _train_losses(folder):
+    return [(r["step"], r["loss"]) for r in read_metrics(folder / "metrics.jsonl") if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Phase 1, phase 2 and SFT run once for the module (tokens are cached between phases)."""
+    run_dir = write_run(tmp_path_factory.mktemp("trained") / "run")
+    cfg = tiny_config(run_dir)
+    for phase in ("1", "2", "sft"):
+        assert train(cfg, phase) == 0
+    return cfg
+
+
+def test_loss_goes_down_in_phase_1(trained):
+    folder = trained.run_dir / "checkpoints" / "phase1"
+    losses = [loss for _, loss in _train_losses(folder)]
+    assert len(losses) == 20
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
+    val = [r for r in read_metrics(folder / "metrics.jsonl") if r["kind"] == "eval" and r["domain"] == "web"]
+    assert [r["step"] for r in val] == [0, 10, 20] and val[-1]["loss"] < val[0]["loss"]
+
+
+def test_each_phase_leaves_a_loadable_checkpoint_and_a_summary(trained):
+    for phase in ("phase1", "phase2", "sft"):
+        folder = trained.run_dir / "checkpoints" / phase
+        summary = json.loads((folder / "train_summary.json").read_text())
+        assert summary["steps_done"] == summary["steps"] > 0
+        assert sum(summary["tokens_per_source"].values()) == summary["tokens"]
+        assert set(summary["final_val"]) >= {"web", "textbook", "chat"}
+        assert all(0 < v["bpb"] < 20 for v in summary["final_val"].values())
+        assert summary["tokens_per_s"] > 0 and summary["mfu"] is None  # CPU: no MFU
+        assert (folder / "loss.png").stat().st_size > 1000
+        assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    assert (trained.run_dir / "tokenizer" / "tokenizer.json").exists()
+    p2 = json.loads((trained.run_dir / "checkpoints/phase2/train_summary.json").read_text())
+    assert p2["init_from"].endswith("phase1") and set(p2["tokens_per_source"]) == {"web_top_edu", "synthetic"}
+    sft = trained.run_dir / "checkpoints" / "sft"
+    model = AutoModelForCausalLM.from_pretrained(sft)
+    tok = AutoTokenizer.from_pretrained(sft)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Why is the sky blue?"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+    assert "sft_assistant" in json.loads((sft / "train_summary.json").read_text())["final_val"]
+
+
+def test_compare_reports_per_domain_bpb_differences(trained):
+    assert compare(trained) == 0
+    table = json.loads((trained.run_dir / "compare" / "compare.json").read_text())
+    assert table["baseline"] == "with_synthetic"
+    assert {a["tokens"] for a in table["arms"].values()} == {1280}  # same budget for both arms
+    for row in table["rows"]:
+        assert row["delta_vs_with_synthetic"]["web_only"] == pytest.approx(
+            row["bpb"]["web_only"] - row["bpb"]["with_synthetic"])
+    assert "| web |" in (trained.run_dir / "compare" / "compare.md").read_text()
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    whole = tiny_config(write_run(tmp_path / "whole"), "train.phase1.tokens=1536", "train.phase1.grad_accum=2",
+                        "train.phase1.batch_size=2")
+    train(whole, "1")
+    parts = tiny_config(write_run(tmp_path / "parts"), "train.phase1.tokens=1536", "train.phase1.grad_accum=2",
+                        "train.phase1.batch_size=2", "train.stop_at_step=8")
+    train(parts, "1")
+    state = parts.run_dir / "checkpoints" / "phase1" / "state"
+    assert sorted(p.name for p in state.iterdir()) == ["step-000005", "step-000008"]
+    shutil.rmtree(state / "step-000008")  # a crash after step 8: resume from step 5 and redo 6..8
+    train(parts.model_copy(update={"train": parts.train.model_copy(update={"stop_at_step": None})}), "1")
+    expected = _train_losses(whole.run_dir / "checkpoints" / "phase1")
+    assert [s for s, _ in expected] == list(range(1, 13))
+    assert _train_losses(parts.run_dir / "checkpoints" / "phase1") == expected  # bitwise equal floats
+    a = AutoModelForCausalLM.from_pretrained(whole.run_dir / "checkpoints" / "phase1").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(parts.run_dir / "checkpoints" / "phase1").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_environment_runs_under_ddp(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    cfg = tiny_config(write_run(tmp_path / "run"), "train.phase1.tokens=640")
+    assert train(cfg, "1") == 0
+    summary = json.loads((cfg.run_dir / "checkpoints/phase1/train_summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps_done"] == 5
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train.sources.web.paths=[]"], r"train.sources.web.paths': the source is empty"),
+    (["train.sources.web.paths=['{run_dir}/missing/part-*.parquet']"], r"missing/part-\*.parquet: no input files"),
+    (["train.tokenizer.vocab_size=100"], r"vocab_size': 100 is too small"),
+    (["train.model.max_position_embeddings=16"], r"train.seq_len': 32 is above the model's maximum"),
+    (["train.phase1.mixture={web: 0.0}"], r"train.phase1.mixture': weights .* sum to a positive number"),
+    (["train.phase1.mixture={web: -1.0, synthetic: 2.0}"], r"train.phase1.mixture.web': weight -1.0"),
+    (["train.phase1.mixture={nosuch: 1.0}"], r"train.phase1.mixture.nosuch': unknown source"),
+    (["train.phase1.tokens=10"], r"train.phase1.tokens': budget 10 is less than one step"),
+])
+def test_bad_input_fails_before_any_training_step(run_dir, overrides, message):
+    cfg = tiny_config(run_dir, *overrides)
+    with pytest.raises(TrainError, match=message):
+        train(cfg, "1")
+    assert not (run_dir / "checkpoints" / "phase1" / "metrics.jsonl").exists()
+
+
+def test_cli_phase_2_without_phase_1_is_a_one_line_error(run_dir, capsys):
+    assert main(["train", "--phase", "2", f"run_dir={run_dir}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "run `textbook train --phase 1` first" in err and "\n" not in err
