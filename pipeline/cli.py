@@ -57,6 +57,8 @@ def _stage_options(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--private", action="store_true", help="create the repo as private")
         p.add_argument("--dry-run", action="store_true",
                        help="write the exact upload folder to RUN_DIR/push/ and list it")
+        p.add_argument("--model", action="store_true",
+                       help="push the final checkpoint with its model card (dry run: RUN_DIR/push_model/)")
     if name == "demo":
         p.add_argument("--model", help="generator model id or local path")
         p.add_argument("--web", nargs="+", help="web text paths (Parquet/JSONL)")

@@ -1,0 +1,128 @@
+"""What a run directory holds, read once and tolerantly: the raw material of the cards.
+
+Every stage is optional here. A missing or unreadable artifact becomes ``None`` plus a line in
+``notes`` that says which file is missing and which command makes it, so a card can say so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pipeline.io import list_shards, read_json
+
+CHECKPOINT_PHASES = ("phase1", "phase2", "sft")
+
+# The generated columns the card reads; others are left on disk.
+GENERATED_COLUMNS = ("id", "text", "template", "template_sha", "topic", "subtopic", "audience", "style",
+                     "model", "temperature", "max_tokens", "finish_reason", "prompt_tokens",
+                     "completion_tokens", "latency_s", "flags")
+
+
+@dataclass
+class RunArtifacts:
+    """The manifests, reports and (a sample of) the generated rows of one run directory."""
+
+    run_dir: Path
+    generated: pd.DataFrame | None = None
+    generated_rows: int = 0
+    generated_manifest: dict[str, Any] | None = None
+    annotations_manifest: dict[str, Any] | None = None
+    classifier_report: dict[str, Any] | None = None
+    filter_stats: dict[str, Any] | None = None
+    filter_manifest: dict[str, Any] | None = None
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """phase -> {"path", "config" (config.json), "summary" (train_summary.json), "manifest"}."""
+    notes: list[str] = field(default_factory=list)
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    @property
+    def classifier_figure(self) -> Path | None:
+        rejected = (self.classifier_report or {}).get("verdict") not in (None, "accepted")
+        path = self.path("classifier", *(("rejected",) if rejected else ()), "report.png")
+        return path if path.exists() else None
+
+    @property
+    def manifests(self) -> dict[str, dict[str, Any]]:
+        """stage -> manifest, for every manifest found, in pipeline order."""
+        found = {"generate": self.generated_manifest, "annotate": self.annotations_manifest,
+                 "train-classifier": self.classifier_report,
+                 "filter": self.filter_manifest or (self.filter_stats if (self.filter_stats or {}).get("config") else None)}
+        found.update({f"train {p}": c.get("manifest") or c.get("summary") for p, c in self.checkpoints.items()})
+        return {k: v for k, v in found.items() if v}
+
+
+def load_artifacts(run_dir: Path, max_rows: int = 20_000, seed: int = 0) -> RunArtifacts:
+    """Read what exists under ``run_dir``; generated rows above ``max_rows`` are a seeded sample."""
+    art = RunArtifacts(run_dir=Path(run_dir))
+    art.generated_manifest = _json(art, "generated/manifest.json", "textbook generate")
+    art.generated, art.generated_rows = _generated(art, max_rows, seed)
+    art.annotations_manifest = _json(art, "annotations/manifest.json", "textbook annotate", required=False)
+    art.classifier_report = _json(art, "classifier/report.json", "textbook train-classifier", required=False)
+    if art.classifier_report is None:  # a model that failed its quality gate keeps its report here
+        art.classifier_report = _json(art, "classifier/rejected/report.json", "", required=False)
+    if art.classifier_report is None:
+        art.notes.append("classifier/report.json: missing (run `textbook train-classifier`)")
+    art.filter_stats = _json(art, "filtered/stats.json", "textbook filter")
+    art.filter_manifest = _json(art, "filtered/manifest.json", "textbook filter", required=False)
+    for phase in CHECKPOINT_PHASES:
+        folder = art.path("checkpoints", phase)
+        if not (folder / "config.json").exists():
+            continue
+        art.checkpoints[phase] = {
+            "path": folder,
+            "config": _json(art, f"checkpoints/{phase}/config.json", "textbook train"),
+            "summary": _json(art, f"checkpoints/{phase}/train_summary.json", "textbook train"),
+            "manifest": _json(art, f"checkpoints/{phase}/manifest.json", "textbook train", required=False),
+        }
+    if not art.checkpoints:
+        art.notes.append("checkpoints/: no trained checkpoint (run `textbook train --phase 1`)")
+    return art
+
+
+def _json(art: RunArtifacts, rel: str, command: str, required: bool = True) -> dict[str, Any] | None:
+    path = art.path(rel)
+    if not path.exists():
+        if required:
+            art.notes.append(f"{rel}: missing (run `{command}`)")
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        art.notes.append(f"{rel}: unreadable ({type(e).__name__}); its section is left out")
+        return None
+    if not isinstance(data, dict):
+        art.notes.append(f"{rel}: expected a JSON object; its section is left out")
+        return None
+    return data
+
+
+def _generated(art: RunArtifacts, max_rows: int, seed: int) -> tuple[pd.DataFrame | None, int]:
+    shards = list_shards(art.path("generated"))
+    if not shards:
+        art.notes.append("generated/part-*.parquet: no shards (run `textbook generate`)")
+        return None, 0
+    frames, total = [], 0
+    for shard in shards:
+        try:
+            names = pq.read_schema(shard).names
+            frame = pq.read_table(shard, columns=[c for c in GENERATED_COLUMNS if c in names]).to_pandas()
+        except (OSError, ValueError) as e:
+            art.notes.append(f"generated/{shard.name}: unreadable ({str(e).splitlines()[0][:80]}); skipped")
+            continue
+        total += len(frame)
+        frames.append(frame)
+    if not frames:
+        return None, 0
+    df = pd.concat(frames, ignore_index=True)
+    if len(df) > max_rows:
+        art.notes.append(f"generated: statistics use a seeded sample of {max_rows:,} of {len(df):,} rows")
+        df = df.sample(n=max_rows, random_state=seed).reset_index(drop=True)
+    return df, total

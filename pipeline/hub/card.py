@@ -1,0 +1,254 @@
+"""`textbook card`: the dataset card (a real datasheet) and the model card of a run.
+
+Flow: read the run's artifacts → compute each datasheet section → render the Jinja template →
+validate with ``huggingface_hub.DatasetCard`` / ``ModelCard`` → write ``RUN_DIR/card/``:
+``README.md``, ``figures/*.png``, ``reproduce/*.yaml`` and ``model/README.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from pipeline.config import Config
+from pipeline.errors import HubError
+from pipeline.hub import checkpoints, datasheet
+from pipeline.hub.artifacts import RunArtifacts, load_artifacts
+from pipeline.hub.figures import seed_figures
+from pipeline.hub.layout import DataConfig, data_configs
+from pipeline.hub.reproduce import reproduce_section, write_reproduce_configs
+
+REQUIRED_METADATA = ("license", "language", "task_categories", "size_categories", "tags", "configs")
+
+
+def write_card(cfg: Config) -> int:
+    """Write the dataset card folder and the model card to ``RUN_DIR/card/``; print where they are."""
+    run_dir = require_run_dir(cfg)
+    art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)
+    configs = data_configs(run_dir, sft_parser(cfg))
+    out = run_dir / "card"
+    readme = build_dataset_card(cfg, art, configs, out)
+    print(f"dataset card: {readme}")
+    model_readme = build_model_card(cfg, art, out / "model")
+    print(f"model card:   {model_readme}" if model_readme else "model card:   skipped (no checkpoint)")
+    for note in art.notes:
+        print(f"  missing: {note}")
+    return 0
+
+
+def build_dataset_card(cfg: Config, art: RunArtifacts, configs: list[DataConfig], folder: Path) -> Path:
+    """Render and validate the dataset card into ``folder`` (README.md, figures/, reproduce/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = folder / "figures"
+    seeds = datasheet.seed_section(art)
+    context = {
+        "title": cfg.hub.pretty_name or _title(cfg),
+        "repo_id": cfg.hub.repo_id or f"ORG/{art.run_dir.name}",
+        "configs": configs,
+        "generation": datasheet.generation_section(art),
+        "seeds": seeds,
+        "seed_figures": seed_figures(seeds, figures),
+        "diversity": datasheet.diversity_section(art, cfg.seed),
+        "classifier": datasheet.classifier_section(art),
+        "classifier_figure": _copy_figure(art.classifier_figure, figures, "classifier_report.png"),
+        "filter": datasheet.filter_section(art),
+        "filter_figure": _copy_figure(art.path("filtered", "report.png"), figures, "filter_report.png"),
+        "training": checkpoints.training_section(art),
+        "reproduce": reproduce_section(art.manifests),
+        "notes": art.notes,
+    }
+    context["metadata_yaml"] = _yaml(dataset_metadata(cfg, configs))
+    text = render("dataset_card.md.j2", context, _missing_note(art))
+    validate_dataset_card(text, configs)
+    write_reproduce_configs(context["reproduce"], folder)
+    return _write_text(folder / "README.md", text)
+
+
+def dataset_metadata(cfg: Config, configs: list[DataConfig]) -> dict[str, Any]:
+    """The card's YAML header: license, language, task categories, size, tags, and one config per data split."""
+    largest = max((c.rows for c in configs), default=0)
+    return {
+        "license": cfg.hub.license,
+        "language": list(cfg.hub.language),
+        "pretty_name": cfg.hub.pretty_name or _title(cfg),
+        "task_categories": ["text-generation"],
+        "size_categories": [size_category(largest)],
+        "tags": sorted({"synthetic", *cfg.hub.tags}),
+        "configs": [
+            {"config_name": c.name, "data_files": [{"split": c.split, "path": c.pattern}],
+             **({"default": True} if i == 0 else {})}
+            for i, c in enumerate(configs)
+        ],
+    }
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size bucket for a row count: ``n<1K``, ``1K<n<10K``, ... ``n>1T``."""
+    bounds = ["1K", "10K", "100K", "1M", "10M", "100M", "1B", "10B", "100B", "1T"]
+    if rows < 1_000:
+        return "n<1K"
+    exponent = min(int(math.log10(rows)) - 3, len(bounds) - 1)
+    return f"n>{bounds[-1]}" if exponent >= len(bounds) - 1 else f"{bounds[exponent]}<n<{bounds[exponent + 1]}"
+
+
+def validate_dataset_card(text: str, configs: list[DataConfig]) -> Any:
+    """Parse ``text`` back with ``huggingface_hub.DatasetCard``; the metadata must hold every required field."""
+    from huggingface_hub import DatasetCard
+
+    try:
+        card = DatasetCard(text)
+    except ValueError as e:
+        raise HubError(f"dataset card: invalid metadata: {str(e).splitlines()[0]}") from None
+    data = card.data.to_dict()
+    missing = [k for k in REQUIRED_METADATA if not data.get(k) and not (k == "configs" and not configs)]
+    if missing:
+        raise HubError(f"dataset card: metadata lacks {', '.join(missing)}")
+    if "synthetic" not in data["tags"]:
+        raise HubError("dataset card: the tags must include 'synthetic'")
+    named = {c["config_name"] for c in data.get("configs", [])}
+    if named != {c.name for c in configs}:
+        raise HubError(f"dataset card: configs {sorted(named)} do not match the data {[c.name for c in configs]}")
+    return card
+
+
+def build_model_card(cfg: Config, art: RunArtifacts, folder: Path) -> Path | None:
+    """Render and validate the model card of the final checkpoint into ``folder/README.md`` (None if no checkpoint)."""
+    from huggingface_hub import ModelCard
+
+    phase = checkpoints.final_checkpoint(art, cfg.hub.model_checkpoint)
+    if phase is None:
+        if cfg.hub.model_checkpoint:
+            raise HubError(f"config key 'hub.model_checkpoint': no checkpoint at "
+                           f"{art.path('checkpoints', cfg.hub.model_checkpoint)}")
+        return None
+    ckpt = art.checkpoints[phase]
+    metadata = {
+        "license": cfg.hub.license,
+        "language": list(cfg.hub.language),
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": sorted({"synthetic-data", "textbooks", "small-lm", *cfg.hub.tags} - {"synthetic"}),
+        **({"datasets": [cfg.hub.repo_id]} if cfg.hub.repo_id else {}),
+    }
+    context = {
+        "title": f"{cfg.hub.pretty_name or _title(cfg)} ({phase} checkpoint)",
+        "phase": phase,
+        "repo_id": model_repo_id(cfg),
+        "dataset_repo_id": cfg.hub.repo_id,
+        "architecture": checkpoints.architecture(ckpt.get("config")),
+        "parameters": checkpoints.count_parameters(ckpt["path"]) or (ckpt.get("summary") or {}).get("parameters"),
+        "phases": checkpoints.training_section(art),
+        "reproduce": reproduce_section(art.manifests),
+        "metadata_yaml": _yaml(metadata),
+    }
+    text = render("model_card.md.j2", context, _missing_note(art))
+    try:
+        card = ModelCard(text)
+    except ValueError as e:
+        raise HubError(f"model card: invalid metadata: {str(e).splitlines()[0]}") from None
+    if card.data.to_dict().get("pipeline_tag") != "text-generation":
+        raise HubError("model card: metadata did not parse back")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_reproduce_configs(context["reproduce"], folder)
+    return _write_text(folder / "README.md", text)
+
+
+def model_repo_id(cfg: Config) -> str | None:
+    if cfg.hub.model_repo_id:
+        return cfg.hub.model_repo_id
+    return f"{cfg.hub.repo_id}-model" if cfg.hub.repo_id else None
+
+
+def sft_parser(cfg: Config) -> Any:
+    """The conversation parser SFT training uses, so the card's ``sft`` config matches what was trained on."""
+    import warnings
+
+    from pipeline.train.sft import conversation_parser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback parser is fine for a card; train warns on its own
+        return conversation_parser(cfg.train.sft.parser)
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+def render(template: str, context: dict[str, Any], missing: Any) -> str:
+    env = Environment(loader=FileSystemLoader(Path(__file__).parent), undefined=StrictUndefined,
+                      autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=_num, pct=_pct, f1=_fixed(1), f2=_fixed(2), f3=_fixed(3), usd=_usd, value=_value)
+    env.globals["missing"] = missing
+    return env.get_template(template).render(**context)
+
+
+def _missing_note(art: RunArtifacts) -> Any:
+    def missing(prefix: str) -> str:
+        found = [n for n in art.notes if n.startswith(prefix)]
+        return "; ".join(found) if found else f"{prefix}: nothing recorded"
+
+    return missing
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{int(round(value)):,}" if isinstance(value, (int, float)) else str(value)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def _fixed(digits: int) -> Any:
+    def fmt(value: Any) -> str:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            return "-"
+        return f"{value:.{digits}f}"
+
+    return fmt
+
+
+def _usd(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"${value:,.4f}"
+
+
+def _value(value: Any) -> str:
+    return _fixed(4)(value) if isinstance(value, float) else str(value)
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _title(cfg: Config) -> str:
+    name = (cfg.hub.repo_id or "").split("/")[-1] or Path(cfg.run_dir).name
+    return f"Synthetic textbooks: {name}"
+
+
+def _copy_figure(source: Path | None, folder: Path, name: str) -> str | None:
+    if source is None or not Path(source).exists():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, folder / name)
+    return name
+
+
+def _write_text(path: Path, text: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def require_run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.run_dir)
+    if not run_dir.is_dir():
+        raise HubError(f"run_dir {run_dir}: no such run directory (set run_dir=... or run the stages first)")
+    return run_dir

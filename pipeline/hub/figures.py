@@ -1,0 +1,47 @@
+"""PNG histograms of the seed space for the dataset card (matplotlib, Agg backend, atomic writes)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def bar_chart(rows: list[dict[str, Any]], title: str, path: Path, distinct: int | None = None) -> Path:
+    """A horizontal bar chart of ``rows`` ({"value", "rows"}), largest on top, saved as PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [_short(str(r["value"])) for r in rows][::-1]
+    counts = [r["rows"] for r in rows][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
+    ax.barh(labels, counts, color="tab:blue")
+    shown = f"top {len(rows)} of {distinct}" if distinct and distinct > len(rows) else f"{len(rows)} values"
+    ax.set(xlabel="rows", title=f"{title} ({shown})")
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def seed_figures(seeds: dict[str, Any] | None, folder: Path) -> dict[str, str]:
+    """One PNG per seed field under ``folder``; returns field -> file name (for the card's links)."""
+    if not seeds:
+        return {}
+    names = {}
+    for field, summary in seeds.items():
+        name = f"seed_{field}.png"
+        bar_chart(summary["top"], f"{field}s", Path(folder) / name, summary["distinct"])
+        names[field] = name
+    return names
+
+
+def _short(label: str, width: int = 40) -> str:
+    return label if len(label) <= width else label[: width - 1] + "…"

@@ -1,0 +1,160 @@
+"""The data files of a published run: which configs and splits exist and where they live in the upload folder.
+
+The card's ``configs:`` metadata and the push folder are both built from :func:`data_configs`, so the
+paths the card names are exactly the files that are uploaded.
+
+- ``generated``: every generated row, as written by ``textbook generate``;
+- ``filtered_web``: web documents kept by ``textbook filter`` (generated rows that also went through
+  the filter are left out: they are in ``generated``);
+- ``sft``: the synthetic student/teacher conversations as chat ``messages``, for SFT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import HubError
+from pipeline.io import list_shards, write_parquet
+
+Transform = Callable[[pa.Table], pa.Table]
+ConversationParser = Callable[[str], list[dict[str, str]]]
+
+
+@dataclass
+class DataConfig:
+    """One ``configs:`` entry of the card: a name, a split, its source shards and how rows are selected."""
+
+    name: str
+    split: str
+    description: str
+    sources: list[Path]
+    transform: Transform | None = None
+    rows: int = 0
+    files: list[str] = field(default_factory=list)
+    """Paths of the written files, relative to the upload folder (filled by :func:`write_data`)."""
+
+    @property
+    def folder(self) -> str:
+        return f"data/{self.name}"
+
+    @property
+    def pattern(self) -> str:
+        """The ``data_files`` path of this split, relative to the upload folder."""
+        return f"{self.folder}/{self.split}-*.parquet"
+
+    def tables(self) -> Iterator[pa.Table]:
+        """The selected rows, one Arrow table per source shard (memory stays at one shard)."""
+        for source in self.sources:
+            try:
+                table = pq.read_table(source)
+            except (OSError, pa.ArrowInvalid) as e:
+                raise HubError(f"{source}: cannot read Parquet: {str(e).splitlines()[0]}") from None
+            table = self.transform(table) if self.transform else table
+            if table.num_rows:
+                yield table
+
+
+def data_configs(run_dir: Path, conversation_parser: ConversationParser | None = None) -> list[DataConfig]:
+    """The configs a run can publish, with their row counts; configs without rows are left out."""
+    run_dir = Path(run_dir)
+    generated = list_shards(run_dir / "generated")
+    candidates = [
+        DataConfig("generated", "train",
+                   "Synthetic textbooks, exercises, stories, conversations and explainers, one row per completion.",
+                   generated),
+        DataConfig("filtered_web", "train",
+                   "Web text kept by the filter (heuristics, edu score, dedup, decontamination).",
+                   list_shards(run_dir / "filtered"), _web_rows),
+    ]
+    if conversation_parser is not None:
+        candidates.append(DataConfig(
+            "sft", "train", "Synthetic student/teacher conversations as chat messages, for SFT "
+            "(truncated, empty and refused ones left out).",
+            generated, _sft_rows(conversation_parser)))
+    configs = []
+    for config in candidates:
+        config.rows = _count(config)
+        if config.rows:
+            configs.append(config)
+    return configs
+
+
+def write_data(configs: list[DataConfig], dest: Path) -> list[DataConfig]:
+    """Write every config's rows as ``dest/data/<name>/<split>-NNNNN.parquet``; fills ``files``.
+
+    Unchanged shards are hard-linked; selected rows are written one shard at a time.
+    """
+    for config in configs:
+        config.files = []
+        tables = config.tables() if config.transform else config.sources
+        for i, table in enumerate(tables):
+            rel = f"{config.folder}/{config.split}-{i:05d}.parquet"
+            if isinstance(table, Path):
+                _link_or_copy(table, dest / rel)
+            else:
+                write_parquet(table, dest / rel)
+            config.files.append(rel)
+    return configs
+
+
+def _count(config: DataConfig) -> int:
+    if config.transform is None:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in config.sources)
+    return sum(t.num_rows for t in config.tables())
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link an unchanged shard (no copy of a large run), copying across file systems."""
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target.unlink()
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _web_rows(table: pa.Table) -> pa.Table:
+    if "source" not in table.column_names:
+        return table
+    return table.filter(pc.fill_null(pc.not_equal(table["source"], "generated"), True))
+
+
+def _sft_rows(parse: ConversationParser) -> Transform:
+    def transform(table: pa.Table) -> pa.Table:
+        if "template" not in table.column_names:
+            return table.slice(0, 0).select([])
+        chats = table.filter(pc.fill_null(pc.equal(table["template"], "conversation"), False))
+        flags = chats.column("flags").to_pylist() if "flags" in chats.column_names else [None] * chats.num_rows
+        rows: dict[str, list[Any]] = {"id": [], "messages": [], "topic": [], "audience": []}
+        for row, row_flags in zip(chats.to_pylist(), flags, strict=True):
+            if set(row_flags or ()) & {"truncated", "empty", "refusal"}:
+                continue  # a cut-off or refused dialogue teaches the wrong turn-taking
+            messages = parse(row.get("text") or "")
+            if len(messages) < 2:
+                continue
+            rows["id"].append(row.get("id"))
+            rows["messages"].append(messages)
+            rows["topic"].append(row.get("topic"))
+            rows["audience"].append(row.get("audience"))
+        return pa.table(rows, schema=_SFT_SCHEMA)
+
+    return transform
+
+
+_SFT_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("topic", pa.string()),
+    ("audience", pa.string()),
+])
+

@@ -1,0 +1,67 @@
+"""The exact commands that reproduce a run, rebuilt from its manifests (public config only, no secrets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.io import stable_hash
+
+# manifest stage name -> the command that makes it, in pipeline order
+STAGE_COMMANDS = {
+    "generate": "textbook generate",
+    "annotate": "textbook annotate",
+    "train-classifier": "textbook train-classifier",
+    "filter": "textbook filter",
+    "train phase1": "textbook train --phase 1",
+    "train phase2": "textbook train --phase 2",
+    "train sft": "textbook train --phase sft",
+}
+
+
+def reproduce_section(manifests: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Git sha, package versions, the config file(s) and one command per stage that ran.
+
+    Stages that ran with the same config share one file; a stage run with different overrides gets
+    its own, so the commands replay exactly what each stage saw.
+    """
+    ran = [(stage, m) for stage, m in ((s, manifests.get(s)) for s in STAGE_COMMANDS) if m]
+    if not ran:
+        return None
+    by_hash: dict[str, dict[str, Any]] = {}
+    for _, manifest in ran:
+        config = manifest.get("config")
+        if isinstance(config, dict) and config:
+            by_hash.setdefault(stable_hash(config), config)
+    files: dict[str, str] = {}  # config hash -> file name
+    for i, key in enumerate(by_hash):
+        files[key] = "reproduce/config.yaml" if len(by_hash) == 1 else f"reproduce/config-{i + 1}.yaml"
+    commands = []
+    for stage, manifest in ran:
+        config = manifest.get("config")
+        name = files.get(stable_hash(config)) if isinstance(config, dict) and config else None
+        commands.append({"stage": stage, "command": STAGE_COMMANDS[stage] + (f" -c {name}" if name else ""),
+                         "created": manifest.get("created")})
+    last = ran[-1][1]
+    return {
+        "git_sha": next((m.get("git_sha") for _, m in ran if m.get("git_sha")), None),
+        "versions": last.get("versions") or {},
+        "commands": commands,
+        "configs": {files[k]: v for k, v in by_hash.items()},
+    }
+
+
+def write_reproduce_configs(section: dict[str, Any] | None, folder: Path) -> list[Path]:
+    """Write the section's config files under ``folder`` (e.g. ``folder/reproduce/config.yaml``)."""
+    if not section:
+        return []
+    written = []
+    for name, config in section["configs"].items():
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Public config of the run (secrets removed: set OPENAI_API_KEY / HF_TOKEN).\n"
+                        + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        written.append(path)
+    return written

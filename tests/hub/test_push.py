@@ -1,0 +1,127 @@
+"""`textbook push`: the dry-run folder is exactly what the real upload sends to the Hub, and the token
+travels only in the Authorization header. The Hub is a local HTTP stand-in speaking its protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import validate
+from pipeline.errors import HubError
+from pipeline.hub.push import check_repo_id, push
+from tests.hub.hub_server import HubStandIn
+
+TOKEN = "hf_FAKEtokenFORtests0123456789abcdef"
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Let huggingface_hub make requests (the suite runs offline), and isolate the token sources."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # the stand-in speaks the Git LFS upload protocol; Xet needs a content-addressed store server
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-cache"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_push_uploads_exactly_the_dry_run_folder(run_dir, online, monkeypatch, capsys):
+    with HubStandIn(TOKEN) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        args = [f"run_dir={run_dir}", "--repo-id", "acme/textbooks", "--private"]
+        assert main(["push", *args, "--dry-run"]) == 0
+        dry_run = _files(run_dir / "push")
+        assert hub.requests == []  # a dry run never talks to the Hub
+        assert main(["push", *args]) == 0
+
+    repo = hub.repos["acme/textbooks"]
+    assert repo.repo_type == "dataset" and repo.private
+    assert repo.files == dry_run
+    assert "README.md" in repo.files and any(p.startswith("data/generated/") for p in repo.files)
+    # Parquet shards went through the LFS batch API and a PUT of their bytes, text inline in the commit
+    lfs_paths = {op["value"]["path"] for op in repo.commits[-1]["operations"] if op["key"] == "lfsFile"}
+    assert lfs_paths == {p for p in dry_run if p.endswith(".parquet")}
+    assert len(hub.paths("PUT", "/lfs-storage/")) == len(lfs_paths)
+
+    # the token is sent as a bearer token to the Hub API only, never in a URL, a body or to storage
+    for req in hub.requests:
+        assert TOKEN not in req.path and TOKEN.encode() not in req.body
+        other = {k: v for k, v in req.headers.items() if k != "authorization"}
+        assert TOKEN not in str(other)
+        if req.method == "PUT":
+            assert "authorization" not in req.headers
+        else:
+            assert req.headers["authorization"] == f"Bearer {TOKEN}"
+    out = capsys.readouterr()
+    assert TOKEN not in out.out + out.err
+    assert "README.md" in out.out and "pushed" in out.out
+    assert not any(TOKEN.encode() in b for b in dry_run.values())
+
+
+def test_a_second_push_replaces_stale_data_files(run_dir, online, monkeypatch):
+    cfg = validate({"run_dir": str(run_dir), "hub": {"repo_id": "acme/textbooks"}})
+    with HubStandIn(TOKEN) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        push(cfg)
+        first = set(hub.repos["acme/textbooks"].files)
+        (run_dir / "generated" / "part-00001.parquet").unlink()  # the run shrank
+        push(cfg)
+        repo = hub.repos["acme/textbooks"]
+    assert "data/generated/train-00001.parquet" in first
+    assert "data/generated/train-00001.parquet" not in repo.files
+    assert set(repo.files) == set(_files(run_dir / "push"))
+    assert hub.paths("POST", "/api/repos/create")[1:]  # created once, then exist_ok on the 409
+
+
+def test_model_push_uploads_the_checkpoint_with_its_model_card(run_dir, online, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    cfg = validate({"run_dir": str(run_dir), "hub": {"repo_id": "acme/textbooks"}})
+    with HubStandIn(TOKEN) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        push(cfg, model=True)
+    repo = hub.repos["acme/textbooks-model"]
+    assert repo.repo_type == "model"
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(repo.files)
+    assert "pipeline_tag: text-generation" in repo.files["README.md"].decode()
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "push_model") is not None
+
+
+def test_errors_are_one_line_and_never_show_the_token(run_dir, online, monkeypatch, capsys):
+    cfg = validate({"run_dir": str(run_dir)})
+    with HubStandIn("hf_another_token_the_hub_expects") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(HubError, match="401.*token is invalid"):
+            push(cfg, repo_id="acme/textbooks")
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubError, match="no Hugging Face token: set HF_TOKEN"):
+        push(cfg, repo_id="acme/textbooks")
+    with pytest.raises(HubError, match="no repo id"):
+        push(cfg)
+    for bad in ("textbooks", "acme/text books", "acme/a/b", "-acme/x", "acme/x--y"):
+        with pytest.raises(HubError, match="malformed"):
+            check_repo_id(bad)
+    assert main(["push", f"run_dir={run_dir / 'nope'}", "--repo-id", "acme/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run_dir") and err.count("\n") == 1 and TOKEN not in err
+
+
+def test_offline_mode_is_a_clear_error(run_dir, online, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
+        push(validate({"run_dir": str(run_dir)}), repo_id="acme/textbooks")
+
+
+def test_push_refuses_a_folder_that_contains_the_token(run_dir, online, monkeypatch):
+    (run_dir / "generated" / "manifest.json").write_text(f'{{"leaked": "{TOKEN}"}}')
+    with HubStandIn(TOKEN) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(HubError, match="contains the Hugging Face token"):
+            push(validate({"run_dir": str(run_dir)}), repo_id="acme/textbooks")
+    assert hub.requests == []
