@@ -64,7 +64,7 @@ push: install
 	$(TB) push -c $(CONFIG) $(if $(REPO_ID),--repo-id $(REPO_ID)) $(ARGS)
 
 demo: install
-	$(TB) demo -c configs/demo.yaml $(if $(MODEL),--model $(MODEL)) $(if $(WEB),--web $(WEB)) $(ARGS)
+	$(TB) demo -c configs/demo.yaml $(ARGS) $(if $(MODEL),--model $(MODEL)) $(if $(WEB),--web $(WEB))
 
 bench: install
 	for f in bench/*.py; do $(PY) $$f || exit 1; done

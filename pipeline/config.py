@@ -119,9 +119,15 @@ _SECRET_KEYS = ("api_key", "token", "password", "secret")
 def _strip_secrets(node: Any) -> Any:
     if isinstance(node, dict):
         return {
-            k: (None if any(s in k.lower() for s in _SECRET_KEYS) else _strip_secrets(v))
+            k: (None if _is_secret_key(k) else _strip_secrets(v))
             for k, v in node.items()
         }
     if isinstance(node, list):
         return [_strip_secrets(v) for v in node]
     return node
+
+
+def _is_secret_key(key: str) -> bool:
+    """``api_key``, ``hf_token``, ``password``: yes; ``max_tokens``, ``tokenizer``: no (a substring test blanked them)."""
+    words = key.lower().replace("-", "_").split("_")
+    return "token" in words or "password" in words or "secret" in words or "api_key" in key.lower()
