@@ -27,8 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+test: install lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:logging
 
 lint: install
 	$(VENV)/bin/ruff check pipeline filters tests bench

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.hub.artifacts import CHECKPOINT_PHASES, RunArtifacts
-from pipeline.hub.datasheet import pick
 
 ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
