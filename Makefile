@@ -14,7 +14,7 @@ WEB    ?=
 REPO_ID ?=
 
 .PHONY: install test lint demo generate annotate classifier filter train-phase1 train-phase2 sft \
-        compare card push bench clean
+        compare card push bench docs clean
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,12 @@ push: install
 
 demo: install
 	$(TB) demo -c configs/demo.yaml $(ARGS) $(if $(MODEL),--model $(MODEL)) $(if $(WEB),--web $(WEB))
+
+# Regenerate the README's config reference from the typed config.
+docs: install
+	$(PY) -c "import re, pathlib; from pipeline.config import reference_markdown as r; \
+	p = pathlib.Path('README.md'); s = p.read_text(); a, b = '<!-- config-reference:start -->\n', '<!-- config-reference:end -->'; \
+	p.write_text(s.split(a)[0] + a + r() + b + s.split(b)[1])"
 
 bench: install
 	for f in bench/*.py; do $(PY) $$f || exit 1; done

@@ -24,7 +24,7 @@ TEXT = "text"
 class Filter(BaseModel, ABC):
     """A document filter: parameters as fields, ``score`` then ``keep``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
     name: ClassVar[str]
     score_fields: ClassVar[tuple[str, ...]] = ()

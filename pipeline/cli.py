@@ -11,7 +11,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from pipeline.config import load_config
+import yaml
+
+from pipeline.config import Config, load_config, public_dict, reference_markdown
 from pipeline.errors import PipelineError
 
 # subcommand -> (module:function, help). The function takes (cfg, **options) and returns an exit code.
@@ -26,6 +28,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "card": ("pipeline.hub.card:write_card", "write the dataset card and model card"),
     "push": ("pipeline.hub.push:push", "upload the run to the Hugging Face Hub"),
     "demo": ("pipeline.demo:demo", "run every stage end to end on a small config"),
+    "config": ("pipeline.cli:show_config", "print the resolved config (secrets removed) or the key reference"),
 }
 
 
@@ -59,9 +62,17 @@ def _stage_options(name: str, p: argparse.ArgumentParser) -> None:
                        help="write the exact upload folder to RUN_DIR/push/ and list it")
         p.add_argument("--model", action="store_true",
                        help="push the final checkpoint with its model card (dry run: RUN_DIR/push_model/)")
+    if name == "config":
+        p.add_argument("--reference", action="store_true", help="print every key with its default as markdown")
     if name == "demo":
         p.add_argument("--model", help="generator model id or local path")
         p.add_argument("--web", nargs="+", help="web text paths (Parquet/JSONL)")
+
+
+def show_config(cfg: Config, reference: bool = False) -> int:
+    """Print the config after overrides as YAML (secrets removed), or the key reference table."""
+    print(reference_markdown() if reference else yaml.safe_dump(public_dict(cfg), sort_keys=False), end="")
+    return 0
 
 
 _COMMON = ("command", "config", "overrides", "scheduler", "debug")

@@ -131,3 +131,45 @@ def _is_secret_key(key: str) -> bool:
     """``api_key``, ``hf_token``, ``password``: yes; ``max_tokens``, ``tokenizer``: no (a substring test blanked them)."""
     words = key.lower().replace("-", "_").split("_")
     return "token" in words or "password" in words or "secret" in words or "api_key" in key.lower()
+
+
+def reference_rows(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every leaf key of the config, in declaration order."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(reference_rows(annotation, f"{key}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        shown = yaml.safe_dump(_strip_secrets({"v": _jsonable(default)}), default_flow_style=True,
+                               width=10_000).strip()[4:-1]
+        description = " ".join((field.description or "").split())
+        rows.append((key, shown, description))
+    return rows
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def reference_markdown() -> str:
+    """The config reference table that README.md embeds (a test keeps the two in sync)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, description in reference_rows():
+        cell = default.replace("|", "\\|")
+        if len(cell) > 60:
+            cell = cell[:57] + "..."
+        lines.append(f"| `{key}` | `{cell}` | {description.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
