@@ -25,7 +25,9 @@ from pipeline.train.config import TrainConfig
 
 class Config(Section):
     run_dir: Path = Path("runs/default")
+    """Where every stage reads and writes (generated/, filtered/, checkpoints/, card/, ...)."""
     seed: int = 0
+    """Seeds prompt sampling, splits, mixtures and model init: the same seed gives the same run."""
     scheduler: str | None = None
     """Address of an existing dask.distributed scheduler; None starts a LocalCluster."""
     workers: int | None = None
