@@ -18,8 +18,8 @@ from pipeline.io import list_shards, read_json
 
 CHECKPOINT_PHASES = ("phase1", "phase2", "sft")
 
-# The generated columns the card reads; others are left on disk.
-GENERATED_COLUMNS = ("id", "text", "template", "template_sha", "topic", "subtopic", "audience", "style",
+# The generated columns the card reads (all written by `textbook generate`); others are left on disk.
+GENERATED_COLUMNS = ("id", "text", "template", "template_sha", "subject", "topic", "subtopic", "audience", "style",
                      "model", "temperature", "max_tokens", "finish_reason", "prompt_tokens",
                      "completion_tokens", "latency_s", "flags")
 
@@ -54,8 +54,8 @@ class RunArtifacts:
         """stage -> manifest, for every manifest found, in pipeline order."""
         found = {"generate": self.generated_manifest, "annotate": self.annotations_manifest,
                  "train-classifier": self.classifier_report,
-                 "filter": self.filter_manifest or (self.filter_stats if (self.filter_stats or {}).get("config") else None)}
-        found.update({f"train {p}": c.get("manifest") or c.get("summary") for p, c in self.checkpoints.items()})
+                 "filter": self.filter_manifest}
+        found.update({f"train {p}": c.get("manifest") for p, c in self.checkpoints.items()})
         return {k: v for k, v in found.items() if v}
 
 
@@ -112,10 +112,13 @@ def _generated(art: RunArtifacts, max_rows: int, seed: int) -> tuple[pd.DataFram
     frames, total = [], 0
     for shard in shards:
         try:
-            names = pq.read_schema(shard).names
-            frame = pq.read_table(shard, columns=[c for c in GENERATED_COLUMNS if c in names]).to_pandas()
+            missing = [c for c in GENERATED_COLUMNS if c not in pq.read_schema(shard).names]
+            frame = None if missing else pq.read_table(shard, columns=list(GENERATED_COLUMNS)).to_pandas()
         except (OSError, ValueError) as e:
             art.notes.append(f"generated/{shard.name}: unreadable ({str(e).splitlines()[0][:80]}); skipped")
+            continue
+        if frame is None:
+            art.notes.append(f"generated/{shard.name}: lacks column(s) {', '.join(missing)}; skipped")
             continue
         total += len(frame)
         frames.append(frame)

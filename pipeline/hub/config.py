@@ -17,6 +17,8 @@ class HubConfig(Section):
     language: list[str] = Field(default_factory=lambda: ["en"])
     pretty_name: str | None = None
     tags: list[str] = Field(default_factory=lambda: ["synthetic", "textbooks", "education"])
+    code_url: str | None = None
+    """Git URL of the pipeline's code: linked from the cards and cloned by their reproduce commands."""
     endpoint: str | None = None
     """Hub URL; None uses HF_ENDPOINT, then https://huggingface.co."""
     model_checkpoint: str | None = None

@@ -1,53 +1,21 @@
-"""Diversity of generated text: the numbers that reveal a prompt collapsing onto one shape.
+"""The card's diversity table: generate's own report plus two corpus-level signals it lacks.
 
-Cosmopedia's lesson: 59% of TinyStories open with "Once upon a time". These metrics make that
-visible in a dataset card. All functions are pure: a list of texts in, numbers out.
+distinct-n, the most common opening and the near-duplicate rate come from
+``pipeline.generate.diversity`` (the overall report is already stored in ``generated/manifest.json``);
+this module adds the compression ratio and self-BLEU-lite, on the same word tokens. Pure functions:
+texts in, numbers out.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
-_WORD = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens; punctuation is dropped so it cannot inflate distinct-n."""
-    return _WORD.findall(text.lower())
-
-
-def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-
-
-def distinct_n(tokenized: Sequence[Sequence[str]], n: int) -> float:
-    """Unique n-grams over all n-grams in the corpus (Li et al. 2016); 0.0 for an empty corpus."""
-    seen: set[tuple[str, ...]] = set()
-    total = 0
-    for tokens in tokenized:
-        grams = ngrams(tokens, n)
-        total += len(grams)
-        seen.update(grams)
-    return len(seen) / total if total else 0.0
-
-
-def openings(tokenized: Sequence[Sequence[str]], n: int = 3) -> Counter[str]:
-    """How often each opening n-gram (the first ``n`` words) starts a text."""
-    return Counter(" ".join(tokens[:n]) for tokens in tokenized if len(tokens) >= n)
-
-
-def top_opening(tokenized: Sequence[Sequence[str]], n: int = 3) -> tuple[str | None, float]:
-    """The most common opening n-gram and the share of texts (of those with >= n words) that use it."""
-    counts = openings(tokenized, n)
-    if not counts:
-        return None, 0.0
-    phrase, count = counts.most_common(1)[0]
-    return phrase, count / sum(counts.values())
+from pipeline.generate.diversity import diversity_report, words
 
 
 def compression_ratio(texts: Sequence[str]) -> float:
@@ -69,46 +37,34 @@ def self_bleu_lite(tokenized: Sequence[Sequence[str]], max_n: int = 4) -> float:
     """
     if len(tokenized) < 2:
         return 0.0
-    doc_freq: list[Counter[tuple[str, ...]]] = []
-    for n in range(1, max_n + 1):
-        df: Counter[tuple[str, ...]] = Counter()
-        for tokens in tokenized:
-            df.update(set(ngrams(tokens, n)))
-        doc_freq.append(df)
+    grams = [[_ngrams(tokens, n) for n in range(1, max_n + 1)] for tokens in tokenized]
+    doc_freq: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(max_n)]
+    for per_n in grams:
+        for df, text_grams in zip(doc_freq, per_n, strict=True):
+            df.update(text_grams)
     scores = []
-    for tokens in tokenized:
-        log_sum, used = 0.0, 0
-        for n in range(1, max_n + 1):
-            grams = set(ngrams(tokens, n))
-            if not grams:
-                continue
-            shared = sum(1 for g in grams if doc_freq[n - 1][g] >= 2)
-            # smoothing as in BLEU's method 1, so one unmatched order does not zero the score
-            log_sum += math.log(max(shared, 0.1) / len(grams))
-            used += 1
-        if used:
-            scores.append(math.exp(log_sum / used))
+    for per_n in grams:
+        logs = [math.log(max(sum(1 for g in text_grams if df[g] >= 2), 0.1) / len(text_grams))
+                # smoothing as in BLEU's method 1, so one unmatched order does not zero the score
+                for df, text_grams in zip(doc_freq, per_n, strict=True) if text_grams]
+        if logs:
+            scores.append(math.exp(sum(logs) / len(logs)))
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def diversity_report(texts: Sequence[str], self_bleu_sample: int = 2000,
-                     seed: int = 0) -> dict[str, float | str | None]:
-    """distinct-1/2/3, the most common opening 3-gram and its share, compression ratio, self-BLEU-lite.
-
-    Self-BLEU-lite holds every n-gram of its texts in memory, so it runs on a seeded sample.
-    """
+def card_metrics(texts: Sequence[str], self_bleu_sample: int = 2000, seed: int = 0) -> dict[str, float]:
+    """The compression ratio of ``texts`` and self-BLEU-lite on a seeded sample (it holds every n-gram in memory)."""
     tokenized = [words(t) for t in texts]
-    phrase, share = top_opening(tokenized, 3)
-    sample = tokenized
     if len(tokenized) > self_bleu_sample:
-        sample = random.Random(seed).sample(tokenized, self_bleu_sample)
-    return {
-        "documents": len(texts),
-        "distinct_1": distinct_n(tokenized, 1),
-        "distinct_2": distinct_n(tokenized, 2),
-        "distinct_3": distinct_n(tokenized, 3),
-        "top_opening": phrase,
-        "top_opening_share": share,
-        "compression_ratio": compression_ratio(texts),
-        "self_bleu_lite": self_bleu_lite(sample),
-    }
+        tokenized = random.Random(seed).sample(tokenized, self_bleu_sample)
+    return {"compression_ratio": round(compression_ratio(texts), 4),
+            "self_bleu_lite": round(self_bleu_lite(tokenized), 4)}
+
+
+def full_report(texts: Sequence[str], self_bleu_sample: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """generate's report (texts, distinct-1/2/3, top opening and share, near-duplicate rate) plus :func:`card_metrics`."""
+    return {**diversity_report(texts), **card_metrics(texts, self_bleu_sample, seed)}
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}

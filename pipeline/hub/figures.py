@@ -7,19 +7,25 @@ from pathlib import Path
 from typing import Any
 
 
-def bar_chart(rows: list[dict[str, Any]], title: str, path: Path, distinct: int | None = None) -> Path:
-    """A horizontal bar chart of ``rows`` ({"value", "rows"}), largest on top, saved as PNG at ``path``."""
+def bar_chart(rows: list[dict[str, Any]], title: str, path: Path, distinct: int | None = None,
+              total: int | None = None) -> Path:
+    """A horizontal bar chart of ``rows`` ({"value", "rows"}), largest on top, saved as PNG at ``path``.
+
+    ``distinct`` (values in all) and ``total`` (rows counted) go in the title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     labels = [_short(str(r["value"])) for r in rows][::-1]
     counts = [r["rows"] for r in rows][::-1]
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
     ax.barh(labels, counts, color="tab:blue")
-    shown = f"top {len(rows)} of {distinct}" if distinct and distinct > len(rows) else f"{len(rows)} values"
-    ax.set(xlabel="rows", title=f"{title} ({shown})")
+    shown = f"top {len(rows)} of {distinct} values" if distinct and distinct > len(rows) else f"{len(rows)} values"
+    ax.set(xlabel="rows", title=f"{title} ({shown}{f' over {total:,} rows' if total else ''})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts of rows
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
     path = Path(path)
@@ -38,10 +44,10 @@ def seed_figures(seeds: dict[str, Any] | None, folder: Path) -> dict[str, str]:
     names = {}
     for field, summary in seeds.items():
         name = f"seed_{field}.png"
-        bar_chart(summary["top"], f"{field}s", Path(folder) / name, summary["distinct"])
+        bar_chart(summary["top"], f"{field}s", Path(folder) / name, summary["distinct"], summary["rows"])
         names[field] = name
     return names
 
 
-def _short(label: str, width: int = 40) -> str:
+def _short(label: str, width: int = 60) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"

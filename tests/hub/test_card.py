@@ -14,6 +14,7 @@ from pipeline.cli import main
 from pipeline.config import validate
 from pipeline.hub.card import size_category, write_card
 from pipeline.hub.push import push
+from pipeline.io import read_json, write_json, write_parquet
 from tests.hub.conftest import TEMPLATES, generated_frame
 
 
@@ -42,25 +43,43 @@ def test_every_config_of_the_published_folder_loads_with_datasets(run_dir):
 
 
 def test_the_card_body_is_a_datasheet_of_the_run(run_dir, capsys):
-    assert main(["card", f"run_dir={run_dir}"]) == 0
+    assert main(["card", f"run_dir={run_dir}", "hub.repo_id=acme/textbooks"]) == 0
     card_dir = run_dir / "card"
     text = (card_dir / "README.md").read_text()
     for template, sha in TEMPLATES.items():
         assert f"| `{template}` | `{sha}` | 20 | 33.3% |" in text
-    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in text
+        assert f"| A {template} for the card's tests. |" in text  # what it asks for, from the manifest
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in text and "| top_p | 0.95 |" in text
     assert "| truncation rate (`finish_reason=length`) | 10.0% |" in text
-    assert "| cost (USD) | $0.0087 |" in text and "| planned rows not written (failed or over budget) | 2 |" in text
-    # the collapsed story opening is exposed, overall (20 of 60) and for the story template (all)
-    assert '"once upon a" | 33.3% |' in text and '| `story` | 20 |' in text
-    assert "| gsm8k | 7 | 5 | 1,319 |" in text and "| mmlu | 3 | 3 | 14,042 |" in text
-    assert "**Dedup rate:** 20 of 80 documents\n(25.0%)" in text
+    # the ledger: (2,574 x $0.15 + 13,770 x $0.60) / 1M; 62 requests planned, 60 rows written
+    assert "| tokens billed (prompt / completion) | 2,574 / 13,770 |" in text and "| cost (USD) | $0.0086 |" in text
+    assert "| planned rows not written (failed or over budget) | 2 |" in text
+    # seed shares are over the rows whose template uses the variable (stories have no topic or style)
+    assert "### topics: 5 distinct over 40 rows, the most common covers 20.0%" in text
+    assert "### styles: 2 distinct over 20 rows, the most common covers 50.0%" in text
+    assert "_25 less common values not shown._" in text  # 40 subtopics, the top 15 listed
+    # the collapsed story opening: the generator's stored report (all rows), then per template
+    stored = read_json(run_dir / "generated" / "manifest.json")["diversity"]
+    assert f'| all | 60 | {stored["distinct_1"]:.3f} | {stored["distinct_2"]:.3f} |' in text
+    assert f'"once upon a" | 33.3% | {100 * stored["near_duplicate_rate"]:.1f}% |' in text
+    assert '| `story` | 20 | ' in text and '"once upon a" | 100.0% |' in text
+    assert "**Diversity gate:** opening 'once upon a' starts 33% of rows" in text
+    assert "| f1 | 0.789 | 1.000 |" in text and "| actual positive | 4 | 15 |" in text
+    assert "Trained on 160 documents (80 positive),\nvalidated on 40 (19 positive)." in text
+    assert "- warning: only 19 validation documents" in text
     assert "| heuristics | 120 | 100 | 20 | 16.7% |" in text and "| generated | 10 |" in text
-    assert "| f1 | 0.790 | 0.930 |" in text and "| actual positive | 4 | 15 |" in text
+    assert "**Dedup rate:** 20 of 80 documents\n(25.0%)" in text
+    assert "**Quality threshold:** documents kept when `edu_score >= 0.482` (the top 50.0% of web documents" in text
+    assert "| gsm8k | 7 | 5 | 1,319 | 1,300 |" in text and "| mmlu | 3 | 3 | 14,042 | 14,000 |" in text
+    assert 'hf download acme/textbooks --repo-type dataset --include "reproduce/*" --local-dir .' in text
     assert ".venv/bin/textbook generate -c reproduce/config.yaml" in text
     assert "textbook train --phase sft" in text
-    for field in ("topic", "audience", "style"):
+    assert "_Not trained in this run: `phase1`, `phase2` (`textbook train --phase 1`)._" in text
+    for field in ("subject", "topic", "audience", "style"):
         assert f"](figures/seed_{field}.png)" in text and (card_dir / "figures" / f"seed_{field}.png").stat().st_size
-    assert (card_dir / "figures" / "classifier_report.png").exists()
+    for figure in ("classifier_report.png", "filter_report.png"):
+        assert f"](figures/{figure})" in text and (card_dir / "figures" / figure).exists()
+    _assert_tables_well_formed(text)
     assert "sk-test-secret" not in text and "sk-test-secret" not in (card_dir / "reproduce" / "config.yaml").read_text()
     assert validate(_yaml(card_dir / "reproduce" / "config.yaml")).generate.temperature == 0.8
     assert "dataset card:" in capsys.readouterr().out
@@ -76,6 +95,9 @@ def test_the_model_card_describes_the_final_checkpoint(run_dir, tiny_llama):
     assert f"| parameters | {params:,} |" in card.text
     assert "| `sft` | chat | 24,576 |" in card.text and "| `sft` | chat | 3.210 | 1.870 | 900 |" in card.text
     assert "| num_hidden_layers | 2 |" in card.text
+    assert "](loss.png)" in card.text and (run_dir / "card" / "model" / "loss.png").exists()
+    assert "hf download acme/textbooks-model --repo-type model" in card.text
+    _assert_tables_well_formed(card.text)
 
 
 def test_missing_artifacts_are_named_not_fatal(run_dir):
@@ -110,6 +132,18 @@ def test_a_corrupt_manifest_is_reported_in_the_card(run_dir):
     assert "filtered/stats.json: unreadable" in (run_dir / "card" / "README.md").read_text()
 
 
+def test_a_report_from_another_version_is_named_not_fatal(run_dir):
+    report = read_json(run_dir / "classifier" / "report.json")
+    del report["validation"]
+    write_json(report, run_dir / "classifier" / "report.json")
+    write_parquet(generated_frame(4).drop(columns=["template_sha"]), run_dir / "generated" / "part-00002.parquet")
+    assert write_card(validate({"run_dir": str(run_dir)})) == 0
+    text = (run_dir / "card" / "README.md").read_text()
+    assert ("_Not available: classifier/report.json: unexpected layout (KeyError: 'validation'); "
+            "its section is left out_") in text
+    assert "generated/part-00002.parquet: lacks column(s) template_sha; skipped" in text
+
+
 @pytest.mark.parametrize(("rows", "bucket"), [(0, "n<1K"), (999, "n<1K"), (1_000, "1K<n<10K"),
                                                (250_000, "100K<n<1M"), (3 * 10**9, "1B<n<10B")])
 def test_size_categories_follow_the_hub_buckets(rows, bucket):
@@ -121,3 +155,22 @@ def _yaml(path: Path) -> dict:
 
     return yaml.safe_load(path.read_text())
 
+
+
+def _assert_tables_well_formed(text: str) -> None:
+    """Every Markdown table has a blank line before it, a separator row, and as many cells per row as its header."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("|") and not lines[i - 1].startswith("|"):
+            assert lines[i - 1] == "", f"no blank line before the table at line {i + 1}: {lines[i - 1]!r}"
+            assert set(lines[i + 1]) <= set("|-: "), f"no separator under the header at line {i + 1}"
+            width = _cells(line)
+            for row in lines[i + 1:]:
+                if not row.startswith("|"):
+                    assert row == "", f"text right after the table at line {i + 1}: {row!r}"
+                    break
+                assert _cells(row) == width, f"row {row!r} has {_cells(row)} cells, header {width}"
+
+
+def _cells(row: str) -> int:
+    return len(row.replace("\\|", "").strip().strip("|").split("|"))

@@ -1,39 +1,39 @@
-"""Diversity metrics expose collapsed generations: repeated openings, repeated n-grams, near-copies."""
+"""The card's extra diversity metrics expose collapsed generations: repeated n-grams and near-copies.
+
+distinct-n, the opening share and the near-duplicate rate are generate's (tested in tests/generate).
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.hub.diversity import (
-    compression_ratio,
-    distinct_n,
-    diversity_report,
-    self_bleu_lite,
-    top_opening,
-    words,
-)
+from pipeline.generate.diversity import diversity_report, words
+from pipeline.hub.diversity import card_metrics, compression_ratio, full_report, self_bleu_lite
 from tests.conftest import SENTENCES
 
 
-def test_distinct_n_counts_unique_ngrams_over_all_ngrams():
-    tokenized = [words("the cat sat"), words("the cat ran")]
-    assert distinct_n(tokenized, 1) == pytest.approx(4 / 6)
-    assert distinct_n(tokenized, 2) == pytest.approx(3 / 4)
-    assert distinct_n([], 2) == 0.0
-
-
-def test_top_opening_finds_the_tinystories_collapse():
-    stories = [f"Once upon a time, {s}" for s in SENTENCES[:6]] + SENTENCES[6:10]
-    phrase, share = top_opening([words(t) for t in stories])
-    assert phrase == "once upon a" and share == pytest.approx(0.6)
-
-
-def test_repetitive_corpora_score_as_less_diverse():
-    varied = SENTENCES
+def test_repetitive_corpora_compress_better():
     copied = [SENTENCES[0]] * len(SENTENCES)
-    assert compression_ratio(copied) > 2 * compression_ratio(varied)
-    assert self_bleu_lite([words(t) for t in copied]) == pytest.approx(1.0)
-    assert self_bleu_lite([words(t) for t in varied]) < 0.5
-    report = diversity_report(varied)
-    assert report["documents"] == len(varied) and 0 < report["distinct_2"] <= 1
-    assert diversity_report(copied)["distinct_3"] < report["distinct_3"]
+    assert compression_ratio(copied) > 2 * compression_ratio(SENTENCES)
+    assert compression_ratio([]) == 0.0
+
+
+def test_self_bleu_lite_is_one_for_copies_and_low_for_distinct_texts():
+    assert self_bleu_lite([words(t) for t in [SENTENCES[0]] * 5]) == pytest.approx(1.0)
+    assert self_bleu_lite([words(t) for t in SENTENCES]) < 0.5
+    # a text shares its opening words with the others: only its shared 1-2-grams count
+    assert 0 < self_bleu_lite([words(f"Once upon a time {s}") for s in SENTENCES]) < 0.5
+    assert self_bleu_lite([words(SENTENCES[0])]) == 0.0
+
+
+def test_the_full_report_is_generates_report_plus_the_card_metrics():
+    texts = [f"Once upon a time, {s}" for s in SENTENCES]
+    report = full_report(texts)
+    assert report == {**diversity_report(texts), **card_metrics(texts)}
+    assert report["top_opening"] == "once upon a" and report["top_opening_share"] == 1.0
+
+
+def test_self_bleu_runs_on_a_seeded_sample():
+    texts = [f"{s} {i}" for i in range(30) for s in SENTENCES[:2]]
+    assert card_metrics(texts, self_bleu_sample=10, seed=1) == card_metrics(texts, self_bleu_sample=10, seed=1)
+    assert card_metrics(texts, self_bleu_sample=10)["compression_ratio"] == card_metrics(texts)["compression_ratio"]

@@ -21,7 +21,12 @@ TOKEN = "hf_FAKEtokenFORtests0123456789abcdef"
 def online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Let huggingface_hub make requests (the suite runs offline), and isolate the token sources."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    # the stand-in speaks the Git LFS upload protocol; Xet needs a content-addressed store server
+    # Xet is switched off for the tests only. With hf_xet installed (it is a huggingface_hub
+    # dependency), upload_folder sends every LFS file through Xet storage without asking the server:
+    # that needs a Xet CAS service (token refresh endpoint, chunk and shard uploads) which this
+    # stand-in does not implement. HF_HUB_DISABLE_XET makes huggingface_hub use the Git LFS batch +
+    # PUT protocol the stand-in speaks; the commit API, auth and repo creation are the same either way.
+    # pipeline.hub.push itself never sets it, so real pushes go through Xet.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-cache"))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
