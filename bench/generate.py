@@ -3,7 +3,8 @@
 With latency L per request and C requests in flight, the ideal rate is C/L. The table compares
 (1) a bare asyncio + openai loop (the floor any client pays) and (2) the pipeline's run_requests on
 a LocalCluster (shards, cluster-wide semaphore, ledger actor, journal, Parquet), each as achieved
-requests/s over C/L, and client CPU time per request (driver + Dask workers).
+requests/s over C/L, client CPU time per request (driver, which hosts the LocalCluster's
+scheduler, plus Dask workers) and the test server's CPU time per request (it runs in its own process).
 
     .venv/bin/python bench/generate.py [--requests 1920] [--concurrency 64] [--latency 0.2]
 """
@@ -13,23 +14,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 
 def serve(port_queue: multiprocessing.Queue, latency: float) -> None:
     from pipeline.generate.stub_server import StubServer
 
     srv = StubServer(latency_s=latency, responder=lambda messages, params: "A short answer. " * 8)
-    port_queue.put(srv._httpd.server_address[1])
-    srv._httpd.serve_forever()
+    port_queue.put(int(srv.base_url.rsplit(":", 1)[1].split("/")[0]))
+    srv.serve_forever()
 
 
-def bare_openai(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
+def bare_openai(base_url: str, n: int, concurrency: int) -> tuple[float, float, float]:
     import openai
 
     async def go() -> None:
@@ -45,10 +49,10 @@ def bare_openai(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
 
     cpu, start = time.process_time(), time.perf_counter()
     asyncio.run(go())
-    return time.perf_counter() - start, time.process_time() - cpu
+    return time.perf_counter() - start, time.process_time() - cpu, 0.0
 
 
-def pipeline_run(base_url: str, n: int, concurrency: int, workers: int) -> tuple[float, float]:
+def pipeline_run(base_url: str, n: int, concurrency: int, workers: int) -> tuple[float, float, float]:
     """run_requests on a warm LocalCluster (started, and its workers' imports paid, before timing)."""
     import logging
 
@@ -77,9 +81,10 @@ def pipeline_run(base_url: str, n: int, concurrency: int, workers: int) -> tuple
         cpu, start = time.process_time(), time.perf_counter()
         summary = run_requests(cfg, requests(n, "r"), Path(tmp) / "out", stage="bench")
         wall = time.perf_counter() - start
-        cpu = time.process_time() - cpu + sum(client.run(worker_cpu).values()) - before
+        driver = time.process_time() - cpu
+        workers_cpu = sum(client.run(worker_cpu).values()) - before
         assert summary.complete, summary
-    return wall, cpu
+    return wall, driver + workers_cpu, driver
 
 
 def main() -> None:
@@ -94,18 +99,28 @@ def main() -> None:
     server.start()
     base_url = f"http://127.0.0.1:{ports.get(timeout=30)}/v1"
     ideal = args.concurrency / args.latency
-    rows = [("ideal C/L", args.requests / ideal, 0.0)]
-    rows.append(("bare asyncio + openai", *bare_openai(base_url, args.requests, args.concurrency)))
-    rows.append((f"run_requests, LocalCluster x{args.workers}",
-                 *pipeline_run(base_url, args.requests, args.concurrency, args.workers)))
+    served = psutil.Process(server.pid)
+
+    def measured(name: str, run: Callable[[], tuple[float, float, float]]) -> tuple:
+        before = sum(served.cpu_times()[:2])
+        return (name, *run(), sum(served.cpu_times()[:2]) - before)
+
+    rows = [("ideal C/L", args.requests / ideal, 0.0, 0.0, 0.0)]
+    rows.append(measured("bare asyncio + openai", lambda: bare_openai(base_url, args.requests, args.concurrency)))
+    rows.append(measured(f"run_requests, LocalCluster x{args.workers}",
+                         lambda: pipeline_run(base_url, args.requests, args.concurrency, args.workers)))
     server.terminate()
-    print(f"\n{args.requests} requests, C={args.concurrency}, L={args.latency}s, ideal {ideal:.0f} req/s")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{args.requests} requests, C={args.concurrency}, L={args.latency}s, ideal {ideal:.0f} req/s; "
+          f"{os.cpu_count()} cores, load average {load}")
     bare = args.requests / rows[1][1]
-    print(f"{'client':<34}{'wall s':>9}{'req/s':>9}{'/ ideal':>9}{'/ bare':>9}{'CPU ms/req':>12}")
-    for name, wall, cpu in rows:
+    print(f"{'client':<32}{'wall s':>8}{'req/s':>8}{'/ ideal':>9}{'/ bare':>8}{'client CPU ms/req':>19}"
+          f"{'(driver)':>10}{'server CPU ms/req':>19}")
+    for name, wall, cpu, driver, server_cpu in rows:
         rate = args.requests / wall
-        print(f"{name:<34}{wall:>9.2f}{rate:>9.1f}{rate / ideal:>9.2f}{rate / bare:>9.2f}"
-              f"{1000 * cpu / args.requests:>12.2f}")
+        print(f"{name:<32}{wall:>8.2f}{rate:>8.1f}{rate / ideal:>9.2f}{rate / bare:>8.2f}"
+              f"{1000 * cpu / args.requests:>19.2f}{1000 * driver / args.requests:>10.2f}"
+              f"{1000 * server_cpu / args.requests:>19.2f}")
 
 
 if __name__ == "__main__":

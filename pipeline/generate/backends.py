@@ -50,13 +50,18 @@ class OpenAIBackend:
     """Chat completions against an OpenAI-compatible server; the SDK's own retries are off."""
 
     def __init__(self, cfg: GenerateConfig) -> None:
+        import httpx2  # the openai SDK's HTTP client
         import openai
 
         self.cfg = cfg
         self.base_url, key = resolve_endpoint(cfg)
         self.where = self.base_url or "api.openai.com"
+        # one kept-alive connection per slot: the SDK's default keeps 100, so a wider run would
+        # close and reopen connections on every burst
+        pool = httpx2.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0,
-                                         timeout=cfg.request_timeout_s)
+                                         timeout=cfg.request_timeout_s,
+                                         http_client=openai.DefaultAsyncHttpxClient(limits=pool))
 
     async def complete(self, messages: Messages) -> Completion:
         import openai
@@ -76,13 +81,15 @@ class OpenAIBackend:
                 last = f"HTTP {e.status_code}"
                 wait = retry_after(e.response.headers) or self._backoff(attempt)
             except openai.APIConnectionError as e:  # includes APITimeoutError
-                last = "timeout" if isinstance(e, openai.APITimeoutError) else f"connection error ({e})"
+                # the SDK's own message is a bare "Connection error."; the transport's cause says which
+                last = "timeout" if isinstance(e, openai.APITimeoutError) else f"connection error ({e.__cause__ or e})"
                 wait = self._backoff(attempt)
             else:
                 return _completion(resp, time.perf_counter() - start)
             if attempt < cfg.max_retries:
                 await asyncio.sleep(wait)
-        raise GenerateError(f"{self.where}: giving up after {cfg.max_retries + 1} attempts "
+        attempts = cfg.max_retries + 1
+        raise GenerateError(f"{self.where}: giving up after {attempts} attempt{'s' * (attempts > 1)} "
                             f"(last: {last}); completed rows are kept, rerun to resume")
 
     def _fatal(self, e: Any) -> str | None:

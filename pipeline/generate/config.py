@@ -60,6 +60,6 @@ class GenerateConfig(Section):
     diversity_max_opening_share: float = Field(default=0.25, gt=0, le=1)
     """Largest share of rows that may start with the same 3-word opening (TinyStories: 59%)."""
     diversity_gate: Literal["warn", "fail", "off"] = "warn"
-    """What to do when the opening share is exceeded: warn, fail (exit non-zero), or off."""
+    """When the opening share is exceeded: warn (after the run), fail (stop the run once 50 rows show it, exit 1), or off."""
     retry_backoff_s: float = Field(default=0.5, gt=0)
     """First retry delay; doubles per attempt (with jitter, capped at 30 s) unless Retry-After says more."""

@@ -1,7 +1,7 @@
 """Diversity of generated texts: distinct-n, the most common opening, and the near-duplicate rate.
 
 TinyStories ended up with "Once upon a time" in 59% of its stories; this report makes such
-collapse visible per run, and ``diversity_gate`` turns it into a warning or a failed run.
+collapse visible per run; the generate stage's gate turns it into a warning or a failed run.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 _WORD = re.compile(r"\w+(?:'\w+)?")
 
@@ -25,6 +27,23 @@ def distinct_n(tokenized: Sequence[Sequence[str]], n: int) -> float:
     return len(grams) / total if total else 0.0
 
 
+def opening(text: str, n: int = 3) -> str:
+    """The first ``n`` words of ``text`` as the opening statistics count them ("" if it has fewer)."""
+    first = words(text[:40 * n])[:n]  # the head is enough: no need to tokenize a whole book
+    return " ".join(first) if len(first) == n else ""
+
+
+def opening_gate(counts: Counter[str], rows: int, max_share: float, min_rows: int = 10) -> str | None:
+    """Why the most common opening in ``counts`` (over ``rows`` texts) breaks the gate, or None."""
+    if rows < min_rows or not counts:
+        return None
+    top, count = counts.most_common(1)[0]
+    if count / rows <= max_share:
+        return None
+    return (f"opening {top!r} starts {count} of {rows} rows ({count / rows:.1%}), over "
+            f"generate.diversity_max_opening_share={max_share:g}")
+
+
 def opening_share(tokenized: Sequence[Sequence[str]], n: int = 3) -> tuple[str, float]:
     """The most common opening n words and the share of texts that start with them."""
     openings = Counter(" ".join(t[:n]) for t in tokenized if len(t) >= n)
@@ -34,27 +53,33 @@ def opening_share(tokenized: Sequence[Sequence[str]], n: int = 3) -> tuple[str, 
     return opening, count / len(tokenized)
 
 
-def near_duplicate_rate(tokenized: Sequence[Sequence[str]], threshold: float = 0.8, num_perm: int = 64,
-                        shingle: int = 5) -> float:
-    """Share of texts with at least one other text at estimated Jaccard >= ``threshold`` (MinHash LSH)."""
-    from datasketch import MinHash, MinHashLSH
+def near_duplicate_rate(texts: Sequence[str], threshold: float = 0.8, num_perm: int = 128,
+                        ngram: int = 5) -> float:
+    """Share of texts with another text at estimated Jaccard >= ``threshold`` over word ``ngram`` shingles.
 
-    if len(tokenized) < 2:
+    The filter stage's MinHash (``filters.minhash``: signatures, LSH bands): within each band bucket,
+    every member is verified against the bucket's first member, as ``filters.dedup`` links clusters.
+    """
+    from filters.minhash import band_hashes, estimated_jaccard, lsh_params, minhash_signatures
+
+    if len(texts) < 2:
         return 0.0
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    hashes = []
-    for i, t in enumerate(tokenized):
-        grams = {" ".join(t[j:j + shingle]) for j in range(max(1, len(t) - shingle + 1))} or {""}
-        m = MinHash(num_perm=num_perm, seed=1)
-        m.update_batch(g.encode("utf-8") for g in grams)
-        lsh.insert(i, m)
-        hashes.append(m)
-    dup = sum(1 for i, m in enumerate(hashes) if any(j != i for j in lsh.query(m)))
-    return dup / len(tokenized)
+    signatures = minhash_signatures(texts, num_perm=num_perm, ngram=ngram)
+    buckets = band_hashes(signatures, *lsh_params(threshold, num_perm))
+    duplicate = np.zeros(len(texts), dtype=bool)
+    for band in buckets.T:
+        _, leader = np.unique(band, return_inverse=True)
+        first = np.full(leader.max() + 1, len(texts))
+        np.minimum.at(first, leader, np.arange(len(texts)))
+        pairs = np.flatnonzero(first[leader] != np.arange(len(texts)))  # members that are not the leader
+        similar = pairs[estimated_jaccard(signatures[pairs], signatures[first[leader[pairs]]]) >= threshold]
+        duplicate[similar] = True
+        duplicate[first[leader[similar]]] = True
+    return float(duplicate.mean())
 
 
 def diversity_report(texts: Sequence[str]) -> dict[str, Any]:
-    """distinct-1/2/3, the top opening 3-gram and its share, and the MinHash near-duplicate rate."""
+    """distinct-1/2/3, the top opening 3-gram and its share, and the MinHash near-duplicate rate (``threshold`` 0.8)."""
     tokenized = [words(t) for t in texts]
     opening, share = opening_share(tokenized)
     return {
@@ -64,5 +89,5 @@ def diversity_report(texts: Sequence[str]) -> dict[str, Any]:
         "distinct_3": round(distinct_n(tokenized, 3), 4),
         "top_opening": opening,
         "top_opening_share": round(share, 4),
-        "near_duplicate_rate": round(near_duplicate_rate(tokenized), 4),
+        "near_duplicate_rate": round(near_duplicate_rate(texts), 4),
     }

@@ -24,7 +24,7 @@ from pipeline.generate.backends import resolve_endpoint
 from pipeline.generate.journal import Journal, journal_path
 from pipeline.generate.ledger import Ledger
 from pipeline.generate.limits import Coordinator
-from pipeline.generate.shard import ShardResult, ShardSpec, run_shard
+from pipeline.generate.shard import COMPLETION_COLUMNS, ShardResult, ShardSpec, run_shard
 from pipeline.io import build_manifest, list_shards, read_parquet, write_json
 
 
@@ -49,18 +49,21 @@ class RunSummary:
 
 def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: str,
                  postprocess: Callable[[dict], dict] | None = None, dry_run: bool = False,
-                 manifest_fields: dict[str, Any] | None = None) -> RunSummary:
+                 manifest_fields: dict[str, Any] | None = None,
+                 completion_column: str = "text") -> RunSummary:
     """Complete every request with ``cfg.generate``'s backend; write shards and a manifest to ``out_dir``.
 
     Contract (the ``annotate`` stage relies on it):
     - ``requests``: one row per request; ``id`` (unique str, the row key), ``messages`` (a list of
-      ``{"role", "content"}`` dicts) and any passthrough columns, copied to the output unchanged.
+      ``{"role", "content"}`` dicts) and any passthrough columns, copied to the output unchanged
+      (a passthrough named like an output column is an error, never overwritten).
     - Output: ``out_dir/part-NNNNN.parquet`` (zstd, written atomically; row ``k*shard_size`` onwards in
-      shard ``k``) with ``id``, the passthrough columns, ``text``, ``model``, ``temperature``,
-      ``max_tokens``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``, ``latency_s``,
-      ``flags`` (``truncated`` / ``empty`` / ``refusal``), plus what ``postprocess(row) -> dict``
-      returns for each completed row (it runs before the row is written; ``messages`` is not kept);
-      and ``out_dir/manifest.json`` (public config, versions, git sha, totals, ledger).
+      shard ``k``) with ``id``, the passthrough columns, the completion (in ``completion_column``),
+      ``model``, ``temperature``, ``max_tokens``, ``finish_reason``, ``prompt_tokens``,
+      ``completion_tokens``, ``latency_s``, ``flags`` (``truncated`` / ``empty`` / ``refusal``), plus
+      what ``postprocess(row) -> dict`` returns for each completed row (it runs before the row is
+      written; ``messages`` is not kept); and ``out_dir/manifest.json`` (public config, versions,
+      git sha, totals, ledger).
     - Execution: one Dask task per shard (``cfg.scheduler`` or a LocalCluster of ``cfg.workers``);
       ``generate.concurrency`` in-flight requests and ``generate.requests_per_minute`` /
       ``tokens_per_minute`` hold across the cluster; transient errors are retried, fatal ones raise
@@ -73,7 +76,7 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
     """
     start = time.perf_counter()
     gen = cfg.generate
-    _check_requests(requests)
+    _check_requests(requests, completion_column)
     out_dir = Path(out_dir)
     shards = [requests.iloc[k:k + gen.shard_size] for k in range(0, len(requests), gen.shard_size)]
     done_ids, spent = _scan(out_dir, shards)
@@ -92,7 +95,8 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
     results: list[ShardResult] = []
     snapshot = {**ledger.as_dict(), "stop_reason": None}
     if todo:
-        results, snapshot = _run_on_dask(cfg, shards, todo, out_dir, postprocess, ledger, stage)
+        results, snapshot = _run_on_dask(cfg, shards, todo, out_dir, postprocess, ledger, stage,
+                                         completion_column)
     rows = sum(len(read_parquet(p, ["id"])) for p in list_shards(out_dir))
     if (out_dir / ".journal").is_dir() and not any((out_dir / ".journal").iterdir()):
         (out_dir / ".journal").rmdir()
@@ -120,10 +124,14 @@ def estimate_requests(pending: pd.DataFrame, max_tokens: int, ledger: Ledger) ->
             "spent_usd": round(ledger.cost_usd, 6)}
 
 
-def _check_requests(requests: pd.DataFrame) -> None:
+def _check_requests(requests: pd.DataFrame, completion_column: str) -> None:
     for column in ("id", "messages"):
         if column not in requests.columns:
             raise GenerateError(f"requests: missing column '{column}' (need id, messages)")
+    clash = [c for c in (completion_column, *COMPLETION_COLUMNS) if c in requests.columns]
+    if clash:
+        raise GenerateError(f"requests: passthrough column {clash[0]!r} would be overwritten by the "
+                            "completion's; rename it or choose another completion_column")
     dup = requests["id"][requests["id"].duplicated()]
     if len(dup):
         raise GenerateError(f"requests: duplicate id {dup.iloc[0]!r}: ids are row keys and must be unique")
@@ -158,8 +166,8 @@ def _scan(out_dir: Path, shards: list[pd.DataFrame]) -> tuple[set[str], tuple[in
 
 
 def _run_on_dask(cfg: Config, shards: list[pd.DataFrame], todo: list[int], out_dir: Path,
-                 postprocess: Callable | None, ledger: Ledger,
-                 stage: str) -> tuple[list[ShardResult], dict[str, Any]]:
+                 postprocess: Callable | None, ledger: Ledger, stage: str,
+                 completion_column: str) -> tuple[list[ShardResult], dict[str, Any]]:
     from distributed import Semaphore
 
     from pipeline.cluster import dask_client
@@ -172,11 +180,15 @@ def _run_on_dask(cfg: Config, shards: list[pd.DataFrame], todo: list[int], out_d
     total = sum(len(s) for s in shards)
     with dask_client(cfg.scheduler, cfg.workers) as client:
         # keep the future: the actor lives only as long as a future refers to it
+        # the opening gate is the generate stage's (other stages' answers are labels, not prose)
+        max_opening_share = gen.diversity_max_opening_share \
+            if stage == "generate" and gen.diversity_gate == "fail" else None
         coordinator_future = client.submit(Coordinator, ledger, gen.requests_per_minute, gen.tokens_per_minute,
-                                           actor=True)
+                                           max_opening_share, actor=True)
         coordinator = coordinator_future.result()
         semaphore = Semaphore(max_leases=gen.concurrency, name=f"{stage}-{uuid.uuid4().hex}")
-        futures = [client.submit(run_shard, ShardSpec(k, shards[k], out_dir, gen, cfg.seed, postprocess),
+        futures = [client.submit(run_shard,
+                                 ShardSpec(k, shards[k], out_dir, gen, cfg.seed, postprocess, completion_column),
                                  coordinator, semaphore, pure=False, key=f"{stage}-shard-{k}-{uuid.uuid4().hex}")
                    for k in todo]
         first = ledger.requests

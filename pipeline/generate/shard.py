@@ -1,9 +1,9 @@
 """One shard of a run, executed as one Dask task: request the missing rows, journal, compact.
 
 The task body is synchronous (what Dask runs); the OpenAI path runs an asyncio loop inside it with
-a local cap on in-flight requests, and takes a lease of the run's cluster-wide
-``distributed.Semaphore`` around every request. Blocking Dask calls (semaphore, coordinator actor)
-go to a thread pool so they never stall the event loop.
+a local cap on in-flight requests; each of its slots holds one lease of the run's cluster-wide
+``distributed.Semaphore`` while it works through the queue. Blocking Dask calls (semaphore,
+coordinator actor) go to a thread pool so they never stall the event loop.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import pandas as pd
 from pipeline.errors import GenerateError
 from pipeline.generate.backends import Completion, OpenAIBackend, TransformersBackend
 from pipeline.generate.config import GenerateConfig
+from pipeline.generate.diversity import opening
 from pipeline.generate.flags import completion_flags
 from pipeline.generate.journal import Journal, journal_path
 from pipeline.io import read_parquet, shard_path, stable_hash, write_parquet
 
-COMPLETION_COLUMNS = ["text", "model", "temperature", "max_tokens", "finish_reason", "prompt_tokens",
+# What the engine adds to every row besides the completion itself (``ShardSpec.completion_column``).
+COMPLETION_COLUMNS = ["model", "temperature", "max_tokens", "finish_reason", "prompt_tokens",
                       "completion_tokens", "latency_s", "flags"]
 
 
@@ -39,6 +41,7 @@ class ShardSpec:
     cfg: GenerateConfig
     seed: int = 0
     postprocess: Callable[[dict], dict] | None = None
+    completion_column: str = "text"
 
 
 @dataclass
@@ -83,7 +86,7 @@ def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator
 
     def record(row_id: str, c: Completion) -> None:
         journal.append({
-            "id": row_id, "text": c.text, "model": cfg.model, "temperature": cfg.temperature,
+            "id": row_id, spec.completion_column: c.text, "model": cfg.model, "temperature": cfg.temperature,
             "max_tokens": cfg.max_tokens, "finish_reason": c.finish_reason,
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "latency_s": c.latency_s, "flags": completion_flags(c.text, c.finish_reason)})
@@ -106,7 +109,8 @@ def _complete_batched(spec: ShardSpec, todo: pd.DataFrame, record: Callable, coo
         for row_id, c in zip(batch["id"], completions, strict=True):
             record(row_id, c)
         stop = coordinator.record(sum(c.prompt_tokens for c in completions),
-                                  sum(c.completion_tokens for c in completions), len(completions)).result()
+                                  sum(c.completion_tokens for c in completions), len(completions),
+                                  [opening(c.text) for c in completions]).result()
         if stop:
             return stop
     return None
@@ -127,21 +131,28 @@ async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, record: Calla
     queue = deque(zip(todo["id"], todo["messages"], strict=True))
     exact = cfg.max_cost_usd is not None
     limited = bool(cfg.requests_per_minute or cfg.tokens_per_minute)
-    state: dict[str, Any] = {"stop": None, "error": None, "unsent": [0, 0, 0]}
+    state: dict[str, Any] = {"stop": None, "error": None, "unsent": [0, 0, 0, []]}
 
     def blocking(fn: Callable, *args: Any) -> asyncio.Future:
         return loop.run_in_executor(pool, fn, *args)
 
+    syncing = asyncio.Lock()
+
     async def sync_ledger() -> None:
-        p, c, n = state["unsent"]
-        if n:
-            state["unsent"] = [0, 0, 0]
-            reason = await blocking(lambda: coordinator.record(p, c, n).result())
-            state["stop"] = state["stop"] or reason
+        # one at a time: a slot that finds its completion already sent by the heartbeat must still
+        # wait for that call's answer (the stop reason) before it starts another paid request
+        async with syncing:
+            p, c, n, openings = state["unsent"]
+            if n:
+                state["unsent"] = [0, 0, 0, []]
+                reason = await blocking(lambda: coordinator.record(p, c, n, openings).result())
+                state["stop"] = state["stop"] or reason
 
     async def slot() -> None:
         await blocking(semaphore.acquire)
         try:
+            # the lease may have taken a while: other shards may have spent the budget meanwhile
+            state["stop"] = state["stop"] or await blocking(lambda: coordinator.stop().result())
             while queue and not (state["stop"] or state["error"]):
                 row_id, messages = queue.popleft()
                 if limited:
@@ -155,6 +166,7 @@ async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, record: Calla
                 unsent[0] += completion.prompt_tokens
                 unsent[1] += completion.completion_tokens
                 unsent[2] += 1
+                unsent[3].append(opening(completion.text))
                 if exact:
                     await sync_ledger()
         except GenerateError as e:

@@ -1,12 +1,17 @@
-"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests, benchmarks and offline demos.
+"""A real OpenAI-compatible HTTP server on 127.0.0.1: the project's test server, also for benchmarks and demos.
 
-Serves ``POST /v1/chat/completions`` and ``GET /v1/models`` with the OpenAI wire format. Answers come
-from a pluggable ``responder(messages, params) -> str`` (default: deterministic textbook-like prose
-derived from the prompt); whitespace-separated words count as tokens, and an answer longer than
-``max_tokens`` is cut with ``finish_reason="length"``. Faults are injected per request, in order:
-``"429"`` (with Retry-After), ``"500"``, ``"503"``, ``"slow"`` (answer after ``slow_s``), ``"drop"``
-(close the connection without answering), ``"length"`` (truncate), or a ``Fault``. A wrong key gets
-401, an unknown model 404. ``requests`` logs every request; ``max_in_flight`` is the peak concurrency.
+Serves ``POST /v1/chat/completions`` and ``GET /v1/models`` with the OpenAI wire format over
+HTTP/1.1 keep-alive. It is one asyncio event loop (in a background thread, or the main one for
+``serve_forever``), so thousands of concurrent connections cost no thread each, and a fixed
+``latency_s`` is an ``asyncio.sleep``, not a blocked thread: a benchmark measures the client, not this.
+
+Answers come from a pluggable ``responder(messages, params) -> str`` (default: deterministic
+textbook-like prose derived from the prompt); whitespace-separated words count as tokens, and an
+answer longer than ``max_tokens`` is cut with ``finish_reason="length"``. Faults are injected per
+request, in order: ``"429"`` (with Retry-After), ``"500"``, ``"503"``, ``"slow"`` (answer after
+``slow_s``), ``"drop"`` (close the connection without answering), ``"length"`` (truncate), or a
+``Fault``. A wrong key gets 401, an unknown model 404. ``requests`` logs every chat request;
+``max_in_flight`` is the peak concurrency.
 
     with StubServer(faults=["429", None, "500"], api_key="sk-test") as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key="sk-test")
@@ -17,6 +22,8 @@ derived from the prompt); whitespace-separated words count as tokens, and an ans
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import hashlib
 import json
 import socket
@@ -24,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from typing import Any
 
 Responder = Callable[[list[dict], dict], str]
@@ -43,6 +50,7 @@ _SENTENCES = [
     "Each term in the formula has a meaning that we can state in words.",
     "An analogy from everyday life makes the abstract rule easier to remember.",
 ]
+_MAX_HEADER_BYTES = 64 * 1024
 
 
 def textbook_responder(messages: list[dict], params: dict) -> str:
@@ -57,11 +65,6 @@ def textbook_responder(messages: list[dict], params: dict) -> str:
     return " ".join(lines)
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 512  # the stdlib's backlog of 5 refuses bursts of concurrent clients
-    daemon_threads = True
-
-
 @dataclass
 class Fault:
     """One injected failure: ``kind`` is 429, 500, 503, slow, drop or length."""
@@ -71,6 +74,26 @@ class Fault:
     delay_s: float = 5.0
 
 
+@dataclass
+class _Reply:
+    """An HTTP answer to send, or ``status=None`` to close the connection without one."""
+
+    status: int | None
+    body: dict | None = None
+    headers: dict[str, str] | None = None
+
+
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> _Reply:
+    return _Reply(status, {"error": {"message": message, "type": "invalid_request_error", "code": code}}, headers)
+
+
+def _encode(reply: _Reply) -> bytes:
+    blob = json.dumps(reply.body).encode("utf-8")
+    head = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}", "Content-Type: application/json",
+            f"Content-Length: {len(blob)}", *(f"{k}: {v}" for k, v in (reply.headers or {}).items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + blob
+
+
 class StubServer:
     """The server as a context manager; ``base_url`` ends in ``/v1`` like OpenAI's."""
 
@@ -78,40 +101,47 @@ class StubServer:
                  api_key: str | None = None, models: Iterable[str] = ("stub-model",), latency_s: float = 0.0,
                  slow_s: float = 5.0, host: str = "127.0.0.1", port: int = 0) -> None:
         self.responder = responder or textbook_responder
-        self.faults: list[Fault | None] = [self._fault(f) for f in faults]
+        self.slow_s = slow_s
+        self.faults: list[Fault | None] = [f if f is None or isinstance(f, Fault) else Fault(str(f), delay_s=slow_s)
+                                           for f in faults]
         self.api_key = api_key
         self.models = list(models)
         self.latency_s = latency_s
-        self.slow_s = slow_s
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self._lock = threading.Lock()
-        self._httpd = _Server((host, port), _handler_for(self))
+        # bound now, so base_url is known before the loop runs; a deep backlog takes bursts of clients
+        self._sock = socket.create_server((host, port), backlog=1024)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
-
-    def _fault(self, f: str | Fault | None) -> Fault | None:
-        if f is None or isinstance(f, Fault):
-            return f
-        return Fault(str(f), delay_s=getattr(self, "slow_s", 5.0))
 
     @property
     def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
+        host, port = self._sock.getsockname()[:2]
         return f"http://{host}:{port}/v1"
 
     def completed(self) -> list[dict[str, Any]]:
         """Requests answered with 200: each a log entry with ``messages``."""
         return [r for r in self.requests if r["status"] == 200]
 
+    def serve_forever(self, ready: threading.Event | None = None) -> None:
+        """Serve in this thread until ``stop()`` (or Ctrl-C)."""
+        asyncio.run(self._serve(ready))
+
     def start(self) -> StubServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="stub-server")
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self.serve_forever, args=(ready,), daemon=True, name="stub-server")
         self._thread.start()
+        ready.wait(30)
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._sock.close()
 
     def __enter__(self) -> StubServer:
         return self.start()
@@ -119,128 +149,100 @@ class StubServer:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def next_fault(self) -> Fault | None:
-        with self._lock:
-            return self.faults.pop(0) if self.faults else None
+    async def _serve(self, ready: threading.Event | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        server = await asyncio.start_server(self._connection, sock=self._sock, limit=_MAX_HEADER_BYTES)
+        if ready is not None:
+            ready.set()
+        async with server:
+            await self._stopping.wait()
+        # open keep-alive connections end with the loop: asyncio.run cancels their handlers
 
-    def enter(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One keep-alive connection: read a request, answer it, repeat until the client goes."""
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                method, path = head[0].split(" ")[:2]
+                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+                body = await reader.readexactly(int(headers.get("content-length") or 0))
+                reply = await self._answer(method, path.split("?")[0].rstrip("/"), headers, body)
+                if reply.status is None:
+                    return  # a dropped connection: closed below without an answer
+                writer.write(_encode(reply))
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    return
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+            return  # the client went away (or sent garbage): nothing to answer
+        finally:
+            writer.close()
 
-    def leave(self) -> None:
-        with self._lock:
+    async def _answer(self, method: str, route: str, headers: dict[str, str], raw: bytes) -> _Reply:
+        if method == "GET" and route == "/v1/models":
+            return self._unauthorized(headers) or _Reply(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "stub"} for m in self.models]})
+        if method != "POST" or route != "/v1/chat/completions":
+            return _error(404, f"no route {method} {route}", "not_found")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "request body is not JSON", "invalid_request")
+        if not isinstance(body, dict) or not body.get("messages"):
+            return _error(400, "'messages' is required and must be a non-empty list", "invalid_request")
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        entry = {"time": time.time(), "model": body.get("model"), "messages": body["messages"], "status": 0}
+        try:
+            reply = await self._complete(headers, body)
+            entry["status"] = reply.status or 0
+            return reply
+        finally:
             self.in_flight -= 1
-
-    def log(self, entry: dict[str, Any]) -> None:
-        with self._lock:
             self.requests.append(entry)
 
+    def _unauthorized(self, headers: dict[str, str]) -> _Reply | None:
+        if self.api_key is None or headers.get("authorization") == f"Bearer {self.api_key}":
+            return None
+        return _error(401, "Incorrect API key provided.", "invalid_api_key")
 
-def _handler_for(server: StubServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
-
-        def log_message(self, *args: Any) -> None:  # quiet: tests read the request log instead
-            pass
-
-        def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-            blob = json.dumps(body).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(blob)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(blob)
-
-        def _error(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
-            self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": code}},
-                       headers)
-
-        def _authorized(self) -> bool:
-            if server.api_key is None:
-                return True
-            if self.headers.get("Authorization") == f"Bearer {server.api_key}":
-                return True
-            self._error(401, "Incorrect API key provided.", "invalid_api_key")
-            return False
-
-        def do_GET(self) -> None:
-            if self.path.rstrip("/") != "/v1/models":
-                self._error(404, f"no route {self.path}", "not_found")
-                return
-            if self._authorized():
-                self._send(200, {"object": "list", "data": [
-                    {"id": m, "object": "model", "created": 0, "owned_by": "stub"} for m in server.models]})
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                self._error(404, f"no route {self.path}", "not_found")
-                return
-            try:
-                body = json.loads(self.rfile.read(length))
-            except (json.JSONDecodeError, UnicodeDecodeError, ConnectionError):
-                # a client that died mid-upload: nothing to answer, nothing to log
-                self.close_connection = True
-                return
-            if not isinstance(body, dict) or not body.get("messages"):
-                self._error(400, "'messages' is required and must be a non-empty list", "invalid_request")
-                return
-            server.enter()
-            entry = {"time": time.time(), "model": body.get("model"), "messages": body.get("messages", []),
-                     "status": None}
-            try:
-                entry["status"] = self._complete(body)
-            finally:
-                server.leave()
-                server.log(entry)
-
-        def _complete(self, body: dict) -> int:
-            if not self._authorized():
-                return 401
-            model = body.get("model")
-            if model not in server.models:
-                self._error(404, f"The model '{model}' does not exist or you do not have access to it.",
-                            "model_not_found")
-                return 404
-            fault = server.next_fault()
-            if server.latency_s:
-                time.sleep(server.latency_s)
-            if fault is not None:
-                if fault.kind == "429":
-                    headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-                    self._error(429, "Rate limit reached, slow down.", "rate_limit_exceeded", headers)
-                    return 429
-                if fault.kind in ("500", "503"):
-                    self._error(int(fault.kind), "The server had an error.", "server_error")
-                    return int(fault.kind)
-                if fault.kind == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return 0
-                if fault.kind == "slow":
-                    time.sleep(fault.delay_s)
-            messages = body.get("messages", [])
-            text = server.responder(messages, body)
-            words = text.split()
-            max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-            finish = "stop"
-            if (max_tokens and len(words) > max_tokens) or (fault is not None and fault.kind == "length"):
-                words = words[: max_tokens or max(1, len(words) // 2)]
-                text, finish = " ".join(words), "length"
-            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-            self._send(200, {
-                "id": f"chatcmpl-{hashlib.sha1(repr(messages).encode()).hexdigest()[:12]}",
-                "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": finish}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
-                          "total_tokens": prompt_tokens + len(words)}})
-            return 200
-
-    return Handler
+    async def _complete(self, headers: dict[str, str], body: dict) -> _Reply:
+        denied = self._unauthorized(headers)
+        if denied:
+            return denied
+        model = body.get("model")
+        if model not in self.models:
+            return _error(404, f"The model '{model}' does not exist or you do not have access to it.",
+                          "model_not_found")
+        fault = self.faults.pop(0) if self.faults else None
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        kind = fault.kind if fault is not None else None
+        if fault is not None and kind == "429":
+            retry = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            return _error(429, "Rate limit reached, slow down.", "rate_limit_exceeded", retry)
+        if kind in ("500", "503"):
+            return _error(int(kind), "The server had an error.", "server_error")
+        if kind == "drop":
+            return _Reply(None)
+        if fault is not None and kind == "slow":
+            await asyncio.sleep(fault.delay_s)
+        messages = body["messages"]
+        text = self.responder(messages, body)
+        words = text.split()
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        finish = "stop"
+        if (max_tokens and len(words) > max_tokens) or kind == "length":
+            words = words[: max_tokens or max(1, len(words) // 2)]
+            text, finish = " ".join(words), "length"
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        return _Reply(200, {
+            "id": f"chatcmpl-{hashlib.sha1(repr(messages).encode()).hexdigest()[:12]}",
+            "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                      "total_tokens": prompt_tokens + len(words)}})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,12 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     srv = StubServer(api_key=args.api_key, models=args.model or ["stub-model"], latency_s=args.latency,
                      port=args.port)
     print(f"serving {', '.join(srv.models)} at {srv.base_url} (Ctrl-C to stop)", flush=True)
-    try:
-        srv._httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        srv._httpd.server_close()
+    with contextlib.suppress(KeyboardInterrupt):
+        srv.serve_forever()
 
 
 if __name__ == "__main__":

@@ -39,6 +39,13 @@ def test_answer_has_text_usage_and_latency():
     assert len(srv.requests) == 1
 
 
+def test_answer_is_the_responders_text_verbatim():
+    """Line breaks survive the wire: the conversation template's turns are one per line."""
+    with StubServer(responder=lambda messages, params: "Student: Why?\nTeacher: Because  light scatters.") as srv:
+        c = complete(srv)
+    assert c.text == "Student: Why?\nTeacher: Because  light scatters." and c.completion_tokens == 6
+
+
 def test_429_waits_for_retry_after_then_succeeds():
     with StubServer(faults=[Fault("429", retry_after=1.0)]) as srv:
         start = time.perf_counter()

@@ -8,12 +8,13 @@ from pipeline.generate.diversity import (
     distinct_n,
     diversity_report,
     near_duplicate_rate,
+    opening,
     opening_share,
     words,
 )
 from pipeline.generate.journal import Journal
 from pipeline.generate.ledger import Ledger
-from pipeline.generate.limits import Coordinator, TokenBucket
+from pipeline.generate.limits import GATE_MIN_ROWS, Coordinator, TokenBucket
 
 
 def test_ledger_prices_tokens_per_million():
@@ -35,6 +36,18 @@ def test_coordinator_reports_the_stop_reason_once_the_budget_is_spent():
 
 def test_coordinator_starts_stopped_when_earlier_rows_spent_the_budget():
     assert Coordinator(Ledger(0, 1_000_000, max_cost_usd=5, completion_tokens=6)).stop() is not None
+
+
+def test_coordinator_opening_gate_stops_only_after_enough_rows_share_one_opening():
+    coordinator = Coordinator(Ledger(0, 0), max_opening_share=0.5)
+    varied = [f"Topic {i} opens here." for i in range(GATE_MIN_ROWS)]
+    assert coordinator.record(0, 0, 10, ["once upon a"] * 10) is None  # 100%, but too few rows to judge
+    assert coordinator.record(0, 0, GATE_MIN_ROWS, [opening(t) for t in varied]) is None  # 10 of 60
+    assert coordinator.record(0, 0, 40, ["once upon a"] * 40) is None  # 50 of 100: not over the share
+    reason = coordinator.record(0, 0, 1, [opening("Once upon a time, a fox...")])
+    assert reason == ("diversity gate (generate.diversity_gate=fail): opening 'once upon a' starts 51 of "
+                      "101 rows (50.5%), over generate.diversity_max_opening_share=0.5")
+    assert Coordinator(Ledger(0, 0)).record(0, 0, 100, ["once upon a"] * 100) is None  # gate off
 
 
 def test_token_bucket_spaces_requests_at_the_configured_rate():
@@ -80,6 +93,8 @@ def test_diversity_measures_collapse_of_openings_and_duplicates():
     assert distinct_n([words(t) for t in varied], 1) == 1.0
     assert distinct_n(tokenized, 3) < distinct_n([words(t) for t in varied], 3)
     long = " ".join(f"word{i}" for i in range(60))
-    assert near_duplicate_rate([words(long), words(long + " end"), words(varied[0] * 3)]) == pytest.approx(2 / 3)
+    assert near_duplicate_rate([long, long + " end", varied[0] * 3]) == pytest.approx(2 / 3)
+    assert near_duplicate_rate([f"{long} {i} " + " ".join(f"tail{i}x{j}" for j in range(60)) for i in range(9)]) == 0
+    assert near_duplicate_rate([varied[1], long, long.upper(), varied[2], long + "!"]) == pytest.approx(3 / 5)
     report = diversity_report(stories + varied)
     assert report["texts"] == 8 and report["top_opening_share"] == 0.5

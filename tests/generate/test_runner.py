@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +16,12 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.generate.conversation import parse_conversation
+from pipeline.generate.backends import TransformersBackend
 from pipeline.generate.journal import Journal
+from pipeline.generate.limits import GATE_MIN_ROWS
 from pipeline.generate.plan import plan_requests
 from pipeline.generate.runner import run_requests
-from pipeline.generate.stub_server import StubServer
+from pipeline.generate.stub_server import StubServer, textbook_responder
 from pipeline.io import list_shards, read_json, read_shards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,20 +35,20 @@ def requests_frame(n: int) -> pd.DataFrame:
     })
 
 
-def config(srv: StubServer, tmp_path: Path, *overrides: str):
+def config(srv: StubServer, tmp_path: Path, scheduler: str, *overrides: str):
     return load_config(None, [f"run_dir={tmp_path / 'run'}", f"generate.base_url={srv.base_url}",
                               "generate.model=stub-model", "generate.api_key=sk-test",
-                              "generate.retry_backoff_s=0.05", "workers=1", *overrides])
+                              "generate.retry_backoff_s=0.05", f"scheduler={scheduler}", *overrides])
 
 
-def test_run_requests_contract_postprocess_and_resume(tmp_path):
+def test_run_requests_contract_postprocess_and_resume(tmp_path, scheduler):
     """Passthrough + completion + postprocess columns; a rerun sends nothing and changes nothing."""
     def score(row: dict) -> dict:
         return {"words": len(row["text"].split()), "url_seen": row["url"].startswith("https://")}
 
     out = tmp_path / "annotations"
     with StubServer(faults=["429", "500"], api_key="sk-test") as srv:
-        cfg = config(srv, tmp_path, "generate.shard_size=7", "generate.max_tokens=12",
+        cfg = config(srv, tmp_path, scheduler, "generate.shard_size=7", "generate.max_tokens=12",
                      "generate.price_input_per_million=2", "generate.price_output_per_million=10")
         first = run_requests(cfg, requests_frame(20), out, stage="annotate", postprocess=score)
         sent = len(srv.requests)
@@ -72,18 +74,18 @@ def test_run_requests_contract_postprocess_and_resume(tmp_path):
     assert not (out / ".journal").exists()
 
 
-def test_concurrency_holds_across_a_two_worker_cluster(tmp_path):
+def test_concurrency_holds_across_a_two_worker_cluster(tmp_path, scheduler):
     with StubServer(latency_s=0.15, api_key="sk-test") as srv:
-        cfg = config(srv, tmp_path, "workers=2", "generate.shard_size=6", "generate.concurrency=3")
+        cfg = config(srv, tmp_path, scheduler, "generate.shard_size=6", "generate.concurrency=3")
         summary = run_requests(cfg, requests_frame(24), tmp_path / "out", stage="generate")
     assert summary.complete
     assert 2 <= srv.max_in_flight <= 3  # per-worker limits would let 6 through
 
 
-def test_max_cost_stops_cleanly_and_keeps_what_was_paid_for(tmp_path):
+def test_max_cost_stops_cleanly_and_keeps_what_was_paid_for(tmp_path, scheduler):
     # every completion is 10 tokens at $1 each: $10 a request; the budget allows 5 requests
     with StubServer(latency_s=0.05, api_key="sk-test") as srv:
-        cfg = config(srv, tmp_path, "generate.concurrency=2", "generate.shard_size=10", "generate.max_tokens=10",
+        cfg = config(srv, tmp_path, scheduler, "generate.concurrency=2", "generate.shard_size=10", "generate.max_tokens=10",
                      "generate.price_output_per_million=1000000", "generate.max_cost_usd=45")
         summary = run_requests(cfg, requests_frame(30), tmp_path / "out", stage="generate")
         rows = read_shards(tmp_path / "out")
@@ -91,7 +93,7 @@ def test_max_cost_stops_cleanly_and_keeps_what_was_paid_for(tmp_path):
         assert 5 <= len(rows) <= 6 and len(srv.completed()) == len(rows)
         assert read_json(tmp_path / "out" / "manifest.json")["stop_reason"] == summary.stop_reason
         # a higher budget resumes without asking for the paid rows again
-        cfg = config(srv, tmp_path, "generate.concurrency=2", "generate.shard_size=10", "generate.max_tokens=10",
+        cfg = config(srv, tmp_path, scheduler, "generate.concurrency=2", "generate.shard_size=10", "generate.max_tokens=10",
                      "generate.price_output_per_million=1000000", "generate.max_cost_usd=10000")
         again = run_requests(cfg, requests_frame(30), tmp_path / "out", stage="generate")
     assert again.complete and again.stop_reason is None
@@ -99,11 +101,11 @@ def test_max_cost_stops_cleanly_and_keeps_what_was_paid_for(tmp_path):
     assert len(prompts) == len(set(prompts)) == 30
 
 
-def test_generate_cli_end_to_end_with_diversity_report(tmp_path, capsys):
+def test_generate_cli_end_to_end_with_diversity_report(tmp_path, capsys, scheduler):
     with StubServer(api_key="sk-test") as srv:
         code = main(["generate", f"run_dir={tmp_path}", f"generate.base_url={srv.base_url}",
                      "generate.model=stub-model", "generate.api_key=sk-test", "generate.num_samples=25",
-                     "generate.shard_size=10", "generate.max_tokens=40", "workers=1"])
+                     "generate.shard_size=10", "generate.max_tokens=40", f"scheduler={scheduler}"])
     assert code == 0
     table = read_shards(tmp_path / "generated")
     assert len(table) == 25 and table["id"].is_unique
@@ -120,6 +122,29 @@ def test_generate_cli_end_to_end_with_diversity_report(tmp_path, capsys):
     assert manifest["templates"]["story"]["requires"] == ["noun", "verb", "adjective", "features"]
     assert "sk-test" not in json.dumps(manifest)
     assert "diversity: distinct-1/2/3" in capsys.readouterr().out
+
+
+def once_upon_a_time(messages: list[dict], params: dict) -> str:
+    return "Once upon a time, " + textbook_responder(messages, params)
+
+
+def test_diversity_gate_warns_or_stops_the_run_early(tmp_path, capsys, scheduler):
+    """TinyStories' collapse: every text opens alike. ``warn`` finishes and warns; ``fail`` stops early."""
+    with StubServer(responder=once_upon_a_time, latency_s=0.05) as srv:
+        args = ["generate", f"generate.base_url={srv.base_url}", "generate.model=stub-model", "generate.max_tokens=30",
+                "generate.concurrency=4", f"scheduler={scheduler}"]
+        warned = main([*args, f"run_dir={tmp_path / 'warn'}", "generate.num_samples=12"])
+        err = capsys.readouterr().err
+        failed = main([*args, f"run_dir={tmp_path / 'fail'}", "generate.num_samples=400", "generate.diversity_gate=fail"])
+        out, err_fail = capsys.readouterr()
+        sent = len(srv.completed())
+    assert warned == 0 and "warning: opening 'once upon a' starts 100% of rows" in err
+    assert read_json(tmp_path / "warn" / "generated" / "manifest.json")["diversity"]["gate"].startswith("opening")
+    rows = read_shards(tmp_path / "fail" / "generated")
+    assert failed == 1 and GATE_MIN_ROWS <= len(rows) < 200 and sent == 12 + len(rows)  # paid rows all kept
+    manifest = read_json(tmp_path / "fail" / "generated" / "manifest.json")
+    assert manifest["stop_reason"].startswith("diversity gate (generate.diversity_gate=fail): opening 'once upon a'")
+    assert "stopped: diversity gate" in out and "error: opening 'once upon a'" in err_fail
 
 
 def test_dry_run_prints_the_estimate_and_calls_nothing(tmp_path, capsys):
@@ -140,19 +165,45 @@ def test_dry_run_prints_the_estimate_and_calls_nothing(tmp_path, capsys):
     (["generate.model=no-such-model"], "404 Not Found: unknown model 'no-such-model'"),
     (["generate.api_key=sk-wrong"], "401 Unauthorized: wrong API key"),
 ])
-def test_bad_input_is_one_line_nonzero_and_writes_no_shard(tmp_path, capsys, overrides, message):
+def test_bad_input_is_one_line_nonzero_and_writes_no_shard(tmp_path, capsys, scheduler, overrides, message):
     with StubServer(api_key="sk-test") as srv:
         code = main(["generate", f"run_dir={tmp_path}", f"generate.base_url={srv.base_url}",
                      "generate.model=stub-model", "generate.api_key=sk-test", "generate.num_samples=6",
-                     "workers=1", *overrides])
+                     f"scheduler={scheduler}", *overrides])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: ") and message in err[-1]
     assert not list_shards(tmp_path / "generated")
 
 
-def test_sigkill_mid_run_then_rerun_gives_every_row_once(tmp_path):
-    """Kill -9 while shards are half done; the rerun asks only for rows not yet on disk."""
+@pytest.mark.parametrize(("case", "message"), [
+    ("malformed config", "bad.yaml: invalid YAML"),
+    ("malformed seed", "styles.yaml: invalid YAML"),
+    ("undeclared variable", "lesson.j2: uses variable 'audince' that its header does not declare"),
+    ("unreachable server", "http://127.0.0.1:9/v1: giving up after 1 attempt (last: connection error (All connection"),
+])
+def test_bad_files_and_servers_are_one_line_nonzero_and_write_no_shard(tmp_path, capsys, scheduler, case, message):
+    prompts = tmp_path / "prompts"
+    shutil.copytree(ROOT / "prompts", prompts)
+    args = ["generate", f"run_dir={tmp_path}", "generate.base_url=http://127.0.0.1:9/v1", "generate.max_retries=0",
+            "generate.num_samples=4", f"generate.prompts_dir={prompts}", f"scheduler={scheduler}"]
+    if case == "malformed config":
+        (tmp_path / "bad.yaml").write_text("generate:\n  model: [unclosed\n")
+        args[1:1] = ["-c", str(tmp_path / "bad.yaml")]
+    elif case == "malformed seed":
+        (prompts / "seeds" / "styles.yaml").write_text("styles: [unclosed\n")
+    elif case == "undeclared variable":
+        (prompts / "lesson.j2").write_text("{#- requires: [topic] -#}\nExplain {{ topic }} to {{ audince }}.\n")
+        args.append("generate.templates={lesson: 1}")
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and message in err[-1], err[-1:]
+    assert not (tmp_path / "generated").exists() or not list_shards(tmp_path / "generated")
+
+
+def test_sigkill_mid_run_then_rerun_gives_every_row_once(tmp_path, scheduler):
+    """Kill -9 while shards are half done (the run's own LocalCluster with it); the rerun asks only for
+    rows not yet on disk (on the shared cluster, faster: concurrency is not part of the row key)."""
     n = 30
     args = [sys.executable, "-m", "pipeline", "generate", f"run_dir={tmp_path}", "generate.model=stub-model",
             f"generate.num_samples={n}", "generate.shard_size=12", "generate.concurrency=3",
@@ -180,7 +231,8 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once(tmp_path):
         while srv.in_flight:  # let the killed run's orphaned requests drain out of the log
             time.sleep(0.05)
         mark = len(srv.requests)
-        rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        rerun = subprocess.run([*args, f"scheduler={scheduler}", "generate.concurrency=12"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=120)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         asked_again = {m["messages"][0]["content"] for m in srv.requests[mark:]}
     table = read_shards(out)
@@ -198,12 +250,13 @@ def _done_ids(out: Path) -> set[str]:
     return ids
 
 
-def test_transformers_backend_in_process(tmp_path, tiny_llama):
-    cfg = load_config(None, [f"run_dir={tmp_path}", "generate.backend=transformers", f"generate.model={tiny_llama}",
-                             "generate.num_samples=5", "generate.max_tokens=6", "generate.batch_size=3",
-                             "generate.templates={conversation: 1, story: 1}", "workers=1"])
+def test_transformers_backend_on_the_cluster(tmp_path, tiny_llama, scheduler):
+    """The in-process backend as a Dask task: batched generation from a local model path."""
     from pipeline.generate.runner import generate
 
+    cfg = load_config(None, [f"run_dir={tmp_path}", "generate.backend=transformers", f"generate.model={tiny_llama}",
+                             "generate.num_samples=5", "generate.max_tokens=6", "generate.batch_size=3",
+                             "generate.templates={conversation: 1, story: 1}", f"scheduler={scheduler}"])
     assert generate(cfg) == 0
     table = read_shards(tmp_path / "generated")
     assert len(table) == 5
@@ -211,19 +264,27 @@ def test_transformers_backend_in_process(tmp_path, tiny_llama):
     assert set(table["finish_reason"]) <= {"stop", "length"}
     assert (table["prompt_tokens"] > 20).all()
     assert set(table["model"]) == {str(tiny_llama)}
-    # parse_conversation is total: any text gives a (possibly empty) message list
-    assert all(isinstance(parse_conversation(t), list) for t in table["text"])
 
 
-def test_existing_scheduler_runs_and_resumes(tmp_path):
+def test_transformers_sampling_is_seeded(tiny_llama):
+    """temperature 0.8: the same batch seed gives the same texts, another seed other texts."""
+    gen = load_config(None, ["generate.max_tokens=8", "generate.temperature=0.8"]).generate
+    backend = TransformersBackend(str(tiny_llama), "cpu")
+    batch = [[{"role": "user", "content": f"Tell a story about a {w}."}] for w in ("fox", "bee", "owl")]
+    first, again, other = (backend.complete_batch(batch, gen, seed) for seed in (7, 7, 8))
+    assert [c.text for c in first] == [c.text for c in again]
+    assert [c.text for c in first] != [c.text for c in other]
+
+
+def test_existing_scheduler_runs_and_resumes(tmp_path, scheduler):
     """``scheduler=ADDRESS`` (``--scheduler``): the run uses that cluster and leaves it running."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster, \
-            StubServer(api_key="sk-test") as srv, Client(cluster) as client:
-        cfg = config(srv, tmp_path, f"scheduler={cluster.scheduler_address}", "generate.shard_size=4")
+    with StubServer(api_key="sk-test") as srv:
+        cfg = config(srv, tmp_path, scheduler, "generate.shard_size=4")
         first = run_requests(cfg, requests_frame(10), tmp_path / "out", stage="generate")
         second = run_requests(cfg, requests_frame(10), tmp_path / "out", stage="generate")
+    with Client(scheduler) as client:
         assert len(client.scheduler_info()["workers"]) == 2
     assert first.complete and first.new_rows == 10 and second.new_rows == 0
     assert len(srv.completed()) == 10
