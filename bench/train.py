@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -77,9 +78,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of both arms; best of each")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3, help="copies of the corpus (more rows to sample)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads for both arms (default: torch's); 1 steadies a shared CPU")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    try:
+        measure(args, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, run_dir: Path) -> None:
     corpus(run_dir, args.repeat)
     tokens = args.steps * args.batch_size * args.seq_len
     cfg = load_config(None, [

@@ -18,7 +18,7 @@ def compare(cfg: Config) -> int:
     if len(arms) < 2:
         raise TrainError("config key 'train.compare.arms': need at least two arms to compare")
     phase1 = cfg.run_dir / "checkpoints" / "phase1"
-    if not (phase1 / "config.json").exists():
+    if not (phase1 / "train_summary.json").exists():  # written after the final weights
         raise TrainError(f"{phase1}: no phase-1 checkpoint; run `textbook train --phase 1` first")
     results: dict[str, dict[str, Any]] = {}
     for arm, mixture in arms.items():

@@ -103,9 +103,9 @@ def _default_sources() -> dict[str, SourceConfig]:
 
 class SFTConfig(Section):
     source: str = "chat"
-    parser: str | None = None
-    """``module:function`` turning a conversation text into [{role, content}]; None finds
-    ``parse_conversation`` in pipeline.generate."""
+    parser: str = "pipeline.generate.conversation:parse_conversation"
+    """``module:function`` turning a conversation text into [{role, content}] (the default reads the
+    generate stage's Student:/Teacher: conversations)."""
     tokens: int = 50_000
     lr: float = 5e-4
     min_lr_ratio: float = 0.0
@@ -138,7 +138,8 @@ class TrainConfig(Section):
     """Share of each source's documents (by hashed id) held out for validation, never trained on."""
     eval_domains: dict[str, str] = {"web": "web", "textbook": "textbook", "chat": "chat",
                                     "held_out": "held_out"}
-    """Eval domain -> source; a domain whose source has no documents is skipped with a warning."""
+    """Eval domain -> source; a source without paths (``held_out`` by default) is skipped, one whose
+    files or documents are missing is skipped with a warning."""
     eval_every: int = 50
     eval_sequences: int = 16
     """Validation sequences per domain."""

@@ -28,10 +28,10 @@ import torch
 
 from pipeline.config import Config, public_dict
 from pipeline.errors import PipelineError, TrainError
-from pipeline.io import build_manifest, stable_hash, write_json
+from pipeline.io import build_manifest, read_json, stable_hash, write_json
 from pipeline.train.checkpoint import list_states, load_latest, save_state
 from pipeline.train.config import PhaseConfig, TrainConfig
-from pipeline.train.data import MixtureSampler, packed_source, read_source
+from pipeline.train.data import MixtureSampler, packed_source, read_source, source_files
 from pipeline.train.evals import (
     IGNORE,
     MetricsLog,
@@ -42,8 +42,8 @@ from pipeline.train.evals import (
     token_losses,
 )
 from pipeline.train.model import build_model, flops_per_token, model_shape, peak_flops
-from pipeline.train.sft import sft_data
-from pipeline.train.tokenizer import load_pretrained, token_bytes, train_bpe
+from pipeline.train.sft import conversation_parser, sft_data
+from pipeline.train.tokenizer import check_vocab_size, load_pretrained, token_bytes, train_bpe
 
 PHASES = {"1": "phase1", "2": "phase2", "sft": "sft"}
 
@@ -152,22 +152,43 @@ def check_mixture(t: TrainConfig, key: str, mixture: dict[str, float]) -> dict[s
 
 
 def ensure_tokenizer(cfg: Config, d: Dist):
-    """RUN_DIR/tokenizer/, trained (rank 0) on a sample of the phase mixtures unless it exists."""
+    """RUN_DIR/tokenizer/, trained (rank 0) on a sample of the phase mixtures unless it exists.
+
+    Its ``manifest.json`` records ``train.tokenizer``; reusing a tokenizer built with other settings
+    (say another vocab_size) is an error, not a silent mismatch.
+    """
     from transformers import AutoTokenizer
 
     t, folder = cfg.train, cfg.run_dir / "tokenizer"
-    if d.main and not (folder / "tokenizer_config.json").exists():
+    wanted = t.tokenizer.model_dump()
+    if (folder / "tokenizer_config.json").exists():
+        check_tokenizer_manifest(folder, wanted)
+    elif d.main:
         if t.tokenizer.pretrained:
             tok = load_pretrained(t.tokenizer.pretrained)
         else:
             tok = train_bpe(tokenizer_sample(cfg), t.tokenizer.vocab_size)
         tmp = folder.with_name(f".tokenizer.{os.getpid()}.tmp")
         tok.save_pretrained(tmp)
+        write_json(build_manifest("tokenizer", public_dict(cfg), tokenizer=wanted, vocab=len(tok)),
+                   tmp / "manifest.json")
         if folder.exists():  # a half-written folder from a crash: replace it
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     barrier(d)
     return AutoTokenizer.from_pretrained(folder)
+
+
+def check_tokenizer_manifest(folder: Path, wanted: dict[str, Any]) -> None:
+    """TrainError if ``folder`` was built with other ``train.tokenizer`` settings than ``wanted``."""
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        return  # a tokenizer the user put there by hand: theirs to vouch for
+    built = read_json(manifest).get("tokenizer", {})
+    changed = [f"{k}={built.get(k)!r} (config: {v!r})" for k, v in wanted.items() if built.get(k) != v]
+    if changed:
+        raise TrainError(f"{folder}: built with train.tokenizer {', '.join(changed)}; delete the folder "
+                         f"to rebuild it or use a new run_dir")
 
 
 def tokenizer_sample(cfg: Config) -> list[str]:
@@ -198,20 +219,36 @@ def tokenizer_id(folder: Path) -> str:
     return stable_hash(sorted(os.listdir(folder)))
 
 
-def load_model(cfg: Config, plan: PhasePlan, tok):
-    """Phase 1: a fresh model from config; later phases: the previous phase's final weights."""
+def check_inputs(cfg: Config, plan: PhasePlan, mixture: dict[str, float]) -> None:
+    """The cheap checks, before a tokenizer is trained or a document read: sources with files, a
+    vocab that fits the special tokens, a sequence length the model can take, a previous phase,
+    an importable SFT parser."""
     t = cfg.train
+    for name in mixture:
+        source_files(name, t.sources[name], cfg.run_dir)
+    if plan.sft:
+        conversation_parser(t.sft.parser)
     if plan.init_from is None:
+        if not t.tokenizer.pretrained:
+            check_vocab_size(t.tokenizer.vocab_size)
         max_pos = model_shape(t.model)["max_position_embeddings"]
     else:
+        if not (plan.init_from / "train_summary.json").exists():  # written after the final weights
+            previous = "2" if plan.sft else "1"
+            raise TrainError(f"{plan.init_from}: no final checkpoint to start {plan.name} from; run "
+                             f"`textbook train --phase {previous}` first")
         from transformers import AutoConfig
 
         max_pos = AutoConfig.from_pretrained(plan.init_from).max_position_embeddings
     if t.seq_len > max_pos:
         raise TrainError(f"config key 'train.seq_len': {t.seq_len} is above the model's maximum "
                          f"max_position_embeddings={max_pos}")
+
+
+def load_model(cfg: Config, plan: PhasePlan, tok):
+    """Phase 1: a fresh model from config; later phases: the previous phase's final weights."""
     if plan.init_from is None:
-        return build_model(t.model, tok, cfg.seed)
+        return build_model(cfg.train.model, tok, cfg.seed)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(plan.init_from, attn_implementation="sdpa", dtype=torch.float32)
@@ -286,7 +323,13 @@ def _run(cfg: Config, plan: PhasePlan, t: TrainConfig, p: PhaseConfig, d: Dist) 
     if steps < 1:
         raise TrainError(f"config key '{key}.tokens': budget {p.tokens} is less than one step of "
                          f"{tokens_per_step} tokens (batch_size x grad_accum x seq_len x world_size)")
-    tok = ensure_tokenizer(cfg, d) if plan.init_from is None else _tokenizer_from(plan)
+    check_inputs(cfg, plan, mixture)
+    if plan.init_from is None:
+        tok = ensure_tokenizer(cfg, d)
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(plan.init_from)  # the previous phase's, saved with its weights
     model = load_model(cfg, plan, tok)
     tok_id = tokenizer_id(cfg.run_dir / "tokenizer" if plan.init_from is None else plan.init_from)
     rows_per_step = p.batch_size * p.grad_accum * d.world
@@ -414,18 +457,6 @@ def train_step(fwd, model, optimizer, batches: list[tuple[torch.Tensor, torch.Te
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return step_loss, grad_norm
-
-
-def _tokenizer_from(plan: PhasePlan):
-    """The previous phase's tokenizer (its final checkpoint must exist)."""
-    from transformers import AutoTokenizer
-
-    folder = plan.init_from
-    if not (folder / "config.json").exists() or not (folder / "tokenizer_config.json").exists():
-        previous = "2" if plan.name == "sft" else "1"
-        raise TrainError(f"{folder}: no final checkpoint to start {plan.name} from; run "
-                         f"`textbook train --phase {previous}` first")
-    return AutoTokenizer.from_pretrained(folder)
 
 
 def phase_summary(cfg, plan, model, data, steps, tokens_per_step, rows_per_step, metrics, final_val, d,

@@ -8,9 +8,6 @@ assistant header (``<|im_start|>assistant\\n``) is context, not a target; its co
 from __future__ import annotations
 
 import importlib
-import pkgutil
-import re
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,44 +19,15 @@ from pipeline.train.config import SFTConfig, SourceConfig
 from pipeline.train.data import cached_arrays, read_source, source_files, token_dtype, validation_mask
 
 Conversation = list[dict[str, str]]
-_ROLE_LINE = re.compile(r"^\s*(user|assistant|system|human|ai|student|teacher)\s*:\s*(.*)$", re.IGNORECASE)
-_ROLES = {"human": "user", "student": "user", "ai": "assistant", "teacher": "assistant"}
 
 
-def parse_role_lines(text: str) -> Conversation:
-    """Fallback parser: turns that start with ``User:``/``Assistant:`` (or Student/Teacher) lines."""
-    turns: Conversation = []
-    for line in text.splitlines():
-        m = _ROLE_LINE.match(line)
-        if m:
-            role = m.group(1).lower()
-            turns.append({"role": _ROLES.get(role, role), "content": m.group(2).strip()})
-        elif turns and line.strip():
-            turns[-1]["content"] = (turns[-1]["content"] + "\n" + line.strip()).strip()
-    return [t for t in turns if t["content"]]
-
-
-def conversation_parser(spec: str | None) -> Callable[[str], Conversation]:
-    """``module:function`` if given, else ``parse_conversation`` from a pipeline.generate module."""
-    if spec:
-        module, _, func = spec.partition(":")
-        try:
-            return getattr(importlib.import_module(module), func)
-        except (ImportError, AttributeError) as e:
-            raise TrainError(f"config key 'train.sft.parser': cannot import {spec!r}: {e}") from None
-    import pipeline.generate as gen
-
-    names = [info.name for info in pkgutil.iter_modules(gen.__path__)]
-    for name in sorted(names, key=lambda n: n != "conversation"):  # the documented home first
-        try:
-            module = importlib.import_module(f"pipeline.generate.{name}")
-        except Exception:  # a sibling module that fails to import must not break SFT
-            continue
-        if callable(getattr(module, "parse_conversation", None)):
-            return module.parse_conversation
-    warnings.warn("no parse_conversation in pipeline.generate; using User:/Assistant: line parsing",
-                  stacklevel=2)
-    return parse_role_lines
+def conversation_parser(spec: str) -> Callable[[str], Conversation]:
+    """The ``module:function`` that turns a conversation text into ``[{role, content}]``."""
+    module, _, func = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise TrainError(f"config key 'train.sft.parser': cannot import {spec!r}: {e}") from None
 
 
 def tokenize_chat(tok, messages: Conversation) -> tuple[list[int], list[bool]]:

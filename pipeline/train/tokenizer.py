@@ -24,15 +24,20 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE of ``vocab_size`` (special tokens included) on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
+def check_vocab_size(vocab_size: int) -> None:
+    """TrainError unless a byte-level BPE of ``vocab_size`` has room for every byte and special token."""
     minimum = BYTE_ALPHABET + len(SPECIAL_TOKENS)
     if vocab_size < minimum:
         raise TrainError(f"config key 'train.tokenizer.vocab_size': {vocab_size} is too small for "
                          f"{BYTE_ALPHABET} byte symbols + {len(SPECIAL_TOKENS)} special tokens "
                          f"(need at least {minimum})")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of ``vocab_size`` (special tokens included) on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -52,6 +57,9 @@ def load_pretrained(name_or_path: str) -> PreTrainedTokenizerBase:
     except (OSError, ValueError) as e:
         raise TrainError(f"config key 'train.tokenizer.pretrained': cannot load {name_or_path!r}: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(tok, PreTrainedTokenizerFast):  # documents are encoded by its Rust backend
+        raise TrainError(f"config key 'train.tokenizer.pretrained': {name_or_path!r} has no fast "
+                         f"(tokenizer.json) tokenizer")
     if tok.eos_token is None:
         tok.add_special_tokens({"eos_token": EOS})
     if tok.bos_token is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.config import Config, load_config
 from pipeline.io import shard_path, write_parquet
@@ -24,7 +25,7 @@ QUESTIONS = [
 
 def conversation(rng: random.Random) -> str:
     turns = rng.sample(QUESTIONS, k=2)
-    return "\n".join(f"User: {q}\nAssistant: {a}" for q, a in turns)
+    return "\n".join(f"Student: {q}\nTeacher: {a}" for q, a in turns)
 
 
 def document(rng: random.Random, k: int) -> str:
@@ -59,10 +60,18 @@ def tiny_config(run_dir: Path, *overrides: str) -> Config:
         "train.phase1.tokens=2560", "train.phase1.batch_size=4", "train.phase1.warmup_steps=2",
         "train.phase2.tokens=1280", "train.phase2.batch_size=4", "train.phase2.warmup_steps=2",
         "train.sft.tokens=640", "train.sft.batch_size=4", "train.sft.warmup_steps=1",
-        "train.sft.parser=pipeline.train.sft:parse_role_lines",
         "train.eval_every=10", "train.eval_sequences=4", "train.checkpoint_every=5", "train.val_fraction=0.1",
     ]
     return load_config(None, [*base, *overrides])
+
+
+@pytest.fixture(autouse=True, scope="package")
+def one_torch_thread():
+    """Tiny models on a shared machine: a second intra-op thread only waits for a core (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

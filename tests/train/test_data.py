@@ -25,6 +25,13 @@ def test_packing_drops_or_pads_the_remainder():
     assert padded.tolist() == [[1, 5, 5, 5, 5], [5, 5, 2, 0, 0]]
 
 
+def test_packing_keeps_the_token_dtype_and_takes_empty_input():
+    docs = [np.array([7, 8], dtype=np.uint16), np.array([], dtype=np.uint16)]
+    rows = pack_sequences(docs, seq_len=2, bos=1, eos=2, pad=0, dtype=np.uint16)
+    assert rows.dtype == np.uint16 and rows.tolist() == [[1, 7, 8], [2, 1, 2]]
+    assert pack_sequences([], seq_len=4, bos=1, eos=2).shape == (0, 5)
+
+
 def test_mixture_weights_are_honoured_within_binomial_bounds():
     sources = {"a": np.zeros((50, 9)), "b": np.ones((7, 9)), "c": np.full((3, 9), 2)}
     n = 6000
@@ -64,7 +71,7 @@ def test_source_filters_select_rows(run_dir):
                         filters=[RowFilter(column="template", op="==", value="conversation")])
     assert len(read_source("top", top, run_dir)) == 40  # top quarter of 160 web rows
     chats = read_source("chat", chat, run_dir)
-    assert len(chats) == 18 and chats["text"].str.startswith("User:").all()
+    assert len(chats) == 18 and chats["text"].str.startswith("Student:").all()
 
 
 def test_empty_and_missing_sources_are_named(run_dir):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,18 +98,31 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_torchrun_environment_runs_under_ddp(tmp_path, monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(port)}.items():
-        monkeypatch.setenv(k, v)
-    cfg = tiny_config(write_run(tmp_path / "run"), "train.phase1.tokens=640")
-    assert train(cfg, "1") == 0
-    summary = json.loads((cfg.run_dir / "checkpoints/phase1/train_summary.json").read_text())
-    assert summary["world_size"] == 1 and summary["steps_done"] == 5
-    assert not torch.distributed.is_initialized()
+def test_torchrun_with_two_processes_shards_the_batch_and_only_rank_0_writes(trained, tmp_path):
+    """2 ranks x 2 rows per step must train exactly like 1 process x 4 rows: each rank reads its own
+    rows of the mixture plan and DDP averages the gradients (both ranks on the same rows would not)."""
+    run_dir = write_run(tmp_path / "run")
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
+           "-m", "pipeline", "train", "--phase", "1", f"run_dir={run_dir}", "train.seq_len=32",
+           "train.tokenizer.vocab_size=400", "train.phase1.tokens=2560", "train.phase1.batch_size=2",
+           "train.phase1.warmup_steps=2", "train.eval_every=10", "train.eval_sequences=4",
+           "train.checkpoint_every=5", "train.val_fraction=0.1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = run_dir / "checkpoints" / "phase1"
+    summary = json.loads((folder / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps_done"] == 20 and summary["tokens_per_step"] == 128
+    single = _train_losses(trained.run_dir / "checkpoints" / "phase1")
+    both = _train_losses(folder)
+    assert [s for s, _ in both] == [s for s, _ in single] == list(range(1, 21))  # one writer: no duplicates
+    assert [loss for _, loss in both] == pytest.approx([loss for _, loss in single], rel=1e-3)
+    assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in (folder / "state").iterdir()) == ["step-000015", "step-000020"]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    single_model = AutoModelForCausalLM.from_pretrained(trained.run_dir / "checkpoints" / "phase1")
+    for k, v in single_model.state_dict().items():
+        assert torch.allclose(model.state_dict()[k], v, atol=1e-3), k
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -119,11 +135,27 @@ def test_torchrun_environment_runs_under_ddp(tmp_path, monkeypatch):
     (["train.phase1.mixture={nosuch: 1.0}"], r"train.phase1.mixture.nosuch': unknown source"),
     (["train.phase1.tokens=10"], r"train.phase1.tokens': budget 10 is less than one step"),
 ])
-def test_bad_input_fails_before_any_training_step(run_dir, overrides, message):
+def test_bad_input_fails_before_anything_is_built(run_dir, overrides, message):
     cfg = tiny_config(run_dir, *overrides)
     with pytest.raises(TrainError, match=message):
         train(cfg, "1")
-    assert not (run_dir / "checkpoints" / "phase1" / "metrics.jsonl").exists()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["filtered", "generated"]  # no tokenizer, tokens, steps
+
+
+def test_sft_with_an_unimportable_parser_fails_before_anything_is_built(run_dir):
+    with pytest.raises(TrainError, match=r"train.sft.parser': cannot import 'nosuch.module:parse'"):
+        train(tiny_config(run_dir, "train.sft.parser=nosuch.module:parse"), "sft")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["filtered", "generated"]
+
+
+def test_a_tokenizer_built_with_other_settings_is_not_reused(trained):
+    changed = trained.model_copy(update={"train": trained.train.model_copy(
+        update={"tokenizer": trained.train.tokenizer.model_copy(update={"vocab_size": 512})})})
+    with pytest.raises(TrainError, match=r"tokenizer: built with train.tokenizer vocab_size=400 \(config: 512\); "
+                                         r"delete the folder to rebuild it or use a new run_dir"):
+        train(changed, "1")
+    manifest = json.loads((trained.run_dir / "tokenizer" / "manifest.json").read_text())
+    assert manifest["tokenizer"]["vocab_size"] == 400 and manifest["vocab"] == 400
 
 
 def test_cli_phase_2_without_phase_1_is_a_one_line_error(run_dir, capsys):

@@ -7,9 +7,10 @@ import math
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.train.config import SFTConfig
 from pipeline.train.evals import IGNORE, batch_targets
 from pipeline.train.loop import Dist, train_step
-from pipeline.train.sft import pack_chats, parse_role_lines, tokenize_chat
+from pipeline.train.sft import conversation_parser, pack_chats, tokenize_chat
 from pipeline.train.tokenizer import train_bpe
 from tests.conftest import SENTENCES
 
@@ -39,13 +40,6 @@ def test_best_fit_packing_keeps_conversations_whole():
     assert masks.tolist()[1] == [True] * 4 + [False, True, True, False]  # padding is never a target
 
 
-def test_role_line_parser():
-    text = "User: What is 2+2?\nAssistant: Four.\nIt is even.\nStudent: Why?\nTeacher: Because."
-    assert parse_role_lines(text) == [
-        {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "Four.\nIt is even."},
-        {"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}]
-
-
 def test_a_fully_masked_micro_batch_adds_zero_not_nan(tiny_llama):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -64,9 +58,7 @@ def test_a_fully_masked_micro_batch_adds_zero_not_nan(tiny_llama):
 
 
 def test_default_parser_is_the_generate_stages_conversation_parser():
-    from pipeline.train.sft import conversation_parser
-
-    parse = conversation_parser(None)
+    parse = conversation_parser(SFTConfig().parser)
     assert parse("Student: Why is ice slippery?\nTeacher: A thin film of water forms on top.") == [
         {"role": "user", "content": "Why is ice slippery?"},
         {"role": "assistant", "content": "A thin film of water forms on top."}]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 from pipeline.errors import TrainError
+from pipeline.train.data import tokenize_documents
 from pipeline.train.tokenizer import BOS, EOS, IM_END, IM_START, PAD, load_pretrained, token_bytes, train_bpe
 from tests.conftest import SENTENCES
 
@@ -57,3 +59,10 @@ def test_pretrained_tokenizer_by_path(tiny_llama):
 def test_missing_pretrained_tokenizer_names_the_key(tmp_path):
     with pytest.raises(TrainError, match="train.tokenizer.pretrained"):
         load_pretrained(str(tmp_path / "nope"))
+
+
+def test_document_tokenization_matches_the_tokenizer_and_is_compact(bpe):
+    texts = [SENTENCES[0], "naïve café 42×7", SENTENCES[1] * 3]
+    ids = tokenize_documents(bpe, texts, np.uint16, batch_size=2)
+    assert [d.tolist() for d in ids] == bpe(texts, add_special_tokens=False)["input_ids"]
+    assert all(d.dtype == np.uint16 for d in ids)
