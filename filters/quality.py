@@ -7,9 +7,11 @@ process) and turns a `keep_top` fraction into a threshold with `percentile_thres
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -83,6 +85,10 @@ def train_fasttext(texts: Sequence[str], labels: Sequence[int], params: TrainPar
     `POSITIVE_LABEL`, `NEGATIVE_LABEL`) and the learning rate it was trained with: fastText can
     diverge ("Encountered NaN", seen with small hash tables), so training is retried with the
     rate halved, up to ``attempts`` times, before `ClassifierError`.
+
+    Each attempt runs in a fresh Python process: fastText's training reads memory left over by
+    earlier models in the same process, so a second training there is neither reproducible nor
+    safe from spurious NaN. A fresh process makes ``threads=1`` runs bit-for-bit repeatable.
     """
     import fasttext
 
@@ -90,29 +96,45 @@ def train_fasttext(texts: Sequence[str], labels: Sequence[int], params: TrainPar
         raise ClassifierError(f"{len(texts)} texts but {len(labels)} labels")
     if len(set(int(y) for y in labels)) < 2:
         raise ClassifierError("training needs both positive and negative examples")
-    fd, path = tempfile.mkstemp(prefix="edu_fasttext_train.", suffix=".txt")
+    work = Path(tempfile.mkdtemp(prefix="edu_fasttext."))
+    data, model_path = work / "train.txt", work / "model.bin"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(data, "w", encoding="utf-8") as f:
             for text, y in zip(texts, labels, strict=True):
                 f.write(f"{POSITIVE_LABEL if y else NEGATIVE_LABEL} {text}\n")
+        options = {"input": str(data), "epoch": params.epoch, "dim": params.dim, "wordNgrams": params.word_ngrams,
+                   "minCount": params.min_count, "bucket": params.bucket,
+                   "thread": params.threads or os.cpu_count() or 1, "seed": params.seed, "loss": "softmax",
+                   "verbose": 2 if sys.stderr.isatty() else 0}  # fastText's own progress line: rate, ETA
         lr = params.lr
         for attempt in range(attempts):
-            try:
-                model = fasttext.train_supervised(
-                    input=path, epoch=params.epoch, lr=lr, dim=params.dim,
-                    wordNgrams=params.word_ngrams, minCount=params.min_count, bucket=params.bucket,
-                    thread=params.threads or os.cpu_count() or 1, seed=params.seed, loss="softmax",
-                    verbose=2 if sys.stderr.isatty() else 0,  # fastText's own progress line: rate, ETA
-                )
-                return model, lr
-            except RuntimeError as e:
-                if "NaN" not in str(e) or attempt == attempts - 1:
-                    raise ClassifierError(f"fastText training failed at lr={lr}: {e} "
-                                          "(lower classifier.lr or raise classifier.bucket)") from None
-                lr /= 2
+            child = subprocess.run([sys.executable, "-c", _TRAIN_IN_CHILD, json.dumps({**options, "lr": lr}),
+                                    str(model_path)], stdout=subprocess.PIPE, text=True)
+            if child.returncode == 0:
+                return fasttext.load_model(str(model_path)), lr
+            said = child.stdout.strip().splitlines()
+            error = said[-1] if said else f"training process exited with code {child.returncode}"
+            if "NaN" not in error or attempt == attempts - 1:
+                raise ClassifierError(f"fastText training failed at lr={lr}: {error} "
+                                      "(lower classifier.lr or raise classifier.bucket)")
+            lr /= 2
         raise AssertionError("unreachable")
     finally:
-        os.unlink(path)
+        for path in (data, model_path):
+            path.unlink(missing_ok=True)
+        work.rmdir()
+
+
+# The child of `train_fasttext`: train, save, and print fastText's error (e.g. "Encountered NaN") on failure.
+_TRAIN_IN_CHILD = """
+import json, sys
+import fasttext
+try:
+    fasttext.train_supervised(**json.loads(sys.argv[1])).save_model(sys.argv[2])
+except RuntimeError as e:
+    print(e)
+    sys.exit(3)
+"""
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -265,8 +287,8 @@ class EduClassifier:
                                   "or set filter.quality.model)")
         with open(path, "rb") as f:
             header = f.read(4)
-        # Checked here because fastText, handed a non-model, leaves process state that turns the
-        # next training run into "Encountered NaN".
+        # Checked before fastText reads it: its loader trusts the sizes in the file, so a non-model
+        # gets a clear message here instead of whatever the loader makes of it.
         if header != _FASTTEXT_MAGIC:
             raise ClassifierError(f"{path}: not a fastText model (bad file header)")
         try:

@@ -50,14 +50,8 @@ def parse_score(answer: Any) -> dict[str, Any]:
 
 
 def annotation_columns(row: dict[str, Any]) -> dict[str, Any]:
-    """The request engine's ``postprocess``: parse the answer and put the document back in ``text``.
-
-    The engine stores the completion in ``text``; an annotation's ``text`` is the document (what the
-    classifier trains on), so the completion moves to ``answer`` and the ``document`` passthrough
-    is emptied rather than stored twice.
-    """
-    return {**parse_score(row.get("text")), "answer": row.get("text"), "text": row.get("document"),
-            "document": None}
+    """The request engine's ``postprocess``: ``score``, ``justification``, ``annotation_error`` of ``answer``."""
+    return parse_score(row.get("answer"))
 
 
 def sample_documents(cfg: Config) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -100,7 +94,11 @@ def sample_documents(cfg: Config) -> tuple[pd.DataFrame, dict[str, int]]:
 
 
 def build_requests(cfg: Config, docs: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
-    """One chat request per document; the row key covers document, template version and model."""
+    """One chat request per document; the row key covers document, template version and model.
+
+    ``text`` (the whole document, what the classifier trains on) passes through to the output; the
+    LLM's completion goes to ``answer``.
+    """
     prompts_dir = Path(cfg.generate.prompts_dir) if cfg.generate.prompts_dir else PROMPTS_DIR
     path = prompts_dir / f"{cfg.annotate.template}.j2"
     if not path.is_file():
@@ -109,10 +107,9 @@ def build_requests(cfg: Config, docs: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
     max_chars = cfg.annotate.max_chars
     prompts = [template.render({"text": t[:max_chars]}) for t in docs["text"]]
     ids = [stable_hash({"doc": d, "template": template.sha, "model": cfg.generate.model}) for d in docs["doc_id"]]
-    requests = docs.rename(columns={"text": "document"}).assign(
-        id=ids, messages=[[{"role": "user", "content": p}] for p in prompts], template=template.name,
-        template_sha=template.sha)
-    return requests[["id", "messages", "doc_id", "document", "source", "template", "template_sha"]], template
+    requests = docs.assign(id=ids, messages=[[{"role": "user", "content": p}] for p in prompts],
+                           template=template.name, template_sha=template.sha)
+    return requests[["id", "messages", "doc_id", "text", "source", "template", "template_sha"]], template
 
 
 def annotate(cfg: Config, dry_run: bool = False, **_: Any) -> int:
@@ -128,7 +125,7 @@ def annotate(cfg: Config, dry_run: bool = False, **_: Any) -> int:
     run_cfg = cfg.model_copy(update={"generate": gen})
     out_dir = Path(cfg.run_dir) / "annotations"
     summary = run_requests(run_cfg, requests, out_dir, stage="annotate", postprocess=annotation_columns,
-                           dry_run=dry_run, manifest_fields={
+                           completion_column="answer", dry_run=dry_run, manifest_fields={
                                "template": {"name": template.name, "sha": template.sha},
                                "sample": counts})
     if dry_run or summary.rows == 0:

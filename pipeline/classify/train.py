@@ -9,6 +9,7 @@ load labelled documents (LLM annotations, labelled Parquet, or DCLM positives vs
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ def train_classifier(cfg: Config) -> int:
     val_scores = scorer.score(val_df["text"].tolist())
     llm = val_df["llm_score"].to_numpy(dtype=float) if mode == "labelled" else None
     metrics = evaluate_scores(val_df["label"].to_numpy(), val_scores, 0.5, llm)
-    train_metrics = evaluate_scores(train_df["label"].to_numpy(), scorer.score(train_df["text"].tolist()))
+    train_metrics = evaluate_scores(train_df["label"].to_numpy(), scorer.score(train_df["text"].tolist()), 0.5,
+                                    train_df["llm_score"].to_numpy(dtype=float) if mode == "labelled" else None)
 
     verdict, warnings = judge(metrics, val_scores, cc.min_auc)
     report = build_manifest(
@@ -87,7 +89,8 @@ def train_classifier(cfg: Config) -> int:
     report["model_size_bytes"] = tmp.stat().st_size
     from pipeline.classify.report import plot_classifier_report
 
-    plot_classifier_report(val_df["label"].to_numpy(), val_scores, metrics, out / "report.png")
+    plot_classifier_report(val_df["label"].to_numpy(), val_scores, metrics, out / "report.png",
+                           heading=f"edu classifier ({mode}: {describe_labels(cfg, mode)}): {verdict}")
     write_json(report, out / "report.json")
     os.replace(tmp, out / MODEL_NAME)
 
@@ -95,7 +98,9 @@ def train_classifier(cfg: Config) -> int:
     summary = (f"validation n={m['n']}: ROC-AUC {m['roc_auc']}, F1 {m['f1']} (P {m['precision']}, "
                f"R {m['recall']}), Spearman vs LLM {m['spearman_vs_llm']}; trained in {train_s:.1f}s")
     if verdict != "accepted":
-        raise ClassifierError(f"classifier rejected, {verdict}; {summary}; not installed, see {out}/report.json")
+        raise ClassifierError(f"classifier {verdict}; {summary}; not installed (any earlier model is unchanged), "
+                              f"see {out}/report.json and report.png; classifier.min_auc={cc.min_auc} sets the bar")
+    shutil.rmtree(out / "rejected", ignore_errors=True)  # an earlier refusal no longer describes this run
     print(f"classifier: {out / MODEL_NAME}\n{summary}")
     for w in warnings:
         print(f"warning: {w}")

@@ -10,6 +10,9 @@ import pytest
 
 from pipeline.classify.annotate import parse_score
 from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.errors import GenerateError
+from pipeline.generate.runner import run_requests
 from pipeline.generate.stub_server import StubServer
 from pipeline.io import read_json, read_shards
 from tests.classify.conftest import make_corpus
@@ -76,6 +79,7 @@ def test_annotate_then_train_on_the_annotations(tmp_path, capsys):
     assert {"id", "text", "score", "justification", "answer", "annotation_error", "doc_id", "template_sha",
             "model", "finish_reason", "prompt_tokens", "completion_tokens"} <= set(table.columns)
     assert set(table["text"]) <= set(corpus["text"])  # the document, not the LLM's answer
+    assert set(table["answer"]) <= set(answers.values()) and "document" not in table.columns
     for _, row in table.iterrows():
         if row["answer"] in MALFORMED:
             assert pd.isna(row["score"]) and row["annotation_error"]  # failed, never guessed
@@ -108,6 +112,21 @@ def test_dry_run_sends_nothing(tmp_path, capsys):
         assert srv.requests == []
     out = capsys.readouterr().out
     assert "10 requests to send" in out and "Educational score:" in out
+    assert not (tmp_path / "annotations").exists()
+
+
+def test_an_engine_column_never_overwrites_a_passthrough(tmp_path):
+    requests = pd.DataFrame({"id": ["a"], "messages": [[{"role": "user", "content": "hi"}]], "answer": ["doc"]})
+    cfg = load_config(None, [f"run_dir={tmp_path}"])
+    with pytest.raises(GenerateError, match="passthrough column 'answer' would be overwritten"):
+        run_requests(cfg, requests, tmp_path / "out", stage="annotate", completion_column="answer")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_hub_dataset_is_one_line_naming_it(tmp_path, capsys):
+    assert main(["annotate", f"run_dir={tmp_path}", "annotate.input=[some-org/web-pages-that-are-not-cached]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: some-org/web-pages-that-are-not-cached: cannot load Hugging Face dataset")
     assert not (tmp_path / "annotations").exists()
 
 

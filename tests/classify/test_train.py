@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from filters.quality import EduClassifier
+from filters.quality import EduClassifier, TrainParams, train_fasttext
+from pipeline.classify.train import prepare_examples, stratified_split
 from pipeline.cli import main
 from pipeline.io import read_json, read_parquet, write_parquet
 from tests.classify.conftest import make_corpus
@@ -46,7 +47,9 @@ def test_training_writes_model_report_and_figure(trained):
 
 
 def test_held_out_metrics_are_sane(trained):
-    v = read_json(trained / "classifier" / "report.json")["validation"]
+    report = read_json(trained / "classifier" / "report.json")
+    v, t = report["validation"], report["train"]
+    assert t["spearman_vs_llm"] is not None and t["n"] + v["n"] == report["counts"]["used"]
     cm = v["confusion_matrix"]
     assert cm["tp"] + cm["fp"] + cm["tn"] + cm["fn"] == v["n"]
     assert v["precision"] == pytest.approx(cm["tp"] / (cm["tp"] + cm["fp"]), abs=1e-5)
@@ -60,7 +63,6 @@ def test_held_out_metrics_are_sane(trained):
 
 
 def test_score_cli_adds_edu_score(trained, tmp_path):
-    rng = random.Random(3)
     docs = make_corpus(60, seed=11)
     src = tmp_path / "web.jsonl"
     src.write_text("".join(json.dumps({"url": f"u{i}", "text": t}) + "\n"
@@ -74,7 +76,6 @@ def test_score_cli_adds_edu_score(trained, tmp_path):
     edu = (docs["score"] >= 3).to_numpy()
     s = scored["edu_score"].to_numpy()[:60]
     assert s[edu].mean() > s[~edu].mean() + 0.2
-    del rng
 
 
 def test_score_cli_errors_name_the_problem(trained, tmp_path, capsys):
@@ -122,9 +123,34 @@ def test_bad_documents_are_counted_not_fatal(tmp_path):
     path = write_parquet(pd.concat([corpus[["text", "score"]], extra], ignore_index=True), tmp_path / "l.parquet")
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(b'{"text": "invalid \xff\xfe utf-8 in a lesson about cells", "score": 4}\n')
-    assert train(tmp_path / "run", f"classifier.input=[{path}, {raw}]") == 0
-    skipped = read_json(tmp_path / "run" / "classifier" / "report.json")["counts"]["skipped"]
+    binary = write_parquet(pa.table({"text": pa.array([b"cells divide \xff\xfe in two", b"ok bytes"], pa.binary()),
+                                     "score": [4, 1]}), tmp_path / "binary.parquet")
+    assert train(tmp_path / "run", f"classifier.input=[{path}, {raw}, {binary}]") == 0
+    counts = read_json(tmp_path / "run" / "classifier" / "report.json")["counts"]
+    skipped = counts["skipped"]
     assert skipped["empty"] == 2 and skipped["truncated"] == 1 and skipped["duplicate"] >= 1
+    assert skipped["invalid_utf8"] == 1  # decoded with replacement characters and kept, not dropped
+    assert counts["used"] == 300 + 3 + 1 + 2 - skipped["duplicate"]
+
+
+def test_training_is_reproducible_after_other_models_in_the_process():
+    """fastText reads memory left by earlier models; each training runs in a fresh process instead."""
+    def split(corpus: pd.DataFrame) -> pd.DataFrame:
+        docs, _ = prepare_examples(corpus.assign(label=(corpus["score"] >= 3).astype(int)))
+        return stratified_split(docs, 0.2, 0, "score >= 3")[0]
+
+    params = TrainParams(threads=1, dim=32, bucket=100_000)
+    small = split(make_corpus(120, seed=21))
+    train_fasttext(small["line"].tolist(), small["label"].tolist(), params)
+    corpus = make_corpus(300, seed=6)
+    extra = pd.DataFrame({"text": ["The water cycle moves water. " * 400_000, "caf\ufffd broken \ufffd bytes"],
+                          "score": [5, 2]})
+    docs = split(pd.concat([corpus[["text", "score"]], extra], ignore_index=True))
+    runs = [train_fasttext(docs["line"].tolist(), docs["label"].tolist(), params) for _ in range(4)]
+    assert [lr for _, lr in runs] == [params.lr] * 4  # no spurious "Encountered NaN" retries
+    probe = make_corpus(20, seed=9)["text"].tolist()
+    scores = [EduClassifier(model=m, path="<memory>", labels=list(m.labels)).score(probe) for m, _ in runs]
+    assert all(np.array_equal(scores[0], other) for other in scores[1:])
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -150,8 +176,14 @@ def test_a_model_no_better_than_chance_is_refused(tmp_path, capsys):
     corpus["score"] = np.random.default_rng(0).permutation(corpus["score"].to_numpy())  # labels carry no signal
     path = write_parquet(corpus, tmp_path / "random.parquet")
     assert train(tmp_path / "run", f"classifier.input=[{path}]") == 2
-    err = capsys.readouterr().err
-    assert "classifier rejected" in err and "classifier.min_auc" in err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: classifier rejected: validation ROC-AUC") and "\n" not in err
+    assert "classifier.min_auc=0.6" in err
     assert not (tmp_path / "run" / "classifier" / "edu_fasttext.bin").exists()  # never installed
-    rejected = read_json(tmp_path / "run" / "classifier" / "rejected" / "report.json")
-    assert rejected["verdict"].startswith("rejected") and rejected["validation"]["roc_auc"] < 0.6
+    rejected = tmp_path / "run" / "classifier" / "rejected"
+    report = read_json(rejected / "report.json")
+    assert report["verdict"].startswith("rejected") and report["validation"]["roc_auc"] < 0.6
+    assert (rejected / "edu_fasttext.bin").exists() and (rejected / "report.png").exists()  # kept to inspect
+    # Accepting a model (here by lowering the bar) installs it and drops the stale refusal.
+    assert train(tmp_path / "run", f"classifier.input=[{path}]", "classifier.min_auc=0") == 0
+    assert (tmp_path / "run" / "classifier" / "edu_fasttext.bin").exists() and not rejected.exists()
