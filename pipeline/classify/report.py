@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from filters.quality import precision_recall_curve
+from pipeline.io import write_png
 
 
 def plot_classifier_report(labels: np.ndarray, scores: np.ndarray, metrics: dict[str, Any], path: Path,
@@ -51,14 +52,7 @@ def plot_classifier_report(labels: np.ndarray, scores: np.ndarray, metrics: dict
         pr.legend(loc="lower left", fontsize=9)
     pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall (validation)")
     fig.tight_layout(rect=(0, 0, 1, 0.95 if heading else 0.97))
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return write_png(fig, path)
 
 
 def _num(x: float | None) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from pipeline.io import write_png
 
 
 def bar_chart(rows: list[dict[str, Any]], title: str, path: Path, distinct: int | None = None,
@@ -28,13 +29,7 @@ def bar_chart(rows: list[dict[str, Any]], title: str, path: Path, distinct: int 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts of rows
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return write_png(fig, path, dpi=100)
 
 
 def seed_figures(seeds: dict[str, Any] | None, folder: Path) -> dict[str, str]:
