@@ -273,8 +273,11 @@ def _raw_batches(source: InputFile, columns: list[str] | None, batch_size: int) 
 
 
 def _jsonl_batches(path: str, columns: list[str] | None, batch_size: int) -> Iterator[pd.DataFrame]:
+    yield from _batched(_jsonl_rows(path, columns), batch_size)
+
+
+def _jsonl_rows(path: str, columns: list[str] | None) -> Iterator[dict]:
     opener = gzip.open if path.endswith(".gz") else open
-    rows: list[dict] = []
     try:
         with opener(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
@@ -286,19 +289,9 @@ def _jsonl_batches(path: str, columns: list[str] | None, batch_size: int) -> Ite
                     raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object per line")
-                if columns:
-                    missing = [c for c in columns if c not in row]
-                    if missing:
-                        raise DataError(f"{path}:{lineno}: missing column {missing[0]!r}")
-                    row = {c: row[c] for c in columns}
-                rows.append(row)
-                if len(rows) >= batch_size:
-                    yield pd.DataFrame(rows)
-                    rows = []
+                yield _project(row, columns, f"{path}:{lineno}")
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read JSONL: {_first_line(e)}") from None
-    if rows:
-        yield pd.DataFrame(rows)
 
 
 def _hf_dataset_batches(spec: str, columns: list[str] | None, batch_size: int) -> Iterator[pd.DataFrame]:
@@ -309,19 +302,28 @@ def _hf_dataset_batches(spec: str, columns: list[str] | None, batch_size: int) -
         ds = datasets.load_dataset(name, split=split or "train", streaming=True)
     except Exception as e:  # offline, private, missing: one line naming the dataset
         raise DataError(f"{spec}: cannot load Hugging Face dataset: {_first_line(e)}") from None
-    rows: list[dict] = []
-    for row in ds:
-        if columns:
-            missing = [c for c in columns if c not in row]
-            if missing:
-                raise DataError(f"{spec}: missing column {missing[0]!r}")
-            row = {c: row[c] for c in columns}
-        rows.append(row)
-        if len(rows) >= batch_size:
-            yield pd.DataFrame(rows)
-            rows = []
-    if rows:
-        yield pd.DataFrame(rows)
+    yield from _batched((_project(row, columns, spec) for row in ds), batch_size)
+
+
+def _project(row: dict, columns: list[str] | None, where: str) -> dict:
+    """``row`` restricted to ``columns``; a missing column is an error naming ``where``."""
+    if not columns:
+        return row
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise DataError(f"{where}: missing column {missing[0]!r}")
+    return {c: row[c] for c in columns}
+
+
+def _batched(rows: Iterator[dict], batch_size: int) -> Iterator[pd.DataFrame]:
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= batch_size:
+            yield pd.DataFrame(batch)
+            batch = []
+    if batch:
+        yield pd.DataFrame(batch)
 
 
 def _first_line(e: BaseException) -> str:
