@@ -208,7 +208,7 @@ def main() -> None:
         st = two["stats"]
         print(f"minhash: threshold {st['threshold']}, {st['num_perm']} perms -> {st['bands']} bands x "
               f"{st['rows']} rows; {st['candidate_pairs']} candidate pairs, {st['verified_pairs']} verified, "
-              f"{st['clusters']} clusters, {st['removed']} removed, {st['rounds']} label rounds")
+              f"{st['clusters']} clusters, {st['removed']} removed")
 
         rows = [("datasketch baseline (update loop + MinHashLSH)", 1, base["mb"], base["seconds"]),
                 ("control: signatures only, plain tasks, 1 worker", 1, full_mb, control[1]),

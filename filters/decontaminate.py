@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import xxhash
 from pydantic import PrivateAttr
 
 from filters.base import TEXT, Filter
@@ -93,6 +94,14 @@ class BenchmarkIndex:
 
     def __len__(self) -> int:
         return len(self.hashes)
+
+    def digest(self) -> str:
+        """A digest of the indexed benchmark words, stable across processes (unlike ``hashes``,
+        which use the per-process string hash): what outputs that used this index depend on."""
+        state = xxhash.xxh3_64()
+        for b, item, tokens in self.segments:
+            state.update(f"{self.names[b]}\0{item}\0{' '.join(tokens)}\n".encode("utf-8", "surrogatepass"))
+        return state.hexdigest()
 
     def candidates(self, tokens: Sequence[str]) -> set[tuple[int, int]]:
         """(segment, aligned document start) pairs whose n-grams occur in ``tokens``."""

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from filters.base import RowFilter, Rule, first_failure
+from filters.base import TEXT, RowFilter, Rule, first_failure
 from filters.ngrams import ngram_hashes_by_size, word_hashes
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -23,6 +23,7 @@ _SENTENCE_END = re.compile(r"[.!?]+(?:[\"')\]]*)(?=\s|$)")
 _CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+_DOC_MULTIPLIER = np.uint64(0xC2B2AE3D27D4EB4F)  # odd: spreads document numbers over the key space
 BULLETS = ("•", "●", "‣", "–", "-", "*", "·")
 ELLIPSES = ("...", "…")
 TERMINAL_PUNCTUATION = (".", "!", "?", '"', "'", "”", "’", "…", "。", "！", "？", "»", ")", ":", ";")
@@ -48,27 +49,46 @@ def duplicated(elements: Sequence[str]) -> tuple[int, int]:
     return count, chars
 
 
-def repeated_ngram_chars(tokens: Sequence[str], top_sizes: Sequence[int],
-                        dup_sizes: Sequence[int]) -> dict[int, tuple[int, int]]:
-    """Per n: (characters of the most frequent n-gram times its count, if it repeats;
-    characters of words covered by repeats of an earlier n-gram, each word counted once).
+def repeated_ngram_chars(documents: Sequence[Sequence[str]], top_sizes: Sequence[int],
+                         dup_sizes: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per n, two arrays over ``documents`` (token lists): characters of the most frequent n-gram
+    times its count, if it repeats (ties: the earliest n-gram); characters of words covered by
+    repeats of an earlier n-gram, each word counted once.
 
-    Vectorised over uint64 n-gram hashes; a character count includes one separating space per word.
+    Vectorised over the uint64 n-gram hashes of all documents at once (per-document numpy calls
+    cost more than the work); a character count includes one separating space per word.
     """
-    lengths = np.fromiter((len(t) + 1 for t in tokens), dtype=np.int64, count=len(tokens))
-    out: dict[int, tuple[int, int]] = {}
+    counts = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
+    tokens = [t for doc in documents for t in doc]
+    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens)) + 1
+    cumulative = np.concatenate([[0], np.cumsum(lengths)])
+    owner = np.repeat(np.arange(len(documents)), counts)  # document of each word
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     sizes = sorted(set(top_sizes) | set(dup_sizes))
     for n, grams in ngram_hashes_by_size(word_hashes(tokens), [s for s in sizes if s <= len(tokens)]):
-        _, first, inverse, counts = np.unique(grams, return_index=True, return_inverse=True, return_counts=True)
-        span = np.convolve(lengths, np.ones(n, dtype=np.int64), mode="valid") - 1  # chars of each n-gram
-        top = int(np.argmax(counts))
-        top_chars = int(span[first[top]] * counts[top]) if counts[top] > 1 else 0
-        repeats = np.flatnonzero(first[inverse] != np.arange(len(grams)))
+        start = np.flatnonzero(owner[:len(grams)] == owner[n - 1:])  # n-grams inside one document
+        # one uint64 key per (document, n-gram): an unstable single-key sort is ~15x a lexsort
+        key = grams[start] ^ (owner[start].astype(np.uint64) * _DOC_MULTIPLIER)
+        order = np.argsort(key)
+        key, start = key[order], start[order]
+        first = np.ones(len(key), dtype=bool)
+        first[1:] = key[1:] != key[:-1]
+        group_start = np.flatnonzero(first)
+        group_count = np.diff(np.append(group_start, len(key)))
+        earliest = np.minimum.reduceat(start, group_start) if len(key) else start
+        repeated = group_count > 1  # only these can be a document's top n-gram
+        doc, count, at = owner[earliest[repeated]], group_count[repeated], earliest[repeated]
+        best = np.lexsort((at, -count, doc))  # per document: most frequent, then earliest
+        lead = best[np.r_[True, doc[best][1:] != doc[best][:-1]]] if len(best) else best
+        top = np.zeros(len(documents), dtype=np.int64)
+        top[doc[lead]] = (cumulative[at[lead] + n] - cumulative[at[lead]] - 1) * count[lead]
+        repeats = start[start != np.repeat(earliest, group_count)]
         cover = np.zeros(len(tokens) + 1, dtype=np.int64)
         np.add.at(cover, repeats, 1)
         np.add.at(cover, repeats + n, -1)
-        dup_chars = int(lengths[np.cumsum(cover)[:-1] > 0].sum())
-        out[n] = (top_chars, dup_chars)
+        covered = np.cumsum(cover)[:-1] > 0
+        dup = np.bincount(owner[covered], weights=lengths[covered], minlength=len(documents)).astype(np.int64)
+        out[n] = (top, dup)
     return out
 
 
@@ -130,24 +150,37 @@ class GopherRepetition(RowFilter):
     top_n_grams: dict[int, float] = {2: 0.2, 3: 0.18, 4: 0.16}
     dup_n_grams: dict[int, float] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
 
+    def score(self, batch: pd.DataFrame) -> pd.DataFrame:
+        texts = batch[TEXT].tolist()
+        size = np.fromiter((max(len(t), 1) for t in texts), dtype=np.float64, count=len(texts))
+        scores = pd.DataFrame([self._line_scores(t) for t in texts], index=batch.index, dtype="float64",
+                              columns=["rep_dup_para_frac", "rep_dup_para_char_frac", "rep_dup_line_frac",
+                                       "rep_dup_line_char_frac"])
+        repeated = repeated_ngram_chars([_WORD.findall(t.lower()) for t in texts], list(self.top_n_grams),
+                                        list(self.dup_n_grams))
+        zeros = np.zeros(len(texts), dtype=np.int64)
+        for n in sorted(self.top_n_grams):
+            scores[f"rep_top_{n}gram"] = repeated.get(n, (zeros, zeros))[0] / size
+        for n in sorted(self.dup_n_grams):
+            scores[f"rep_dup_{n}gram"] = repeated.get(n, (zeros, zeros))[1] / size
+        return scores
+
     def score_text(self, text: str) -> dict[str, float]:
+        return self.score(pd.DataFrame({TEXT: [text]})).iloc[0].to_dict()
+
+    @staticmethod
+    def _line_scores(text: str) -> dict[str, float]:
         size = max(len(text), 1)
         paragraphs = [p.strip() for p in re.split(r"\n{2,}", text) if p.strip()] or [""]
         lines = _lines(text) or [""]
         para_dups, para_chars = duplicated(paragraphs)
         line_dups, line_chars = duplicated(lines)
-        repeated = repeated_ngram_chars(_WORD.findall(text.lower()), list(self.top_n_grams), list(self.dup_n_grams))
-        scores = {
+        return {
             "rep_dup_para_frac": para_dups / len(paragraphs),
             "rep_dup_para_char_frac": para_chars / size,
             "rep_dup_line_frac": line_dups / len(lines),
             "rep_dup_line_char_frac": line_chars / size,
         }
-        for n in sorted(self.top_n_grams):
-            scores[f"rep_top_{n}gram"] = repeated.get(n, (0, 0))[0] / size
-        for n in sorted(self.dup_n_grams):
-            scores[f"rep_dup_{n}gram"] = repeated.get(n, (0, 0))[1] / size
-        return scores
 
     def keep(self, scores: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
         rules: list[Rule] = [

@@ -4,12 +4,12 @@ The permutation scheme is datasketch's default ``affine32`` (datasketch >= 2.0):
 hash is pre-mixed with the MurmurHash3 finalizer, then permuted by ``a * h + b mod 2**32`` with the
 ``a``, ``b`` that ``datasketch.MinHash(num_perm, seed)`` draws. A signature row here is therefore
 bit-for-bit the ``hashvalues`` of a datasketch MinHash fed the same shingle hashes, so sketches
-interoperate with ``MinHashLSH``; only the loop is different: one numpy pass per chunk of shingles
-of many documents instead of one Python call per shingle.
+interoperate with ``MinHashLSH``; only the loop is different: one numpy pass over the shingles
+of all documents of a partition per permutation instead of one Python call per shingle.
 
-Shingles are word n-grams (default 5) of the dedup form of a text: lowercased, punctuation
-turned into spaces, whitespace collapsed. Each word is hashed once with xxh3-64 and an n-gram hash
-is a position-weighted sum of its word hashes, so no n-gram string is ever built.
+Shingles are word n-grams (default 5) of the lowercased text, words being runs of letters, digits
+and ``_`` (the words of ``dedup_form``). Each distinct word is hashed once with xxh3-64 and an
+n-gram hash is a position-weighted sum of its word hashes, so no n-gram string is ever built.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from itertools import chain
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 _NON_WORD = re.compile(r"\W+")  # punctuation and every kind of whitespace, in runs
+_SEPARATORS = r"[^\p{L}\p{N}_]+"  # RE2 (Arrow): what is not a Unicode letter, digit or _
 # Odd 64-bit multipliers, one per position in the n-gram, so "a b" and "b a" hash differently.
 _POSITION_MULTIPLIERS = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
@@ -31,9 +34,6 @@ _POSITION_MULTIPLIERS = np.array(
 # Distinct odd multipliers for the slots of a band (a slot's position matters, not only its value).
 _SLOT_MULTIPLIERS = np.random.RandomState(20240601).randint(0, 1 << 62, 64, dtype=np.uint64) * np.uint64(2) \
     + np.uint64(1)
-# Shingles per numpy chunk: chunk x num_perm uint32 = 1 MB at 128 perms stays in cache (2x faster
-# than 8 MB chunks here), whatever the document sizes.
-_CHUNK = 2048
 MAX_HASH = np.uint32(0xFFFFFFFF)
 MAX_NGRAM = len(_POSITION_MULTIPLIERS)
 
@@ -83,6 +83,36 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
+def _arrow_text(texts: Iterable[str | None]) -> pa.Array:
+    """Texts as an Arrow string array: non-strings are null, lone surrogates become U+FFFD."""
+    values = [t if isinstance(t, str) else None for t in texts]
+    try:
+        return pa.array(values, type=pa.large_string())
+    except UnicodeEncodeError:  # JSON "\ud800" escapes decode to lone surrogates
+        return pa.array([t.encode("utf-8", "replace").decode("utf-8") if t is not None else None
+                         for t in values], type=pa.large_string())
+
+
+def _partition_words(texts: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint64 xxh3 hash of every word of all texts in order, words per text)``.
+
+    Words are the maximal runs of letters, digits and ``_`` of the lowercased text (for English
+    and most scripts the words of ``dedup_form``). Split in Arrow's C++ kernels over the whole
+    partition; each distinct word is hashed once (``pd.factorize``): per-word Python calls cost
+    more than the hashing.
+    """
+    arr = _arrow_text(texts)
+    lists = pc.split_pattern_regex(pc.utf8_lower(arr), _SEPARATORS)
+    flat = lists.flatten()
+    nonempty = pc.greater(pc.binary_length(flat), 0)  # a leading or trailing separator splits off ""
+    owner = pc.list_parent_indices(lists).to_numpy()
+    counts = np.bincount(owner[nonempty.to_numpy(zero_copy_only=False)], minlength=len(arr)).astype(np.int64)
+    codes, distinct = pd.factorize(pd.Series(flat.filter(nonempty), dtype=pd.ArrowDtype(pa.large_string())))
+    word_hash = np.fromiter((xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in distinct),
+                            dtype=np.uint64, count=len(distinct))
+    return word_hash[codes], counts
+
+
 def partition_shingles(texts: Iterable[str | None], ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Shingle hashes of many texts at once: ``(flat uint32 hashes, shingles per text)``.
 
@@ -91,10 +121,7 @@ def partition_shingles(texts: Iterable[str | None], ngram: int = 5) -> tuple[np.
     """
     if not 1 <= ngram <= MAX_NGRAM:
         raise ValueError(f"ngram must be between 1 and {MAX_NGRAM}, got {ngram}")
-    words = [dedup_form(t).encode("utf-8", "surrogatepass").split() for t in texts]
-    counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    flat = np.fromiter(map(xxhash.xxh3_64_intdigest, chain.from_iterable(words)), dtype=np.uint64,
-                       count=int(counts.sum()))
+    flat, counts = _partition_words(texts)
     sizes = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
     starts = np.cumsum(counts) - counts
     first = np.cumsum(sizes) - sizes  # index of each text's first shingle
@@ -120,20 +147,15 @@ def signatures_from_flat(flat: np.ndarray, sizes: np.ndarray, num_perm: int = 12
     docs = np.flatnonzero(sizes)
     if len(docs) == 0:
         return sig
-    flat = _fmix32(np.asarray(flat, dtype=np.uint32))
-    starts = np.concatenate([[0], np.cumsum(sizes[docs])[:-1]])
-    # Segment boundaries = document starts plus chunk starts, so every chunk reduces whole segments.
-    cuts = np.union1d(starts, np.arange(0, len(flat), _CHUNK))
-    permuted = np.empty((_CHUNK, num_perm), dtype=np.uint32)
-    for c0 in range(0, len(flat), _CHUNK):
-        c1 = min(c0 + _CHUNK, len(flat))
-        local = cuts[(cuts >= c0) & (cuts < c1)]
-        block = permuted[:c1 - c0]
-        np.multiply(flat[c0:c1, None], a, out=block)
-        block += b
-        mins = np.minimum.reduceat(block, local - c0, axis=0)
-        owner = docs[np.searchsorted(starts, local, side="right") - 1]
-        sig[owner] = np.minimum(sig[owner], mins)
+    mixed = _fmix32(np.asarray(flat, dtype=np.uint32))
+    starts = np.cumsum(sizes[docs]) - sizes[docs]
+    # One permutation at a time over every shingle of the partition: contiguous 1-D multiply, add
+    # and segment minimum are ~10x faster than a (shingles x perms) block per chunk.
+    permuted = np.empty_like(mixed)
+    for p in range(num_perm):
+        np.multiply(mixed, a[p], out=permuted)
+        permuted += b[p]
+        sig[docs, p] = np.minimum.reduceat(permuted, starts)
     return sig
 
 

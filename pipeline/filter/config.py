@@ -49,13 +49,24 @@ class QualityConfig(StageConfig):
 class MinHashConfig(StageConfig):
     threshold: float = Field(default=0.8, gt=0, lt=1)
     num_perm: int = Field(default=128, ge=16)
-    ngram: int = Field(default=5, ge=1)
+    ngram: int = Field(default=5, ge=1, le=8)
+    """Word n-gram length of the shingles."""
     seed: int = 0
     bands: int | None = Field(default=None, ge=1)
     """LSH bands x rows; derived from threshold and num_perm when not set (both or neither)."""
     rows: int | None = Field(default=None, ge=1)
     verify: bool = True
-    """Confirm LSH candidate pairs by estimated Jaccard >= threshold before clustering."""
+    """Confirm LSH candidate pairs by the exact Jaccard of their shingle sets before clustering."""
+    verify_threshold: float | None = Field(default=None, ge=0, le=1)
+    """Jaccard a verified pair needs (default: threshold)."""
+
+    @model_validator(mode="after")
+    def _bands_with_rows(self) -> MinHashConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither (then they are derived from threshold)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
 
 
 class BenchmarkConfig(Section):

@@ -65,16 +65,17 @@ def discover(patterns: list[str], text_column: str, id_column: str, run_dir: Pat
 def validate(source: Source, partition_rows: int) -> list[Partition]:
     """Check a source end to end and cut it into partitions; raise DataError naming the file."""
     kind = source.file.kind
-    if source.file.path.startswith("hf://"):  # a file on the Hub: streamed, checked as it is read
-        return [Partition(source, 0, source.limit, digest=f"{source.file.path}:{source.limit}")]
-    if kind == "parquet":
+    on_hub = source.file.path.startswith("hf://") or kind == "hf_dataset"
+    if kind == "parquet" and not on_hub:
         return _validate_parquet(source, partition_rows)
     if kind == "jsonl":
         return _validate_jsonl(source, partition_rows)
-    # Hub datasets stream: they are checked as they are read, as one partition up to the limit.
-    if source.limit is None:
+    # On the Hub: streamed as one partition up to the limit. Reading the first row now catches an
+    # unreachable source or a missing text column before anything is written.
+    if kind == "hf_dataset" and source.limit is None:
         raise DataError(f"{source.file.path}: a streamed Hugging Face dataset needs a document limit: "
                         "set filter.limit")
+    next(iter_batches(source.file, [source.text_column], batch_size=1, limit=1), None)
     return [Partition(source, 0, source.limit, digest=f"{source.file.path}:{source.limit}")]
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.io import write_png
+
 # Stage of each reason prefix, in data-flow order.
 STAGES = ("normalize", "heuristics", "quality", "exact_dedup", "minhash", "decontaminate")
 _PREFIX = {"length": "normalize", "gopher": "heuristics", "gopher_rep": "heuristics", "c4": "heuristics",
@@ -89,9 +91,4 @@ def plot_report(path: Path, table: list[dict[str, Any]], bins: np.ndarray, score
     fall.set(title="documents removed per stage", ylabel="documents")
     fall.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return write_png(fig, path)

@@ -23,7 +23,6 @@ import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import xxhash
 from distributed import as_completed
 from tqdm.auto import tqdm
 
@@ -51,7 +50,7 @@ from pipeline.io import (
 
 EDU_BINS = np.linspace(0.0, 1.0, 41)
 # Flags that the kept/rejected split already says; the scores themselves stay as columns.
-_DROPPED = ("exact_dup", "minhash_dup", "exact_hash")
+_DROPPED = ("exact_dup", "minhash_dup")
 
 
 def run_filter(cfg: Config, scheduler: str | None = None, **_: Any) -> int:
@@ -72,12 +71,17 @@ def run_filter(cfg: Config, scheduler: str | None = None, **_: Any) -> int:
             shards = score_shards(client, partitions, filters, folder / "scored")
         output_key = stable_hash({"shards": read_json(folder / "scored" / "manifest.json")["shards"],
                                   "filter": public_dict(fc), "run_dir": str(cfg.run_dir),
-                                  "benchmarks": xxhash.xxh3_64_hexdigest(index.hashes.tobytes()) if index else None})
+                                  "benchmarks": index.digest() if index else None})
         if _up_to_date(folder, output_key):
             print(f"filter: {folder} is up to date (same scored shards and config); nothing to do")
             return 0
         stats = filter_corpus(client, shards, filters, cfg, folder, index, clock)
-    stats.update(bad_files=bad_files, timings_s={k: round(v, 3) for k, v in clock.items()})
+    steps = score_seconds(read_json(folder / "scored" / "manifest.json"))
+    stats.update(bad_files=bad_files, timings_s={k: round(v, 3) for k, v in clock.items()}, score_seconds=steps)
+    stage_seconds = {"normalize": steps.get("normalize", 0.0), "quality": steps.get("quality", 0.0),
+                     "heuristics": sum(steps.get(f.name, 0.0) for f in filters.heuristics), **clock}
+    for row in stats["stages"]:  # per-document stages: worker seconds; global stages: wall seconds
+        row["seconds"] = round(stage_seconds.get(row["stage"], 0.0), 3)
     finish(folder, cfg, stats, output_key, partitions)
     return 0
 
@@ -114,10 +118,15 @@ def validate_inputs(client: Any, sources: list[Source], partition_rows: int,
     return partitions, bad
 
 
-def _score_shard(part: Partition, filters: DocumentFilters, path: str) -> int:
-    frame = filters.score(read_partition(part))
-    write_parquet(frame, Path(path))
-    return len(frame)
+def _score_shard(part: Partition, filters: DocumentFilters, path: str) -> tuple[int, dict[str, float]]:
+    """Score one partition into ``path``; returns its rows and seconds per scoring step."""
+    clock: dict[str, float] = {}
+    with timed(clock, "read"):
+        frame = read_partition(part)
+    frame = filters.score(frame, clock)
+    with timed(clock, "write"):
+        write_parquet(frame, Path(path))
+    return len(frame), {k: round(v, 3) for k, v in clock.items()}
 
 
 def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilters, folder: Path) -> list[Path]:
@@ -139,18 +148,29 @@ def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilt
     for i in todo:  # forget first: a crash while rewriting must not leave a matching entry
         manifest["shards"].pop(paths[i].name, None)
     manifest["shards"] = {k: v for k, v in manifest["shards"].items() if k in entries}
-    write_json(manifest, manifest_path)
+    if manifest_path.exists():  # a first run has nothing to forget: no files until a shard is done
+        write_json(manifest, manifest_path)
     if len(todo) < len(paths):
         print(f"filter: {len(paths) - len(todo)}/{len(paths)} shards already scored, resuming")
     futures = {client.submit(_score_shard, partitions[i], filters, str(paths[i]), pure=False): i for i in todo}
     with tqdm(total=len(todo), desc="filter: score", unit="shard", disable=not todo) as bar:
         for future in as_completed(futures):
             i = futures[future]
-            rows = future.result()
-            manifest["shards"][paths[i].name] = {**entries[paths[i].name], "rows": rows}
+            rows, seconds = future.result()
+            manifest["shards"][paths[i].name] = {**entries[paths[i].name], "rows": rows, "seconds": seconds}
             write_json(manifest, manifest_path)
             bar.update(1)
     return paths
+
+
+def score_seconds(manifest: dict[str, Any]) -> dict[str, float]:
+    """Worker seconds per scoring step (read, normalize, each filter, write), summed over the shards
+    of the scored manifest: what the scores cost, whichever run computed them."""
+    total: dict[str, float] = {}
+    for entry in manifest["shards"].values():
+        for step, seconds in entry.get("seconds", {}).items():
+            total[step] = round(total.get(step, 0.0) + seconds, 3)
+    return total
 
 
 # --- global stages -----------------------------------------------------------------------------
@@ -162,12 +182,29 @@ def benchmark_index(benchmarks: list[BenchmarkConfig], ngram: int, min_ratio: fl
                                                      ngram, min_ratio))
 
 
-def _decontaminate(part: pd.DataFrame, config: DecontaminateConfig) -> pd.DataFrame:
+def _decontamination_hits(part: pd.DataFrame, config: DecontaminateConfig) -> pd.DataFrame:
+    """``id``, ``decontam_hits``, ``decontam_matches`` of the documents of ``part`` that hit a benchmark."""
+    if not len(part):
+        return _no_hits(part["id"])
     index = benchmark_index(config.benchmarks, config.ngram, config.min_ratio)
-    decontam = Decontaminate.from_index(index)
-    scores = decontam.score(part) if len(part) else pd.DataFrame(
-        {"decontam_hits": pd.Series(dtype="int64"), "decontam_matches": pd.Series(dtype=object)}, index=part.index)
-    _, reason = decontam.keep(scores)
+    scores = Decontaminate.from_index(index).score(part)
+    hit = (scores["decontam_hits"] > 0).to_numpy()
+    return pd.DataFrame({"id": part["id"][hit], "decontam_hits": scores["decontam_hits"][hit],
+                         "decontam_matches": scores["decontam_matches"][hit]}).reset_index(drop=True)
+
+
+def _no_hits(ids: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame({"id": ids.iloc[:0], "decontam_hits": pd.Series(dtype="int64"),
+                         "decontam_matches": pd.Series(dtype=object)}).reset_index(drop=True)
+
+
+def _flag_decontaminated(part: pd.DataFrame, hits: pd.DataFrame) -> pd.DataFrame:
+    """``part`` plus ``decontam_hits``, ``decontam_matches`` and the ``filter_reason`` they give."""
+    found = hits.set_index("id").reindex(part["id"].to_numpy())
+    scores = pd.DataFrame({"decontam_hits": found["decontam_hits"].fillna(0).astype("int64").to_numpy(),
+                           "decontam_matches": found["decontam_matches"].fillna("").astype(object).to_numpy()},
+                          index=part.index)
+    _, reason = Decontaminate().keep(scores)
     return part.join(scores).assign(**{REASON: reason.astype(object)})
 
 
@@ -201,20 +238,21 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
     if fc.minhash.enabled:
         mh = fc.minhash
         lsh: dict[str, Any] = {}
-        work = folder / ".work" / "minhash"
-        shutil.rmtree(work, ignore_errors=True)
         with timed(clock, "minhash"):
             flagged = minhash_dedup(alive, "text", "id", "edu_score", threshold=mh.threshold, num_perm=mh.num_perm,
                                     ngram=mh.ngram, seed=mh.seed, bands=mh.bands, rows=mh.rows, verify=mh.verify,
-                                    work_dir=work, stats=lsh)
+                                    verify_threshold=mh.verify_threshold, stats=lsh)
         print(f"filter: minhash threshold {mh.threshold} with {mh.num_perm} permutations -> "
               f"{lsh.get('bands')} bands x {lsh.get('rows')} rows")
         stats["minhash"] = lsh
         rejected.append(flagged[flagged["minhash_dup"]].assign(**{REASON: "near_dup"}))
         alive = flagged[~flagged["minhash_dup"]]
     if index is not None:
-        checked = alive.map_partitions(_decontaminate, fc.decontaminate, meta=_decontaminate(
-            alive._meta.assign(**{"text": pd.Series(dtype=object)}), fc.decontaminate))
+        with timed(clock, "decontaminate"):
+            (hits,) = dask.compute(alive.map_partitions(_decontamination_hits, fc.decontaminate,
+                                                        meta=_no_hits(alive._meta["id"])))
+        checked = alive.map_partitions(_flag_decontaminated, dask.delayed(hits),
+                                       meta=_flag_decontaminated(alive._meta, _no_hits(alive._meta["id"])))
         rejected.append(checked[checked[REASON] != ""])
         alive = checked[checked[REASON] == ""].drop(columns=[REASON])
     columns = [c for c in alive.columns if c not in _DROPPED]
@@ -226,7 +264,7 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
     rejected_parts = [p for frame in rejected for p in frame.to_delayed()]
     writes += [dask.delayed(_write_part)(p, str(shard_path(staging / "rejected", j)), columns, dtypes, True)
                for j, p in enumerate(rejected_parts)]
-    with timed(clock, "decontaminate_and_write"):
+    with timed(clock, "write"):
         futures = client.compute(writes)
         summaries = []
         with tqdm(total=len(futures), desc="filter: write", unit="part") as bar:
@@ -317,7 +355,6 @@ def finish(folder: Path, cfg: Config, stats: dict[str, Any], output_key: str, pa
         for j, staged in enumerate(list_shards(staging / sub)):
             staged.replace(shard_path(dest, j))
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(folder / ".work", ignore_errors=True)
     write_json(stats, folder / "stats.json")
     hist = stats["edu_hist"]
     plot_report(folder / "report.png", stats["stages"], np.asarray(hist["bins"]), np.asarray(hist["scored"]),

@@ -87,3 +87,12 @@ def test_no_inputs_at_all_is_an_error(tmp_path: Path) -> None:
 def test_an_unknown_benchmark_without_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not a preset"):
         load_config(None, ["filter.decontaminate.benchmarks=[{name: mybench}]"])
+
+
+def test_an_unreachable_hub_file_is_one_line_naming_it_and_writes_nothing(tmp_path: Path, cluster: str) -> None:
+    # the suite runs with HF_HUB_OFFLINE=1: the Hub cannot be reached, as on a machine without network
+    hub = "hf://datasets/someone/web-sample/data/part-0.parquet"
+    with pytest.raises(DataError, match=f"^{hub}: ") as e:
+        run_filter(config(tmp_path, [good_file(tmp_path), hub], "filter.limit=10"), scheduler=cluster)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run" / "filtered").exists()

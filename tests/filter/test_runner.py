@@ -22,7 +22,7 @@ def run(planted: dict, cluster: str, *extra: str) -> Path:
 
 
 def test_filter_end_to_end(planted: dict, cluster: str, capsys: pytest.CaptureFixture) -> None:
-    out = run(planted, cluster)
+    out = run(planted, cluster, "filter.minhash.verify_threshold=0.75")
     kept, rejected = read_shards(out), read_shards(out / "rejected")
     reason = dict(zip(rejected.id, rejected.filter_reason, strict=True))
 
@@ -62,7 +62,12 @@ def test_filter_end_to_end(planted: dict, cluster: str, capsys: pytest.CaptureFi
     assert stats["decontamination"]["gsm8k"] == {"items": 2, "items_indexed": 1, "documents_hit": 1,
                                                  "unique_items_hit": 1}
     assert stats["minhash"]["bands"] * stats["minhash"]["rows"] <= 128
-    assert {"validate", "score", "minhash", "decontaminate_and_write"} <= set(stats["timings_s"])
+    assert {"validate", "score", "exact_dedup", "minhash", "decontaminate", "write"} <= set(stats["timings_s"])
+    # per step: scoring steps in worker seconds (summed over shards), global stages in wall seconds
+    assert {"read", "normalize", "gopher", "gopher_rep", "c4", "fineweb", "quality", "write"} <= set(
+        stats["score_seconds"])
+    assert all(s["seconds"] > 0 for s in stats["stages"]), stats["stages"]
+    assert stats["minhash"]["verify_threshold"] == 0.75 and stats["minhash"]["candidate_pairs"] >= 1
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "filter" and len(manifest["inputs"]) == 3

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 
 from filters.decontaminate import BenchmarkIndex, Decontaminate, ngram_hashes, words
@@ -52,3 +57,13 @@ def test_filter_scores_and_reasons_name_the_benchmarks() -> None:
     assert kept.text.tolist() == [WEB[0]] and kept.decontam_hits.tolist() == [0]
     assert rejected.filter_reason.tolist() == ["decontam:gsm8k", "decontam:gsm8k+humaneval"]
     assert rejected.decontam_matches.tolist() == ["gsm8k:0", "gsm8k:0,humaneval:0"]
+
+
+def test_index_digest_is_the_same_in_every_process() -> None:
+    # the n-gram hashes use the per-process string hash; the digest that outputs record must not
+    script = ("from tests.filters.test_decontaminate import index; import sys; "
+              "sys.stdout.write(index().digest())")
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"}, cwd=Path(__file__).resolve().parents[2])
+    assert other.stdout == index().digest()
+    assert index().digest() != BenchmarkIndex({"gsm8k": [[QUESTION]]}).digest()

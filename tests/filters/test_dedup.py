@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 
-import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
 
-from filters.dedup import connected_components, exact_dedup, keep_best, minhash_dedup
+from filters.dedup import connected_components, exact_dedup, exact_hashes, keep_best, minhash_dedup
 from filters.minhash import shingle_hashes
 from pipeline.cluster import dask_client
 from pipeline.errors import FilterError
@@ -90,6 +89,25 @@ def test_distinct_documents_are_never_merged(corpus):
     assert out["cluster_id"].tolist() == list(range(60))
 
 
+def test_candidates_are_verified_on_their_exact_jaccard():
+    rng = random.Random(8)
+    base = document(rng)
+    copy = edit(rng, base, 10)
+    similarity = jaccard(base, copy)
+    assert 0.75 < similarity < 0.8, similarity
+    frame = pd.DataFrame({"id": ["a", "b"], "text": [base, copy], "edu_score": [0.9, 0.1]})
+    assert minhash_dedup(frame, threshold=0.7)["minhash_dup"].tolist() == [False, True]
+    # the pair is an LSH candidate either way; only the verification threshold decides
+    stats: dict = {}
+    strict = minhash_dedup(frame, threshold=0.7, verify_threshold=similarity + 1e-9, stats=stats)
+    assert not strict["minhash_dup"].any() and strict["cluster_size"].tolist() == [1, 1]
+    assert stats["candidate_pairs"] == 1 and stats["verified_pairs"] == 0
+    at = minhash_dedup(frame, threshold=0.7, verify_threshold=similarity)  # exact: equal passes
+    assert at["minhash_dup"].tolist() == [False, True]
+    unverified = minhash_dedup(frame, threshold=0.7, verify=False, verify_threshold=0.99)
+    assert unverified["minhash_dup"].tolist() == [False, True]
+
+
 def test_keep_rule_is_score_then_length_then_id():
     members = pd.DataFrame({"doc": ["c", "b", "a", "d", "e", "f", "g"],
                             "group": [1, 1, 1, 2, 2, 3, 3],
@@ -108,7 +126,7 @@ def test_keep_rule_without_a_score_column_prefers_longest_then_smallest_id():
     assert out["cluster_id"].tolist() == [1, 1, 1, 1]
     assert out.loc[~out["minhash_dup"], "id"].tolist() == [3]
     exact = exact_dedup(frame.iloc[[0, 2, 3]].assign(text=[base, base.upper(), f" {base}!"]))
-    assert exact["exact_hash"].nunique() == 1
+    assert len(set(exact_hashes(exact["text"]))) == 1
     assert exact.loc[~exact["exact_dup"], "id"].tolist() == [1]
 
 
@@ -121,7 +139,8 @@ def test_exact_duplicates_keep_the_highest_score(corpus):
     out = exact_dedup(dd.from_pandas(frame, npartitions=3)).compute()
     # 3 and 5 tie on score and length: the smaller id wins
     assert out["exact_dup"].tolist() == [i in (1, 5, 7) for i in range(12)]
-    assert out.loc[[1, 3, 5, 7], "exact_hash"].nunique() == 1 and out["exact_hash"].nunique() == 9
+    hashes = pd.Series(exact_hashes(out["text"]), index=out.index)
+    assert hashes[[1, 3, 5, 7]].nunique() == 1 and hashes.nunique() == 9
     assert out.index.tolist() == frame.index.tolist()
 
 
@@ -147,11 +166,11 @@ def test_missing_column_or_bad_parameter_is_a_clear_error(corpus):
 
 def test_connected_components_follow_chains_to_the_smallest_id():
     edges = pd.DataFrame({"src": [9, 8, 7, 6, 5, 21], "dst": [8, 7, 6, 5, 4, 20]})
-    with dask.config.set(scheduler="sync"):
-        labels, rounds = connected_components(dd.from_pandas(edges, npartitions=3), edges_per_partition=2)
-        got = labels.compute().set_index("node")["label"].sort_index()
+    got = connected_components(edges).set_index("node")["label"].sort_index()
     assert got.to_dict() == {4: 4, 5: 4, 6: 4, 7: 4, 8: 4, 9: 4, 20: 20, 21: 20}
-    assert rounds <= 4
+    strings = connected_components(pd.DataFrame({"src": ["b", "c", "z"], "dst": ["c", "a", "y"]}))
+    assert dict(zip(strings["node"], strings["label"], strict=True)) == {"b": "a", "c": "a", "a": "a",
+                                                                         "z": "y", "y": "y"}
 
 
 def result(out: pd.DataFrame) -> pd.DataFrame:

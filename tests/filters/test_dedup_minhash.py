@@ -40,6 +40,14 @@ def test_shingles_are_word_5grams_of_the_dedup_form():
     assert len(shingle_hashes("only three words")) == 1 and len(shingle_hashes("")) == 0
 
 
+def test_words_are_the_dedup_form_words_in_any_script():
+    text = "Straße, ÉCOLE naïve: 東京 x_y ½ Ελληνικά — done!! 42nd\tstreet  "
+    reference = shingle_hashes(dedup_form(text), ngram=1)
+    assert np.array_equal(shingle_hashes(text, ngram=1), reference) and len(reference) == 10
+    # lone surrogates (from JSON "\ud800" escapes) are not words, and do not stop the partition
+    assert len(shingle_hashes("caf\ud800 au lait", ngram=1)) == 3
+
+
 def test_signatures_equal_datasketch_minhash_on_the_same_shingles():
     texts = [" ".join(SENTENCES), SENTENCES[0], "tiny", "", None, " ".join(SENTENCES[::-1]) * 50]
     sig = minhash_signatures(texts, num_perm=64, seed=7)

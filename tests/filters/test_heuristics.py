@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pandas as pd
 import pytest
 
 from filters.base import Filter
-from filters.heuristics import C4Lines, FineWebQuality, GopherQuality, GopherRepetition
+from filters.heuristics import C4Lines, FineWebQuality, GopherQuality, GopherRepetition, repeated_ngram_chars
 from filters.normalize import LengthBounds, normalize_text
 from tests.filter.corpus import documents
 
@@ -85,3 +87,28 @@ def test_length_bounds_reject_empty_short_and_huge_documents() -> None:
     f = LengthBounds(min_chars=10, max_chars=1000)
     assert reasons(f, "", "short", "x" * 2000, "just right, long enough") == [
         "length:empty", "length:too_short", "length:too_long", ""]
+
+
+def counted_repeats(tokens: list[str], n: int) -> tuple[int, int]:
+    """The Gopher n-gram measures the plain way (as datatrove counts them): top n-gram chars x count
+    (ties: the first seen), and chars of words covered by a repeat of an earlier n-gram."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0, 0
+    gram, count = Counter(grams).most_common(1)[0]
+    seen: set[tuple[str, ...]] = set()
+    covered: set[int] = set()
+    for i, g in enumerate(grams):
+        if g in seen:
+            covered.update(range(i, i + n))
+        seen.add(g)
+    return (len(" ".join(gram)) * count if count > 1 else 0), sum(len(tokens[i]) + 1 for i in covered)
+
+
+def test_batched_ngram_repetition_equals_counting_each_document() -> None:
+    docs = [t.lower().split() for t in GOOD[:8]]
+    docs += [[], ["a"], ["a"] * 11, list("xyxyxyz"), list("bcdbcebcd")]
+    got = repeated_ngram_chars(docs, top_sizes=[2, 3, 4], dup_sizes=[5, 6, 10])
+    for n in (2, 3, 4, 5, 6, 10):
+        expected = [counted_repeats(d, n) for d in docs]
+        assert list(zip(got[n][0].tolist(), got[n][1].tolist(), strict=True)) == expected, n
