@@ -34,8 +34,10 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             client.close()
         return
     n = workers or os.cpu_count() or 1
+    # Task errors reach the client as exceptions and are reported there on one line; the workers'
+    # own "Compute Failed" tracebacks would only bury that line.
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         yield client
 
 
