@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ def _scan(out_dir: Path, shards: list[pd.DataFrame]) -> tuple[set[str], tuple[in
 def _run_on_dask(cfg: Config, shards: list[pd.DataFrame], todo: list[int], out_dir: Path,
                  postprocess: Callable | None, ledger: Ledger, stage: str,
                  completion_column: str) -> tuple[list[ShardResult], dict[str, Any]]:
-    from distributed import Semaphore
+    from distributed import Semaphore, wait
 
     from pipeline.cluster import dask_client
 
@@ -210,7 +211,9 @@ def _run_on_dask(cfg: Config, shards: list[pd.DataFrame], todo: list[int], out_d
                     raise error
                 if all(f.done() for f in futures):
                     break
-                time.sleep(0.3)
+                with suppress(TimeoutError):
+                    # wakes the moment the last shard ends, not at the next tick of the bar
+                    wait(futures, timeout=0.3)
             results = client.gather(futures)
             snapshot = coordinator.snapshot().result()
             bar.update(snapshot["requests"] - bar.n)

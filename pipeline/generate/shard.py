@@ -151,8 +151,10 @@ async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, record: Calla
     async def slot() -> None:
         await blocking(semaphore.acquire)
         try:
-            # the lease may have taken a while: other shards may have spent the budget meanwhile
-            state["stop"] = state["stop"] or await blocking(lambda: coordinator.stop().result())
+            if exact:
+                # the lease may have taken a while: other shards may have spent the budget meanwhile
+                # (otherwise the heartbeat brings a stop reason within half a second)
+                state["stop"] = state["stop"] or await blocking(lambda: coordinator.stop().result())
             while queue and not (state["stop"] or state["error"]):
                 row_id, messages = queue.popleft()
                 if limited:
@@ -197,17 +199,20 @@ def _compact(spec: ShardSpec, existing: pd.DataFrame | None, fresh: list[dict]) 
     """Old part + journaled rows (postprocessed, joined to their passthrough columns), in request order."""
     requests = spec.requests
     passthrough = requests.drop(columns=["messages"]).set_index("id")
-    new_rows = []
+    records = {}
     seen = set(existing["id"]) if existing is not None else set()
     for rec in fresh:
-        if rec["id"] in seen or rec["id"] not in passthrough.index:
-            continue
-        seen.add(rec["id"])
-        row = {"id": rec["id"], **passthrough.loc[rec["id"]].to_dict(), **rec}
-        if spec.postprocess is not None:
-            row.update(spec.postprocess(dict(row)))
-        new_rows.append(row)
-    frames = [f for f in (existing, pd.DataFrame(new_rows)) if f is not None and len(f)]
+        if rec["id"] not in seen and rec["id"] in passthrough.index:
+            seen.add(rec["id"])
+            records[rec["id"]] = rec
+    # one join for the whole shard: a per-row ``.loc`` lookup costs more than the row's request
+    new_rows = pd.concat([passthrough.loc[list(records)].reset_index(),
+                          pd.DataFrame(list(records.values())).drop(columns="id", errors="ignore")],
+                         axis=1) if records else pd.DataFrame()
+    if spec.postprocess is not None and len(new_rows):
+        new_rows = pd.DataFrame([{**row, **spec.postprocess(dict(row))}
+                                 for row in new_rows.to_dict("records")])
+    frames = [f for f in (existing, new_rows) if f is not None and len(f)]
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)

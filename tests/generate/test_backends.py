@@ -131,3 +131,35 @@ def test_retry_after_parses_seconds_milliseconds_and_dates():
     assert retry_after({"retry-after-ms": "250"}) == 0.25
     assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
     assert retry_after({}) is None
+
+
+def test_request_carries_the_sampling_settings():
+    seen = []
+    with StubServer(responder=lambda messages, params: seen.append(params) or "An answer.") as srv:
+        complete(srv, "generate.temperature=0.3", "generate.top_p=0.9", "generate.max_tokens=21")
+    assert seen[0]["model"] == "stub-model" and seen[0]["messages"] == MESSAGES
+    assert (seen[0]["temperature"], seen[0]["top_p"], seen[0]["max_tokens"]) == (0.3, 0.9, 21)
+
+
+def test_a_200_that_is_not_a_chat_completion_is_a_one_line_error():
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n"
+                     b'{"oops": 1}')
+        await writer.drain()
+        writer.close()
+
+    async def go():
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = load_config(None, [f"generate.base_url=http://127.0.0.1:{port}/v1", "generate.api_key=sk-test"])
+        backend = OpenAIBackend(cfg.generate)
+        try:
+            return await backend.complete(MESSAGES)
+        finally:
+            await backend.aclose()
+            server.close()
+
+    with pytest.raises(GenerateError, match=r"not a chat completion answer \(KeyError: 'choices'\)") as err:
+        asyncio.run(go())
+    assert "\n" not in str(err.value)
