@@ -8,20 +8,24 @@ or the LSH index.
 MinHash dedup, in the order of the data flow (two passes over the input, whatever its size):
 
 1. per partition: word n-gram shingles, signatures and LSH band hashes (``filters.minhash``),
-   as rows ``(band, band_hash, doc)``; signatures are never stored;
-2. LSH banding: those rows shuffled on ``(band, band_hash)``; every document of a bucket is linked
-   to the bucket's smallest id (a star, not all pairs); the candidate edges are gathered;
-3. verification: a second pass shingles the candidate documents again (a few, whatever the
-   corpus), and a candidate pair is kept only if the exact Jaccard of its shingle sets reaches the
-   threshold (no estimate noise at the threshold: recall-oriented band parameters then cost
-   comparisons, not precision);
+   as integer rows ``(band, band_hash, key)``, key = partition number and row (ids, often strings,
+   stay out of the shuffle); signatures are never stored;
+2. LSH banding: those rows shuffled on ``(band, band_hash)``; only the rows of buckets with two or
+   more members are gathered (a few, whatever the corpus);
+3. verification: a second pass takes the ids and shingles of those candidate rows, positionally
+   (only partitions holding a candidate are read again); every document of a bucket is linked to
+   the bucket's smallest id (a star, not all pairs), and a candidate pair is kept only if the exact
+   Jaccard of its shingle sets reaches the threshold (no estimate noise at the threshold:
+   recall-oriented band parameters then cost comparisons, not precision);
 4. connected components of the verified pairs (scipy, in the process that clusters);
 5. members visited best first (highest ``score_column``, then longest text, then smallest id):
    a member is removed if it is that similar to a member already kept, else kept; so each cluster
    keeps its best document and every removed one resembles a kept one (no chaining).
 
-What one process holds is bounded by the duplicates, not the corpus: the candidate edges (~50
-bytes each) and the distinct shingles of candidate documents (4 bytes per word).
+What one process holds is bounded by the duplicates, not the corpus: the rows of shared buckets
+(18 bytes each), the candidate edges (~50 bytes each) and the distinct shingles of candidate
+documents (4 bytes per word). Both passes must see the same rows in the same order per partition
+(any deterministic input: Parquet, JSONL, a pandas frame).
 
 ``cluster_id`` is the smallest id of a cluster, so results do not depend on partitioning or on
 the number of workers.
@@ -150,38 +154,50 @@ def exact_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str = "
 
 # ---------------------------------------------------------------- MinHash dedup
 
-def _band_meta(ids: pd.Series) -> pd.DataFrame:
+_ROW_BITS = 32  # a document's key: partition number << _ROW_BITS | row in the partition
+
+
+def _band_meta() -> pd.DataFrame:
     return pd.DataFrame({"band": pd.Series(dtype=np.int16), "band_hash": pd.Series(dtype=np.uint64),
-                         "doc": ids.iloc[:0]})
+                         "key": pd.Series(dtype=np.int64)})
 
 
-def _band_rows(part: pd.DataFrame, text_column: str, id_column: str, num_perm: int, ngram: int, seed: int,
+def _band_rows(part: pd.DataFrame, number: int, text_column: str, num_perm: int, ngram: int, seed: int,
                bands: int, rows: int) -> pd.DataFrame:
-    """One row per (document with shingles, band): ``band``, ``band_hash``, ``doc``."""
+    """One row per (document with shingles, band): ``band``, ``band_hash``, ``key``.
+
+    Integer keys, not ids, travel through the shuffle (ids are joined back for candidates only).
+    """
     flat, sizes = partition_shingles(part[text_column], ngram)
-    has = sizes > 0
+    has = np.flatnonzero(sizes > 0)
     hashes = band_hashes(signatures_from_flat(flat, sizes, num_perm, seed)[has], bands, rows)
-    return pd.DataFrame({"band": np.tile(np.arange(bands, dtype=np.int16), int(has.sum())),
-                         "band_hash": hashes.ravel(),
-                         "doc": part[id_column][has].repeat(bands).reset_index(drop=True)})
+    keys = (np.int64(number) << np.int64(_ROW_BITS)) | has.astype(np.int64)
+    return pd.DataFrame({"band": np.tile(np.arange(bands, dtype=np.int16), len(has)),
+                         "band_hash": hashes.ravel(), "key": keys.repeat(bands)})
+
+
+def _shared_buckets(part: pd.DataFrame) -> pd.DataFrame:
+    """The rows of buckets with two or more members (a few; all other buckets link nothing)."""
+    return part[part.duplicated(["band", "band_hash"], keep=False)]
 
 
 def _bucket_edges(part: pd.DataFrame) -> pd.DataFrame:
-    """Edges ``(src, dst)`` from every bucket member to the bucket's smallest id."""
+    """Edges ``(src, dst)`` from every bucket member (``doc``) to the bucket's smallest id."""
     smallest = part.groupby(["band", "band_hash"])["doc"].transform("min")
     linked = part["doc"] != smallest
     return pd.DataFrame({"src": part["doc"][linked].reset_index(drop=True),
-                         "dst": smallest[linked].reset_index(drop=True)}).drop_duplicates()
+                         "dst": smallest[linked].reset_index(drop=True)}).drop_duplicates(ignore_index=True)
 
 
-def _members(part: pd.DataFrame, ids: pd.Index, text_column: str, id_column: str, score_column: str,
+def _members(part: pd.DataFrame, keys: np.ndarray, text_column: str, id_column: str, score_column: str,
              ngram: int) -> pd.DataFrame:
-    """``doc``, ``length``, ``score`` and ``shingles`` (sorted distinct hashes) of the rows of ``part``
-    whose id is in ``ids``: shingled again, for these few documents only."""
-    part = part[part[id_column].isin(ids)]
+    """``key``, ``doc``, ``length``, ``score`` and ``shingles`` (sorted distinct hashes) of the rows of
+    ``part`` with these ``keys`` (all of one partition): shingled again, for these few documents only."""
+    part = part.iloc[keys & ((1 << _ROW_BITS) - 1)]
     table = _doc_table(part, text_column, id_column, score_column)
     flat, sizes = partition_shingles(part[text_column], ngram)
     table["shingles"] = [np.unique(s) for s in np.split(flat, np.cumsum(sizes)[:-1])] if len(part) else []
+    table.insert(0, "key", keys)
     return table
 
 
@@ -303,21 +319,26 @@ def minhash_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str =
     clock: dict[str, float] = {}
     parts = ddf.to_delayed()
     with _timed(clock, "signatures_and_banding"):
-        args = (text_column, id_column, num_perm, ngram, seed, bands, rows)
-        band_rows = dd.from_delayed([dask.delayed(_band_rows)(part, *args) for part in parts],
-                                    meta=_band_meta(ddf._meta[id_column]), verify_meta=False)
-        buckets = band_rows.shuffle(on=["band", "band_hash"]).map_partitions(
-            _bucket_edges, meta=_bucket_edges(band_rows._meta))
-        (edges,) = dask.compute(buckets)
-        edges = edges.drop_duplicates(ignore_index=True)
+        args = (text_column, num_perm, ngram, seed, bands, rows)
+        band_rows = dd.from_delayed([dask.delayed(_band_rows)(part, number, *args)
+                                     for number, part in enumerate(parts)],
+                                    meta=_band_meta(), verify_meta=False)
+        shared = band_rows.shuffle(on=["band", "band_hash"]).map_partitions(
+            _shared_buckets, meta=band_rows._meta)
+        (shared,) = dask.compute(shared)
     with _timed(clock, "verification_and_clusters"):
-        ids = pd.Index(pd.concat([edges["src"], edges["dst"]]).unique())
-        table, verified = _no_clusters(ddf._meta[id_column]), 0
-        if len(ids):
-            wanted = dask.delayed(ids)  # one task holds the id list, not one copy per partition
-            members = dask.compute(*[dask.delayed(_members)(part, wanted, text_column, id_column, score_column,
-                                                            ngram) for part in parts])
-            table, verified = _cluster(edges, pd.concat(members, ignore_index=True), min_similarity)
+        keys = np.unique(shared["key"].to_numpy())
+        table, verified, edges = _no_clusters(ddf._meta[id_column]), 0, shared.iloc[:0]
+        if len(keys):
+            numbers = keys >> _ROW_BITS
+            cuts = np.searchsorted(numbers, np.arange(len(parts) + 1))
+            members = pd.concat(dask.compute(*[
+                dask.delayed(_members)(parts[n], keys[cuts[n]:cuts[n + 1]], text_column, id_column,
+                                       score_column, ngram)
+                for n in range(len(parts)) if cuts[n + 1] > cuts[n]]), ignore_index=True)
+            doc = members.set_index("key")["doc"].reindex(shared["key"].to_numpy())
+            edges = _bucket_edges(shared.assign(doc=doc.array))
+            table, verified = _cluster(edges, members.drop(columns="key"), min_similarity)
     if stats is not None:
         stats.update(bands=bands, rows=rows, num_perm=num_perm, ngram=ngram, threshold=threshold,
                      verify_threshold=min_similarity if verify else None,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from distributed import LocalCluster
 
-from filters.quality import NEGATIVE_LABEL, POSITIVE_LABEL, normalize_for_fasttext
+from filters.quality import TrainParams, normalize_for_fasttext, train_fasttext
 from tests.filter.corpus import SPAM, documents, near_duplicate
 
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -29,16 +29,16 @@ def cluster() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def edu_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fastText model that scores varied prose high and shouting spam low."""
-    import fasttext
+    """A fastText model that scores varied prose high and shouting spam low.
 
+    Trained with the project's `train_fasttext` (a fresh process per attempt): fastText trained
+    in a process that already held other models can diverge to NaN.
+    """
     folder = tmp_path_factory.mktemp("classifier")
-    good = [f"{POSITIVE_LABEL} {normalize_for_fasttext(t)}" for t in documents(40, seed=100)]
-    bad = [f"{NEGATIVE_LABEL} {normalize_for_fasttext(f'{SPAM} Offer number {i} ends soon, call now!')}"
-           for i in range(40)]
-    (folder / "train.txt").write_text("\n".join(good + bad) + "\n", encoding="utf-8")
-    model = fasttext.train_supervised(input=str(folder / "train.txt"), epoch=10, lr=0.1, dim=16, minCount=1,
-                                      bucket=20_000, wordNgrams=2, thread=1, seed=0, verbose=0)
+    good = [normalize_for_fasttext(t) for t in documents(40, seed=100)]
+    bad = [normalize_for_fasttext(f"{SPAM} Offer number {i} ends soon, call now!") for i in range(40)]
+    params = TrainParams(epoch=10, lr=0.1, dim=16, min_count=1, bucket=20_000, threads=1)
+    model, _ = train_fasttext(good + bad, [1] * len(good) + [0] * len(bad), params)
     model.save_model(str(folder / "edu_fasttext.bin"))
     return folder / "edu_fasttext.bin"
 

@@ -15,6 +15,7 @@ from filters.minhash import (
     estimated_jaccard,
     lsh_params,
     minhash_signatures,
+    partition_shingles,
     shingle_hashes,
 )
 from tests.conftest import SENTENCES
@@ -46,6 +47,17 @@ def test_words_are_the_dedup_form_words_in_any_script():
     assert np.array_equal(shingle_hashes(text, ngram=1), reference) and len(reference) == 10
     # lone surrogates (from JSON "\ud800" escapes) are not words, and do not stop the partition
     assert len(shingle_hashes("caf\ud800 au lait", ngram=1)) == 3
+
+
+def test_a_partition_of_mixed_scripts_shingles_each_text_as_alone():
+    # ASCII texts take a byte-level path, the others a Unicode regex: same words, same order
+    texts = ["Hello, World_1 it's 42!", None, "Straße naïve, hello world_1 it s 42", "", "  ,, ",
+             "one two three four five six", "café au lait — one two three four five six", "x"]
+    flat, sizes = partition_shingles(texts, ngram=5)
+    assert np.array_equal(flat, np.concatenate([shingle_hashes(t) for t in texts]))
+    assert sizes.tolist() == [len(shingle_hashes(t)) for t in texts] == [1, 0, 3, 0, 0, 2, 5, 1]
+    words = partition_shingles(texts[:3], ngram=1)[0]
+    assert words[:5].tolist() == words[-5:].tolist()  # the ASCII words again, after two non-ASCII ones
 
 
 def test_signatures_equal_datasketch_minhash_on_the_same_shingles():
