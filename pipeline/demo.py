@@ -10,8 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
 from pipeline.config import Config
 from pipeline.errors import ConfigError, TrainError
+from pipeline.io import expand_inputs, iter_batches, write_parquet
 
 
 def demo(cfg: Config, model: str | None = None, web: list[str] | None = None) -> int:
@@ -30,6 +33,7 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None) ->
     if not cfg.filter.input:
         raise ConfigError("config key 'filter.input': the demo needs web text (pass WEB=... to make demo)")
     run_dir = Path(cfg.run_dir)
+    cfg.filter.input = web_sample(cfg.filter.input, run_dir, cfg.filter.limit or 1000, cfg.filter.text_column)
     generated = str(run_dir / "generated" / "part-*.parquet")
     cfg.classifier.positives = cfg.classifier.positives or [generated]
     cfg.classifier.negatives = cfg.classifier.negatives or list(cfg.filter.input)
@@ -68,6 +72,28 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None) ->
 
 
 SKIPPED = "skipped"
+
+
+def web_sample(inputs: list[str], run_dir: Path, limit: int, text_column: str) -> list[str]:
+    """Local inputs as they are; Hub inputs streamed once into ``RUN_DIR/web_sample/`` (``limit`` docs).
+
+    The classifier and the filter both read the web text: a local sample means the Hub is read
+    once, only as far as the demo needs, and a rerun works offline.
+    """
+    sources = expand_inputs(inputs)
+    if not any(s.kind == "hf_dataset" or s.path.startswith("hf://") for s in sources):
+        return list(inputs)
+    out = run_dir / "web_sample" / "part-00000.parquet"
+    if not out.exists():
+        frames, remaining = [], limit
+        for source in sources:
+            for batch in iter_batches(source, [text_column], limit=remaining):
+                frames.append(batch)
+                remaining -= len(batch)
+            if remaining <= 0:
+                break
+        write_parquet(pd.concat(frames, ignore_index=True), out)
+    return [str(out)]
 
 
 def _sft(train: Callable[..., int | None], cfg: Config) -> int | str | None:
