@@ -8,7 +8,7 @@ interoperate with ``MinHashLSH``; only the loop is different: one numpy pass ove
 of all documents of a partition per permutation instead of one Python call per shingle.
 
 Shingles are word n-grams (default 5) of the lowercased text, words being runs of letters, digits
-and ``_`` (the words of ``dedup_form``). Each distinct word is hashed once with xxh3-64 and an
+and ``_`` (the words of ``dedup_form``). Each distinct word is hashed once (``word_hash``) and an
 n-gram hash is a position-weighted sum of its word hashes, so no n-gram string is ever built.
 """
 
@@ -19,12 +19,12 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
+from pandas.util import hash_array
 
 _NON_WORD = re.compile(r"\W+")  # punctuation and every kind of whitespace, in runs
-_SEPARATORS = r"[^\p{L}\p{N}_]+"  # RE2 (Arrow): what is not a Unicode letter, digit or _
 # Odd 64-bit multipliers, one per position in the n-gram, so "a b" and "b a" hash differently.
 _POSITION_MULTIPLIERS = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
@@ -83,33 +83,64 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 
 def _arrow_text(texts: Iterable[str | None]) -> pa.Array:
-    """Texts as an Arrow string array: non-strings are null, lone surrogates become U+FFFD."""
-    values = [t if isinstance(t, str) else None for t in texts]
-    try:
-        return pa.array(values, type=pa.large_string())
-    except UnicodeEncodeError:  # JSON "\ud800" escapes decode to lone surrogates
-        return pa.array([t.encode("utf-8", "replace").decode("utf-8") if t is not None else None
-                         for t in values], type=pa.large_string())
+    """Texts as an Arrow string array without nulls: non-strings are ``""``, lone surrogates U+FFFD."""
+    if isinstance(texts, pd.Series) and isinstance(texts.dtype, pd.StringDtype):
+        arr = pa.array(texts, type=pa.large_string())  # Arrow-backed: no Python objects at all
+    else:
+        values = [t if isinstance(t, str) else None for t in texts]
+        try:
+            arr = pa.array(values, type=pa.large_string())
+        except UnicodeEncodeError:  # JSON "\ud800" escapes decode to lone surrogates
+            arr = pa.array([t.encode("utf-8", "replace").decode("utf-8") if t is not None else None
+                            for t in values], type=pa.large_string())
+    return pc.fill_null(arr, "")
 
 
-_ASCII_WORD = np.zeros(256, dtype=bool)  # the bytes of ASCII words once lowercased: [a-z0-9_]
-_ASCII_WORD[[*range(ord("a"), ord("z") + 1), *range(ord("0"), ord("9") + 1), ord("_")]] = True
+_WORD_BYTE = np.zeros(256, dtype=bool)  # ASCII word characters once lowercased: [a-z0-9_]
+_WORD_BYTE[[*range(ord("a"), ord("z") + 1), *range(ord("0"), ord("9") + 1), ord("_")]] = True
+_WORD_CHAR = r"^[\p{L}\p{N}_]$"  # RE2 (Arrow): one Unicode letter, digit or _
 
 
-def _ascii_words(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """``(words, index in arr of each word's text)`` of lowercased ASCII ``arr`` without nulls.
+def _word_chars(data: np.ndarray) -> np.ndarray:
+    """Per byte of valid UTF-8 ``data``: is it part of a word character (letter, digit or ``_``)?
 
-    The same words as the regex split (ASCII letters and digits are the ASCII ``\\p{L}\\p{N}``),
-    found by classifying bytes in numpy: several times faster than RE2 over the partition.
+    All bytes of a character share its class, so runs of word bytes never cut a character. Only
+    the few non-ASCII bytes are decoded, and only the partition's distinct non-ASCII characters
+    are classified (by RE2's Unicode classes, as a regex split would).
+    """
+    is_word = _WORD_BYTE[data]
+    high = np.flatnonzero(data >= 0x80)
+    if len(high) == 0:
+        return is_word
+    leads = high[(data[high] & 0xC0) != 0x80]
+    b0 = data[leads].astype(np.uint32)
+    length = np.where(b0 >= 0xF0, 4, np.where(b0 >= 0xE0, 3, 2))
+    code = b0 & np.where(length == 4, 0x07, np.where(length == 3, 0x0F, 0x1F)).astype(np.uint32)
+    for k in (1, 2, 3):  # shift in the continuation bytes of the characters that have a k-th one
+        follow = data[np.minimum(leads + k, len(data) - 1)].astype(np.uint32) & np.uint32(0x3F)
+        code = np.where(length > k, (code << np.uint32(6)) | follow, code)
+    distinct, which = np.unique(code, return_inverse=True)
+    chars = pa.array([chr(c) for c in distinct.tolist()], type=pa.string())
+    lead_word = pc.match_substring_regex(chars, _WORD_CHAR).to_numpy(zero_copy_only=False)[which]
+    is_word[high] = lead_word[np.searchsorted(leads, high, side="right") - 1]
+    return is_word
+
+
+def _split_words(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``(words, index in arr of each word's text)`` of lowercased ``arr`` without nulls.
+
+    Words are the maximal runs of Unicode letters, digits and ``_``, found by classifying bytes
+    in numpy: several times faster than an RE2 split over the partition.
     """
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[:offsets[-1]] if offsets[-1] else \
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]] if offsets[-1] else \
         np.empty(0, dtype=np.uint8)
-    is_word = _ASCII_WORD[data]
+    offsets = offsets - offsets[0]
+    is_word = _word_chars(data)
     changes = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
     cut = np.zeros(len(data) + 1, dtype=bool)  # run starts: never across a text boundary
     cut[changes] = True
-    cut[offsets - offsets[0]] = True
+    cut[offsets] = True
     bounds = np.flatnonzero(cut)
     starts = bounds[:-1]
     runs = pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(bounds), pa.py_buffer(data))
@@ -117,49 +148,27 @@ def _ascii_words(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return runs.filter(pa.array(words)), np.searchsorted(offsets, starts[words], side="right") - 1
 
 
-def _regex_words(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """``(words, index in arr of each word's text)`` of lowercased ``arr``, split by RE2 (any script)."""
-    lists = pc.split_pattern_regex(arr, _SEPARATORS)
-    flat = lists.flatten()
-    nonempty = pc.greater(pc.binary_length(flat), 0)  # a leading or trailing separator splits off ""
-    owner = pc.list_parent_indices(lists).to_numpy()
-    return flat.filter(nonempty), owner[nonempty.to_numpy(zero_copy_only=False)]
+def word_hash(words: np.ndarray) -> np.ndarray:
+    """uint64 hashes of an object array of ``str`` words (SipHash-2-4 of UTF-8, pandas' fixed key).
+
+    Vectorised C, and equal in every process (no ``PYTHONHASHSEED``), so workers agree.
+    """
+    return hash_array(np.asarray(words, dtype=object), categorize=False)
 
 
 def _partition_words(texts: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    """``(uint64 xxh3 hash of every word of all texts in order, words per text)``.
+    """``(uint64 word_hash of every word of all texts in order, words per text)``.
 
     Words are the maximal runs of letters, digits and ``_`` of the lowercased text (for English
-    and most scripts the words of ``dedup_form``). Split over the whole partition at once (numpy
-    for ASCII texts, Arrow's RE2 for the others); each distinct word is hashed once (Arrow's
-    dictionary encoding): per-word Python calls cost more than the hashing.
+    and most scripts the words of ``dedup_form``), split over the whole partition at once; each
+    distinct word is hashed once (Arrow's dictionary encoding).
     """
     arr = pc.utf8_lower(_arrow_text(texts))
-    ascii_rows = pc.fill_null(pc.string_is_ascii(arr), False).to_numpy(zero_copy_only=False)
-    ascii_index, other_index = np.flatnonzero(ascii_rows), np.flatnonzero(~ascii_rows)
-    fast, fast_owner = _ascii_words(arr.filter(pa.array(ascii_rows)))
-    slow, slow_owner = _regex_words(arr.filter(pa.array(~ascii_rows)))
-    owner = np.concatenate([ascii_index[fast_owner], other_index[slow_owner]])
+    words, owner = _split_words(arr)
     counts = np.bincount(owner, minlength=len(arr)).astype(np.int64)
-    # where each word goes in text order: its text's first slot + its rank in the text (the words
-    # of each half come sorted by text)
-    rank = np.concatenate([_rank_in_group(fast_owner), _rank_in_group(slow_owner)])
-    where = (np.cumsum(counts) - counts)[owner] + rank
-    encoded = pc.dictionary_encode(pa.concat_arrays([fast, slow.cast(pa.large_string())]))
-    distinct = encoded.dictionary.to_pylist()
-    word_hash = np.fromiter((xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in distinct),
-                            dtype=np.uint64, count=len(distinct))
-    out = np.empty(len(owner), dtype=np.uint64)
-    out[where] = word_hash[encoded.indices.to_numpy()]
-    return out, counts
-
-
-def _rank_in_group(group: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... within each run of equal values of sorted ``group``."""
-    if len(group) == 0:
-        return np.empty(0, dtype=np.int64)
-    size = np.bincount(group)
-    return np.arange(len(group)) - np.repeat(np.cumsum(size) - size, size)
+    encoded = pc.dictionary_encode(words)
+    hashes = word_hash(encoded.dictionary.to_numpy(zero_copy_only=False))
+    return hashes[encoded.indices.to_numpy()], counts
 
 
 def partition_shingles(texts: Iterable[str | None], ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:

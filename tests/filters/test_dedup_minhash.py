@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from datasketch import MinHash
@@ -17,6 +21,7 @@ from filters.minhash import (
     minhash_signatures,
     partition_shingles,
     shingle_hashes,
+    word_hash,
 )
 from tests.conftest import SENTENCES
 
@@ -69,6 +74,28 @@ def test_signatures_equal_datasketch_minhash_on_the_same_shingles():
         reference.update_batch(shingle_hashes(text).tolist())
         assert np.array_equal(reference.hashvalues, row)
     assert (sig[3] == MAX_HASH).all() and (sig[4] == MAX_HASH).all()
+
+
+def test_unigram_signatures_equal_datasketch_hashing_each_word_itself():
+    def token_hash(token: bytes) -> int:  # word_hash of one word, folded to 32 bits as a 1-gram
+        h = int(word_hash([token.decode()])[0]) * 0x9E3779B97F4A7C15 % 2**64
+        return (h ^ (h >> 32)) & 0xFFFFFFFF
+
+    texts = [" ".join(SENTENCES), "Straße naïve 東京 x_y", "one"]
+    sig = minhash_signatures(texts, num_perm=32, ngram=1, seed=3)
+    for text, row in zip(texts, sig, strict=True):
+        reference = MinHash(num_perm=32, seed=3, hashfunc=token_hash)
+        reference.update_batch([w.encode() for w in dedup_form(text).split()])
+        assert np.array_equal(reference.hashvalues, row)
+
+
+def test_word_hash_is_the_same_in_every_process():
+    words = ["minhash", "straße", "東京", ""]
+    code = f"from filters.minhash import word_hash; print(word_hash({words!r}).tolist())"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == str(word_hash(words).tolist())
+    assert word_hash(words).dtype == np.uint64 and len(set(word_hash(words).tolist())) == 4
 
 
 def test_estimated_jaccard_tracks_true_jaccard():
