@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.errors import ConfigError, TrainError
+from pipeline.errors import ConfigError, EmptySourceError
 from pipeline.io import expand_inputs, iter_batches, write_parquet
 
 
@@ -104,8 +104,6 @@ def _sft(train: Callable[..., int | None], cfg: Config) -> int | str | None:
     """
     try:
         return train(cfg, phase="sft")
-    except TrainError as e:
-        if not str(e).startswith(f"train.sources.{cfg.train.sft.source}"):
-            raise
+    except EmptySourceError as e:
         print(f"sft skipped: {e}")
         return SKIPPED

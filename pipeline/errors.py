@@ -29,5 +29,9 @@ class TrainError(PipelineError):
     """Training cannot start or continue."""
 
 
+class EmptySourceError(TrainError):
+    """A training source leaves nothing (or too little) to train on after its filters or parsing."""
+
+
 class HubError(PipelineError):
     """Dataset card or Hub push failed."""

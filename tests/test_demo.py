@@ -6,25 +6,30 @@ import json
 from pathlib import Path
 
 from pipeline.cli import main
-from pipeline.generate.stub_server import StubServer
+from pipeline.generate.stub_server import StubServer, textbook_responder
 from tests.filter.corpus import SPAM, documents
 
 
-def test_demo_runs_every_stage_and_leaves_every_artifact(tmp_path: Path, capsys) -> None:
+def run_demo(tmp_path: Path, server: StubServer) -> tuple[int, Path]:
     web = tmp_path / "web.jsonl"
     rows = [{"id": f"w{i}", "text": t} for i, t in enumerate(documents(120, seed=7))]
     rows += [{"id": f"s{i}", "text": f"{SPAM} Offer {i}."} for i in range(10)]
     web.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     run_dir = tmp_path / "run"
+    code = main([
+        "demo", "-c", "configs/demo.yaml",
+        f"run_dir={run_dir}", "workers=1",
+        "generate.backend=openai", f"generate.base_url={server.base_url}", "generate.model=stub-model",
+        "generate.num_samples=30", "train.phase1.tokens=8000", "train.phase2.tokens=4000",
+        "train.sft.tokens=2000", "train.eval_every=5", "train.compile=false",
+        "--web", str(web),
+    ])
+    return code, run_dir
+
+
+def test_demo_runs_every_stage_and_leaves_every_artifact(tmp_path: Path, capsys) -> None:
     with StubServer() as server:
-        code = main([
-            "demo", "-c", "configs/demo.yaml",
-            f"run_dir={run_dir}", "workers=1",
-            "generate.backend=openai", f"generate.base_url={server.base_url}", "generate.model=stub-model",
-            "generate.num_samples=30", "train.phase1.tokens=8000", "train.phase2.tokens=4000",
-            "train.sft.tokens=2000", "train.eval_every=5", "train.compile=false",
-            "--web", str(web),
-        ])
+        code, run_dir = run_demo(tmp_path, server)
     assert code == 0, capsys.readouterr()
     for artifact in ("generated/manifest.json", "classifier/edu_fasttext.bin", "classifier/report.json",
                      "filtered/stats.json", "filtered/report.png", "tokenizer/tokenizer.json",
@@ -34,3 +39,17 @@ def test_demo_runs_every_stage_and_leaves_every_artifact(tmp_path: Path, capsys)
     summary = capsys.readouterr().out.split("=== demo summary ===")[1]
     assert "push --dry-run" in summary and "total" in summary
     assert "sft" in summary
+
+
+def test_demo_goes_on_without_sft_when_no_conversation_parses(tmp_path: Path, capsys) -> None:
+    def prose_only(messages: list[dict], params: dict) -> str:  # ignores the turn format, as small models do
+        return textbook_responder(messages, params).replace("Student:", "").replace("Teacher:", "")
+
+    with StubServer(responder=prose_only) as server:
+        code, run_dir = run_demo(tmp_path, server)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "sft skipped: train.sources.chat:" in out
+    assert not (run_dir / "checkpoints" / "sft").exists()
+    assert (run_dir / "checkpoints" / "phase2" / "config.json").exists()
+    assert (run_dir / "push" / "README.md").exists()

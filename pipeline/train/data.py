@@ -19,7 +19,7 @@ import pandas as pd
 import xxhash
 from tqdm.auto import tqdm
 
-from pipeline.errors import PipelineError, TrainError
+from pipeline.errors import EmptySourceError, PipelineError, TrainError
 from pipeline.io import expand_inputs, file_digest, read_json, read_parquet, stable_hash, write_json
 from pipeline.train.config import RowFilter, SourceConfig
 
@@ -62,7 +62,7 @@ def read_source(name: str, spec: SourceConfig, run_dir: Path) -> pd.DataFrame:
     if spec.max_docs is not None:
         rows = rows.iloc[: spec.max_docs]
     if rows.empty:
-        raise TrainError(f"train.sources.{name}: no documents left ({total} rows in {len(files)} files "
+        raise EmptySourceError(f"train.sources.{name}: no documents left ({total} rows in {len(files)} files "
                          f"before filters {[f.model_dump(exclude_none=True) for f in spec.filters]})")
     return pd.DataFrame({"id": rows["id"].values, "text": rows[spec.text_column].astype(str).values})
 

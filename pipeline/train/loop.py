@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import Config, public_dict
-from pipeline.errors import PipelineError, TrainError
+from pipeline.errors import EmptySourceError, PipelineError, TrainError
 from pipeline.io import build_manifest, read_json, stable_hash, write_json
 from pipeline.train.checkpoint import list_states, load_latest, save_state
 from pipeline.train.config import PhaseConfig, TrainConfig
@@ -283,7 +283,7 @@ def load_data(cfg: Config, plan: PhasePlan, tok, tok_id: str, total_rows: int, m
         packed = {n: packed_source(n, t.sources[n], **common) for n in mixture}
         for n, p in packed.items():
             if len(p.train) == 0:
-                raise TrainError(f"train.sources.{n}: {p.info['tokens']} tokens is less than one sequence of "
+                raise EmptySourceError(f"train.sources.{n}: {p.info['tokens']} tokens is less than one sequence of "
                                  f"train.seq_len + 1 = {t.seq_len + 1}")
         sampler = MixtureSampler({n: p.train for n, p in packed.items()}, mixture, total_rows, cfg.seed)
         masks = None

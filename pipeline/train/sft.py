@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import TrainError
+from pipeline.errors import EmptySourceError, TrainError
 from pipeline.io import file_digest
 from pipeline.train.config import SFTConfig, SourceConfig
 from pipeline.train.data import cached_arrays, read_source, source_files, token_dtype, validation_mask
@@ -103,7 +103,7 @@ def sft_data(cfg: SFTConfig, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
             chats.append(tokenize_chat(tok, messages))
             ids.append(doc_id)
         if not chats:
-            raise TrainError(f"train.sources.{cfg.source}: none of {len(docs)} conversations has an "
+            raise EmptySourceError(f"train.sources.{cfg.source}: none of {len(docs)} conversations has an "
                              f"assistant turn after parsing")
         is_val = validation_mask(ids, val_fraction)
         dtype = token_dtype(len(tok))
@@ -113,7 +113,7 @@ def sft_data(cfg: SFTConfig, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
                                        tok.pad_token_id)
             out[split], out[f"{split}_mask"] = tokens.astype(dtype), masks
         if not out["train_mask"][:, 1:].any():
-            raise TrainError(f"train.sources.{cfg.source}: no assistant tokens to train on")
+            raise EmptySourceError(f"train.sources.{cfg.source}: no assistant tokens to train on")
         info = {"conversations": len(chats), "skipped_without_assistant": skipped,
                 "assistant_tokens": int(out["train_mask"].sum())}
         return out, info
