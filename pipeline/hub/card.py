@@ -183,13 +183,9 @@ def model_repo_id(cfg: Config) -> str | None:
 
 def sft_parser(cfg: Config) -> Any:
     """The conversation parser SFT training uses, so the card's ``sft`` config matches what was trained on."""
-    import warnings
-
     from pipeline.train.sft import conversation_parser
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fallback parser is fine for a card; train warns on its own
-        return conversation_parser(cfg.train.sft.parser)
+    return conversation_parser(cfg.train.sft.parser)
 
 
 # --- rendering -----------------------------------------------------------------------------------
