@@ -63,9 +63,12 @@ class OpenAIBackend:
         pool = httpx2.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
         # loading the CA bundle costs ~50 ms: once per worker process, not once per shard
         tls = worker_cached(("ssl-context",), httpx2.create_ssl_context)
+        # the SDK's aiohttp transport does the same requests for less CPU than its default httpx:
+        # at C=64 the client's CPU, not the server, is what keeps a run below C/latency
+        transport = openai.DefaultAioHttpClient if cfg.http_client == "aiohttp" else openai.DefaultAsyncHttpxClient
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0,
                                          timeout=cfg.request_timeout_s,
-                                         http_client=openai.DefaultAsyncHttpxClient(limits=pool, verify=tls))
+                                         http_client=transport(limits=pool, verify=tls))
 
     async def complete(self, messages: Messages) -> Completion:
         import openai
@@ -88,8 +91,7 @@ class OpenAIBackend:
                 last = f"HTTP {e.status_code}"
                 wait = retry_after(e.response.headers) or self._backoff(attempt)
             except openai.APIConnectionError as e:  # includes APITimeoutError
-                # the SDK's own message is a bare "Connection error."; the transport's cause says which
-                last = "timeout" if isinstance(e, openai.APITimeoutError) else f"connection error ({e.__cause__ or e})"
+                last = transport_failure(e)
                 wait = self._backoff(attempt)
             else:
                 return _completion(raw, time.perf_counter() - start, self.where)
@@ -140,6 +142,25 @@ def retry_after(headers: Any) -> float | None:
         if when is None:
             return None
         return min(_RETRY_AFTER_CAP_S, max(0.0, when.timestamp() - time.time()))
+
+
+def transport_failure(e: BaseException) -> str:
+    """'timeout' or 'connection error (cause)' for a failed request, from its innermost cause.
+
+    The SDK's own message is a bare "Connection error."; and the aiohttp transport maps a refused
+    connection to a connect *timeout*, so the exception's type alone would mislead.
+    """
+    import openai
+
+    chain = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 16:
+        chain.append(chain[-1].__cause__)
+    root = chain[-1]
+    if isinstance(root, OSError) and not isinstance(root, TimeoutError):
+        return f"connection error ({root})"
+    if isinstance(e, openai.APITimeoutError) or any(isinstance(x, TimeoutError) for x in chain):
+        return "timeout"
+    return f"connection error ({e.__cause__ or e})"
 
 
 def _completion(raw: bytes, latency: float, where: str) -> Completion:

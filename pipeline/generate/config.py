@@ -53,6 +53,8 @@ class GenerateConfig(Section):
     shard_size: int = Field(default=100, ge=1)
     max_retries: int = Field(default=6, ge=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    """HTTP transport under the openai SDK: aiohttp (about 40% less client CPU per request) or the SDK's default httpx."""
     batch_size: int = Field(default=8, ge=1)
     """Prompts per forward pass for the in-process transformers backend."""
     device: str | None = None

@@ -57,21 +57,33 @@ def test_429_waits_for_retry_after_then_succeeds():
     assert elapsed >= 1.0
 
 
+TRANSPORTS = pytest.mark.parametrize("http_client", ["aiohttp", "httpx"])
+
+
+@TRANSPORTS
 @pytest.mark.parametrize("fault", ["500", "503", "drop"])
-def test_transient_failures_are_retried(fault):
+def test_transient_failures_are_retried(fault, http_client):
     with StubServer(faults=[fault, fault]) as srv:
-        c = complete(srv)
+        c = complete(srv, f"generate.http_client={http_client}")
     assert c.text
     assert len(srv.requests) == 3 and srv.requests[-1]["status"] == 200
 
 
-def test_slow_answer_times_out_and_is_retried():
+@TRANSPORTS
+def test_slow_answer_times_out_and_is_retried(http_client):
     with StubServer(faults=[Fault("slow", delay_s=3.0)]) as srv:
         start = time.perf_counter()
-        c = complete(srv, "generate.request_timeout_s=0.5")
+        c = complete(srv, "generate.request_timeout_s=0.5", f"generate.http_client={http_client}")
         elapsed = time.perf_counter() - start
     assert c.text
     assert elapsed < 2.5  # did not wait out the slow answer
+
+
+@TRANSPORTS
+def test_timeout_is_named_a_timeout(http_client):
+    with StubServer(faults=[Fault("slow", delay_s=3.0)]) as srv, pytest.raises(GenerateError) as err:
+        complete(srv, "generate.request_timeout_s=0.3", "generate.max_retries=0", f"generate.http_client={http_client}")
+    assert "giving up after 1 attempt (last: timeout)" in str(err.value)
 
 
 def test_gives_up_after_max_retries_with_one_line():
@@ -97,9 +109,10 @@ def test_unknown_model_fails_fast():
     assert len(srv.requests) == 1
 
 
-def test_unreachable_server_is_a_one_line_error():
+@TRANSPORTS
+def test_unreachable_server_is_a_one_line_error(http_client):
     cfg = load_config(None, ["generate.base_url=http://127.0.0.1:9/v1", "generate.max_retries=1",
-                             "generate.retry_backoff_s=0.01"])
+                             "generate.retry_backoff_s=0.01", f"generate.http_client={http_client}"])
 
     async def go():
         backend = OpenAIBackend(cfg.generate)
@@ -108,6 +121,7 @@ def test_unreachable_server_is_a_one_line_error():
         finally:
             await backend.aclose()
 
+    # a refused connection is not a timeout (aiohttp's transport maps it to ConnectTimeout)
     with pytest.raises(GenerateError, match=r"127.0.0.1:9/v1: giving up after 2 attempts \(last: connection error"):
         asyncio.run(go())
 

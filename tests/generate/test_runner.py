@@ -180,7 +180,7 @@ def test_bad_input_is_one_line_nonzero_and_writes_no_shard(tmp_path, capsys, sch
     ("malformed config", "bad.yaml: invalid YAML"),
     ("malformed seed", "styles.yaml: invalid YAML"),
     ("undeclared variable", "lesson.j2: uses variable 'audince' that its header does not declare"),
-    ("unreachable server", "http://127.0.0.1:9/v1: giving up after 1 attempt (last: connection error (All connection"),
+    ("unreachable server", "http://127.0.0.1:9/v1: giving up after 1 attempt (last: connection error ([Errno 111] Connect call failed"),
 ])
 def test_bad_files_and_servers_are_one_line_nonzero_and_write_no_shard(tmp_path, capsys, scheduler, case, message):
     prompts = tmp_path / "prompts"
