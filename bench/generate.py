@@ -84,6 +84,9 @@ def pipeline_run(base_url: str, n: int, concurrency: int, workers: int) -> tuple
         driver = time.process_time() - cpu
         workers_cpu = sum(client.run(worker_cpu).values()) - before
         assert summary.complete, summary
+        latency = pd.concat([pd.read_parquet(f, columns=["latency_s"]) for f in (Path(tmp) / "out").glob("*.parquet")])
+        print(f"run_requests latency per request (client-side): median {latency['latency_s'].median():.4f} s, "
+              f"p90 {latency['latency_s'].quantile(0.9):.4f} s")
     return wall, driver + workers_cpu, driver
 
 

@@ -6,10 +6,13 @@ so they are loaded once per worker rather than once per task.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 from distributed import Client, LocalCluster
@@ -46,3 +49,38 @@ def worker_cached(key: Any, factory: Callable[[], T]) -> T:
     if key not in _WORKER_CACHE:
         _WORKER_CACHE[key] = factory()
     return _WORKER_CACHE[key]
+
+
+def run_on_worker_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on this process's one long-lived event loop (a daemon thread) and wait for it.
+
+    Tasks that talk to a server share the loop, so the clients cached on it (and their kept-alive,
+    TLS-negotiated connections) outlive the task: a new shard does not reconnect.
+    """
+    def start() -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, name="worker-event-loop", daemon=True).start()
+        return loop
+
+    return asyncio.run_coroutine_threadsafe(coro, _worker_loop(start)).result()
+
+
+def close_at_exit(aclose: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """Run ``aclose()`` on the worker loop when the process exits (a cached client's sessions),
+    so it ends its connections rather than warning about them from the garbage collector."""
+    def close() -> None:
+        loop = _WORKER_CACHE.get(("event-loop",))
+        if loop is not None and loop.is_running():
+            # exiting anyway: a failed close must not mask the exit
+            with suppress(Exception):
+                asyncio.run_coroutine_threadsafe(aclose(), loop).result(timeout=5)
+
+    atexit.register(close)
+
+
+def _worker_loop(start: Callable[[], asyncio.AbstractEventLoop]) -> asyncio.AbstractEventLoop:
+    with _LOOP_LOCK:  # two task threads of one worker must not start two loops
+        return worker_cached(("event-loop",), start)
+
+
+_LOOP_LOCK = threading.Lock()

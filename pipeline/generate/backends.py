@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.cluster import worker_cached
+from pipeline.cluster import close_at_exit, worker_cached
 from pipeline.errors import GenerateError
 from pipeline.generate.config import GenerateConfig
 
@@ -48,27 +48,43 @@ def resolve_endpoint(cfg: GenerateConfig) -> tuple[str | None, str]:
     return base_url, key
 
 
+def openai_client(cfg: GenerateConfig) -> Any:
+    """An ``openai.AsyncOpenAI`` with the SDK's retries off and one kept-alive connection per slot."""
+    import httpx2  # the openai SDK's HTTP client
+    import openai
+
+    base_url, key = resolve_endpoint(cfg)
+    # the SDK's default pool keeps 100 connections, so a wider run would close and reopen them on
+    # every burst
+    pool = httpx2.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+    # loading the CA bundle costs ~50 ms: once per worker process, not once per shard
+    tls = worker_cached(("ssl-context",), httpx2.create_ssl_context)
+    # the SDK's aiohttp transport does the same requests for less CPU than its default httpx:
+    # at C=64 the client's CPU, not the server, is what keeps a run below C/latency
+    transport = openai.DefaultAioHttpClient if cfg.http_client == "aiohttp" else openai.DefaultAsyncHttpxClient
+    return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.request_timeout_s,
+                              http_client=transport(limits=pool, verify=tls))
+
+
+def shared_openai_client(cfg: GenerateConfig) -> Any:
+    """This worker's client for ``cfg``'s endpoint, reused by every shard on its event loop."""
+    def build() -> Any:
+        client = openai_client(cfg)
+        close_at_exit(client.close)
+        return client
+
+    base_url, key = resolve_endpoint(cfg)
+    return worker_cached(("openai-client", base_url, key, cfg.http_client, cfg.concurrency,
+                          cfg.request_timeout_s), build)
+
+
 class OpenAIBackend:
     """Chat completions against an OpenAI-compatible server; the SDK's own retries are off."""
 
-    def __init__(self, cfg: GenerateConfig) -> None:
-        import httpx2  # the openai SDK's HTTP client
-        import openai
-
+    def __init__(self, cfg: GenerateConfig, client: Any | None = None) -> None:
         self.cfg = cfg
-        self.base_url, key = resolve_endpoint(cfg)
-        self.where = self.base_url or "api.openai.com"
-        # one kept-alive connection per slot: the SDK's default keeps 100, so a wider run would
-        # close and reopen connections on every burst
-        pool = httpx2.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
-        # loading the CA bundle costs ~50 ms: once per worker process, not once per shard
-        tls = worker_cached(("ssl-context",), httpx2.create_ssl_context)
-        # the SDK's aiohttp transport does the same requests for less CPU than its default httpx:
-        # at C=64 the client's CPU, not the server, is what keeps a run below C/latency
-        transport = openai.DefaultAioHttpClient if cfg.http_client == "aiohttp" else openai.DefaultAsyncHttpxClient
-        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0,
-                                         timeout=cfg.request_timeout_s,
-                                         http_client=transport(limits=pool, verify=tls))
+        self.where = resolve_endpoint(cfg)[0] or "api.openai.com"
+        self.client = client if client is not None else openai_client(cfg)
 
     async def complete(self, messages: Messages) -> Completion:
         import openai

@@ -110,11 +110,14 @@ class StubServer:
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0
+        """TCP connections accepted so far (a client that keeps them alive opens few)."""
         # bound now, so base_url is known before the loop runs; a deep backlog takes bursts of clients
         self._sock = socket.create_server((host, port), backlog=1024)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._open: dict[asyncio.StreamWriter, asyncio.Task] = {}
 
     @property
     def base_url(self) -> str:
@@ -157,10 +160,17 @@ class StubServer:
             ready.set()
         async with server:
             await self._stopping.wait()
-        # open keep-alive connections end with the loop: asyncio.run cancels their handlers
+        # clients keep connections alive between requests (a worker's client outlives its shards):
+        # end them as a server would, by closing the socket, so their handlers return rather than
+        # being cancelled by asyncio.run with a traceback each
+        for writer in list(self._open):
+            writer.close()
+        await asyncio.gather(*self._open.values(), return_exceptions=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One keep-alive connection: read a request, answer it, repeat until the client goes."""
+        self._open[writer] = asyncio.current_task()
+        self.connections += 1
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -177,6 +187,7 @@ class StubServer:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
             return  # the client went away (or sent garbage): nothing to answer
         finally:
+            self._open.pop(writer, None)
             writer.close()
 
     async def _answer(self, method: str, route: str, headers: dict[str, str], raw: bytes) -> _Reply:

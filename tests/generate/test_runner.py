@@ -82,6 +82,20 @@ def test_concurrency_holds_across_a_two_worker_cluster(tmp_path, scheduler):
     assert 2 <= srv.max_in_flight <= 3  # per-worker limits would let 6 through
 
 
+def test_workers_keep_their_connections_from_shard_to_shard(tmp_path, scheduler):
+    """Each worker's client outlives its shards: 8 shards on 2 workers open a few connections, not 8 x 2."""
+    with StubServer(api_key="sk-test", latency_s=0.02) as srv:
+        cfg = config(srv, tmp_path, scheduler, "generate.shard_size=4", "generate.concurrency=2")
+        first = run_requests(cfg, requests_frame(32), tmp_path / "out", stage="generate")
+        opened = srv.connections
+        cfg = config(srv, tmp_path, scheduler, "generate.shard_size=4", "generate.concurrency=2")
+        again = run_requests(cfg, requests_frame(32).assign(id=lambda f: "again-" + f["id"]), tmp_path / "again",
+                             stage="generate")
+    assert first.complete and again.complete and len(srv.completed()) == 64
+    assert opened <= 2 * 2  # at most one per slot per worker
+    assert srv.connections == opened  # a second run on the same cluster reuses them too
+
+
 def test_max_cost_stops_cleanly_and_keeps_what_was_paid_for(tmp_path, scheduler):
     # every completion is 10 tokens at $1 each: $10 a request; the budget allows 5 requests
     with StubServer(latency_s=0.05, api_key="sk-test") as srv:
