@@ -8,10 +8,10 @@ or the LSH index.
 MinHash dedup, in the order of the data flow (two passes over the input, whatever its size):
 
 1. per partition: word n-gram shingles, signatures and LSH band hashes (``filters.minhash``),
-   as integer rows ``(band, band_hash, key)``, key = partition number and row (ids, often strings,
-   stay out of the shuffle); signatures are never stored;
-2. LSH banding: those rows shuffled on ``(band, band_hash)``; only the rows of buckets with two or
-   more members are gathered (a few, whatever the corpus);
+   as integer rows ``(bucket, key)``: bucket = one uint64 naming (band, band hash), key = partition
+   number and row (ids, often strings, stay out of the shuffle); signatures are never stored;
+2. LSH banding: those rows shuffled on ``bucket`` (one 16-byte row per document and band); only
+   the rows of buckets with two or more members are gathered (a few, whatever the corpus);
 3. verification: a second pass takes the ids and shingles of those candidate rows, positionally
    (only partitions holding a candidate are read again); every document of a bucket is linked to
    the bucket's smallest id (a star, not all pairs), and a candidate pair is kept only if the exact
@@ -50,6 +50,7 @@ from filters.minhash import (
     MAX_NGRAM,
     band_hashes,
     dedup_form,
+    lsh_buckets,
     lsh_params,
     partition_shingles,
     signatures_from_flat,
@@ -157,33 +158,31 @@ def exact_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str = "
 _ROW_BITS = 32  # a document's key: partition number << _ROW_BITS | row in the partition
 
 
-def _band_meta() -> pd.DataFrame:
-    return pd.DataFrame({"band": pd.Series(dtype=np.int16), "band_hash": pd.Series(dtype=np.uint64),
-                         "key": pd.Series(dtype=np.int64)})
+def _bucket_meta() -> pd.DataFrame:
+    return pd.DataFrame({"bucket": pd.Series(dtype=np.uint64), "key": pd.Series(dtype=np.int64)})
 
 
-def _band_rows(part: pd.DataFrame, number: int, text_column: str, num_perm: int, ngram: int, seed: int,
-               bands: int, rows: int) -> pd.DataFrame:
-    """One row per (document with shingles, band): ``band``, ``band_hash``, ``key``.
+def _bucket_rows(part: pd.DataFrame, number: int, text_column: str, num_perm: int, ngram: int, seed: int,
+                 bands: int, rows: int) -> pd.DataFrame:
+    """One row per (document with shingles, band): its LSH ``bucket`` and its ``key``.
 
     Integer keys, not ids, travel through the shuffle (ids are joined back for candidates only).
     """
     flat, sizes = partition_shingles(part[text_column], ngram)
     has = np.flatnonzero(sizes > 0)
-    hashes = band_hashes(signatures_from_flat(flat, sizes, num_perm, seed)[has], bands, rows)
+    buckets = lsh_buckets(band_hashes(signatures_from_flat(flat, sizes, num_perm, seed)[has], bands, rows))
     keys = (np.int64(number) << np.int64(_ROW_BITS)) | has.astype(np.int64)
-    return pd.DataFrame({"band": np.tile(np.arange(bands, dtype=np.int16), len(has)),
-                         "band_hash": hashes.ravel(), "key": keys.repeat(bands)})
+    return pd.DataFrame({"bucket": buckets.ravel(), "key": keys.repeat(bands)})
 
 
 def _shared_buckets(part: pd.DataFrame) -> pd.DataFrame:
     """The rows of buckets with two or more members (a few; all other buckets link nothing)."""
-    return part[part.duplicated(["band", "band_hash"], keep=False)]
+    return part[part.duplicated("bucket", keep=False)]
 
 
 def _bucket_edges(part: pd.DataFrame) -> pd.DataFrame:
     """Edges ``(src, dst)`` from every bucket member (``doc``) to the bucket's smallest id."""
-    smallest = part.groupby(["band", "band_hash"])["doc"].transform("min")
+    smallest = part.groupby("bucket")["doc"].transform("min")
     linked = part["doc"] != smallest
     return pd.DataFrame({"src": part["doc"][linked].reset_index(drop=True),
                          "dst": smallest[linked].reset_index(drop=True)}).drop_duplicates(ignore_index=True)
@@ -320,11 +319,10 @@ def minhash_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str =
     parts = ddf.to_delayed()
     with _timed(clock, "signatures_and_banding"):
         args = (text_column, num_perm, ngram, seed, bands, rows)
-        band_rows = dd.from_delayed([dask.delayed(_band_rows)(part, number, *args)
-                                     for number, part in enumerate(parts)],
-                                    meta=_band_meta(), verify_meta=False)
-        shared = band_rows.shuffle(on=["band", "band_hash"]).map_partitions(
-            _shared_buckets, meta=band_rows._meta)
+        bucket_rows = dd.from_delayed([dask.delayed(_bucket_rows)(part, number, *args)
+                                       for number, part in enumerate(parts)],
+                                      meta=_bucket_meta(), verify_meta=False)
+        shared = bucket_rows.shuffle(on="bucket").map_partitions(_shared_buckets, meta=bucket_rows._meta)
         (shared,) = dask.compute(shared)
     with _timed(clock, "verification_and_clusters"):
         keys = np.unique(shared["key"].to_numpy())

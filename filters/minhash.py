@@ -288,6 +288,13 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return _fmix64(out)
 
 
+def lsh_buckets(band_hashes: np.ndarray) -> np.ndarray:
+    """``(n, bands)`` uint64 bucket ids: one number names (band, band hash), so an LSH index is one
+    flat column (documents share a bucket iff they share a band, up to 64-bit collisions)."""
+    bands = np.arange(band_hashes.shape[1], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return _fmix64(np.asarray(band_hashes, dtype=np.uint64) ^ bands)
+
+
 def _fmix64(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> np.uint64(33))
     h = h * np.uint64(0xFF51AFD7ED558CCD)

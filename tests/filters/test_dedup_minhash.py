@@ -17,6 +17,7 @@ from filters.minhash import (
     collision_probability,
     dedup_form,
     estimated_jaccard,
+    lsh_buckets,
     lsh_params,
     minhash_signatures,
     partition_shingles,
@@ -130,3 +131,13 @@ def test_band_hashes_collide_exactly_when_a_band_is_equal():
     assert h.shape == (2, 3) and h[0, 0] == h[1, 0] and h[0, 1] != h[1, 1] and h[0, 2] != h[1, 2]
     with pytest.raises(ValueError, match="num_perm"):
         band_hashes(sig, bands=4, rows=4)
+
+
+def test_lsh_buckets_name_band_and_hash_together():
+    """Equal band -> equal bucket; the same band hash in another band is another bucket."""
+    hashes = np.array([[7, 7, 9], [7, 8, 9]], dtype=np.uint64)
+    b = lsh_buckets(hashes)
+    assert b.dtype == np.uint64 and b.shape == (2, 3)
+    assert b[0, 0] == b[1, 0] and b[0, 2] == b[1, 2] and b[0, 1] != b[1, 1]
+    assert b[0, 0] != b[0, 1]  # hash 7 in band 0 and in band 1
+    assert len(set(b.ravel().tolist())) == 4
