@@ -62,14 +62,16 @@ def run_on_worker_loop(coro: Coroutine[Any, Any, T]) -> T:
         threading.Thread(target=loop.run_forever, name="worker-event-loop", daemon=True).start()
         return loop
 
-    return asyncio.run_coroutine_threadsafe(coro, _worker_loop(start)).result()
+    with _LOOP_LOCK:  # two task threads of one worker must not start two loops
+        loop = worker_cached(_EVENT_LOOP, start)
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 
 def close_at_exit(aclose: Callable[[], Coroutine[Any, Any, Any]]) -> None:
     """Run ``aclose()`` on the worker loop when the process exits (a cached client's sessions),
     so it ends its connections rather than warning about them from the garbage collector."""
     def close() -> None:
-        loop = _WORKER_CACHE.get(("event-loop",))
+        loop = _WORKER_CACHE.get(_EVENT_LOOP)
         if loop is not None and loop.is_running():
             # exiting anyway: a failed close must not mask the exit
             with suppress(Exception):
@@ -78,9 +80,5 @@ def close_at_exit(aclose: Callable[[], Coroutine[Any, Any, Any]]) -> None:
     atexit.register(close)
 
 
-def _worker_loop(start: Callable[[], asyncio.AbstractEventLoop]) -> asyncio.AbstractEventLoop:
-    with _LOOP_LOCK:  # two task threads of one worker must not start two loops
-        return worker_cached(("event-loop",), start)
-
-
+_EVENT_LOOP = ("event-loop",)  # the worker cache's key for the loop
 _LOOP_LOCK = threading.Lock()
