@@ -45,6 +45,8 @@ import numpy as np
 import pandas as pd
 import xxhash
 from distributed import futures_of, wait
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components as components
 
 from filters.minhash import (
     MAX_NGRAM,
@@ -209,9 +211,6 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 def connected_components(edges: pd.DataFrame) -> pd.DataFrame:
     """``node``, ``label`` for every node of ``edges`` (``src``, ``dst``): label = smallest id of its component."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as components
-
     codes, nodes = pd.factorize(pd.concat([edges["src"], edges["dst"]], ignore_index=True))
     half = len(edges)
     graph = coo_matrix((np.ones(half, dtype=np.int8), (codes[:half], codes[half:])), shape=(len(nodes),) * 2)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from distributed import LocalCluster
 
 from filters.quality import TrainParams, normalize_for_fasttext, train_fasttext
+from pipeline.cluster import local_cluster
 from tests.filter.corpus import SPAM, documents, near_duplicate
 
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -22,8 +21,7 @@ ANSWER = "Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips alt
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[str]:
     """Address of a two-process LocalCluster shared by the filter tests (starting one costs seconds)."""
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as c:
+    with local_cluster(workers=2) as c:
         yield c.scheduler_address
 
 

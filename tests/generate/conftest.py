@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import pytest
 
+from pipeline.cluster import local_cluster
+
 
 @pytest.fixture(scope="session")
 def scheduler() -> Iterator[str]:
-    """Address of a LocalCluster of two worker processes, one thread each (as ``dask_client`` starts)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
+    """Address of a LocalCluster of two worker processes, as ``dask_client`` starts."""
+    with local_cluster(workers=2) as cluster:
         yield cluster.scheduler_address
