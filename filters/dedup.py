@@ -10,8 +10,9 @@ MinHash dedup, in the order of the data flow (two passes over the input, whateve
 1. per partition: word n-gram shingles, signatures and LSH band hashes (``filters.minhash``),
    as integer rows ``(bucket, key)``: bucket = one uint64 naming (band, band hash), key = partition
    number and row (ids, often strings, stay out of the shuffle); signatures are never stored;
-2. LSH banding: those rows shuffled on ``bucket`` (one 16-byte row per document and band); only
-   the rows of buckets with two or more members are gathered (a few, whatever the corpus);
+2. LSH banding: those rows shuffled on ``bucket`` (``filters.shuffle``; one 16-byte row per
+   document and band); only the rows of buckets with two or more members are gathered (a few,
+   whatever the corpus);
 3. verification: a second pass takes the ids and shingles of those candidate rows, positionally
    (only partitions holding a candidate are read again); every document of a bucket is linked to
    the bucket's smallest id (a star, not all pairs), and a candidate pair is kept only if the exact
@@ -44,6 +45,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import xxhash
+from dask.delayed import Delayed
 from distributed import futures_of, wait
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as components
@@ -57,6 +59,7 @@ from filters.minhash import (
     partition_shingles,
     signatures_from_flat,
 )
+from filters.shuffle import shuffle_reduce
 from pipeline.errors import FilterError
 
 log = logging.getLogger(__name__)
@@ -109,9 +112,9 @@ def _check_columns(frame: Any, text_column: str, id_column: str) -> None:
         raise FilterError(f"dedup: input has no column {missing[0]!r} (columns: {list(frame.columns)})")
 
 
-def _gather(frame: dd.DataFrame) -> Any:
-    """One persisted pandas DataFrame from a (small) Dask frame: the documented bounded table."""
-    (table,) = dask.persist(dask.delayed(pd.concat)(frame.to_delayed(), ignore_index=True))
+def _gather(parts: list[Delayed]) -> Any:
+    """One persisted pandas DataFrame from (small) delayed frames: the documented bounded table."""
+    (table,) = dask.persist(dask.delayed(pd.concat)(parts, ignore_index=True))
     futures = futures_of(table)
     if futures:  # a distributed persist is asynchronous, and its inputs may be deleted next
         wait(futures)
@@ -148,9 +151,7 @@ def exact_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str = "
     _check_columns(ddf, text_column, id_column)
     members = ddf.map_partitions(_exact_members, text_column, id_column, score_column,
                                  meta=_exact_members(ddf._meta, text_column, id_column, score_column))
-    losers = members.shuffle(on="exact_hash").map_partitions(
-        _exact_losers, meta=members._meta[["doc"]])
-    table = _gather(losers)
+    table = _gather(shuffle_reduce(members, "exact_hash", _exact_losers, meta=members._meta[["doc"]]))
     meta = _flag_exact(ddf._meta, members._meta[["doc"]], id_column)
     return ddf.map_partitions(_flag_exact, table, id_column, meta=meta)
 
@@ -164,12 +165,13 @@ def _bucket_meta() -> pd.DataFrame:
     return pd.DataFrame({"bucket": pd.Series(dtype=np.uint64), "key": pd.Series(dtype=np.int64)})
 
 
-def _bucket_rows(part: pd.DataFrame, number: int, text_column: str, num_perm: int, ngram: int, seed: int,
-                 bands: int, rows: int) -> pd.DataFrame:
+def _bucket_rows(part: pd.DataFrame, text_column: str, num_perm: int, ngram: int, seed: int, bands: int,
+                 rows: int, partition_info: dict[str, Any]) -> pd.DataFrame:
     """One row per (document with shingles, band): its LSH ``bucket`` and its ``key``.
 
     Integer keys, not ids, travel through the shuffle (ids are joined back for candidates only).
     """
+    number = partition_info["number"]
     flat, sizes = partition_shingles(part[text_column], ngram)
     has = np.flatnonzero(sizes > 0)
     buckets = lsh_buckets(band_hashes(signatures_from_flat(flat, sizes, num_perm, seed)[has], bands, rows))
@@ -315,20 +317,17 @@ def minhash_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str =
              bands, rows)
     min_similarity = (threshold if verify_threshold is None else verify_threshold) if verify else 0.0
     clock: dict[str, float] = {}
-    parts = ddf.to_delayed()
     with _timed(clock, "signatures_and_banding"):
-        args = (text_column, num_perm, ngram, seed, bands, rows)
-        bucket_rows = dd.from_delayed([dask.delayed(_bucket_rows)(part, number, *args)
-                                       for number, part in enumerate(parts)],
-                                      meta=_bucket_meta(), verify_meta=False)
-        shared = bucket_rows.shuffle(on="bucket").map_partitions(_shared_buckets, meta=bucket_rows._meta)
-        (shared,) = dask.compute(shared)
+        bucket_rows = ddf.map_partitions(_bucket_rows, text_column, num_perm, ngram, seed, bands, rows,
+                                         partition_info=True, meta=_bucket_meta(), enforce_metadata=False)
+        shared = pd.concat(dask.compute(*shuffle_reduce(bucket_rows, "bucket", _shared_buckets,
+                                                        meta=bucket_rows._meta)), ignore_index=True)
     with _timed(clock, "verification_and_clusters"):
         keys = np.unique(shared["key"].to_numpy())
         table, verified, edges = _no_clusters(ddf._meta[id_column]), 0, shared.iloc[:0]
         if len(keys):
-            numbers = keys >> _ROW_BITS
-            cuts = np.searchsorted(numbers, np.arange(len(parts) + 1))
+            parts = ddf.to_delayed()
+            cuts = np.searchsorted(keys >> _ROW_BITS, np.arange(len(parts) + 1))
             members = pd.concat(dask.compute(*[
                 dask.delayed(_members)(parts[n], keys[cuts[n]:cuts[n + 1]], text_column, id_column,
                                        score_column, ngram)

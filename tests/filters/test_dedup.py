@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from filters import shuffle
 from filters.dedup import connected_components, exact_dedup, exact_hashes, keep_best, minhash_dedup
 from filters.minhash import shingle_hashes
 from pipeline.cluster import dask_client
@@ -177,7 +178,9 @@ def result(out: pd.DataFrame) -> pd.DataFrame:
     return out.set_index("id").sort_index()[["cluster_id", "cluster_size", "minhash_dup", "exact_dup"]]
 
 
-def test_results_do_not_depend_on_partitioning_or_workers(corpus):
+@pytest.mark.parametrize("single_stage_inputs", [shuffle.SINGLE_STAGE_INPUTS, 0], ids=["one-stage", "p2p"])
+def test_results_do_not_depend_on_partitioning_or_workers(corpus, monkeypatch, single_stage_inputs):
+    monkeypatch.setattr(shuffle, "SINGLE_STAGE_INPUTS", single_stage_inputs)
     frame = pd.concat([corpus, corpus.head(3).assign(id=lambda f: f["id"] + "-copy")], ignore_index=True)
 
     def run(npartitions: int) -> pd.DataFrame:
