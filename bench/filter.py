@@ -214,7 +214,8 @@ def main() -> None:
         control, one, two = rounds[len(rounds) // 2]
         small = run_ours(half, workers=2)
         exact = run_ours(shards, workers=2, exact=True)
-        stage = None if args.no_stage else run_stage(shards, root / "run", workers=2)
+        # fresh run dirs: a second run in the same one would resume, not filter
+        stage = {} if args.no_stage else {w: run_stage(shards, root / f"run-{w}", workers=w) for w in (1, 2)}
         st = two["stats"]
         print(f"minhash: threshold {st['threshold']}, {st['num_perm']} perms -> {st['bands']} bands x "
               f"{st['rows']} rows; {st['candidate_pairs']} candidate pairs, {st['verified_pairs']} verified, "
@@ -227,8 +228,8 @@ def main() -> None:
                 ("minhash_dedup, 2 workers", 2, full_mb, two["seconds"]),
                 ("minhash_dedup, 2 workers, half corpus", 2, half_mb, small["seconds"]),
                 ("exact_dedup, 2 workers", 2, full_mb, exact["seconds"])]
-        if stage is not None:
-            rows.append(("whole filter stage (no edu model), 2 workers", 2, full_mb, stage))
+        rows += [(f"whole filter stage (no edu model), {w} worker{'s' * (w > 1)}", w, full_mb, seconds)
+                 for w, seconds in stage.items() if seconds is not None]
         print(f"\n{'run':<46}{'cores':>6}{'MB':>8}{'s':>8}{'MB/s':>8}{'MB/s/core':>10}{'vs base':>9}")
         for name, cores, mb, seconds in rows:
             rate = mb / seconds
@@ -241,6 +242,8 @@ def main() -> None:
         print(f"speed-up per core vs datasketch: {one['seconds'] and (full_mb / one['seconds']) / base_rate:.1f}x "
               f"(target >= 20x); 2 workers vs 1: {one['seconds'] / two['seconds']:.2f}x, the median of "
               f"{ratios} (target >= 1.7x); machine ceiling (control, 2 vs 1 workers): {ceilings}")
+        if stage.get(1) and stage.get(2):
+            print(f"whole filter stage, 2 workers vs 1: {stage[1] / stage[2]:.2f}x")
         print(f"phase seconds, 1 worker: {one['stats']['seconds']}; 2 workers: {st['seconds']}")
         print(f"peak RSS per worker: {small['peak_mb']:.0f} MB at {half_mb:.0f} MB corpus, "
               f"{two['peak_mb']:.0f} MB at {full_mb:.0f} MB corpus (1 worker: {one['peak_mb']:.0f} MB); "
