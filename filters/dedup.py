@@ -76,18 +76,27 @@ def exact_hashes(texts: Any) -> np.ndarray:
                         for t in texts), dtype=np.uint64)
 
 
-def keep_best(members: pd.DataFrame, group: str, doc: str = "doc", score: str = "score",
-              length: str = "length") -> pd.Series:
-    """True for the one member of each ``group`` to keep: highest score, then longest, then min id.
-
-    Missing scores rank below every score.
-    """
+def best_first(members: pd.DataFrame, group: str, doc: str = "doc", score: str = "score",
+               length: str = "length") -> np.ndarray:
+    """Positions of ``members`` ordered by ``group``, then by the keep rule within each group:
+    highest score (a missing score ranks below every score), then longest, then smallest id."""
     ranked = pd.DataFrame({"group": members[group].to_numpy(), "doc": members[doc].to_numpy(),
                            "score": members[score].astype(float).fillna(-np.inf).to_numpy(),
                            "length": members[length].to_numpy()})
-    ordered = ranked.sort_values(["score", "length", "doc"], ascending=[False, False, True], kind="stable")
-    best = ~ordered["group"].duplicated()
-    return pd.Series(best.sort_index().to_numpy(), index=members.index)  # positional: the index may repeat
+    return ranked.sort_values(["group", "score", "length", "doc"], ascending=[True, False, False, True],
+                              kind="stable").index.to_numpy()
+
+
+def keep_best(members: pd.DataFrame, group: str, doc: str = "doc", score: str = "score",
+              length: str = "length") -> pd.Series:
+    """True for the one member of each ``group`` to keep: the first of ``best_first``."""
+    order = best_first(members, group, doc, score, length)
+    groups = members[group].to_numpy()[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = groups[1:] != groups[:-1]
+    best = np.zeros(len(members), dtype=bool)
+    best[order[first]] = True
+    return pd.Series(best, index=members.index)  # positional: the index may repeat
 
 
 def _doc_table(part: pd.DataFrame, text_column: str, id_column: str, score_column: str) -> pd.DataFrame:
@@ -230,11 +239,7 @@ def _resolve_clusters(members: pd.DataFrame, min_similarity: float) -> pd.DataFr
     resembles. Cost: members x kept members per cluster, for candidate documents only.
     """
     members = members.rename(columns={"label": "cluster_id"}).reset_index(drop=True)
-    ranked = pd.DataFrame({"cluster_id": members["cluster_id"], "doc": members["doc"],
-                           "score": members["score"].astype(float).fillna(-np.inf),
-                           "length": members["length"]})
-    order = ranked.sort_values(["cluster_id", "score", "length", "doc"],
-                               ascending=[True, False, False, True], kind="stable").index.to_numpy()
+    order = best_first(members, "cluster_id")
     shingles = members["shingles"].to_numpy()
     cluster = members["cluster_id"].to_numpy()
     dup = np.zeros(len(members), dtype=bool)
