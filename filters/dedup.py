@@ -35,9 +35,6 @@ the number of workers.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import dask
@@ -61,6 +58,7 @@ from filters.minhash import (
 )
 from filters.shuffle import shuffle_reduce
 from pipeline.errors import FilterError
+from pipeline.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +104,6 @@ def _doc_table(part: pd.DataFrame, text_column: str, id_column: str, score_colum
     return pd.DataFrame({"doc": part[id_column],
                          "length": texts.map(lambda t: len(t) if isinstance(t, str) else 0).astype(np.int64),
                          "score": score}, index=part.index).reset_index(drop=True)
-
-
-@contextmanager
-def _timed(clock: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    clock[name] = time.perf_counter() - start
 
 
 def _check_columns(frame: Any, text_column: str, id_column: str) -> None:
@@ -322,12 +313,12 @@ def minhash_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str =
              bands, rows)
     min_similarity = (threshold if verify_threshold is None else verify_threshold) if verify else 0.0
     clock: dict[str, float] = {}
-    with _timed(clock, "signatures_and_banding"):
+    with timed(clock, "signatures_and_banding"):
         bucket_rows = ddf.map_partitions(_bucket_rows, text_column, num_perm, ngram, seed, bands, rows,
                                          partition_info=True, meta=_bucket_meta(), enforce_metadata=False)
         shared = pd.concat(dask.compute(*shuffle_reduce(bucket_rows, "bucket", _shared_buckets,
                                                         meta=bucket_rows._meta)), ignore_index=True)
-    with _timed(clock, "verification_and_clusters"):
+    with timed(clock, "verification_and_clusters"):
         keys = np.unique(shared["key"].to_numpy())
         table, verified, edges = _no_clusters(ddf._meta[id_column]), 0, shared.iloc[:0]
         if len(keys):

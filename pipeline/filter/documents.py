@@ -6,7 +6,6 @@ stored scores, so changing a threshold re-runs only the cheap part.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from filters.normalize import LengthBounds, normalize_text
 from pipeline.errors import FilterError
 from pipeline.filter.inputs import GENERATED
 from pipeline.io import file_digest
+from pipeline.timing import timed
 
 REASON = "filter_reason"
 
@@ -67,18 +67,16 @@ class DocumentFilters:
         seconds of each step: ``normalize`` and the name of each filter.
         """
         clock = {} if clock is None else clock
-        start = time.perf_counter()
-        raw = frame[TEXT]
-        frame = frame.assign(
-            n_bytes=raw.map(lambda t: len(t.encode("utf-8", "surrogatepass"))).astype("int64"),
-            text=raw.map(lambda t: normalize_text(t, self.length.form)))
-        frame = frame.join(self.length.score(frame))
-        clock["normalize"] = time.perf_counter() - start
+        with timed(clock, "normalize"):
+            raw = frame[TEXT]
+            frame = frame.assign(
+                n_bytes=raw.map(lambda t: len(t.encode("utf-8", "surrogatepass"))).astype("int64"),
+                text=raw.map(lambda t: normalize_text(t, self.length.form)))
+            frame = frame.join(self.length.score(frame))
         scorable = frame[(frame.n_chars > 0) & (frame.n_chars <= self.length.max_chars)]
         for f in [*self.heuristics, *([self.quality] if self.quality else [])]:
-            start = time.perf_counter()
-            frame = frame.join(f.score(scorable).reindex(frame.index))
-            clock[f.name] = time.perf_counter() - start
+            with timed(clock, f.name):
+                frame = frame.join(f.score(scorable).reindex(frame.index))
         return frame
 
     def reasons(self, scored: pd.DataFrame) -> pd.Series:

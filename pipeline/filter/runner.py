@@ -13,9 +13,6 @@ and renamed into place, then ``stats.json``, ``report.png`` and ``manifest.json`
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +44,7 @@ from pipeline.io import (
     write_json,
     write_parquet,
 )
+from pipeline.timing import timed
 
 EDU_BINS = np.linspace(0.0, 1.0, 41)
 # Flags that the kept/rejected split already says; the scores themselves stay as columns.
@@ -84,13 +82,6 @@ def run_filter(cfg: Config, scheduler: str | None = None, **_: Any) -> int:
         row["seconds"] = round(stage_seconds.get(row["stage"], 0.0), 3)
     finish(folder, cfg, stats, output_key, partitions)
     return 0
-
-
-@contextmanager
-def timed(clock: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    clock[name] = clock.get(name, 0.0) + time.perf_counter() - start
 
 
 # --- inputs and per-shard scores ---------------------------------------------------------------
