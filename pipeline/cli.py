@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,21 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+# Stages that keep state between runs and so check their lineage before resuming.
+RESUMABLE = ("generate", "annotate", "train-classifier", "filter", "train", "compare", "card", "push", "demo")
+
+# ``key=value`` with a dotted config key: an override wherever it stands on the line.
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(other arguments, overrides): an override may follow an option, even one taking several values."""
+    rest, overrides = [], []
+    for arg in argv:
+        (overrides if _OVERRIDE.match(arg) else rest).append(arg)
+    return rest, overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="textbook", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -42,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dotted config overrides, values parsed as YAML")
         p.add_argument("--scheduler", help="address of an existing dask.distributed scheduler")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
+        if name in RESUMABLE:
+            p.add_argument("--restart", action="store_true",
+                           help="discard state built from other inputs or settings and start this stage over")
         _stage_options(name, p)
     return parser
 
@@ -79,9 +98,10 @@ _COMMON = ("command", "config", "overrides", "scheduler", "debug")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(rest)
     try:
-        overrides = list(args.overrides)
+        overrides = [*args.overrides, *overrides]
         if args.scheduler:
             overrides.append(f"scheduler={args.scheduler}")
         cfg = load_config(args.config, overrides)

@@ -41,35 +41,82 @@ class Config(Section):
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Read ``path`` (YAML), apply ``key=value`` overrides (values parsed as YAML), validate."""
+    """Read ``path`` (YAML), apply ``key=value`` overrides (values parsed as YAML), validate.
+
+    A command-line value wins over the file: where the file sets a key that excludes the one the
+    command line sets (``filter.quality.keep_top`` against ``threshold``), the file's key is dropped.
+    An error is blamed on the override that caused it, not on the file.
+    """
     source = str(path) if path else "<defaults>"
     data: dict[str, Any] = {}
     if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+        data = _read_yaml(Path(path))
+    given: dict[str, str] = {}
     for override in overrides:
         key, sep, raw = override.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {override!r}: expected key=value, e.g. generate.num_samples=50")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             raise ConfigError(f"override {override!r}: value is not valid YAML") from None
-        set_dotted(data, key.strip(), value)
-    return validate(data, source)
+        set_dotted(data, key, value)
+        given[key] = override
+        if value is not None:
+            _drop_excluded(data, key)
+    return validate(data, source, given)
 
 
-def validate(data: dict[str, Any], source: str = "<config>") -> Config:
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    return data
+
+
+def _drop_excluded(data: dict[str, Any], key: str) -> None:
+    """Remove the keys that ``key``'s section declares mutually exclusive with it."""
+    *parents, leaf = key.split(".")
+    model: type[BaseModel] = Config
+    node: Any = data
+    for part in parents:
+        annotation = getattr(model.model_fields.get(part), "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)) or not isinstance(node, dict):
+            return
+        model, node = annotation, node.get(part)
+    if not isinstance(node, dict):
+        return
+    for group in getattr(model, "exclusive_keys", ()):
+        if leaf in group:
+            for other in group:
+                if other != leaf:
+                    node.pop(other, None)
+
+
+def validate(data: dict[str, Any], source: str = "<config>", overrides: dict[str, str] | None = None) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {describe(e)}") from None
+        key = ".".join(str(p) for p in e.errors()[0]["loc"])
+        culprit = _override_for(key, overrides or {})
+        raise ConfigError(f"{f'override {culprit!r}' if culprit else source}: {describe(e)}") from None
+
+
+def _override_for(key: str, overrides: dict[str, str]) -> str | None:
+    """The override that set ``key``, a key under it, or a section above it."""
+    for given, text in overrides.items():
+        if given == key or given.startswith(key + ".") or key.startswith(given + "."):
+            return text
+    return None
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -94,8 +141,10 @@ def describe(error: ValidationError) -> str:
     if first["type"] == "missing":
         return f"config key '{key}': required"
     value = first.get("input")
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
-    return f"config key '{key}': {first['msg'].lower()} (got {shown})"
+    message = first["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):  # a section-level rule: its message already says what to change
+        return f"config key '{key}': {message}"
+    return f"config key '{key}': {message[:1].lower() + message[1:]} (got {value!r})"
 
 
 def _closest(loc: list[str]) -> str | None:

@@ -17,7 +17,7 @@ from pipeline.errors import ConfigError, EmptySourceError
 from pipeline.io import expand_inputs, iter_batches, write_parquet
 
 
-def demo(cfg: Config, model: str | None = None, web: list[str] | None = None) -> int:
+def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, restart: bool = False) -> int:
     """Run the whole recipe on ``cfg`` (``--model``/``--web`` override the generator and web text)."""
     from pipeline.classify.train import train_classifier
     from pipeline.filter.runner import run_filter

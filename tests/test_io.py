@@ -48,3 +48,25 @@ def test_errors_name_the_file_and_line(tmp_path):
 def test_a_hub_dataset_id_is_recognised():
     [source] = expand_inputs(["HuggingFaceFW/fineweb-edu"])
     assert source.kind == "hf_dataset"
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.io import write_json, write_parquet, write_png, write_text
+
+    old = os.umask(0o022)
+    try:
+        written = [write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "p.parquet"),
+                   write_json({"a": 1}, tmp_path / "m.json"), write_text("x", tmp_path / "t.md"),
+                   write_png(plt.figure(), tmp_path / "f.png")]
+        assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}
+        os.umask(0o077)
+        assert write_json({"a": 2}, tmp_path / "m.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -112,7 +112,7 @@ def build_requests(cfg: Config, docs: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
     return requests[["id", "messages", "doc_id", "text", "source", "template", "template_sha"]], template
 
 
-def annotate(cfg: Config, dry_run: bool = False, **_: Any) -> int:
+def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any) -> int:
     """Sample, label with the LLM, parse strictly; write ``RUN_DIR/annotations`` (resumable)."""
     docs, counts = sample_documents(cfg)
     if docs.empty:

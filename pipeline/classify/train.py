@@ -38,7 +38,7 @@ def classifier_dir(cfg: Config) -> Path:
     return Path(cfg.run_dir) / "classifier"
 
 
-def train_classifier(cfg: Config) -> int:
+def train_classifier(cfg: Config, restart: bool = False) -> int:
     """Train, evaluate and install the edu classifier; `ClassifierError` if it is no better than chance."""
     cc = cfg.classifier
     started = time.perf_counter()

@@ -6,7 +6,7 @@ their published defaults live in one place (``filters/``) and every parameter is
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -30,6 +30,9 @@ class HeuristicsConfig(StageConfig):
 
 
 class QualityConfig(StageConfig):
+    # A command-line value for one of these drops the config file's value for the other.
+    exclusive_keys: ClassVar[tuple[tuple[str, ...], ...]] = (("threshold", "keep_top"),)
+
     model: str | None = None
     """fastText model path; default RUN_DIR/classifier/edu_fasttext.bin."""
     threshold: float | None = None
@@ -42,7 +45,8 @@ class QualityConfig(StageConfig):
     @model_validator(mode="after")
     def _one_threshold(self) -> QualityConfig:
         if self.threshold is not None and self.keep_top is not None:
-            raise ValueError("set either threshold (absolute edu_score) or keep_top (a fraction), not both")
+            raise ValueError("set either threshold (absolute edu_score) or keep_top (a fraction), not both: "
+                             "add filter.quality.keep_top=null or filter.quality.threshold=null")
         return self
 
 

@@ -51,7 +51,7 @@ EDU_BINS = np.linspace(0.0, 1.0, 41)
 _DROPPED = ("exact_dup", "minhash_dup")
 
 
-def run_filter(cfg: Config, scheduler: str | None = None, **_: Any) -> int:
+def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False, **_: Any) -> int:
     """Run the filter stage of ``cfg``; returns 0. Errors a user can act on raise PipelineError."""
     fc = cfg.filter
     folder = Path(cfg.run_dir) / "filtered"

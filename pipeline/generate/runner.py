@@ -242,7 +242,7 @@ def summary_dict(s: RunSummary) -> dict[str, Any]:
     return {**asdict(s), "out_dir": str(s.out_dir)}
 
 
-def generate(cfg: Config, dry_run: bool = False, **_: Any) -> int:
+def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any) -> int:
     """`textbook generate`: sample seeds, render prompts, complete them, report cost and diversity.
 
     Writes ``RUN_DIR/generated/part-NNNNN.parquet`` and ``manifest.json``; exit code 0 when the run is

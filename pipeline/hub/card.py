@@ -28,7 +28,7 @@ from pipeline.hub.reproduce import reproduce_section, write_reproduce_configs
 REQUIRED_METADATA = ("license", "language", "task_categories", "size_categories", "tags", "configs")
 
 
-def write_card(cfg: Config) -> int:
+def write_card(cfg: Config, restart: bool = False) -> int:
     """Write the dataset card folder and the model card to ``RUN_DIR/card/``; print where they are."""
     run_dir = require_run_dir(cfg)
     art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)

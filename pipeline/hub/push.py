@@ -39,7 +39,7 @@ _MODEL_SKIP = {"README.md"}
 
 
 def push(cfg: Config, repo_id: str | None = None, private: bool = False, dry_run: bool = False,
-         model: bool = False) -> int:
+         model: bool = False, restart: bool = False) -> int:
     """Assemble the upload folder and push it (``model=True``: the final checkpoint with its model card)."""
     run_dir = require_run_dir(cfg)
     repo_id = repo_id or (model_repo_id(cfg) if model else cfg.hub.repo_id)

@@ -12,7 +12,7 @@ from pipeline.io import write_json
 from pipeline.train.loop import PhasePlan, run_phase
 
 
-def compare(cfg: Config) -> int:
+def compare(cfg: Config, restart: bool = False) -> int:
     """Train every arm of ``train.compare.arms`` into RUN_DIR/compare/<arm>/ and print the table."""
     arms = cfg.train.compare.arms
     if len(arms) < 2:

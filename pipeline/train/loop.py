@@ -71,7 +71,7 @@ class Dist:
         return self.rank == 0
 
 
-def train(cfg: Config, phase: str) -> int:
+def train(cfg: Config, phase: str, restart: bool = False) -> int:
     """CLI entry: run ``phase`` ("1", "2" or "sft") into RUN_DIR/checkpoints/<phase>/."""
     if phase not in PHASES:
         raise TrainError(f"unknown phase {phase!r} (expected 1, 2 or sft)")
