@@ -12,9 +12,10 @@ ARGS   ?=
 MODEL  ?=
 WEB    ?=
 REPO_ID ?=
+CHECKPOINT ?=
 
 .PHONY: install test lint demo generate annotate classifier filter train-phase1 train-phase2 sft \
-        compare card push bench docs clean
+        eval compare card push bench docs clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +54,9 @@ train-phase2: install
 
 sft: install
 	$(TB) train --phase sft -c $(CONFIG) $(ARGS)
+
+eval: install
+	$(TB) eval -c $(CONFIG) $(ARGS) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 compare: install
 	$(TB) compare -c $(CONFIG) $(ARGS)

@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "score": ("pipeline.classify.score:score_files", "score Parquet/JSONL text with the edu classifier"),
     "filter": ("pipeline.filter.runner:run_filter", "heuristics, edu score, dedup, decontamination"),
     "train": ("pipeline.train.loop:train", "tokenizer, phase-1/phase-2 pretraining and SFT"),
+    "eval": ("pipeline.eval.run:evaluate", "score a checkpoint on downstream tasks (CORE-style) and bits per byte"),
     "compare": ("pipeline.train.compare:compare", "phase-2 data A/B from one phase-1 checkpoint"),
     "card": ("pipeline.hub.card:write_card", "write the dataset card and model card"),
     "push": ("pipeline.hub.push:push", "upload the run to the Hugging Face Hub"),
@@ -74,6 +75,9 @@ def _stage_options(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--output", required=True, help="output Parquet path (adds edu_score)")
     if name == "train":
         p.add_argument("--phase", required=True, choices=["1", "2", "sft"], help="which phase to run")
+    if name == "eval":
+        p.add_argument("--checkpoint", help="phase1, phase2, sft (default: the last trained) or a "
+                       "save_pretrained folder / Hub id")
     if name == "push":
         p.add_argument("--repo-id", help="ORG/NAME of the dataset repo (default: hub.repo_id)")
         p.add_argument("--private", action="store_true", help="create the repo as private")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.classify.config import AnnotateConfig, ClassifierConfig
 from pipeline.errors import ConfigError
+from pipeline.eval.config import EvalConfig
 from pipeline.filter.config import FilterConfig
 from pipeline.generate.config import GenerateConfig
 from pipeline.hub.config import HubConfig
@@ -37,6 +38,7 @@ class Config(Section):
     classifier: ClassifierConfig = ClassifierConfig()
     filter: FilterConfig = FilterConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
     hub: HubConfig = HubConfig()
 
 

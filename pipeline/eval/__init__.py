@@ -1,0 +1,1 @@
+"""Downstream evaluation: CORE-style centered accuracy on early-signal tasks, bits per byte, the bundle digest."""

@@ -1,0 +1,176 @@
+"""`textbook eval`: task layouts, seeded few-shot, the bundle digest, centered accuracy of real models."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.eval.config import TaskConfig
+from pipeline.eval.run import bundle_of, evaluate_checkpoint
+from pipeline.eval.tasks import EvalError, load_task
+from tests.conftest import build_tiny_llama
+
+WORDS = ["sun", "rain", "tree", "stone", "river", "cloud", "bird", "apple", "chair", "paper", "glass", "light"]
+
+
+OBJECTS = ["lamp", "door", "boat", "coat", "cup", "bell", "road", "ship", "hat", "desk", "wall", "kite"]
+
+
+def write_mc(path: Path, n: int, seed: int = 0) -> Path:
+    """``n`` four-choice items: each object has one fixed answer word, so a model can learn the map,
+    while the gold word is spread evenly over the words and positions, so guessing scores chance."""
+    rng = random.Random(seed)
+    answer = dict(zip(OBJECTS, WORDS, strict=True))
+    with open(path, "w") as f:
+        for i in range(n):
+            obj = OBJECTS[i % len(OBJECTS)]
+            choices = [answer[obj], *rng.sample([w for w in WORDS if w != answer[obj]], 3)]
+            rng.shuffle(choices)
+            query = f"Question: item {i}: the {obj} goes with the\nAnswer:"
+            f.write(json.dumps({"query": query, "choices": choices, "gold": choices.index(answer[obj])}) + "\n")
+    return path
+
+
+def eval_config(run_dir: Path, task_path: Path, *extra: str):
+    tasks = json.dumps([{"name": "yesno", "path": str(task_path), "format": "mc_jsonl", "num_fewshot": 2,
+                         "max_items": 200}])
+    return load_config(None, [f"run_dir={run_dir}", f"eval.tasks={tasks}", "eval.batch_size=64", *extra])
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_random_model_scores_near_chance_and_a_trained_one_clearly_above(tmp_path, tiny_llama):
+    task = write_mc(tmp_path / "yesno.jsonl", 300)
+    cfg = eval_config(tmp_path / "run", task)
+    random_result = evaluate_checkpoint(str(tiny_llama), cfg, "random")
+    s = random_result["tasks"]["yesno"]
+    assert s["items"] == 200 and s["chance"] == pytest.approx(0.25)
+    assert abs(random_result["score"]) < 0.2
+
+    trained = train_on_answers(tmp_path / "trained", task)
+    trained_result = evaluate_checkpoint(str(trained), cfg, "trained")
+    assert trained_result["score"] > random_result["score"] + 0.4
+    assert trained_result["bundle_digest"] == random_result["bundle_digest"]
+
+
+def train_on_answers(path: Path, task: Path) -> Path:
+    """The tiny model after a few hundred AdamW steps on the items' questions with their gold answers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    build_tiny_llama(path)
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    rows = [json.loads(line) for line in task.read_text().splitlines()]
+    texts = [f"{r['query']} {r['choices'][r['gold']]}" for r in rows]
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    torch.manual_seed(0)
+    model.train()
+    for step in range(150):
+        batch = tok([texts[(step * 16 + j) % len(texts)] for j in range(16)], return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(path)
+    return path
+
+
+def test_fewshot_draws_are_seeded_and_never_the_item_itself(tmp_path):
+    task_path = write_mc(tmp_path / "t.jsonl", 40)
+    config = TaskConfig(name="t", path=str(task_path), format="mc_jsonl", num_fewshot=3)
+    a, b = load_task(config, seed=1), load_task(config, seed=1)
+    assert a.requests(1) == b.requests(1)
+    assert a.requests(1) != load_task(config, seed=2).requests(2)
+    for i, (_, context, _) in enumerate(a.requests(1)):
+        assert context.count("Question:") == 4
+        assert context.rfind(a.items[i].question) == len(context) - len(a.items[i].question)
+        assert context.count(a.items[i].question) == 1
+
+
+def test_bundle_digest_changes_when_a_task_file_changes(tmp_path):
+    from pipeline.lineage import data_digest
+
+    task_path = write_mc(tmp_path / "t.jsonl", 20)
+    cfg = eval_config(tmp_path / "run", task_path)
+    before = data_digest(bundle_of(cfg.eval, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks]))
+    write_mc(task_path, 20, seed=1)
+    after = data_digest(bundle_of(cfg.eval, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks]))
+    assert before != after
+
+
+def test_mmlu_csv_with_and_without_header(tmp_path):
+    folder = tmp_path / "mmlu"
+    folder.mkdir()
+    (folder / "astronomy_test.csv").write_text('What orbits the Earth?,The Moon,Mars,The Sun,Venus,A\n'
+                                              '"Which is a planet, by size the largest?",Pluto,Jupiter,Ceres,Io,B\n')
+    (folder / "math_test.csv").write_text("question,choice0,choice1,choice2,choice3,answer\n2+2?,3,4,5,6,1\n")
+    task = load_task(TaskConfig(name="mmlu", path=str(folder), format="mmlu_csv"), 0)
+    assert [(i.question, i.choices[i.gold]) for i in task.items] == [
+        ("What orbits the Earth?", "The Moon"), ("Which is a planet, by size the largest?", "Jupiter"),
+        ("2+2?", "4")]
+    context, continuations = __import__("pipeline.eval.tasks", fromlist=["render"]).render(task.items[2], "mc")
+    assert context.endswith("D. 6\nAnswer:") and continuations == [" A", " B", " C", " D"]
+
+
+HUB_ROWS = {
+    "arc": {"question": "Which gas do plants take in?", "answerKey": "B",
+            "choices": {"text": ["oxygen", "carbon dioxide", "helium"], "label": ["A", "B", "C"]}},
+    "openbookqa": {"question_stem": "The sun is", "answerKey": "A",
+                   "choices": {"text": ["a star", "a planet"], "label": ["A", "B"]}},
+    "commonsenseqa": {"question": "Where do fish live?", "answerKey": "C",
+                      "choices": {"text": ["tree", "desk", "water"], "label": ["A", "B", "C"]}},
+    "hellaswag": {"activity_label": "Cooking", "ctx_a": "A man cracks an egg.", "ctx_b": "he",
+                  "ctx": "A man cracks an egg. he", "endings": ["whisks it [title] well.", "eats the pan."],
+                  "label": "0"},
+    "piqa": {"goal": "Open a jar", "sol1": "Twist the lid", "sol2": "Paint the lid", "label": 0},
+    "mmlu": {"question": "2+3?", "choices": ["4", "5", "6", "7"], "answer": 1, "subject": "math"},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(HUB_ROWS))
+def test_hub_layouts_load_from_local_files_of_the_same_schema(tmp_path, fmt):
+    path = tmp_path / f"{fmt}.jsonl"
+    path.write_text(json.dumps(HUB_ROWS[fmt]) + "\n")
+    item = load_task(TaskConfig(name=fmt, path=str(path), format=fmt), 0).items[0]
+    gold = {"arc": "carbon dioxide", "openbookqa": "a star", "commonsenseqa": "water",
+            "hellaswag": "whisks it. well.", "piqa": "Twist the lid", "mmlu": "5"}[fmt]
+    assert item.choices[item.gold] == gold
+    if fmt == "hellaswag":
+        assert item.cloze == "Cooking: A man cracks an egg. He"
+
+
+def test_bad_task_rows_name_the_file_and_item(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"query": "q", "choices": ["a", "b"], "gold": 5}) + "\n")
+    with pytest.raises(EvalError, match=r"bad\.jsonl: item 0: not a mc_jsonl row"):
+        load_task(TaskConfig(name="bad", path=str(path), format="mc_jsonl"), 0)
+
+
+def test_cli_writes_the_result_contract(tmp_path, tiny_llama, capsys):
+    task = write_mc(tmp_path / "yesno.jsonl", 30)
+    tasks = json.dumps([{"name": "yesno", "path": str(task), "format": "mc_jsonl", "max_items": 20}])
+    code = main(["eval", f"run_dir={tmp_path / 'run'}", "--checkpoint", str(tiny_llama), f"eval.tasks={tasks}"])
+    assert code == 0
+    out = json.loads((tmp_path / "run" / "eval" / f"{Path(tiny_llama).name}.json").read_text())
+    assert set(out["tasks"]["yesno"]) >= {"accuracy", "accuracy_norm", "chance", "centered", "items"}
+    assert {"score", "bpb", "bundle_digest"} <= set(out)
+    assert "score (mean centered)" in capsys.readouterr().out
+
+
+def test_hub_task_offline_is_one_line_naming_the_task(tmp_path, tiny_llama, capsys):
+    code = main(["eval", f"run_dir={tmp_path / 'run'}", "--checkpoint", str(tiny_llama),
+                 'eval.tasks=[{name: arc_easy, hf: allenai/ai2_arc, subset: ARC-Easy, format: arc}]'])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "arc_easy" in err and "local path" in err
