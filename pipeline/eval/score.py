@@ -29,31 +29,38 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
 @torch.no_grad()
 def loglikelihoods(model, tok, requests: Sequence[tuple[str, str]], batch_size: int, max_length: int,
                    device: torch.device) -> list[float]:
-    """Summed log-probability (nats) of each continuation given its context, in request order."""
+    """Summed log-probability (nats) of each continuation given its context, in request order.
+
+    Rows are left-padded (with explicit position ids) so every continuation ends at the last
+    position, and only the last positions' logits are computed (``logits_to_keep``): the vocabulary
+    projection over the whole context is most of the work for a small model.
+    """
     encoded = [encode_pair(tok, c, x) for c, x in requests]
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out = [0.0] * len(encoded)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        seqs, spans = [], []
+        rows = []
         for i in chunk:
             ctx, cont = encoded[i]
             seq = (ctx + cont)[-(max_length + 1):]
-            n_cont = min(len(cont), len(seq) - 1)
-            seqs.append(seq)
-            spans.append((len(seq) - 1 - n_cont, len(seq) - 1))
-        width = max(len(s) for s in seqs) - 1
-        inputs = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            inputs[r, : len(s) - 1] = torch.tensor(s[:-1])
-            mask[r, : len(s) - 1] = 1
-        logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits.float()
-        logprobs = F.log_softmax(logits, dim=-1)
-        for r, (i, (a, b)) in enumerate(zip(chunk, spans, strict=True)):
-            targets = torch.tensor(seqs[r][a + 1: b + 1], device=device)
-            out[i] = float(logprobs[r, a:b].gather(1, targets[:, None]).sum())
+            rows.append((seq, min(len(cont), len(seq) - 1)))
+        width = max(len(seq) for seq, _ in rows) - 1
+        keep = max(n for _, n in rows)
+        inputs = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        targets = torch.zeros((len(rows), keep), dtype=torch.long)
+        for r, (seq, n) in enumerate(rows):
+            inputs[r, width - len(seq) + 1:] = torch.tensor(seq[:-1])
+            mask[r, width - len(seq) + 1:] = 1
+            targets[r, keep - n:] = torch.tensor(seq[len(seq) - n:])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device),
+                       position_ids=positions.to(device), logits_to_keep=keep).logits[:, -keep:].float()
+        logprobs = F.log_softmax(logits, dim=-1).gather(2, targets.to(device)[..., None])[..., 0]
+        for r, (i, (_, n)) in enumerate(zip(chunk, rows, strict=True)):
+            out[i] = float(logprobs[r, keep - n:].sum())
     return out
 
 

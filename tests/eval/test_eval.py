@@ -174,3 +174,23 @@ def test_hub_task_offline_is_one_line_naming_the_task(tmp_path, tiny_llama, caps
                  'eval.tasks=[{name: arc_easy, hf: allenai/ai2_arc, subset: ARC-Easy, format: arc}]'])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "arc_easy" in err and "local path" in err
+
+
+def test_batched_left_padded_scores_equal_one_plain_forward_each(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.eval.score import encode_pair, loglikelihoods
+
+    tok, model = AutoTokenizer.from_pretrained(tiny_llama), AutoModelForCausalLM.from_pretrained(tiny_llama)
+    requests = [("Question: why is the sky blue?\nAnswer:", " light scatters"), ("A", " b"),
+                ("The French Revolution began in", " 1789 and changed how Europeans thought"),
+                ("Photosynthesis is", " the process")]
+    plain = []
+    with torch.no_grad():
+        for ctx, cont in requests:
+            c, x = encode_pair(tok, ctx, cont)
+            ids = torch.tensor([c + x])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+            plain.append(float(logp[len(c) - 1:].gather(1, ids[0, len(c):, None]).sum()))
+    batched = loglikelihoods(model, tok, requests, batch_size=4, max_length=512, device=torch.device("cpu"))
+    assert batched == pytest.approx(plain, abs=1e-4)
