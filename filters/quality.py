@@ -198,6 +198,31 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def roc_auc_interval(labels: Sequence[int], scores: Sequence[float], seed: int = 0, resamples: int = 1000,
+                     level: float = 0.95) -> list[float] | None:
+    """A seeded percentile-bootstrap confidence interval ``[low, high]`` of the ROC-AUC.
+
+    Positives and negatives are resampled separately (stratified), so every replicate has both
+    classes and the interval reflects the size of the smaller one: 3 negatives give a wide one.
+    None when a class is empty.
+    """
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    pos, neg = s[y == 1], s[y == 0]
+    if not len(pos) or not len(neg):
+        return None
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(resamples)
+    for i in range(resamples):
+        p = rng.choice(pos, len(pos))
+        n = np.sort(rng.choice(neg, len(neg)))
+        below = np.searchsorted(n, p, "left")
+        tied = np.searchsorted(n, p, "right") - below
+        aucs[i] = (below.sum() + 0.5 * tied.sum()) / (len(p) * len(n))
+    low, high = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
+    return [round(float(low), 6), round(float(high), 6)]
+
+
 def precision_recall_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision and recall when keeping ``score >= t``, for every distinct score ``t`` (descending)."""
     order = np.argsort(-scores, kind="mergesort")

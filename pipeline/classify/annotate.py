@@ -9,19 +9,33 @@ end in a valid score line is kept with ``score`` null and an ``annotation_error`
 from __future__ import annotations
 
 import re
+import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from pipeline.config import Config
+from pipeline.classify.config import AnnotateConfig
+from pipeline.config import Config, public_dict
 from pipeline.errors import ClassifierError
 from pipeline.generate.render import PROMPTS_DIR, load_template
 from pipeline.generate.runner import run_requests
-from pipeline.io import expand_inputs, iter_batches, read_json, read_shards, stable_hash, write_json
+from pipeline.io import (
+    InputFile,
+    expand_inputs,
+    iter_batches,
+    list_shards,
+    read_json,
+    read_shards,
+    stable_hash,
+    write_json,
+)
+from pipeline.lineage import check_resume, file_digests, fingerprint, read_fingerprint
+from pipeline.progress import progress
 
 # The whole last line, nothing else: "Educational score: 4" (markdown bold and a final period tolerated).
 _SCORE_LINE = re.compile(r"^\**\s*educational score\s*:\s*\**\s*([0-5])\s*\**\s*\.?\s*\**$", re.IGNORECASE)
@@ -68,7 +82,7 @@ def sample_documents(cfg: Config) -> tuple[pd.DataFrame, dict[str, int]]:
     rng = np.random.default_rng(cfg.seed)
     reservoir: list[tuple[Any, str, str]] = []
     seen = skipped = 0
-    with tqdm(desc="sample", unit="doc") as bar:
+    with progress(desc="sample", unit="doc") as bar:
         for f in expand_inputs(a.input):
             for batch in iter_batches(f, columns=columns):
                 ids = batch[a.id_column].tolist() if a.id_column else [None] * len(batch)
@@ -113,33 +127,160 @@ def build_requests(cfg: Config, docs: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
 
 
 def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any) -> int:
-    """Sample, label with the LLM, parse strictly; write ``RUN_DIR/annotations`` (resumable)."""
+    """Sample, label with the LLM, parse strictly; write ``RUN_DIR/annotations`` (resumable).
+
+    Resumes only when the fingerprint (annotate section, the model and sampling it runs, seed,
+    template and the input files' digests) matches the stored one; ``restart`` discards the old
+    annotations. The requests go out in waves (:func:`wave_ends`); a wave whose share of
+    unparseable answers is over ``annotate.max_failure_share`` stops the run (`ClassifierError`)
+    before the next wave is paid for.
+    """
+    a = cfg.annotate
+    files = expand_inputs(a.input) if a.input else []
     docs, counts = sample_documents(cfg)
     if docs.empty:
-        raise ClassifierError(f"annotate.input: no non-empty '{cfg.annotate.text_column}' documents in "
-                              f"{', '.join(cfg.annotate.input)}")
+        raise ClassifierError(f"annotate.input: no non-empty '{a.text_column}' documents in "
+                              f"{', '.join(a.input)}")
     requests, template = build_requests(cfg, docs)
     # Labelling wants the rubric's own budget and deterministic decoding, not generation's.
-    gen = cfg.generate.model_copy(update={"max_tokens": cfg.annotate.max_tokens,
-                                          "temperature": cfg.annotate.temperature})
+    gen = cfg.generate.model_copy(update={"max_tokens": a.max_tokens, "temperature": a.temperature})
     run_cfg = cfg.model_copy(update={"generate": gen})
     out_dir = Path(cfg.run_dir) / "annotations"
-    summary = run_requests(run_cfg, requests, out_dir, stage="annotate", postprocess=annotation_columns,
-                           completion_column="answer", dry_run=dry_run, manifest_fields={
-                               "template": {"name": template.name, "sha": template.sha},
-                               "sample": counts})
-    if dry_run or summary.rows == 0:
+    lineage = annotation_fingerprint(cfg, files, template.sha)
+    manifest_fields = {"template": {"name": template.name, "sha": template.sha}, "sample": counts}
+
+    stored = read_fingerprint(out_dir / STATE_NAME) or read_fingerprint(out_dir / "manifest.json")
+    # --restart discards the old answers (never mixed with new ones); otherwise they must match
+    discard = out_dir.exists() and (restart or not check_resume("the annotation run", stored, lineage, False,
+                                                                 out_dir))
+    if dry_run:
+        # what a run would send: everything when --restart would discard what is on disk
+        run_requests(run_cfg, requests, out_dir / ".discarded" if discard else out_dir, stage="annotate",
+                     completion_column="answer", dry_run=True)
         print(f"first prompt:\n{requests['messages'].iloc[0][0]['content']}")
         return 0
+    if discard:
+        shutil.rmtree(out_dir)
+    write_json({"lineage": lineage}, out_dir / STATE_NAME)  # before the first request: a killed run keeps it
+
+    stop_reason = None
+    first = a.failure_min_answers
+    with shared_cluster(run_cfg, pending=has_pending(requests, out_dir)) as wave_cfg:
+        for start, end in waves(requests, out_dir, gen.shard_size, first):
+            summary = run_requests(wave_cfg, requests.iloc[:end], out_dir, stage="annotate",
+                                   postprocess=annotation_columns, completion_column="answer",
+                                   manifest_fields=manifest_fields)
+            # judged over at least `first` answers: a short wave is judged with the ones before it
+            judged = requests["id"].iloc[max(0, min(start, end - first)):end]
+            stop_reason = summary.stop_reason or failure_gate(out_dir, judged, a, end, len(requests))
+            if stop_reason:
+                break
+
     rows = read_shards(out_dir, ["score", "annotation_error"])
+    if rows.empty:
+        print("annotate: no answers written" + (f" ({stop_reason})" if stop_reason else ""))
+        return 0
     scores = pd.to_numeric(rows["score"], errors="coerce")
     failed = int(scores.isna().sum())
     distribution = {str(int(k)): int(v) for k, v in sorted(Counter(scores.dropna()).items())}
     reasons = dict(Counter(rows["annotation_error"].dropna()))
     manifest = read_json(out_dir / "manifest.json")
+    # the engine saw one wave; the manifest describes the whole run
+    manifest["config"] = public_dict(run_cfg)
+    manifest["totals"].update(requests=len(requests), complete=len(rows) == len(requests))
+    manifest["stop_reason"] = stop_reason
     manifest["annotations"] = {"scored": len(rows) - failed, "failed": failed, "failure_reasons": reasons,
                                "score_distribution": distribution}
+    manifest["lineage"] = lineage
+    manifest["outputs"] = file_digests(list_shards(out_dir), cfg.run_dir)
     write_json(manifest, out_dir / "manifest.json")
     print(f"annotate: {len(rows) - failed} scored, {failed} failed (unparseable, kept with score null); "
           f"scores {distribution}")
+    if stop_reason and stop_reason.startswith(FAILURE_GATE):
+        raise ClassifierError(stop_reason)
     return 0
+
+
+STATE_NAME = ".lineage.json"
+"""The fingerprint of the annotations being written, saved before the first request."""
+FAILURE_GATE = "annotate.max_failure_share"
+WAVES = 10
+"""After the first ``annotate.failure_min_answers`` documents, a run goes out in about this many
+waves, each judged before the next is sent: a failure share that rises mid-run costs at most a
+tenth of the run. (The engine stops only on its budget, so the stop is between its calls.)"""
+
+
+def annotation_fingerprint(cfg: Config, files: list[InputFile], template_sha: str) -> dict[str, Any]:
+    """What shapes the annotations: the annotate section (less its failure gate), the model and
+    sampling the requests run with, the seed, the template and the content of the local inputs."""
+    section = cfg.annotate.model_dump(mode="json", exclude={"max_failure_share", "failure_min_answers"})
+    gen = cfg.generate
+    config = {"annotate": section, "generate": {"backend": gen.backend, "model": gen.model, "top_p": gen.top_p},
+              "seed": cfg.seed, "template_sha": template_sha}
+    local = [f.path for f in files if f.kind != "hf_dataset" and not f.path.startswith("hf://")]
+    inputs = file_digests(local, cfg.run_dir)
+    # a Hub dataset has no local bytes to digest; its name is what can be checked
+    inputs.update({f.path: "hub" for f in files if f.path not in local})
+    return fingerprint(config, inputs)
+
+
+@contextmanager
+def shared_cluster(cfg: Config, pending: bool = True) -> Iterator[Config]:
+    """``cfg`` pointing at one cluster for every wave: a LocalCluster started once, not per wave
+    (and not at all when nothing is ``pending``: the engine then needs none)."""
+    if cfg.scheduler or not pending:
+        yield cfg
+        return
+    from pipeline.cluster import local_cluster
+
+    with local_cluster(cfg.workers) as cluster:
+        yield cfg.model_copy(update={"scheduler": cluster.scheduler_address})
+
+
+def has_pending(requests: pd.DataFrame, out_dir: Path) -> bool:
+    """Whether some request is not yet written (or a killed run left a journal to compact)."""
+    journal = out_dir / ".journal"
+    if journal.is_dir() and any(journal.iterdir()):
+        return True
+    return not set(requests["id"]) <= set(read_shards(out_dir, ["id"])["id"])
+
+
+def wave_ends(total: int, first: int, resumed: int = 0) -> list[tuple[int, int]]:
+    """``(start, end)`` request ranges: ``first`` documents, then steps of ``max(first, total / WAVES)``.
+
+    A run resumed with ``resumed`` rows' shards on disk starts with one wave up to there: the
+    engine must see every request it already wrote.
+    """
+    step = max(first, -(-total // WAVES))
+    ends = [min(total, max(first, resumed))]
+    while ends[-1] < total:
+        ends.append(min(total, ends[-1] + step))
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def waves(requests: pd.DataFrame, out_dir: Path, shard_size: int, first: int) -> list[tuple[int, int]]:
+    """The waves of this run, the first one covering every shard already on disk."""
+    written = [int(p.stem.split("-")[1]) for p in list_shards(out_dir)]
+    resumed = min(len(requests), (max(written) + 1) * shard_size) if written else 0
+    return wave_ends(len(requests), first, resumed)
+
+
+def failure_gate(out_dir: Path, ids: pd.Series, a: AnnotateConfig, end: int, total: int) -> str | None:
+    """Why the run stops: the share of unparseable answers among ``ids`` is over the limit (else None)."""
+    rows = read_shards(out_dir, ["id", "score", "annotation_error", "finish_reason"])
+    rows = rows[rows["id"].isin(set(ids))]
+    if a.max_failure_share >= 1 or rows.empty:
+        return None
+    failed = rows[rows["score"].isna()]
+    if len(failed) <= a.max_failure_share * len(rows):
+        return None
+    reason, count = Counter(failed["annotation_error"].fillna("no answer")).most_common(1)[0]
+    truncated = int((failed["finish_reason"] == "length").sum())
+    hint = (f"{truncated} answers were cut at annotate.max_tokens={a.max_tokens}, raise it"
+            if truncated > len(failed) / 2 else "check generate.model and the annotate.template prompt")
+    left = total - end
+    return (f"{FAILURE_GATE}={a.max_failure_share:g} exceeded: {len(failed)} of {len(rows)} answers "
+            f"({len(failed) / len(rows):.0%}) in documents {end - len(ids) + 1}-{end} are unparseable "
+            f"(most often: {reason}, {count}x); " + (f"stopped before sending the other {left} requests; "
+                                                      if left else "")
+            + f"{hint}, then rerun with --restart (a failed answer is kept, never asked again)")

@@ -22,6 +22,10 @@ class AnnotateConfig(Section):
     max_tokens: int = Field(default=384, ge=16)
     """Completion budget for the justification and the score line."""
     temperature: float = Field(default=0.0, ge=0)
+    max_failure_share: float = Field(default=0.5, ge=0, le=1)
+    """Stop the run (exit 2) when more than this share of the answers is unparseable; 1 never stops."""
+    failure_min_answers: int = Field(default=50, ge=1)
+    """Answers before the failure share is judged: the first wave; later waves are a tenth of the run."""
 
 
 class ClassifierConfig(Section):
@@ -39,6 +43,12 @@ class ClassifierConfig(Section):
     """Held-out share of each class (stratified, seeded split)."""
     min_auc: float = Field(default=0.6, ge=0, le=1)
     """Refuse to install a model whose validation ROC-AUC is below this (0.5 is chance)."""
+    min_validation_per_class: int = Field(default=5, ge=1)
+    """Refuse a model when a validation class has fewer documents: its metrics measure nothing."""
+    min_score_spread: float = Field(default=0.1, ge=0, le=1)
+    """Refuse a model whose validation scores (5th to 95th percentile) span less: it barely tells documents apart."""
+    accept_unreliable: bool = False
+    """Install anyway when validation is too small or its scores too narrow to measure the model (the report says so)."""
     max_documents: int | None = Field(default=None, ge=2)
     """Cap on labelled documents read (seeded sample per class when exceeded); None reads all."""
     epoch: int = Field(default=10, ge=1)

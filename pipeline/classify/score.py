@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from filters.quality import load_edu_classifier
 from pipeline.classify.train import MODEL_NAME, classifier_dir
 from pipeline.config import Config
 from pipeline.errors import ClassifierError
 from pipeline.io import expand_inputs, iter_batches, write_parquet
+from pipeline.progress import progress
 
 BATCH_SIZE = 4096
 
@@ -39,7 +39,7 @@ def score_files(cfg: Config, input: list[str], output: str) -> int:
     column = cfg.classifier.text_column
     files = expand_inputs(input)
     frames = []
-    with tqdm(desc="score", unit="doc") as bar:
+    with progress(desc="score", unit="doc") as bar:
         for f in files:
             for batch in iter_batches(f, batch_size=BATCH_SIZE):
                 if column not in batch.columns:

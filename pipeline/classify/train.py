@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from filters.quality import (
     MAX_CHARS,
@@ -24,14 +23,29 @@ from filters.quality import (
     TrainParams,
     evaluate_scores,
     normalize_for_fasttext,
+    roc_auc_interval,
     train_fasttext,
 )
+from pipeline.classify.config import ClassifierConfig
 from pipeline.config import Config, public_dict
 from pipeline.errors import ClassifierError, DataError
-from pipeline.io import build_manifest, expand_inputs, iter_batches, list_shards, write_json
+from pipeline.io import build_manifest, expand_inputs, iter_batches, list_shards, read_json, write_json
+from pipeline.lineage import (
+    LineageError,
+    content_digest,
+    describe_change,
+    file_digests,
+    fingerprint,
+    manifest_ref,
+    relative_name,
+)
+from pipeline.progress import progress
 
 MODEL_NAME = "edu_fasttext.bin"
+MANIFEST_NAME = "manifest.json"
 MIN_RELIABLE_PER_CLASS = 50
+SCORE_SPREAD_QUANTILES = (0.05, 0.95)
+"""The validation scores' spread is measured between these quantiles (one outlier does not make a spread)."""
 
 
 def classifier_dir(cfg: Config) -> Path:
@@ -43,6 +57,7 @@ def train_classifier(cfg: Config, restart: bool = False) -> int:
     cc = cfg.classifier
     started = time.perf_counter()
     docs, mode = load_labelled(cfg)
+    lineage = training_fingerprint(cfg, mode)  # of the files as they were read, not as they are after training
     docs, skipped = prepare_examples(docs)
     docs = cap_documents(docs, cc.max_documents, cfg.seed)
     train_df, val_df = stratified_split(docs, cc.validation_fraction, cfg.seed, describe_labels(cfg, mode))
@@ -58,10 +73,11 @@ def train_classifier(cfg: Config, restart: bool = False) -> int:
     val_scores = scorer.score(val_df["text"].tolist())
     llm = val_df["llm_score"].to_numpy(dtype=float) if mode == "labelled" else None
     metrics = evaluate_scores(val_df["label"].to_numpy(), val_scores, 0.5, llm)
+    metrics["roc_auc_ci"] = roc_auc_interval(val_df["label"].to_numpy(), val_scores, seed=cfg.seed)
     train_metrics = evaluate_scores(train_df["label"].to_numpy(), scorer.score(train_df["text"].tolist()), 0.5,
                                     train_df["llm_score"].to_numpy(dtype=float) if mode == "labelled" else None)
 
-    verdict, warnings = judge(metrics, val_scores, cc.min_auc)
+    verdict, warnings = judge(metrics, val_scores, cc)
     report = build_manifest(
         "train-classifier", public_dict(cfg),
         mode=mode,
@@ -94,17 +110,92 @@ def train_classifier(cfg: Config, restart: bool = False) -> int:
     write_json(report, out / "report.json")
     os.replace(tmp, out / MODEL_NAME)
 
-    m = metrics
-    summary = (f"validation n={m['n']}: ROC-AUC {m['roc_auc']}, F1 {m['f1']} (P {m['precision']}, "
-               f"R {m['recall']}), Spearman vs LLM {m['spearman_vs_llm']}; trained in {train_s:.1f}s")
+    if verdict == "accepted":
+        write_json(build_manifest("train-classifier", public_dict(cfg), verdict=verdict, lineage=lineage,
+                                  outputs={relative_name(out / MODEL_NAME, cfg.run_dir):
+                                           content_digest(out / MODEL_NAME)}),
+                   out / MANIFEST_NAME)
+
+    summary = f"validation n={metrics['n']}: {describe_metrics(metrics)}; trained in {train_s:.1f}s"
     if verdict != "accepted":
         raise ClassifierError(f"classifier {verdict}; {summary}; not installed (any earlier model is unchanged), "
-                              f"see {out}/report.json and report.png; classifier.min_auc={cc.min_auc} sets the bar")
+                              f"see {out}/report.json and report.png")
     shutil.rmtree(out / "rejected", ignore_errors=True)  # an earlier refusal no longer describes this run
     print(f"classifier: {out / MODEL_NAME}\n{summary}")
     for w in warnings:
         print(f"warning: {w}")
     return 0
+
+
+def describe_metrics(m: dict[str, Any]) -> str:
+    """ROC-AUC with its interval, F1 (P, R), and Spearman vs the LLM only where there are LLM scores."""
+    ci = m.get("roc_auc_ci")
+    auc = f"ROC-AUC {m['roc_auc']}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+    text = f"{auc}, F1 {m['f1']} (P {m['precision']}, R {m['recall']})"
+    if m.get("spearman_vs_llm") is not None:
+        text += f", Spearman vs LLM {m['spearman_vs_llm']}"
+    return text
+
+
+# --- lineage ---------------------------------------------------------------------------------
+
+def training_files(cfg: Config, mode: str) -> tuple[list[str], bool]:
+    """The files a training run reads, and whether they are the run's annotations."""
+    cc = cfg.classifier
+    if mode == "dclm":
+        patterns = [*cc.positives, *cc.negatives]
+    elif cc.input:
+        patterns = list(cc.input)
+    else:
+        return [str(p) for p in list_shards(Path(cfg.run_dir) / "annotations")], True
+    return [f.path for f in expand_inputs(patterns)], False
+
+
+def training_fingerprint(cfg: Config, mode: str) -> dict[str, Any]:
+    """config = the classifier section and seed, inputs = the labelled files' digests, parents = the
+    annotations' manifest when it trained on them."""
+    paths, annotations = training_files(cfg, mode)
+    local = [p for p in paths if Path(p).is_file()]
+    inputs = file_digests(local, cfg.run_dir)
+    inputs.update({p: "hub" for p in paths if p not in local})  # a Hub file has no local bytes to digest
+    run_dir = Path(cfg.run_dir)
+    parents = {"annotations": manifest_ref(run_dir / "annotations" / MANIFEST_NAME, run_dir)} if annotations else {}
+    config = {"classifier": cfg.classifier.model_dump(mode="json"), "seed": cfg.seed}
+    return fingerprint(config, inputs, {k: v for k, v in parents.items() if v is not None})
+
+
+def classifier_parent(run_dir: Path, model: Path) -> dict[str, str] | None:
+    """``manifest_ref`` of ``classifier/manifest.json`` for the run's installed ``model``, for a stage that scores with it.
+
+    None for a model outside ``run_dir`` (a user's own) or one no manifest names. `LineageError`
+    (one line) when the model file no longer matches its manifest's ``outputs``, or when the
+    annotations it was trained on changed since (their shard digests differ from the recorded inputs).
+    """
+    run_dir, model = Path(run_dir), Path(model)
+    try:
+        model.resolve().relative_to(run_dir.resolve())
+    except ValueError:
+        return None
+    manifest_path = run_dir / "classifier" / MANIFEST_NAME
+    if not manifest_path.is_file() or not model.is_file():
+        return None
+    manifest = read_json(manifest_path)
+    name = relative_name(model, run_dir)
+    recorded = (manifest.get("outputs") or {}).get(name)
+    if recorded is None:
+        return None
+    if content_digest(model) != recorded:
+        raise LineageError(f"{name}: does not match classifier/{MANIFEST_NAME} (replaced after training?); "
+                           "rerun `textbook train-classifier`, or set filter.quality.model to use it as your own")
+    trained_on = {k: v for k, v in (manifest.get("lineage") or {}).get("inputs", {}).items()
+                  if k.startswith("annotations/")}
+    if trained_on:
+        now = file_digests(list_shards(run_dir / "annotations"), run_dir)
+        change = describe_change({"inputs": trained_on}, {"inputs": now})
+        if change is not None:
+            raise LineageError(f"{name}: the edu classifier was trained on other annotations ({change}); "
+                               "rerun `textbook train-classifier` on the current ones")
+    return manifest_ref(manifest_path, run_dir)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -134,8 +225,16 @@ def load_labelled(cfg: Config) -> tuple[pd.DataFrame, str]:
     raw = frame[cc.label_column]
     values = parse_labels(raw, cc.label_column, frame["source"])
     docs = pd.DataFrame({"text": frame[cc.text_column], "llm_score": values, "source": frame["source"]})
+    unlabelled = int(np.isnan(values).sum())
+    if unlabelled == len(values):
+        if key == "annotations":
+            raise ClassifierError(f"all {unlabelled} annotations have no score (every LLM answer was unparseable: "
+                                  f"see annotation_error in {Path(cfg.run_dir) / 'annotations'}); fix the model or "
+                                  "template and rerun `textbook annotate --restart`")
+        raise ClassifierError(f"{key}: all {unlabelled} documents have no {cc.label_column!r} label; "
+                              "set classifier.label_column")
     docs["label"] = (values >= cc.threshold).astype(int)
-    docs.attrs["unlabelled"] = int(np.isnan(values).sum())
+    docs.attrs["unlabelled"] = unlabelled
     return docs[~np.isnan(values)].reset_index(drop=True), "labelled"
 
 
@@ -144,7 +243,7 @@ def read_column_frames(paths: list[str], columns: list[str], key: str) -> pd.Dat
     frames = []
     try:
         files = expand_inputs(paths)
-        for f in tqdm(files, desc=f"read {key}", unit="file", disable=len(files) < 2):
+        for f in _iterate(files, f"read {key}", "file", disable=len(files) < 2):
             for batch in iter_batches(f, columns=columns):
                 frames.append(batch.assign(source=f.path))
     except DataError as e:
@@ -183,7 +282,7 @@ def prepare_examples(docs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     skipped = {"unlabelled": int(docs.attrs.get("unlabelled", 0)), "not_text": 0, "empty": 0, "duplicate": 0,
                "invalid_utf8": 0, "truncated": 0}
     lines = []
-    for text in tqdm(docs["text"], desc="normalise", unit="doc", disable=len(docs) < 20_000):
+    for text in _iterate(docs["text"], "normalise", "doc", disable=len(docs) < 20_000):
         if isinstance(text, bytes | bytearray):
             try:
                 text.decode("utf-8")
@@ -238,10 +337,15 @@ def stratified_split(docs: pd.DataFrame, fraction: float, seed: int, rule: str) 
 
 # --- verdict ---------------------------------------------------------------------------------
 
-def judge(metrics: dict[str, Any], scores: np.ndarray, min_auc: float) -> tuple[str, list[str]]:
-    """``accepted`` or the reason to refuse the model, plus warnings a reader of the report needs."""
+def judge(metrics: dict[str, Any], scores: np.ndarray, cc: ClassifierConfig) -> tuple[str, list[str]]:
+    """``accepted`` or the reason to refuse the model, plus warnings a reader of the report needs.
+
+    Refused: constant scores; a validation too small or scores too narrow to measure the model
+    (unless ``classifier.accept_unreliable``); a ROC-AUC below ``classifier.min_auc``.
+    """
     warnings = []
     small = min(metrics["positives"], metrics["negatives"])
+    smaller = "positive" if metrics["positives"] <= metrics["negatives"] else "negative"
     if small < MIN_RELIABLE_PER_CLASS:
         warnings.append(f"only {small} validation documents in the smaller class: metrics are noisy")
     if metrics["f1"] == 0:
@@ -249,8 +353,41 @@ def judge(metrics: dict[str, Any], scores: np.ndarray, min_auc: float) -> tuple[
                         "or validation.best_f1.threshold")
     if not np.isfinite(scores).all() or np.ptp(scores) == 0:
         return "rejected: validation scores are constant or NaN (degenerate training data)", warnings
+    too_small = (f"only {small} {smaller} validation documents (classifier.min_validation_per_class="
+                 f"{cc.min_validation_per_class})" if small < cc.min_validation_per_class else None)
+    low, high = np.quantile(scores, SCORE_SPREAD_QUANTILES)
+    too_narrow = (f"validation scores span only {low:.3f}-{high:.3f} (classifier.min_score_spread="
+                  f"{cc.min_score_spread:g})" if high - low < cc.min_score_spread else None)
+    # Too few documents make the AUC meaningless, so that comes first; with enough of them a
+    # chance-level AUC is the plainer verdict than the narrow scores it usually comes with.
+    if too_small:
+        refusal = unmeasured([too_small, too_narrow], cc, warnings)
+        if refusal:
+            return refusal, warnings
     auc = metrics["roc_auc"]
-    if auc is None or auc < min_auc:
-        return (f"rejected: validation ROC-AUC {auc} < classifier.min_auc {min_auc} "
-                "(0.5 is chance)"), warnings
+    if auc is None or auc < cc.min_auc:
+        return f"rejected: validation ROC-AUC {auc} < classifier.min_auc={cc.min_auc} (0.5 is chance)", warnings
+    if too_narrow and not too_small:
+        refusal = unmeasured([too_narrow], cc, warnings)
+        if refusal:
+            return refusal, warnings
     return "accepted", warnings
+
+
+def unmeasured(reasons: list[str | None], cc: ClassifierConfig, warnings: list[str]) -> str | None:
+    """The refusal for a validation that cannot measure the model, or None (and a warning) when
+    ``classifier.accept_unreliable`` installs it anyway."""
+    reason = "; ".join(r for r in reasons if r)
+    if not cc.accept_unreliable:
+        return (f"rejected: validation cannot measure this model: {reason}; add labelled documents, or set "
+                "classifier.accept_unreliable=true to install it anyway")
+    warnings.append(f"installed unmeasured (classifier.accept_unreliable=true): {reason}")
+    return None
+
+
+def _iterate(items: Any, desc: str, unit: str, disable: bool = False) -> Any:
+    """``items`` with progress reported (a bar on a terminal, periodic lines in a log)."""
+    with progress(total=len(items), desc=desc, unit=unit, disable=disable) as bar:
+        for item in items:
+            yield item
+            bar.update(1)

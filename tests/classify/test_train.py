@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from filters.quality import EduClassifier, TrainParams, train_fasttext
-from pipeline.classify.train import prepare_examples, stratified_split
+from filters.quality import EduClassifier, TrainParams, evaluate_scores, train_fasttext
+from pipeline.classify.config import ClassifierConfig
+from pipeline.classify.report import classifier_figure
+from pipeline.classify.train import classifier_parent, judge, prepare_examples, stratified_split
 from pipeline.cli import main
-from pipeline.io import read_json, read_parquet, write_parquet
+from pipeline.io import read_json, read_parquet, write_json, write_parquet
+from pipeline.lineage import LineageError, content_digest, manifest_ref
 from tests.classify.conftest import make_corpus
 
 FAST = ["classifier.threads=1", "classifier.dim=32", "classifier.bucket=100000"]
@@ -60,6 +64,8 @@ def test_held_out_metrics_are_sane(trained):
     assert 0.65 < v["f1"] < 0.95
     assert 0.4 < v["spearman_vs_llm"] < 0.9
     assert 0 <= v["best_f1"]["threshold"] <= 1
+    low, high = v["roc_auc_ci"]  # a seeded bootstrap: the interval around the point estimate
+    assert low < v["roc_auc"] < high and high - low < 0.25
 
 
 def test_score_cli_adds_edu_score(trained, tmp_path):
@@ -88,7 +94,7 @@ def test_score_cli_errors_name_the_problem(trained, tmp_path, capsys):
     assert not (tmp_path / "o.parquet").exists()
 
 
-def test_dclm_style_positives_vs_negatives(tmp_path):
+def test_dclm_style_positives_vs_negatives(tmp_path, capsys):
     corpus = make_corpus(600, seed=4)
     edu = corpus["score"] >= 3
     pos = write_parquet(corpus[edu].rename(columns={"text": "body"}), tmp_path / "textbooks.parquet")
@@ -98,6 +104,8 @@ def test_dclm_style_positives_vs_negatives(tmp_path):
                  "classifier.text_column=body") == 0
     report = read_json(tmp_path / "run" / "classifier" / "report.json")
     assert report["mode"] == "dclm" and report["validation"]["spearman_vs_llm"] is None
+    out = capsys.readouterr().out
+    assert "Spearman" not in out and "None" not in out  # no LLM scores here: nothing to correlate with
     assert report["validation"]["roc_auc"] > 0.7
     assert EduClassifier.load(tmp_path / "run" / "classifier" / "edu_fasttext.bin").score(["a lesson"]).shape == (1,)
 
@@ -185,5 +193,102 @@ def test_a_model_no_better_than_chance_is_refused(tmp_path, capsys):
     assert report["verdict"].startswith("rejected") and report["validation"]["roc_auc"] < 0.6
     assert (rejected / "edu_fasttext.bin").exists() and (rejected / "report.png").exists()  # kept to inspect
     # Accepting a model (here by lowering the bar) installs it and drops the stale refusal.
-    assert train(tmp_path / "run", f"classifier.input=[{path}]", "classifier.min_auc=0") == 0
+    # (chance-level scores also bunch together: accepting them takes both keys)
+    assert train(tmp_path / "run", f"classifier.input=[{path}]", "classifier.min_auc=0",
+                 "classifier.accept_unreliable=true") == 0
     assert (tmp_path / "run" / "classifier" / "edu_fasttext.bin").exists() and not rejected.exists()
+
+
+def test_annotations_without_any_score_say_so(tmp_path, capsys):
+    corpus = make_corpus(50, seed=2).assign(score=None)  # every LLM answer was unparseable
+    write_parquet(corpus, tmp_path / "run" / "annotations" / "part-00000.parquet")
+    assert train(tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: all 50 annotations have no score") and "\n" not in err
+
+
+def small_negative_class(tmp_path, negatives: int):
+    corpus = make_corpus(600, seed=3)
+    edu = corpus["score"] >= 3
+    return write_parquet(pd.concat([corpus[edu].head(200), corpus[~edu].head(negatives)]), tmp_path / "few.parquet")
+
+
+def test_a_validation_class_too_small_to_measure_is_refused_unless_accepted(tmp_path, capsys):
+    path = small_negative_class(tmp_path, 15)  # 20% held out: 3 negative validation documents
+    assert train(tmp_path / "run", f"classifier.input=[{path}]") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: classifier rejected: validation cannot measure this model: only 3 negative "
+                          "validation documents (classifier.min_validation_per_class=5)") and "\n" not in err
+    assert "classifier.accept_unreliable=true" in err and "95% CI" in err
+    assert not (tmp_path / "run" / "classifier" / "edu_fasttext.bin").exists()
+    ci = read_json(tmp_path / "run" / "classifier" / "rejected" / "report.json")["validation"]["roc_auc_ci"]
+    assert ci[1] - ci[0] > 0.2  # three negatives: the interval says how little the AUC means
+
+    assert train(tmp_path / "run", f"classifier.input=[{path}]", "classifier.accept_unreliable=true",
+                 "classifier.min_auc=0") == 0
+    report = read_json(tmp_path / "run" / "classifier" / "report.json")
+    assert report["verdict"] == "accepted"
+    assert any(w.startswith("installed unmeasured (classifier.accept_unreliable=true): only 3 negative")
+               for w in report["warnings"])
+
+
+def test_scores_bunched_in_a_narrow_band_are_refused():
+    # the reported case: a ROC-AUC over the bar, every validation score between 0.50 and 0.55
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(60, int), np.ones(60, int)]
+    scores = np.r_[rng.uniform(0.50, 0.535, 60), rng.uniform(0.51, 0.55, 60)]
+    metrics = evaluate_scores(labels, scores)
+    assert metrics["roc_auc"] > 0.6
+    verdict, _ = judge(metrics, scores, ClassifierConfig())
+    assert verdict.startswith("rejected: validation cannot measure this model: validation scores span only 0.50")
+    assert "classifier.min_score_spread=0.1" in verdict
+    assert judge(metrics, scores, ClassifierConfig(accept_unreliable=True))[0] == "accepted"
+
+
+def test_report_figure_keeps_the_confusion_matrix_off_the_bars():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(40, int), np.ones(40, int)]
+    scores = np.r_[rng.uniform(0.40, 0.55, 40), rng.uniform(0.45, 0.60, 40)]  # bars in the middle of the panel
+    metrics = evaluate_scores(labels, scores)
+    fig = classifier_figure(labels, scores, metrics)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    hist = next(ax for ax in fig.axes if ax.get_title() == "Scores per label")
+    bars = [p.get_window_extent(renderer) for p in hist.patches if p.get_height() > 0]
+    for text in hist.texts:
+        box = text.get_window_extent(renderer)
+        assert not any(box.overlaps(bar) for bar in bars), text.get_text()
+    assert any(tuple(line.get_xdata()) == (0.5, 0.5) for line in hist.lines)  # the decision threshold
+    cm = metrics["confusion_matrix"]
+    drawn = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {str(cm[k]) for k in ("tp", "fp", "tn", "fn")} <= drawn
+
+
+def test_classifier_manifest_traces_the_model_to_its_annotations(tmp_path):
+    run = tmp_path / "run"
+    shard = write_parquet(make_corpus(400, seed=2), run / "annotations" / "part-00000.parquet")
+    write_json({"stage": "annotate"}, run / "annotations" / "manifest.json")
+    assert train(run) == 0
+    manifest = read_json(run / "classifier" / "manifest.json")
+    model = run / "classifier" / "edu_fasttext.bin"
+    assert manifest["outputs"] == {"classifier/edu_fasttext.bin": content_digest(model)}
+    lineage = manifest["lineage"]
+    assert lineage["inputs"] == {"annotations/part-00000.parquet": content_digest(shard)}
+    assert lineage["parents"] == {"annotations": manifest_ref(run / "annotations" / "manifest.json", run)}
+    assert lineage["config"]["classifier"]["threshold"] == 3.0
+
+    assert classifier_parent(run, model) == manifest_ref(run / "classifier" / "manifest.json", run)
+    own = tmp_path / "mine.bin"
+    shutil.copy(model, own)
+    assert classifier_parent(run, own) is None  # a user's own model has no lineage here
+    shutil.copy(model, run / "classifier" / "copy.bin")
+    assert classifier_parent(run, run / "classifier" / "copy.bin") is None  # no manifest names it
+
+    write_parquet(make_corpus(400, seed=2).head(390), shard)  # the annotations changed since training
+    with pytest.raises(LineageError, match=r"classifier/edu_fasttext.bin: the edu classifier was trained on other "
+                                           r"annotations \(input annotations/part-00000.parquet changed\)"):
+        classifier_parent(run, model)
+    with model.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(LineageError, match="classifier/edu_fasttext.bin: does not match classifier/manifest.json"):
+        classifier_parent(run, model)
