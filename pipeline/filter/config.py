@@ -118,9 +118,9 @@ class FilterConfig(Section):
     include_generated: bool = True
     """Also filter RUN_DIR/generated/part-*.parquet (source 'generated')."""
     limit: int | None = Field(default=None, ge=1)
-    """At most this many documents per input (needed for streamed Hub datasets)."""
+    """At most this many documents per input (needed for streamed Hub datasets); inputs cut short are reported."""
     partition_rows: int = Field(default=20_000, ge=1)
-    """Documents per Dask partition (and per resumable shard)."""
+    """Documents per Dask partition and resumable shard (a larger Parquet row group is cut into row ranges)."""
     normalize: LengthBounds = LengthBounds()
     heuristics: HeuristicsConfig = HeuristicsConfig()
     quality: QualityConfig = QualityConfig()

@@ -17,7 +17,7 @@ from filters.edu_score import EduScore
 from filters.normalize import LengthBounds, normalize_text
 from pipeline.errors import FilterError
 from pipeline.filter.inputs import GENERATED
-from pipeline.io import file_digest
+from pipeline.lineage import content_digest
 from pipeline.timing import timed
 
 REASON = "filter_reason"
@@ -47,7 +47,7 @@ class DocumentFilters:
             if not model.is_file():
                 raise FilterError(f"filter.quality: no edu classifier at {model}: run `textbook train-classifier`, "
                                   "set filter.quality.model, or set filter.quality.enabled=false")
-            quality = EduScore(model=str(model.resolve()), model_digest=file_digest(model),
+            quality = EduScore(model=str(model.resolve()), model_digest=content_digest(model),
                                threshold=fc.quality.threshold if fc.quality.threshold is not None else 0.5)
         return cls(fc.normalize, heuristics, fc.heuristics.apply_to_generated, quality,
                    fc.quality.apply_to_generated)

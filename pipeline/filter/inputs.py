@@ -1,13 +1,20 @@
 """Inputs of the filter stage: discovery, up-front validation, and partitions of ``id, text, source``.
 
-Every file is validated before anything is written (a corrupt Parquet file, a missing text
-column, invalid JSON or UTF-8 name the file and line), and validation also cuts files into
-partitions of about ``partition_rows`` documents, which are the resumable shards.
+Every file is validated before anything is written (a corrupt Parquet page, a missing text
+column, invalid JSON or UTF-8 name the file and line): validation reads every page or line of the
+columns a partition will read, up to ``filter.limit``, so nothing the run reads later can fail.
+Validation also cuts files into partitions of about ``partition_rows`` documents, which are the
+resumable shards; a Parquet row group larger than that is cut into row ranges.
+
+A local file is identified by the sha256 of its bytes, so a shard's stored scores are reused only
+for the very same content.
 """
 
 from __future__ import annotations
 
+import bisect
 import gzip
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +25,8 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipeline.errors import DataError
-from pipeline.io import InputFile, expand_inputs, file_digest, iter_batches, list_shards
+from pipeline.io import InputFile, expand_inputs, iter_batches, list_shards
+from pipeline.lineage import content_digest
 
 GENERATED = "generated"
 
@@ -36,7 +44,12 @@ class Source:
 
 @dataclass(frozen=True)
 class Partition:
-    """Rows ``[start, stop)`` of a source: ``row_groups`` for Parquet, a byte ``offset`` for JSONL."""
+    """Rows ``[start, stop)`` of a source.
+
+    Parquet: the ``row_groups`` holding those rows, the first of which starts at file row
+    ``group_start``. JSONL: the byte ``offset`` of row ``start``. ``digest``: the file's content
+    digest (a Hub source: its name and limit).
+    """
 
     source: Source
     start: int
@@ -45,10 +58,18 @@ class Partition:
     row_groups: tuple[int, ...] = ()
     offset: int = 0
     has_id: bool = True
+    group_start: int = 0
+
+    @property
+    def rows(self) -> int | None:
+        return None if self.stop is None else self.stop - self.start
 
     @property
     def key(self) -> dict:
-        return {"input": self.source.file.path, "start": self.start, "stop": self.stop, "digest": self.digest}
+        """What the partition's scores depend on: the content and how it is read."""
+        src = self.source
+        return {"input": src.file.path, "label": src.label, "columns": [src.text_column, src.id_column],
+                "start": self.start, "stop": self.stop, "digest": self.digest}
 
 
 def discover(patterns: list[str], text_column: str, id_column: str, run_dir: Path,
@@ -62,8 +83,12 @@ def discover(patterns: list[str], text_column: str, id_column: str, run_dir: Pat
     return sources
 
 
-def validate(source: Source, partition_rows: int) -> list[Partition]:
-    """Check a source end to end and cut it into partitions; raise DataError naming the file."""
+def validate(source: Source, partition_rows: int) -> tuple[list[Partition], int | None]:
+    """Check a source end to end and cut it into partitions; raise DataError naming the file.
+
+    Returns the partitions (up to ``source.limit`` documents) and the documents the file holds
+    (None for a streamed Hub source), so a limit that left documents unread can be reported.
+    """
     kind = source.file.kind
     on_hub = source.file.path.startswith("hf://") or kind == "hf_dataset"
     if kind == "parquet" and not on_hub:
@@ -76,40 +101,77 @@ def validate(source: Source, partition_rows: int) -> list[Partition]:
         raise DataError(f"{source.file.path}: a streamed Hugging Face dataset needs a document limit: "
                         "set filter.limit")
     next(iter_batches(source.file, [source.text_column], batch_size=1, limit=1), None)
-    return [Partition(source, 0, source.limit, digest=f"{source.file.path}:{source.limit}")]
+    return [Partition(source, 0, source.limit, digest=f"{source.file.path}:{source.limit}")], None
 
 
-def _validate_parquet(source: Source, partition_rows: int) -> list[Partition]:
+def _validate_parquet(source: Source, partition_rows: int) -> tuple[list[Partition], int]:
     path = source.file.path
     try:
         pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
-        if source.text_column not in names:
-            raise DataError(f"{path}: missing text column {source.text_column!r} (has: {', '.join(names)}); "
+        schema = pf.schema_arrow
+        if source.text_column not in schema.names:
+            raise DataError(f"{path}: missing text column {source.text_column!r} (has: {', '.join(schema.names)}); "
                             "set filter.text_column")
-        for i in range(pf.num_row_groups):  # reads every page: corrupt data fails here, not mid-run
-            column = pf.read_row_group(i, columns=[source.text_column]).column(0)
-            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-                    or pa.types.is_null(column.type)):
-                raise DataError(f"{path}: text column {source.text_column!r} has type {column.type}, "
-                                "expected strings")
-    except (pa.ArrowInvalid, OSError) as e:
+        kind = schema.field(source.text_column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+            raise DataError(f"{path}: text column {source.text_column!r} has type {kind}, expected strings")
+        has_id = source.id_column in schema.names
+        total = pf.metadata.num_rows
+        wanted = total if source.limit is None else min(total, source.limit)
+        # Every page of every column a partition reads (text and id), up to the limit: a corrupt
+        # page behind a valid footer fails here, before any output, not mid-run.
+        seen = 0
+        columns = [source.text_column] + ([source.id_column] if has_id else [])
+        for batch in pf.iter_batches(batch_size=8192, columns=columns):
+            seen += batch.num_rows
+            if seen >= wanted:
+                break
+    except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: cannot read Parquet: {str(e).splitlines()[0]}") from None
-    digest = file_digest(Path(path))
-    parts, groups, start, rows = [], [], 0, 0
-    for i in range(pf.num_row_groups):
-        groups.append(i)
-        rows += pf.metadata.row_group(i).num_rows
-        if rows - start >= partition_rows or i == pf.num_row_groups - 1:
-            parts.append(Partition(source, start, rows, digest, tuple(groups), has_id=source.id_column in names))
-            groups, start = [], rows
-    return _limited(parts, source.limit)
+    digest = content_digest(path)
+    group_rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+    group_starts = [0, *itertools.accumulate(group_rows)]
+    parts = []
+    for start, stop in row_ranges(group_rows, partition_rows):
+        stop = min(stop, wanted)
+        if start >= stop and parts:
+            break
+        first = max(bisect.bisect_right(group_starts, start) - 1, 0)
+        last = bisect.bisect_left(group_starts, stop)  # groups first..last-1 hold rows start..stop-1
+        groups = tuple(range(first, min(max(last, first + 1), len(group_rows))))
+        parts.append(Partition(source, start, stop, digest, groups, has_id=has_id,
+                               group_start=group_starts[first]))
+    return parts, total
 
 
-def _validate_jsonl(source: Source, partition_rows: int) -> list[Partition]:
+def row_ranges(group_rows: list[int], partition_rows: int) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of about ``partition_rows``: small row groups are gathered whole
+    (a read never cuts them), a row group of ``partition_rows`` or more is cut into equal ranges
+    (pyarrow writes up to a million rows per group by default: one group must not be one task)."""
+    ranges: list[tuple[int, int]] = []
+    start = row = 0
+    for n in group_rows:
+        if n >= partition_rows:
+            if row > start:
+                ranges.append((start, row))
+            pieces = -(-n // partition_rows)
+            cuts = [row + n * k // pieces for k in range(pieces + 1)]
+            ranges += list(zip(cuts, cuts[1:], strict=False))
+            row = start = row + n
+            continue
+        row += n
+        if row - start >= partition_rows:
+            ranges.append((start, row))
+            start = row
+    if row > start or not ranges:
+        ranges.append((start, row))
+    return ranges
+
+
+def _validate_jsonl(source: Source, partition_rows: int) -> tuple[list[Partition], int]:
     path = source.file.path
     opener = gzip.open if path.endswith(".gz") else open
-    digest = file_digest(Path(path))
+    limit = source.limit
     parts: list[Partition] = []
     start, offset, row, has_id = 0, 0, 0, False
     try:
@@ -118,6 +180,9 @@ def _validate_jsonl(source: Source, partition_rows: int) -> list[Partition]:
             for lineno, raw in enumerate(f, 1):
                 line_start, position = position, position + len(raw)
                 if not raw.strip():
+                    continue
+                if limit is not None and row >= limit:
+                    row += 1  # past filter.limit: counted for the report, never read
                     continue
                 try:
                     record = json.loads(raw.decode("utf-8"))
@@ -132,23 +197,16 @@ def _validate_jsonl(source: Source, partition_rows: int) -> list[Partition]:
                                     f"(has: {', '.join(record)}); set filter.text_column")
                 has_id = has_id or source.id_column in record
                 if row - start == partition_rows:
-                    parts.append(Partition(source, start, row, digest, offset=offset))
+                    parts.append(Partition(source, start, row, "", offset=offset))
                     start, offset = row, line_start
                 row += 1
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read JSONL: {str(e).splitlines()[0]}") from None
-    if row > start or not parts:
-        parts.append(Partition(source, start, row, digest, offset=offset))
-    return _limited([Partition(p.source, p.start, p.stop, p.digest, offset=p.offset, has_id=has_id)
-                     for p in parts], source.limit)
-
-
-def _limited(parts: list[Partition], limit: int | None) -> list[Partition]:
-    if limit is None:
-        return parts
-    kept = [p for p in parts if p.start < limit]
-    return [Partition(p.source, p.start, min(p.stop, limit) if p.stop is not None else limit, p.digest,
-                      p.row_groups, p.offset, p.has_id) for p in kept]
+    read = row if limit is None else min(row, limit)
+    if read > start or not parts:
+        parts.append(Partition(source, start, read, "", offset=offset))
+    digest = content_digest(path)
+    return [Partition(p.source, p.start, p.stop, digest, offset=p.offset, has_id=has_id) for p in parts], row
 
 
 def read_partition(part: Partition) -> pd.DataFrame:
@@ -162,11 +220,9 @@ def read_partition(part: Partition) -> pd.DataFrame:
             raise DataError(f"{src.file.path}: missing text column {src.text_column!r}")
     elif src.file.kind == "parquet":
         try:
-            pf = pq.ParquetFile(src.file.path)
-            frame = pf.read_row_groups(list(part.row_groups), columns=columns).to_pandas()
-        except (pa.ArrowInvalid, OSError) as e:
+            frame = _read_parquet_rows(part, columns)
+        except (pa.ArrowException, OSError) as e:
             raise DataError(f"{src.file.path}: cannot read Parquet: {str(e).splitlines()[0]}") from None
-        frame = frame.iloc[:part.stop - part.start] if part.stop is not None else frame
     else:
         frame = _read_jsonl_rows(part, columns)
     rows = range(part.start, part.start + len(frame))
@@ -180,6 +236,26 @@ def read_partition(part: Partition) -> pd.DataFrame:
 def document_id(source: str, row: int) -> str:
     """A made id, stable across runs: hash of the source and the row number."""
     return xxhash.xxh3_64_hexdigest(f"{source}\0{row}".encode())
+
+
+def _read_parquet_rows(part: Partition, columns: list[str]) -> pd.DataFrame:
+    """Rows ``[start, stop)`` from their row groups, batch by batch: a range inside a large row group
+    decodes the rows before it in that group but keeps only its own."""
+    skip, want = part.start - part.group_start, part.stop - part.start
+    batches: list[pa.RecordBatch] = []
+    pf = pq.ParquetFile(part.source.file.path)
+    for batch in [] if want <= 0 else pf.iter_batches(batch_size=8192, row_groups=list(part.row_groups), columns=columns):
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        batch = batch.slice(skip, want)
+        skip, want = 0, want - batch.num_rows
+        batches.append(batch)
+        if want <= 0:
+            break
+    if not batches:  # an empty file or range
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    return pa.Table.from_batches(batches).to_pandas()
 
 
 def _read_jsonl_rows(part: Partition, columns: list[str]) -> pd.DataFrame:

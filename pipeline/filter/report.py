@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.io import write_png
 
 # Stage of each reason prefix, in data-flow order.
-STAGES = ("normalize", "heuristics", "quality", "exact_dedup", "minhash", "decontaminate")
+STAGES = ("normalize", "heuristics", "quality", "decontaminate", "exact_dedup", "minhash")
 _PREFIX = {"length": "normalize", "gopher": "heuristics", "gopher_rep": "heuristics", "c4": "heuristics",
            "fineweb": "heuristics", "quality": "quality", "exact_dup": "exact_dedup",
            "near_dup": "minhash", "decontam": "decontaminate"}
@@ -36,21 +36,29 @@ def stage_table(docs_in: int, bytes_in: int, removed: dict[str, list[int]]) -> l
     return rows
 
 
-def decontamination_report(matches: list[str], items: dict[str, int], indexed: dict[str, int]) -> dict[str, Any]:
-    """Per benchmark: items, items long enough to index, documents hit, unique items hit.
+def decontamination_report(found: list[str], removed: list[str], items: dict[str, int],
+                           indexed: dict[str, int]) -> dict[str, Any]:
+    """Per benchmark: items, items long enough to index, and in the input the documents hit and the
+    unique items hit, then the documents the decontamination stage removed (a hit document that an
+    earlier stage removed counts as hit, not as removed here).
 
-    ``matches`` holds one ``decontam_matches`` string per removed document (``"gsm8k:3,mmlu:9"``).
+    ``found`` and ``removed`` hold one ``decontam_matches`` string per document (``"gsm8k:3,mmlu:9"``).
     """
     docs: Counter[str] = Counter()
+    gone: Counter[str] = Counter()
     unique: dict[str, set[str]] = {name: set() for name in items}
-    for doc in matches:
+    for doc in found:
         hit = [m.rsplit(":", 1) for m in doc.split(",") if m]
         for name in {b for b, _ in hit}:
             docs[name] += 1
         for b, item in hit:
             unique.setdefault(b, set()).add(item)
+    for doc in removed:
+        for name in {m.rsplit(":", 1)[0] for m in doc.split(",") if m}:
+            gone[name] += 1
     return {name: {"items": items.get(name, 0), "items_indexed": indexed.get(name, 0),
-                   "documents_hit": docs[name], "unique_items_hit": len(unique[name])}
+                   "documents_hit": docs[name], "unique_items_hit": len(unique[name]),
+                   "documents_removed": gone[name]}
             for name in unique}
 
 

@@ -3,11 +3,17 @@
 The flow, as in the data-flow diagram::
 
     validate inputs -> score shards (normalise, length, heuristics, edu score; resumable)
-      -> thresholds -> exact dedup -> MinHash dedup -> decontaminate -> filtered/ + rejected/
+      -> thresholds -> decontaminate -> exact dedup -> MinHash dedup -> filtered/ + rejected/
 
-Scores are stored per shard under ``filtered/scored/`` with a manifest entry (input digest,
-score-config hash), so a rerun after a threshold change rescores nothing. Outputs are staged
-and renamed into place, then ``stats.json``, ``report.png`` and ``manifest.json`` are written.
+Decontamination comes before dedup, so a contaminated copy is never the one a duplicate cluster
+keeps; it scans every input document (past the length bounds), so its report counts the hits in
+the input, including documents an earlier stage removed.
+
+Scores are stored per shard under ``filtered/scored/`` with a manifest entry (the input's content
+digest, how it is read, the score-config hash), so a rerun after a threshold change rescores
+nothing and a changed input rescores only its shards. Outputs are staged and renamed into place
+(old shards removed first), then ``stats.json``, ``report.png`` and ``manifest.json`` (with the
+``lineage`` fingerprint of what made them and the content digest of every shard) are written.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from distributed import as_completed
-from tqdm.auto import tqdm
 
 from filters.decontaminate import BenchmarkIndex, Decontaminate
 from filters.dedup import exact_dedup, minhash_dedup
@@ -32,7 +37,7 @@ from pipeline.errors import DataError, FilterError
 from pipeline.filter.benchmarks import load_benchmark
 from pipeline.filter.config import BenchmarkConfig, DecontaminateConfig
 from pipeline.filter.documents import REASON, DocumentFilters
-from pipeline.filter.inputs import Partition, Source, discover, read_partition, validate
+from pipeline.filter.inputs import GENERATED, Partition, Source, discover, read_partition, validate
 from pipeline.filter.report import decontamination_report, plot_report, stage_table
 from pipeline.io import (
     build_manifest,
@@ -44,6 +49,8 @@ from pipeline.io import (
     write_json,
     write_parquet,
 )
+from pipeline.lineage import content_digest, file_digests, fingerprint, manifest_ref, relative_name
+from pipeline.progress import progress
 from pipeline.timing import timed
 
 EDU_BINS = np.linspace(0.0, 1.0, 41)
@@ -52,7 +59,10 @@ _DROPPED = ("exact_dup", "minhash_dup")
 
 
 def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False, **_: Any) -> int:
-    """Run the filter stage of ``cfg``; returns 0. Errors a user can act on raise PipelineError."""
+    """Run the filter stage of ``cfg``; returns 0. Errors a user can act on raise PipelineError.
+
+    ``restart`` discards the stored scores (``filtered/scored/``) and rebuilds everything.
+    """
     fc = cfg.filter
     folder = Path(cfg.run_dir) / "filtered"
     filters = DocumentFilters.from_config(cfg)
@@ -61,52 +71,99 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     sources = discover(fc.input, fc.text_column, fc.id_column, cfg.run_dir, fc.include_generated, fc.limit)
     if not sources:
         raise FilterError("filter.input: nothing to filter (no inputs given and no RUN_DIR/generated shards)")
+    if restart:
+        discard(folder)
     clock: dict[str, float] = {}
     with dask_client(scheduler or cfg.scheduler, cfg.workers) as client:
         with timed(clock, "validate"):
-            partitions, bad_files = validate_inputs(client, sources, fc.partition_rows, fc.on_bad_file)
+            partitions, bad_files, limited = validate_inputs(client, sources, fc.partition_rows, fc.on_bad_file)
+        lineage = filter_lineage(cfg, partitions, filters, index)
         with timed(clock, "score"):
             shards = score_shards(client, partitions, filters, folder / "scored")
         output_key = stable_hash({"shards": read_json(folder / "scored" / "manifest.json")["shards"],
-                                  "filter": public_dict(fc), "run_dir": str(cfg.run_dir),
-                                  "benchmarks": index.digest() if index else None})
-        if _up_to_date(folder, output_key):
-            print(f"filter: {folder} is up to date (same scored shards and config); nothing to do")
+                                  "lineage": lineage, "run_dir": str(cfg.run_dir)})
+        if _up_to_date(folder, output_key, cfg.run_dir):
+            print(f"filter: {folder} is up to date (same inputs, scores and config); nothing to do")
             return 0
-        stats = filter_corpus(client, shards, filters, cfg, folder, index, clock)
+        stats, staged = filter_corpus(client, shards, filters, cfg, folder, index, clock)
     steps = score_seconds(read_json(folder / "scored" / "manifest.json"))
-    stats.update(bad_files=bad_files, timings_s={k: round(v, 3) for k, v in clock.items()}, score_seconds=steps)
+    stats.update(bad_files=bad_files, limited=limited, timings_s={k: round(v, 3) for k, v in clock.items()},
+                 score_seconds=steps)
     stage_seconds = {"normalize": steps.get("normalize", 0.0), "quality": steps.get("quality", 0.0),
                      "heuristics": sum(steps.get(f.name, 0.0) for f in filters.heuristics), **clock}
     for row in stats["stages"]:  # per-document stages: worker seconds; global stages: wall seconds
         row["seconds"] = round(stage_seconds.get(row["stage"], 0.0), 3)
-    finish(folder, cfg, stats, output_key, partitions)
+    finish(folder, cfg, stats, output_key, partitions, lineage, staged)
     return 0
+
+
+def discard(folder: Path) -> None:
+    """Forget the stored scores and the manifest that vouches for the outputs (``--restart``)."""
+    (folder / "manifest.json").unlink(missing_ok=True)
+    shutil.rmtree(folder / "scored", ignore_errors=True)
+    shutil.rmtree(folder / ".staging", ignore_errors=True)
+
+
+def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFilters,
+                   index: BenchmarkIndex | None) -> dict[str, Any]:
+    """What the outputs are made of: the filter section and seed; the content digests of the local
+    inputs read (Hub sources by name), the edu model and the benchmark words; the manifests of the
+    run's generated shards and classifier when they were used."""
+    run_dir = Path(cfg.run_dir)
+    inputs: dict[str, str] = {}
+    for part in partitions:
+        path = part.source.file.path
+        on_hub = path.startswith("hf://") or part.source.file.kind == "hf_dataset"
+        inputs[path if on_hub else relative_name(path, run_dir)] = "hub" if on_hub else part.digest
+    parents: dict[str, Any] = {}
+    if any(p.source.label == GENERATED for p in partitions):
+        parents["generated"] = manifest_ref(run_dir / "generated" / "manifest.json", run_dir)
+    if filters.quality:
+        model = Path(filters.quality.model)
+        inputs[relative_name(model, run_dir)] = filters.quality.model_digest
+        from pipeline.classify.train import classifier_parent
+
+        # stops here, before any scoring, when the run's classifier is stale (LineageError)
+        parents["classifier"] = classifier_parent(run_dir, model)
+    if index is not None:
+        inputs["decontaminate.benchmarks"] = index.digest()
+    return fingerprint({"filter": public_dict(cfg.filter), "seed": cfg.seed}, inputs,
+                       {name: ref for name, ref in parents.items() if ref is not None})
 
 
 # --- inputs and per-shard scores ---------------------------------------------------------------
 
-def _validate_one(source: Source, partition_rows: int) -> tuple[list[Partition], str | None]:
+def _validate_one(source: Source, partition_rows: int) -> tuple[list[Partition], int | None, str | None]:
     try:
-        return validate(source, partition_rows), None
+        return *validate(source, partition_rows), None
     except DataError as e:
-        return [], str(e)
+        return [], None, str(e)
 
 
-def validate_inputs(client: Any, sources: list[Source], partition_rows: int,
-                    on_bad_file: str) -> tuple[list[Partition], list[dict[str, str]]]:
-    """Validate every input on the cluster before any output; stop on a bad file or skip and report it."""
+def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_bad_file: str
+                    ) -> tuple[list[Partition], list[dict[str, str]], list[dict[str, Any]]]:
+    """Validate every input on the cluster before any output; stop on a bad file or skip and report it.
+
+    Returns the partitions, the skipped files and the inputs ``filter.limit`` cut short (each with
+    the documents read and the documents it holds), which are printed as well.
+    """
     results = client.gather(client.map(_validate_one, sources, partition_rows=partition_rows, pure=False))
-    bad = [{"path": s.file.path, "error": err} for s, (_, err) in zip(sources, results, strict=True) if err]
+    bad = [{"path": s.file.path, "error": err} for s, (_, _, err) in zip(sources, results, strict=True) if err]
     if bad and on_bad_file == "fail":
         more = f" (and {len(bad) - 1} more bad input(s))" if len(bad) > 1 else ""
         raise DataError(f"{bad[0]['error']}{more}; nothing was written (filter.on_bad_file=skip skips bad files)")
     for b in bad:
         print(f"filter: skipping bad input: {b['error']}")
-    partitions = [p for parts, _ in results for p in parts]
+    limited = []
+    for source, (parts, documents, _) in zip(sources, results, strict=True):
+        read = sum(p.rows or 0 for p in parts)
+        if documents is not None and read < documents:
+            limited.append({"path": source.label, "read": read, "documents": documents})
+            print(f"filter: read {read:,} of {documents:,} documents of {source.label}: filter.limit")
+    partitions = [p for parts, _, _ in results for p in parts]
     if not partitions:
         raise DataError("filter.input: no readable documents in any input")
-    return partitions, bad
+    return partitions, bad, limited
 
 
 def _score_shard(part: Partition, filters: DocumentFilters, path: str) -> tuple[int, dict[str, float]]:
@@ -144,7 +201,7 @@ def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilt
     if len(todo) < len(paths):
         print(f"filter: {len(paths) - len(todo)}/{len(paths)} shards already scored, resuming")
     futures = {client.submit(_score_shard, partitions[i], filters, str(paths[i]), pure=False): i for i in todo}
-    with tqdm(total=len(todo), desc="filter: score", unit="shard", disable=not todo) as bar:
+    with progress(total=len(todo), desc="filter: score", unit="shard", disable=not todo) as bar:
         for future in as_completed(futures):
             i = futures[future]
             rows, seconds = future.result()
@@ -174,7 +231,12 @@ def benchmark_index(benchmarks: list[BenchmarkConfig], ngram: int, min_ratio: fl
 
 
 def _decontamination_hits(part: pd.DataFrame, config: DecontaminateConfig) -> pd.DataFrame:
-    """``id``, ``decontam_hits``, ``decontam_matches`` of the documents of ``part`` that hit a benchmark."""
+    """``id``, ``decontam_hits``, ``decontam_matches`` of the documents of ``part`` that hit a benchmark.
+
+    Every document within the length bounds is scanned, also those an earlier stage rejects, so
+    the report counts what the input held (a 10 MB page is not scanned for n-grams).
+    """
+    part = part[~part[REASON].astype(str).str.startswith("length:")]
     if not len(part):
         return _no_hits(part["id"])
     index = benchmark_index(config.benchmarks, config.ngram, config.min_ratio)
@@ -190,18 +252,21 @@ def _no_hits(ids: pd.Series) -> pd.DataFrame:
 
 
 def _flag_decontaminated(part: pd.DataFrame, hits: pd.DataFrame) -> pd.DataFrame:
-    """``part`` plus ``decontam_hits``, ``decontam_matches`` and the ``filter_reason`` they give."""
+    """``part`` plus ``decontam_hits`` and ``decontam_matches``; a hit becomes the ``filter_reason``
+    of a document no earlier stage rejected."""
     found = hits.set_index("id").reindex(part["id"].to_numpy())
     scores = pd.DataFrame({"decontam_hits": found["decontam_hits"].fillna(0).astype("int64").to_numpy(),
                            "decontam_matches": found["decontam_matches"].fillna("").astype(object).to_numpy()},
                           index=part.index)
-    _, reason = Decontaminate().keep(scores)
+    _, why = Decontaminate().keep(scores)
+    reason = part[REASON].where(part[REASON] != "", why)
     return part.join(scores).assign(**{REASON: reason.astype(object)})
 
 
 def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg: Config, folder: Path,
-                  index: BenchmarkIndex | None, clock: dict[str, float]) -> dict[str, Any]:
-    """Thresholds, exact dedup, MinHash dedup and decontamination over the scored shards; write outputs."""
+                  index: BenchmarkIndex | None, clock: dict[str, float]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Thresholds, decontamination, exact dedup and MinHash dedup over the scored shards; write the
+    outputs to staging. Returns stats and the content digest of each staged shard."""
     fc = cfg.filter
     meta = read_parquet(shards[0]).iloc[:0]
     scored = dd.from_map(read_parquet, [str(p) for p in shards], meta=meta, enforce_metadata=False)
@@ -219,6 +284,13 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
         if filters.quality:
             stats["quality"] = {"threshold": filters.quality.threshold, "keep_top": fc.quality.keep_top}
     marked = scored.map_partitions(filters.mark, meta=meta.assign(**{REASON: pd.Series(dtype=object)}))
+    hits = None
+    if index is not None:  # before dedup: a contaminated copy must never be the one a cluster keeps
+        with timed(clock, "decontaminate"):
+            (hits,) = dask.compute(marked.map_partitions(_decontamination_hits, fc.decontaminate,
+                                                         meta=_no_hits(marked._meta["id"])))
+        marked = marked.map_partitions(_flag_decontaminated, dask.delayed(hits),
+                                       meta=_flag_decontaminated(marked._meta, _no_hits(marked._meta["id"])))
     rejected = [marked[marked[REASON] != ""]]
     alive = marked[marked[REASON] == ""].drop(columns=[REASON])
     if fc.exact_dedup.enabled:
@@ -238,14 +310,6 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
         stats["minhash"] = lsh
         rejected.append(flagged[flagged["minhash_dup"]].assign(**{REASON: "near_dup"}))
         alive = flagged[~flagged["minhash_dup"]]
-    if index is not None:
-        with timed(clock, "decontaminate"):
-            (hits,) = dask.compute(alive.map_partitions(_decontamination_hits, fc.decontaminate,
-                                                        meta=_no_hits(alive._meta["id"])))
-        checked = alive.map_partitions(_flag_decontaminated, dask.delayed(hits),
-                                       meta=_flag_decontaminated(alive._meta, _no_hits(alive._meta["id"])))
-        rejected.append(checked[checked[REASON] != ""])
-        alive = checked[checked[REASON] == ""].drop(columns=[REASON])
     columns = [c for c in alive.columns if c not in _DROPPED]
     dtypes = {c: _output_dtype(alive._meta[c]) for c in columns}
     staging = folder / ".staging"
@@ -258,12 +322,12 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
     with timed(clock, "write"):
         futures = client.compute(writes)
         summaries = []
-        with tqdm(total=len(futures), desc="filter: write", unit="part") as bar:
+        with progress(total=len(futures), desc="filter: write", unit="part") as bar:
             for future in as_completed(futures):
                 summaries.append(future.result())
                 bar.update(1)
-    stats.update(_summarise(summaries, index))
-    return stats
+    stats.update(_summarise(summaries, index, hits))
+    return stats, {s["file"]: s["digest"] for s in summaries if "file" in s}
 
 
 def _write_part(frame: pd.DataFrame, path: str, columns: list[str], dtypes: dict[str, str],
@@ -287,6 +351,7 @@ def _write_part(frame: pd.DataFrame, path: str, columns: list[str], dtypes: dict
         summary["sources"] = {str(k): int(v) for k, v in frame["source"].value_counts().items()}
     if len(out):
         write_parquet(out, Path(path))
+        summary.update(file=f"{'rejected' if rejected else 'kept'}/{Path(path).name}", digest=content_digest(path))
     return summary
 
 
@@ -300,7 +365,8 @@ def _output_dtype(column: pd.Series) -> str:
     return "string"
 
 
-def _summarise(summaries: list[dict[str, Any]], index: BenchmarkIndex | None) -> dict[str, Any]:
+def _summarise(summaries: list[dict[str, Any]], index: BenchmarkIndex | None,
+               hits: pd.DataFrame | None) -> dict[str, Any]:
     removed: dict[str, list[int]] = {}
     for s in summaries:
         for reason, (docs, size) in s["reasons"].items():
@@ -320,8 +386,9 @@ def _summarise(summaries: list[dict[str, Any]], index: BenchmarkIndex | None) ->
         "kept_by_source": sources,
         "stages": stage_table(docs_in, bytes_in, removed),
         "removed_by_reason": dict(sorted(removed.items(), key=lambda kv: -kv[1][0])),
-        "decontamination": decontamination_report([m for s in summaries for m in s["matches"]],
-                                                  index.items, index.indexed) if index else {},
+        "decontamination": decontamination_report(
+            hits["decontam_matches"].astype(str).tolist() if hits is not None else [],
+            [m for s in summaries for m in s["matches"]], index.items, index.indexed) if index else {},
         "edu_hist": {"bins": EDU_BINS.tolist(),
                      "scored": np.sum([s["edu_hist"] for s in summaries], axis=0).tolist(),
                      "kept": np.sum([s["edu_hist"] for s in kept] or [np.zeros(len(EDU_BINS) - 1)], axis=0).tolist()},
@@ -330,21 +397,36 @@ def _summarise(summaries: list[dict[str, Any]], index: BenchmarkIndex | None) ->
 
 # --- outputs -----------------------------------------------------------------------------------
 
-def _up_to_date(folder: Path, output_key: str) -> bool:
+def output_digests(folder: Path, run_dir: Path | str) -> dict[str, str]:
+    """{name relative to the run: content digest} of every kept and rejected shard in ``folder``."""
+    return file_digests([*list_shards(folder), *list_shards(folder / "rejected")], run_dir)
+
+
+def _up_to_date(folder: Path, output_key: str, run_dir: Path | str) -> bool:
+    """The outputs were made from these scores and this lineage, and are still the shards it wrote."""
     manifest = folder / "manifest.json"
-    return manifest.exists() and read_json(manifest).get("output_key") == output_key and (folder / "stats.json").exists()
+    if not manifest.exists() or not (folder / "stats.json").exists():
+        return False
+    made = read_json(manifest)
+    return made.get("output_key") == output_key and made.get("outputs") == output_digests(folder, run_dir)
 
 
-def finish(folder: Path, cfg: Config, stats: dict[str, Any], output_key: str, partitions: list[Partition]) -> None:
-    """Move staged outputs into place (renumbered), then write stats.json, report.png, manifest.json."""
+def finish(folder: Path, cfg: Config, stats: dict[str, Any], output_key: str, partitions: list[Partition],
+           lineage: dict[str, Any], staged: dict[str, str]) -> None:
+    """Move staged outputs into place (renumbered, every old shard removed first, so old and new
+    outputs never mix), then write stats.json, report.png and manifest.json: lineage, and the content
+    digest of every shard (``staged``: digests by ``kept/part-…`` or ``rejected/part-…`` staging name)."""
     staging = folder / ".staging"
     (folder / "manifest.json").unlink(missing_ok=True)  # outputs are in flux until the manifest is back
+    outputs: dict[str, str] = {}
     for sub, dest in (("kept", folder), ("rejected", folder / "rejected")):
         for old in list_shards(dest):
             old.unlink()
         dest.mkdir(parents=True, exist_ok=True)
-        for j, staged in enumerate(list_shards(staging / sub)):
-            staged.replace(shard_path(dest, j))
+        for j, part in enumerate(list_shards(staging / sub)):
+            final = shard_path(dest, j)
+            part.replace(final)
+            outputs[relative_name(final, cfg.run_dir)] = staged[f"{sub}/{part.name}"]
     shutil.rmtree(staging, ignore_errors=True)
     write_json(stats, folder / "stats.json")
     hist = stats["edu_hist"]
@@ -352,9 +434,10 @@ def finish(folder: Path, cfg: Config, stats: dict[str, Any], output_key: str, pa
                 np.asarray(hist["kept"]))
     inputs = sorted({(p.source.file.path, p.digest) for p in partitions})
     write_json(build_manifest("filter", public_dict(cfg), output_key=output_key,
-                              inputs=[{"path": p, "digest": d} for p, d in inputs],
-                              documents_in=stats["documents_in"], documents_out=stats["documents_out"],
-                              timings_s=stats["timings_s"]), folder / "manifest.json")
+                              inputs=[{"path": p, "digest": d} for p, d in inputs], lineage=lineage,
+                              outputs=dict(sorted(outputs.items())), documents_in=stats["documents_in"],
+                              documents_out=stats["documents_out"], timings_s=stats["timings_s"]),
+               folder / "manifest.json")
     print(_summary_line(stats, folder))
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
@@ -33,6 +36,23 @@ def corrupt_parquet(tmp_path: Path) -> Path:
     return path
 
 
+def corrupt_page(tmp_path: Path) -> Path:
+    """A snappy Parquet file whose footer is valid but whose id column has garbage inside a page:
+    only reading that page finds it (the text column reads fine)."""
+    path = tmp_path / "corrupt_page.parquet"
+    ids = [f"doc-{i}-{random.Random(i).getrandbits(64):x}" for i in range(300)]
+    pq.write_table(pa.table({"id": ids, "text": DOCS * 50}), path, compression="snappy")
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    assert chunk.path_in_schema == "id" and chunk.compression == "SNAPPY"
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    middle = start + chunk.total_compressed_size // 2
+    data[middle:middle + 64] = bytes(b ^ 0x5A for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+    assert pq.read_table(path, columns=["text"]).num_rows == 300
+    return path
+
+
 def invalid_utf8(tmp_path: Path) -> Path:
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(json.dumps({"text": DOCS[0]}).encode() + b"\n" + b'{"text": "caf\xe9 au lait"}\n')
@@ -51,6 +71,7 @@ def truncated_gzip(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(("make", "message"), [
     (corrupt_parquet, "corrupt.parquet: cannot read Parquet"),
+    (corrupt_page, "corrupt_page.parquet: cannot read Parquet"),
     (invalid_utf8, "latin1.jsonl:2: invalid UTF-8"),
     (missing_column, "body.jsonl:1: missing text column 'text'"),
     (truncated_gzip, "cut.jsonl.gz: cannot read JSONL"),
@@ -59,16 +80,17 @@ def test_a_bad_file_stops_the_run_before_any_output(tmp_path: Path, cluster: str
     bad = make(tmp_path)
     with pytest.raises(DataError, match=message) as e:
         run_filter(config(tmp_path, [good_file(tmp_path), bad]), scheduler=cluster)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "nothing was written" in str(e.value)
     assert not (tmp_path / "run" / "filtered").exists()
 
 
 def test_bad_files_are_skipped_and_reported_when_asked(tmp_path: Path, cluster: str) -> None:
-    cfg = config(tmp_path, [good_file(tmp_path), corrupt_parquet(tmp_path), invalid_utf8(tmp_path)],
-                 "filter.on_bad_file=skip")
+    cfg = config(tmp_path, [good_file(tmp_path), corrupt_parquet(tmp_path), corrupt_page(tmp_path),
+                            invalid_utf8(tmp_path)], "filter.on_bad_file=skip")
     assert run_filter(cfg, scheduler=cluster) == 0
     stats = json.loads((tmp_path / "run" / "filtered" / "stats.json").read_text())
-    assert sorted(Path(b["path"]).name for b in stats["bad_files"]) == ["corrupt.parquet", "latin1.jsonl"]
+    assert sorted(Path(b["path"]).name for b in stats["bad_files"]) == ["corrupt.parquet", "corrupt_page.parquet",
+                                                                        "latin1.jsonl"]
     assert stats["documents_in"] == len(DOCS)
 
 

@@ -13,6 +13,8 @@ from pipeline.config import load_config
 from pipeline.filter.inputs import document_id
 from pipeline.filter.runner import run_filter
 from pipeline.io import read_shards
+from tests.filter.conftest import ANSWER, QUESTION, write_jsonl
+from tests.filter.corpus import documents
 
 
 def run(planted: dict, cluster: str, *extra: str) -> Path:
@@ -53,14 +55,14 @@ def test_filter_end_to_end(planted: dict, cluster: str, capsys: pytest.CaptureFi
     assert survivor.cluster_size == 2
 
     stats = json.loads((out / "stats.json").read_text())
-    assert [s["stage"] for s in stats["stages"]] == ["normalize", "heuristics", "quality", "exact_dedup",
-                                                      "minhash", "decontaminate"]
+    assert [s["stage"] for s in stats["stages"]] == ["normalize", "heuristics", "quality", "decontaminate",
+                                                      "exact_dedup", "minhash"]
     assert stats["documents_in"] == 49 and stats["documents_out"] == len(kept)
     for before, after in zip(stats["stages"], stats["stages"][1:], strict=False):
         assert after["docs_in"] == before["docs_out"] and after["bytes_in"] == before["bytes_out"]
     assert stats["stages"][0]["bytes_removed"] > 9_000_000  # the 10 MB page
     assert stats["decontamination"]["gsm8k"] == {"items": 2, "items_indexed": 1, "documents_hit": 1,
-                                                 "unique_items_hit": 1}
+                                                 "unique_items_hit": 1, "documents_removed": 1}
     assert stats["minhash"]["bands"] * stats["minhash"]["rows"] <= 128
     assert {"validate", "score", "exact_dedup", "minhash", "decontaminate", "write"} <= set(stats["timings_s"])
     # per step: scoring steps in worker seconds (summed over shards), global stages in wall seconds
@@ -104,3 +106,50 @@ def test_a_changed_input_rescores_only_its_shards(planted: dict, cluster: str) -
     changed = [p.name for p in before if after.get(p) != before[p]]
     assert changed == ["part-00003.parquet"]  # web.jsonl is shards 0-2 (16 rows each), more.parquet is 3
     assert json.loads((out / "stats.json").read_text())["documents_in"] == 47
+
+
+def light_config(tmp_path: Path, inputs: list[Path], *extra: str):
+    """No edu model; the stages that need none."""
+    return load_config(None, [f"run_dir={tmp_path / 'run'}", f"filter.input=[{', '.join(map(str, inputs))}]",
+                              "filter.quality.enabled=false", "filter.include_generated=false", *extra])
+
+
+def test_a_contaminated_copy_is_never_the_one_a_cluster_keeps(tmp_path: Path, cluster: str) -> None:
+    # ~500 words (three documents, so 5-grams repeat: the repetition rule is off), so that the copy
+    # with a GSM8K item pasted in is still a near-duplicate
+    article = "\n\n".join(documents(3, seed=21))
+    write_jsonl(tmp_path / "web.jsonl", [
+        {"id": "clean", "text": article},
+        {"id": "contaminated", "text": f"{article}\n\n{QUESTION}\n\n{ANSWER}"},  # longer: keep-best's pick
+        {"id": "homework", "text": f"Homework: {QUESTION}"},  # too short for the heuristics
+    ])
+    write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": QUESTION, "answer": ANSWER}])
+    cfg = light_config(tmp_path, [tmp_path / "web.jsonl"], "filter.heuristics.gopher_repetition.enabled=false",
+                       f"filter.decontaminate.benchmarks=[{{name: gsm8k, path: {tmp_path / 'gsm8k.jsonl'}}}]")
+    assert run_filter(cfg, scheduler=cluster) == 0
+    out = tmp_path / "run" / "filtered"
+    reason = dict(zip(*read_shards(out / "rejected")[["id", "filter_reason"]].to_numpy().T, strict=True))
+    assert read_shards(out).id.tolist() == ["clean"]
+    assert reason["contaminated"] == "decontam:gsm8k" and reason["homework"].startswith("gopher")
+    # hits are counted in the input, also in a document an earlier stage removed
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["decontamination"]["gsm8k"] == {"items": 1, "items_indexed": 1, "documents_hit": 2,
+                                                 "unique_items_hit": 1, "documents_removed": 1}
+    assert [s["stage"] for s in stats["stages"]].index("decontaminate") < [
+        s["stage"] for s in stats["stages"]].index("minhash")
+
+
+def test_a_limit_that_leaves_documents_unread_is_reported(tmp_path: Path, cluster: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    docs = documents(10, seed=5)
+    write_jsonl(tmp_path / "web.jsonl", [{"text": t} for t in docs])
+    pd.DataFrame({"text": docs[:3]}).to_parquet(tmp_path / "small.parquet")
+    cfg = light_config(tmp_path, [tmp_path / "web.jsonl", tmp_path / "small.parquet"], "filter.limit=4",
+                       "filter.minhash.enabled=false")
+    assert run_filter(cfg, scheduler=cluster) == 0
+    captured = capsys.readouterr()
+    assert f"filter: read 4 of 10 documents of {tmp_path / 'web.jsonl'}: filter.limit" in captured.out
+    stats = json.loads((tmp_path / "run" / "filtered" / "stats.json").read_text())
+    assert stats["limited"] == [{"path": str(tmp_path / "web.jsonl"), "read": 4, "documents": 10}]
+    assert stats["documents_in"] == 4 + 3
+    assert "\r" not in captured.err  # not a terminal: plain progress lines, no redrawn bar frames

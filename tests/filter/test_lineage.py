@@ -1,0 +1,125 @@
+"""What made the filter's outputs: the lineage in filtered/manifest.json, and stored scores that are
+never served for other content or other settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config, public_dict
+from pipeline.filter.runner import run_filter
+from pipeline.io import list_shards, read_shards
+from pipeline.lineage import LineageError, content_digest, file_digests, manifest_ref
+from tests.filter.conftest import write_jsonl
+from tests.filter.corpus import documents
+
+DOCS = documents(8, seed=17)
+
+
+def config(tmp_path: Path, inputs: list[Path], *extra: str):
+    return load_config(None, [f"run_dir={tmp_path / 'run'}", f"filter.input=[{', '.join(map(str, inputs))}]",
+                              "filter.quality.enabled=false", "filter.minhash.enabled=false",
+                              "filter.include_generated=false", *extra])
+
+
+def manifest(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "run" / "filtered" / "manifest.json").read_text())
+
+
+def shards_on_disk(tmp_path: Path) -> dict[str, str]:
+    out = tmp_path / "run" / "filtered"
+    return file_digests([*list_shards(out), *list_shards(out / "rejected")], tmp_path / "run")
+
+
+@pytest.mark.light
+def test_the_manifest_names_the_inputs_parents_and_outputs(planted: dict, cluster: str, edu_model: Path) -> None:
+    run = planted["run"]
+    (run / "generated" / "manifest.json").write_text('{"stage": "generate"}')
+    (run / "classifier").mkdir()
+    shutil.copy(edu_model, run / "classifier" / "edu_fasttext.bin")  # the run's own classifier
+    (run / "classifier" / "manifest.json").write_text(json.dumps(
+        {"stage": "train-classifier", "outputs": {"classifier/edu_fasttext.bin": content_digest(edu_model)}}))
+    cfg = load_config(None, [*planted["overrides"], "filter.quality.model=null"])
+    assert run_filter(cfg, scheduler=cluster) == 0
+
+    lineage = manifest(planted["root"])["lineage"]
+    assert lineage["config"] == {"filter": public_dict(cfg.filter), "seed": cfg.seed}
+    web, more = planted["root"] / "web.jsonl", planted["root"] / "more.parquet"
+    assert {k: v for k, v in lineage["inputs"].items() if k != "decontaminate.benchmarks"} == {
+        str(web): content_digest(web), str(more): content_digest(more),
+        "generated/part-00000.parquet": content_digest(run / "generated" / "part-00000.parquet"),
+        "classifier/edu_fasttext.bin": content_digest(edu_model)}
+    assert lineage["parents"] == {"generated": manifest_ref(run / "generated" / "manifest.json", run),
+                                  "classifier": manifest_ref(run / "classifier" / "manifest.json", run)}
+    outputs = manifest(planted["root"])["outputs"]
+    assert outputs == shards_on_disk(planted["root"]) and any(k.startswith("filtered/rejected/") for k in outputs)
+
+
+def test_a_classifier_that_no_longer_matches_its_manifest_stops_before_scoring(planted: dict, cluster: str,
+                                                                                edu_model: Path) -> None:
+    run = planted["run"]
+    (run / "classifier").mkdir()
+    shutil.copy(edu_model, run / "classifier" / "edu_fasttext.bin")
+    (run / "classifier" / "manifest.json").write_text(json.dumps(
+        {"stage": "train-classifier", "outputs": {"classifier/edu_fasttext.bin": "0" * 16}}))
+    cfg = load_config(None, [*planted["overrides"], "filter.quality.model=null"])
+    with pytest.raises(LineageError, match=r"classifier/edu_fasttext\.bin: does not match"):
+        run_filter(cfg, scheduler=cluster)
+    assert not (run / "filtered" / "scored").exists()
+
+
+def test_restart_discards_the_stored_scores(tmp_path: Path, cluster: str, capsys: pytest.CaptureFixture) -> None:
+    cfg = config(tmp_path, [write_jsonl(tmp_path / "web.jsonl", [{"text": t} for t in DOCS])])
+    run_filter(cfg, scheduler=cluster)
+    scored = tmp_path / "run" / "filtered" / "scored" / "part-00000.parquet"
+    stamp = scored.stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_filter(cfg, scheduler=cluster, restart=True) == 0
+    said = capsys.readouterr().out
+    assert "up to date" not in said and "already scored" not in said and scored.stat().st_mtime_ns != stamp
+    assert manifest(tmp_path)["outputs"] == shards_on_disk(tmp_path)
+
+
+def test_outputs_that_no_longer_match_the_manifest_are_rebuilt(tmp_path: Path, cluster: str,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    first = write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "text": t} for i, t in enumerate(DOCS[:4])])
+    second = write_jsonl(tmp_path / "b.jsonl", [{"id": f"b{i}", "text": t} for i, t in enumerate(DOCS[4:])])
+    run_filter(config(tmp_path, [first, second]), scheduler=cluster)
+    (tmp_path / "run" / "filtered" / "part-00000.parquet").unlink()
+    capsys.readouterr()
+    run_filter(config(tmp_path, [first, second]), scheduler=cluster)
+    assert "up to date" not in capsys.readouterr().out
+    assert len(read_shards(tmp_path / "run" / "filtered")) == 8
+
+    run_filter(config(tmp_path, [first]), scheduler=cluster)  # an input dropped: none of its outputs stay
+    assert set(read_shards(tmp_path / "run" / "filtered").id) == {f"a{i}" for i in range(4)}
+    assert manifest(tmp_path)["outputs"] == shards_on_disk(tmp_path)
+    assert list(manifest(tmp_path)["lineage"]["inputs"]) == [str(first)]
+
+
+def test_stored_scores_follow_the_text_column(tmp_path: Path, cluster: str) -> None:
+    web = write_jsonl(tmp_path / "web.jsonl", [{"id": f"d{i}", "text": DOCS[i], "body": DOCS[i + 4]}
+                                               for i in range(4)])
+    run_filter(config(tmp_path, [web]), scheduler=cluster)
+    run_filter(config(tmp_path, [web], "filter.text_column=body"), scheduler=cluster)
+    assert sorted(read_shards(tmp_path / "run" / "filtered").text) == sorted(DOCS[4:8])
+
+
+def test_an_input_changed_in_place_is_rescored_whatever_its_size_and_mtime(tmp_path: Path, cluster: str) -> None:
+    # The change lies past the first and before the last MiB, and the size and mtime are kept:
+    # only the content tells the two files apart.
+    page = "word " * 300_000  # 1.5 MB: rejected by length, never scored for n-grams
+    rows = [{"id": "head", "text": page}, {"id": "middle", "text": DOCS[0]}, {"id": "tail", "text": page}]
+    web = write_jsonl(tmp_path / "web.jsonl", rows)
+    run_filter(config(tmp_path, [web]), scheduler=cluster)
+    before = web.stat()
+    changed = DOCS[0].replace("the", "teh", 1)
+    write_jsonl(web, [rows[0], {"id": "middle", "text": changed}, rows[2]])
+    os.utime(web, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert web.stat().st_size == before.st_size
+    run_filter(config(tmp_path, [web]), scheduler=cluster)
+    assert read_shards(tmp_path / "run" / "filtered").text.tolist() == [changed]
