@@ -1,11 +1,13 @@
 """Training state for exact resume: model, optimizer, step (the LR schedule is a function of it),
-RNG states and the data position, saved atomically under ``<phase dir>/state/step-NNNNNN/``."""
+RNG states and the data position, saved atomically under ``<phase dir>/state/step-NNNNNN/``.
+
+``state/lineage.json`` holds the fingerprint of what the states were trained on (the loop checks it
+before it resumes, so a run never continues on data or settings that changed)."""
 
 from __future__ import annotations
 
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,17 @@ import numpy as np
 import torch
 
 from pipeline.errors import TrainError
+from pipeline.io import atomic_dir
+
+LINEAGE = "lineage.json"
+"""In the state folder: ``{"lineage": fingerprint}`` of the run its states belong to."""
 
 
 def save_state(folder: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                data_position: int, extra: dict[str, Any], keep: int) -> Path:
-    """Write ``folder/step-{step:06d}/state.pt`` (temporary folder, then rename); keep the last ``keep``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``folder/step-{step:06d}/state.pt`` (temporary folder, then rename; modes follow the
+    umask); keep the last ``keep``."""
     final = folder / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
     state = {
         "step": step,
         "data_position": data_position,
@@ -30,10 +35,8 @@ def save_state(folder: Path, step: int, model: torch.nn.Module, optimizer: torch
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         **extra,
     }
-    torch.save(state, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with atomic_dir(final) as tmp:
+        torch.save(state, tmp / "state.pt")
     for old in list_states(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

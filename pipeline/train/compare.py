@@ -8,12 +8,18 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.errors import TrainError
-from pipeline.io import write_json
+from pipeline.io import write_json, write_text
+from pipeline.lineage import fingerprint, manifest_ref
 from pipeline.train.loop import PhasePlan, run_phase
 
 
 def compare(cfg: Config, restart: bool = False) -> int:
-    """Train every arm of ``train.compare.arms`` into RUN_DIR/compare/<arm>/ and print the table."""
+    """Train every arm of ``train.compare.arms`` into RUN_DIR/compare/<arm>/ and print the table.
+
+    Each arm is a phase with its own lineage (its mixture, phase 2's schedule, the shards it reads,
+    checkpoints/phase1's manifest): an arm trained on other inputs is an error, or with ``restart``
+    retrained; an arm already trained on these inputs is reused.
+    """
     arms = cfg.train.compare.arms
     if len(arms) < 2:
         raise TrainError("config key 'train.compare.arms': need at least two arms to compare")
@@ -23,16 +29,19 @@ def compare(cfg: Config, restart: bool = False) -> int:
     results: dict[str, dict[str, Any]] = {}
     for arm, mixture in arms.items():
         schedule = cfg.train.phase2.model_copy(update={"mixture": mixture})
-        plan = PhasePlan(f"phase2-{arm}", cfg.run_dir / "compare" / arm, phase1, schedule)
-        summary = run_phase(cfg, plan)
+        plan = PhasePlan(f"phase2-{arm}", cfg.run_dir / "compare" / arm, phase1, schedule,
+                         key="train.phase2", mixture_key=f"train.compare.arms.{arm}")
+        summary = run_phase(cfg, plan, restart)
         if summary.get("stopped_early"):
             raise TrainError(f"compare arm {arm!r} stopped at step {summary['steps_done']}; unset train.stop_at_step")
         results[arm] = summary
     table = compare_table(results)
     out = cfg.run_dir / "compare"
+    table["lineage"] = fingerprint({"train.compare.arms": arms},
+                                   parents={arm: manifest_ref(out / arm / "manifest.json", cfg.run_dir) for arm in arms})
     write_json(table, out / "compare.json")
     markdown = render_markdown(table)
-    (out / "compare.md").write_text(markdown, encoding="utf-8")
+    write_text(markdown, out / "compare.md")
     print(markdown)
     return 0
 

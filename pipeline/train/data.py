@@ -2,25 +2,26 @@
 
 Documents are framed ``BOS doc EOS`` and concatenated into non-overlapping rows of
 ``seq_len + 1`` tokens (inputs are ``row[:-1]``, targets ``row[1:]``). Packed rows are cached
-per source as ``.npy`` token shards with a manifest; a phase draws rows from its sources by
-weight with a plan that is a pure function of the seed, so the data position is one integer.
+per source as ``.npy`` token shards with a manifest, keyed by the content digests of the source's
+files; a phase interleaves rows from its sources so every prefix of the plan holds each source
+within about one row of its weight, and the data position is one integer.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xxhash
-from tqdm.auto import tqdm
 
 from pipeline.errors import EmptySourceError, PipelineError, TrainError
-from pipeline.io import expand_inputs, file_digest, read_json, read_parquet, stable_hash, write_json
+from pipeline.io import atomic_path, expand_inputs, read_json, read_parquet, stable_hash, write_json
+from pipeline.lineage import file_digests
+from pipeline.progress import progress
 from pipeline.train.config import RowFilter, SourceConfig
 
 _OPS: dict[str, Callable[[pd.Series, object], pd.Series]] = {
@@ -96,7 +97,7 @@ def tokenize_documents(tok, texts: Sequence[str], dtype: type = np.int64, batch_
     """
     backend = tok.backend_tokenizer
     out: list[np.ndarray] = []
-    with tqdm(total=len(texts), desc=desc, unit="doc", disable=len(texts) < 5000) as bar:
+    with progress(total=len(texts), desc=desc, unit="doc", disable=len(texts) < 5000) as bar:
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start:start + batch_size])
             out.extend(np.asarray(e.ids, dtype=dtype) for e in backend.encode_batch_fast(batch, add_special_tokens=False))
@@ -134,16 +135,9 @@ def token_dtype(vocab_size: int) -> type:
 
 
 def save_array(arr: np.ndarray, path: Path) -> None:
-    """np.save atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    os.close(fd)
-    try:
+    """np.save atomically (temporary name, then rename), with the mode the umask gives."""
+    with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, arr)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cached_arrays(folder: Path, key: dict, build: Callable[[], tuple[dict[str, np.ndarray], dict]]
@@ -180,7 +174,8 @@ def packed_source(name: str, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
                   val_fraction: float) -> PackedSource:
     """Read, split, tokenize and pack a source, through the token-shard cache in RUN_DIR/tokens/."""
     files = source_files(name, spec, run_dir)
-    key = {"source": spec.model_dump(), "files": {f: file_digest(Path(f)) for f in files},
+    # content digests, not mtimes: a shard rewritten with the same size and mtime is still new data
+    key = {"source": spec.model_dump(), "files": file_digests(files, run_dir),
            "tokenizer": tokenizer_id, "seq_len": seq_len, "val_fraction": val_fraction}
 
     def build() -> tuple[dict[str, np.ndarray], dict]:
@@ -202,28 +197,48 @@ def packed_source(name: str, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
     return PackedSource(name, arrays["train"], arrays["val"], manifest)
 
 
+def interleave(weights: Sequence[float], total: int) -> np.ndarray:
+    """The source index of each of ``total`` plan positions, deterministic.
+
+    Position ``i`` goes to the source furthest behind its quota ``weight * (i + 1)`` (ties to the
+    first), the largest-remainder rule applied at every prefix: each source's row count stays
+    within about one row of ``weight * n`` for every ``n``, so token shares track the weights at
+    any budget and at any step of a run (random draws were off by several points on small runs).
+    """
+    w = [float(x) for x in weights]
+    count = [0] * len(w)
+    plan = array("H", bytes(2 * total))
+    for i in range(total):
+        best, behind = 0, w[0] * (i + 1) - count[0]
+        for s in range(1, len(w)):
+            d = w[s] * (i + 1) - count[s]
+            if d > behind:
+                best, behind = s, d
+        count[best] += 1
+        plan[i] = best
+    return np.frombuffer(plan, dtype=np.uint16).astype(np.int64)
+
+
 class MixtureSampler:
     """Rows drawn from weighted sources; row ``i`` of the plan is a pure function of (seed, i).
 
-    Each position picks a source by weight; a source's rows are visited in a seeded permutation,
-    reshuffled every epoch, so a small source repeats rather than running dry.
+    The sources are interleaved by weight (:func:`interleave`); a source's rows are visited in a
+    seeded permutation, reshuffled every epoch, so a small source repeats rather than running dry.
     """
 
-    def __init__(self, sources: dict[str, np.ndarray], weights: dict[str, float], total_rows: int, seed: int):
+    def __init__(self, sources: Mapping[str, np.ndarray], weights: Mapping[str, float], total_rows: int, seed: int):
         self.names = list(weights)
         self.sources = [sources[n] for n in self.names]
         w = np.array([weights[n] for n in self.names], dtype=np.float64)
         self.weights = w / w.sum()
         self.seed = seed
-        rng = np.random.default_rng([seed, 0x5EED])
-        self.plan = rng.choice(len(self.names), size=total_rows, p=self.weights)
+        self.plan = interleave(self.weights, total_rows)
         # occurrence k of source s in the plan -> k-th row of that source's epoch permutations
         self.occurrence = np.zeros(total_rows, dtype=np.int64)
         for s in range(len(self.names)):
             where = np.flatnonzero(self.plan == s)
             self.occurrence[where] = np.arange(len(where))
         self._perms: dict[tuple[int, int], np.ndarray] = {}
-
     def _row(self, s: int, k: int) -> np.ndarray:
         n = len(self.sources[s])
         epoch, j = divmod(int(k), n)

@@ -7,6 +7,12 @@
 Phase 2 starts from phase 1's final weights and SFT from phase 2's, each with its own schedule.
 Under ``torchrun --nproc_per_node N`` the same code runs with DDP; each rank reads its own slice of
 the deterministic mixture plan.
+
+Lineage: the tokenizer and every phase record a fingerprint (the settings that shape them, the
+content digests of the shards their sources read, the manifests of the stages upstream and of the
+previous phase) in their ``manifest.json`` and, for a phase, beside its resumable state. A rerun
+resumes or reuses them only when the fingerprint still matches; otherwise it stops with a one-line
+:class:`~pipeline.lineage.LineageError`, or with ``restart`` discards them and starts over.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import hashlib
 import math
 import os
 import shutil
+import sys
 import time
-import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +35,17 @@ import torch
 
 from pipeline.config import Config, public_dict
 from pipeline.errors import EmptySourceError, PipelineError, TrainError
-from pipeline.io import build_manifest, read_json, stable_hash, write_json
-from pipeline.train.checkpoint import list_states, load_latest, save_state
+from pipeline.io import atomic_dir, build_manifest, current_umask, read_json, stable_hash, write_json
+from pipeline.lineage import (
+    check_resume,
+    file_digests,
+    fingerprint,
+    manifest_ref,
+    read_fingerprint,
+    relative_name,
+)
+from pipeline.progress import interactive, progress
+from pipeline.train.checkpoint import LINEAGE, list_states, load_latest, save_state
 from pipeline.train.config import PhaseConfig, TrainConfig
 from pipeline.train.data import MixtureSampler, packed_source, read_source, source_files
 from pipeline.train.evals import (
@@ -57,6 +73,14 @@ class PhasePlan:
     init_from: Path | None
     schedule: PhaseConfig
     sft: bool = False
+    key: str = ""
+    """Config key of the schedule (default ``train.<name>``), for messages and the fingerprint."""
+    mixture_key: str = ""
+    """Config key of the mixture (default ``<key>.mixture``)."""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or ("train.sft" if self.sft else f"train.{self.name}")
+        self.mixture_key = self.mixture_key or ("train.sft.source" if self.sft else f"{self.key}.mixture")
 
 
 @dataclass
@@ -75,11 +99,27 @@ def train(cfg: Config, phase: str, restart: bool = False) -> int:
     """CLI entry: run ``phase`` ("1", "2" or "sft") into RUN_DIR/checkpoints/<phase>/."""
     if phase not in PHASES:
         raise TrainError(f"unknown phase {phase!r} (expected 1, 2 or sft)")
-    summary = run_phase(cfg, phase_plan(cfg, phase))
+    plan = phase_plan(cfg, phase)
+    summary = run_phase(cfg, plan, restart)
     if summary.get("stopped_early"):
         print(f"stopped at step {summary['steps_done']}/{summary['steps']} (train.stop_at_step); "
               "rerun to resume from the latest checkpoint")
+    elif "tokens" in summary:
+        print(summary_text(summary, plan.out_dir))
     return 0
+
+
+def summary_text(summary: dict[str, Any], out_dir: Path) -> str:
+    """The end-of-run screen: where the checkpoint is, tokens and their shares, time, validation."""
+    shares = ", ".join(f"{n} {100 * v:.1f}%" for n, v in (summary.get("token_shares") or {}).items())
+    seconds = summary.get("train_time_s") or 0.0
+    took = f"{seconds:.1f} s" if seconds < 60 else "{} min {:02d} s".format(*divmod(round(seconds), 60))
+    lines = [f"{summary['phase']}: {summary['steps']} steps, {summary['tokens']:,} tokens ({shares}) in {took}"
+             + (" (already trained on these inputs: nothing to do)" if summary.get("reused") else ""),
+             f"  checkpoint:  {out_dir}  (AutoModelForCausalLM / AutoTokenizer.from_pretrained)"]
+    for domain, v in (summary.get("final_val") or {}).items():
+        lines.append(f"  val {domain + ':':<14} loss {v['loss']:.4f}  bpb {v['bpb']:.4f}")
+    return "\n".join(lines)
 
 
 def phase_plan(cfg: Config, phase: str) -> PhasePlan:
@@ -151,44 +191,68 @@ def check_mixture(t: TrainConfig, key: str, mixture: dict[str, float]) -> dict[s
     return {n: w for n, w in mixture.items() if w > 0}
 
 
-def ensure_tokenizer(cfg: Config, d: Dist):
+def ensure_tokenizer(cfg: Config, d: Dist, restart: bool = False):
     """RUN_DIR/tokenizer/, trained (rank 0) on a sample of the phase mixtures unless it exists.
 
-    Its ``manifest.json`` records ``train.tokenizer``; reusing a tokenizer built with other settings
-    (say another vocab_size) is an error, not a silent mismatch.
+    Its ``manifest.json`` holds the tokenizer's lineage (``train.tokenizer``, the sample's sources
+    and the digests of their shards); an existing tokenizer is reused only when that still matches,
+    else LineageError, or with ``restart`` it is rebuilt. A tokenizer put there by hand (no
+    manifest) is the user's to vouch for.
     """
     from transformers import AutoTokenizer
 
     t, folder = cfg.train, cfg.run_dir / "tokenizer"
-    wanted = t.tokenizer.model_dump()
-    if (folder / "tokenizer_config.json").exists():
-        check_tokenizer_manifest(folder, wanted)
-    elif d.main:
+    current = tokenizer_fingerprint(cfg)
+    manifest = folder / "manifest.json"
+    reuse = (folder / "tokenizer_config.json").exists() and (
+        not manifest.exists() or check_resume("the tokenizer", read_fingerprint(manifest), current, restart, folder))
+    barrier(d)  # every rank has read the old manifest before rank 0 replaces the folder
+    if not reuse and d.main:
         if t.tokenizer.pretrained:
             tok = load_pretrained(t.tokenizer.pretrained)
         else:
             tok = train_bpe(tokenizer_sample(cfg), t.tokenizer.vocab_size)
-        tmp = folder.with_name(f".tokenizer.{os.getpid()}.tmp")
-        tok.save_pretrained(tmp)
-        write_json(build_manifest("tokenizer", public_dict(cfg), tokenizer=wanted, vocab=len(tok)),
-                   tmp / "manifest.json")
-        if folder.exists():  # a half-written folder from a crash: replace it
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        with atomic_dir(folder) as tmp:  # a crash leaves the old folder or none, never half of one
+            tok.save_pretrained(tmp)
+            write_json(build_manifest("tokenizer", public_dict(cfg), tokenizer=t.tokenizer.model_dump(),
+                                      vocab=len(tok), lineage=current), tmp / "manifest.json")
     barrier(d)
     return AutoTokenizer.from_pretrained(folder)
 
 
-def check_tokenizer_manifest(folder: Path, wanted: dict[str, Any]) -> None:
-    """TrainError if ``folder`` was built with other ``train.tokenizer`` settings than ``wanted``."""
-    manifest = folder / "manifest.json"
-    if not manifest.exists():
-        return  # a tokenizer the user put there by hand: theirs to vouch for
-    built = read_json(manifest).get("tokenizer", {})
-    changed = [f"{k}={built.get(k)!r} (config: {v!r})" for k, v in wanted.items() if built.get(k) != v]
-    if changed:
-        raise TrainError(f"{folder}: built with train.tokenizer {', '.join(changed)}; delete the folder "
-                         f"to rebuild it or use a new run_dir")
+def sample_sources(t: TrainConfig) -> list[str]:
+    """The sources the tokenizer sample reads: every phase's, phase 1's first."""
+    names = dict.fromkeys([*t.phase1.mixture, *t.phase2.mixture, t.sft.source])
+    return [n for n in names if n in t.sources]
+
+
+def tokenizer_fingerprint(cfg: Config) -> dict[str, Any]:
+    """What the tokenizer is built from: its settings and, for a trained BPE, the seed, the sample's
+    source definitions and the content digests of their files (a source without files is skipped
+    by the sample, so it is left out here too)."""
+    t = cfg.train
+    if t.tokenizer.pretrained:
+        return fingerprint({"train.tokenizer": t.tokenizer.model_dump()})
+    names = sample_sources(t)
+    files: set[str] = set()
+    for name in names:
+        try:
+            files.update(source_files(name, t.sources[name], cfg.run_dir))
+        except PipelineError:
+            continue
+    config = {"seed": cfg.seed, "train.tokenizer": t.tokenizer.model_dump(),
+              "train.sources": {n: t.sources[n].model_dump() for n in names}}
+    return fingerprint(config, file_digests(files, cfg.run_dir), source_parents(files, cfg.run_dir))
+
+
+def source_parents(files: Iterable[str], run_dir: Path) -> dict[str, dict[str, str]]:
+    """``{folder: manifest_ref}`` of the stage manifests (filtered/, generated/, ...) beside the files read."""
+    parents: dict[str, dict[str, str]] = {}
+    for folder in sorted({Path(f).parent for f in files}):
+        ref = manifest_ref(folder / "manifest.json", run_dir)
+        if ref is not None:
+            parents[relative_name(folder, run_dir)] = ref
+    return parents
 
 
 def tokenizer_sample(cfg: Config) -> list[str]:
@@ -203,12 +267,22 @@ def tokenizer_sample(cfg: Config) -> list[str]:
         except (PipelineError, KeyError) as e:
             if name in t.phase1.mixture:
                 raise
-            warnings.warn(f"tokenizer sample skips source {name!r}: {e}", stacklevel=2)
+            note(f"tokenizer sample skips source {name!r}: {_first_line(e)}")
             continue
         rng = np.random.default_rng([cfg.seed, i])
         pick = rng.permutation(len(docs))[:per_source]
         texts.extend(docs["text"].iloc[np.sort(pick)].tolist())
     return texts
+
+
+def note(message: str) -> None:
+    """A one-line notice on stderr (not a Python warning with its source line)."""
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return (text.splitlines() or [type(e).__name__])[0]
 
 
 def tokenizer_id(folder: Path) -> str:
@@ -243,6 +317,59 @@ def check_inputs(cfg: Config, plan: PhasePlan, mixture: dict[str, float]) -> Non
     if t.seq_len > max_pos:
         raise TrainError(f"config key 'train.seq_len': {t.seq_len} is above the model's maximum "
                          f"max_position_embeddings={max_pos}")
+
+
+def phase_fingerprint(cfg: Config, plan: PhasePlan, mixture: dict[str, float], world: int) -> dict[str, Any]:
+    """What a phase's weights are a function of: its schedule and mixture, the sources' definitions
+    and the digests of every shard they read, the seed, sequence length, optimizer settings and
+    world size (it sets the steps and each rank's rows), the model shape for phase 1; and as
+    parents the manifests of the stages that wrote those shards, of the tokenizer and of the
+    phase it starts from (so a retrained phase 1 stops phase 2 from resuming)."""
+    t, run_dir = cfg.train, cfg.run_dir
+    config: dict[str, Any] = {
+        "seed": cfg.seed, plan.key: plan.schedule.model_dump(exclude={"mixture"}), plan.mixture_key: mixture,
+        "train.sources": {n: t.sources[n].model_dump() for n in mixture}, "train.seq_len": t.seq_len,
+        "train.val_fraction": t.val_fraction, "train.weight_decay": t.weight_decay, "train.betas": list(t.betas),
+        "train.grad_clip": t.grad_clip, "world_size": world,
+    }
+    if plan.sft:
+        config["train.sft.parser"] = t.sft.parser
+    files = sorted({f for n in mixture for f in source_files(n, t.sources[n], run_dir)})
+    parents: dict[str, Any] = source_parents(files, run_dir)
+    if plan.init_from is None:
+        config["train.model"] = t.model.model_dump()
+        parents["tokenizer"] = manifest_ref(run_dir / "tokenizer" / "manifest.json", run_dir)
+    else:
+        parents[relative_name(plan.init_from, run_dir)] = manifest_ref(plan.init_from / "manifest.json", run_dir)
+    return fingerprint(config, file_digests(files, run_dir), {k: v for k, v in parents.items() if v is not None})
+
+
+def reuse_or_discard(plan: PhasePlan, current: dict[str, Any], restart: bool, d: Dist) -> dict[str, Any] | None:
+    """Check the phase's final checkpoint and saved state against ``current``.
+
+    Returns the final summary when the phase is already trained on exactly these inputs (nothing
+    to do), None when training should start or resume. A mismatch raises LineageError, or with
+    ``restart`` deletes the phase folder (state and final outputs) so training starts from scratch.
+    """
+    summary_path = plan.out_dir / "train_summary.json"  # written last: the phase is complete
+    state_dir = plan.out_dir / "state"
+    fresh = True
+    if summary_path.exists():
+        fresh = check_resume(f"the {plan.name} checkpoint", read_fingerprint(plan.out_dir / "manifest.json"),
+                             current, restart, plan.out_dir)
+    if fresh and list_states(state_dir):
+        fresh = check_resume(f"the saved {plan.name} training state", read_fingerprint(state_dir / LINEAGE),
+                             current, restart, state_dir)
+    if not fresh:
+        barrier(d)  # every rank has checked before rank 0 deletes
+        if d.main:
+            shutil.rmtree(plan.out_dir)
+            note(f"{plan.out_dir}: discarded (built from other inputs; --restart); training from scratch")
+        barrier(d)
+        return None
+    if summary_path.exists():
+        return {**read_json(summary_path), "reused": True}
+    return None
 
 
 def load_model(cfg: Config, plan: PhasePlan, tok):
@@ -295,7 +422,7 @@ def load_data(cfg: Config, plan: PhasePlan, tok, tok_id: str, total_rows: int, m
         try:
             p = packed_source(source, spec, **common)
         except PipelineError as e:
-            warnings.warn(f"eval domain {domain!r} skipped: {e}", stacklevel=2)
+            note(f"eval domain {domain!r} skipped: {_first_line(e)}")
             continue
         if len(p.val):
             eval_sets[domain] = (p.val[: t.eval_sequences], None)
@@ -304,20 +431,38 @@ def load_data(cfg: Config, plan: PhasePlan, tok, tok_id: str, total_rows: int, m
 
 # --- the loop ---------------------------------------------------------------------------------
 
-def run_phase(cfg: Config, plan: PhasePlan) -> dict[str, Any]:
-    """Train one phase to completion (or ``stop_at_step``), resuming from its latest state."""
+def run_phase(cfg: Config, plan: PhasePlan, restart: bool = False) -> dict[str, Any]:
+    """Train one phase to completion (or ``stop_at_step``), resuming from its latest state when
+    that was built from the same inputs (``restart``: discard it when not)."""
     t, p = cfg.train, plan.schedule
     d = init_distributed(t.device)
     try:
-        return _run(cfg, plan, t, p, d)
+        with library_bars_off():
+            return _run(cfg, plan, t, p, d, restart)
     finally:
         if d.initialized_here:
             torch.distributed.destroy_process_group()
 
 
-def _run(cfg: Config, plan: PhasePlan, t: TrainConfig, p: PhaseConfig, d: Dist) -> dict[str, Any]:
-    key = "train.sft" if plan.sft else f"train.{plan.name}"
-    mixture = check_mixture(t, f"{key}.mixture" if not plan.sft else "train.sft.source", p.mixture)
+@contextlib.contextmanager
+def library_bars_off():
+    """transformers' own bars (loading, writing weights) redraw every frame into a log file: off
+    unless a person watches a terminal."""
+    from transformers.utils import logging as hf_logging
+
+    if interactive() or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def _run(cfg: Config, plan: PhasePlan, t: TrainConfig, p: PhaseConfig, d: Dist, restart: bool) -> dict[str, Any]:
+    key = plan.key
+    mixture = check_mixture(t, plan.mixture_key, p.mixture)
     tokens_per_step = p.batch_size * p.grad_accum * t.seq_len * d.world
     steps = p.tokens // tokens_per_step
     if steps < 1:
@@ -325,11 +470,15 @@ def _run(cfg: Config, plan: PhasePlan, t: TrainConfig, p: PhaseConfig, d: Dist) 
                          f"{tokens_per_step} tokens (batch_size x grad_accum x seq_len x world_size)")
     check_inputs(cfg, plan, mixture)
     if plan.init_from is None:
-        tok = ensure_tokenizer(cfg, d)
+        tok = ensure_tokenizer(cfg, d, restart)
     else:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(plan.init_from)  # the previous phase's, saved with its weights
+    lineage = phase_fingerprint(cfg, plan, mixture, d.world)
+    finished = reuse_or_discard(plan, lineage, restart, d)
+    if finished is not None:
+        return finished
     model = load_model(cfg, plan, tok)
     tok_id = tokenizer_id(cfg.run_dir / "tokenizer" if plan.init_from is None else plan.init_from)
     rows_per_step = p.batch_size * p.grad_accum * d.world
@@ -347,6 +496,8 @@ def _run(cfg: Config, plan: PhasePlan, t: TrainConfig, p: PhaseConfig, d: Dist) 
                                   lr=p.lr, betas=t.betas, fused=d.device.type == "cuda")
     state_dir = plan.out_dir / "state"
     state = load_latest(state_dir, model, optimizer)
+    if d.main:  # beside the states it vouches for, before the first of them is saved
+        write_json({"lineage": lineage}, state_dir / LINEAGE)
     start = state["step"] if state else 0
     elapsed_before = state.get("elapsed_s", 0.0) if state else 0.0
 
@@ -373,9 +524,7 @@ def _run(cfg: Config, plan: PhasePlan, t: TrainConfig, p: PhaseConfig, d: Dist) 
 
     model.train()
     train_time = 0.0
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=stop, initial=start, desc=plan.name, unit="step", disable=not d.main)
+    bar = progress(total=stop, initial=start, desc=plan.name, unit="step", disable=not d.main)
     for step in range(start, stop):
         if d.main and t.eval_every and step % t.eval_every == 0 and (step > start or step == 0):
             run_eval(step)
@@ -422,17 +571,30 @@ def _run(cfg: Config, plan: PhasePlan, t: TrainConfig, p: PhaseConfig, d: Dist) 
         if plan.sft:
             model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
             model.generation_config.save_pretrained(plan.out_dir)
+        follow_umask(plan.out_dir)
         metrics = read_metrics(log.path)
         plot_losses(metrics, plan.out_dir / "loss.png", f"{plan.name} ({cfg.run_dir.name})")
         summary.update(phase_summary(cfg, plan, model, data, steps, tokens_per_step, rows_per_step, metrics,
                                      final_val, d, fpt, peak, mixture))
-        write_json(summary, plan.out_dir / "train_summary.json")
+        outputs = file_digests((f for f in plan.out_dir.iterdir() if f.is_file() and f.name not in
+                                ("manifest.json", "metrics.jsonl", "train_summary.json")), cfg.run_dir)
         write_json(build_manifest("train", public_dict(cfg), phase=plan.name,
-                                  init_from=str(plan.init_from) if plan.init_from else None,
-                                  sources=data.sources, tokenizer=tok_id), plan.out_dir / "manifest.json")
+                                  init_from=relative_name(plan.init_from, cfg.run_dir) if plan.init_from else None,
+                                  sources=data.sources, tokenizer=tok_id, lineage=lineage, outputs=outputs),
+                   plan.out_dir / "manifest.json")
+        write_json(summary, plan.out_dir / "train_summary.json")  # last: it marks the phase complete
     log.close()
     barrier(d)
     return summary
+
+
+def follow_umask(folder: Path) -> None:
+    """Give the files directly in ``folder`` the mode an ordinary ``open`` would: safetensors writes
+    ``model.safetensors`` through a 0600 temporary file, whatever the umask."""
+    mode = 0o666 & ~current_umask()
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, mode)
 
 
 def train_step(fwd, model, optimizer, batches: list[tuple[torch.Tensor, torch.Tensor]], d: Dist, clip: float,
@@ -475,6 +637,7 @@ def phase_summary(cfg, plan, model, data, steps, tokens_per_step, rows_per_step,
         "seq_len": t.seq_len,
         "mixture": {n: w / sum(mixture.values()) for n, w in mixture.items()},
         "tokens_per_source": {n: c * t.seq_len for n, c in rows.items()},
+        "token_shares": {n: c / max(1, sum(rows.values())) for n, c in rows.items()},
         "sequences_per_source": rows,
         "source_stats": {n: {k: v for k, v in info.items() if k not in ("key", "arrays")}
                          for n, info in data.sources.items()},

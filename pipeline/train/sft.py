@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import EmptySourceError, TrainError
-from pipeline.io import file_digest
+from pipeline.lineage import file_digests
 from pipeline.train.config import SFTConfig, SourceConfig
 from pipeline.train.data import cached_arrays, read_source, source_files, token_dtype, validation_mask
 
@@ -89,7 +89,7 @@ def sft_data(cfg: SFTConfig, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
     """Packed SFT rows ``train``/``train_mask``/``val``/``val_mask`` of the chat source, cached."""
     files = source_files(cfg.source, spec, run_dir)
     key = {"sft": cfg.source, "parser": cfg.parser, "source": spec.model_dump(), "tokenizer": tokenizer_id,
-           "files": {f: file_digest(Path(f)) for f in files}, "seq_len": seq_len, "val_fraction": val_fraction}
+           "files": file_digests(files, run_dir), "seq_len": seq_len, "val_fraction": val_fraction}
 
     def build() -> tuple[dict[str, np.ndarray], dict]:
         parse = conversation_parser(cfg.parser)

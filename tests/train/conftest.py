@@ -54,15 +54,20 @@ def write_run(run_dir: Path, n_web: int = 160, n_gen: int = 90, seed: int = 0) -
     return run_dir
 
 
-def tiny_config(run_dir: Path, *overrides: str) -> Config:
-    base = [
+def tiny_overrides(run_dir: Path, *overrides: str) -> list[str]:
+    """The command-line overrides of a tiny run (phase 1: 20 steps, phase 2: 10, SFT: 5)."""
+    return [
         f"run_dir={run_dir}", "train.seq_len=32", "train.tokenizer.vocab_size=400",
         "train.phase1.tokens=2560", "train.phase1.batch_size=4", "train.phase1.warmup_steps=2",
         "train.phase2.tokens=1280", "train.phase2.batch_size=4", "train.phase2.warmup_steps=2",
         "train.sft.tokens=640", "train.sft.batch_size=4", "train.sft.warmup_steps=1",
         "train.eval_every=10", "train.eval_sequences=4", "train.checkpoint_every=5", "train.val_fraction=0.1",
+        *overrides,
     ]
-    return load_config(None, [*base, *overrides])
+
+
+def tiny_config(run_dir: Path, *overrides: str) -> Config:
+    return load_config(None, tiny_overrides(run_dir, *overrides))
 
 
 @pytest.fixture(autouse=True, scope="package")

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.cli import main
 from pipeline.errors import TrainError
+from pipeline.lineage import LineageError
 from pipeline.train.compare import compare
 from pipeline.train.evals import read_metrics
 from pipeline.train.loop import train
@@ -27,9 +28,10 @@ def _train_losses(folder):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Phase 1, phase 2 and SFT run once for the module (tokens are cached between phases)."""
+    """Phase 1, phase 2 (with unequal weights) and SFT run once for the module (tokens are cached
+    between phases)."""
     run_dir = write_run(tmp_path_factory.mktemp("trained") / "run")
-    cfg = tiny_config(run_dir)
+    cfg = tiny_config(run_dir, "train.phase2.mixture={web_top_edu: 0.7, synthetic: 0.3}")
     for phase in ("1", "2", "sft"):
         assert train(cfg, phase) == 0
     return cfg
@@ -58,6 +60,9 @@ def test_each_phase_leaves_a_loadable_checkpoint_and_a_summary(trained):
     assert (trained.run_dir / "tokenizer" / "tokenizer.json").exists()
     p2 = json.loads((trained.run_dir / "checkpoints/phase2/train_summary.json").read_text())
     assert p2["init_from"].endswith("phase1") and set(p2["tokens_per_source"]) == {"web_top_edu", "synthetic"}
+    # 40 rows at 0.7/0.3: the exact shares, not a draw that lands anywhere from 60/40 to 80/20
+    assert p2["tokens_per_source"] == {"web_top_edu": 28 * 32, "synthetic": 12 * 32}
+    assert p2["token_shares"] == pytest.approx({"web_top_edu": 0.7, "synthetic": 0.3}, abs=0.01)
     sft = trained.run_dir / "checkpoints" / "sft"
     model = AutoModelForCausalLM.from_pretrained(sft)
     tok = AutoTokenizer.from_pretrained(sft)
@@ -87,7 +92,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
                         "train.phase1.batch_size=2", "train.stop_at_step=8")
     train(parts, "1")
     state = parts.run_dir / "checkpoints" / "phase1" / "state"
-    assert sorted(p.name for p in state.iterdir()) == ["step-000005", "step-000008"]
+    assert sorted(p.name for p in state.iterdir()) == ["lineage.json", "step-000005", "step-000008"]
     shutil.rmtree(state / "step-000008")  # a crash after step 8: resume from step 5 and redo 6..8
     train(parts.model_copy(update={"train": parts.train.model_copy(update={"stop_at_step": None})}), "1")
     expected = _train_losses(whole.run_dir / "checkpoints" / "phase1")
@@ -118,7 +123,7 @@ def test_torchrun_with_two_processes_shards_the_batch_and_only_rank_0_writes(tra
     assert [s for s, _ in both] == [s for s, _ in single] == list(range(1, 21))  # one writer: no duplicates
     assert [loss for _, loss in both] == pytest.approx([loss for _, loss in single], rel=1e-3)
     assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in (folder / "state").iterdir()) == ["step-000015", "step-000020"]
+    assert sorted(p.name for p in (folder / "state").iterdir()) == ["lineage.json", "step-000015", "step-000020"]
     model = AutoModelForCausalLM.from_pretrained(folder)
     single_model = AutoModelForCausalLM.from_pretrained(trained.run_dir / "checkpoints" / "phase1")
     for k, v in single_model.state_dict().items():
@@ -151,8 +156,9 @@ def test_sft_with_an_unimportable_parser_fails_before_anything_is_built(run_dir)
 def test_a_tokenizer_built_with_other_settings_is_not_reused(trained):
     changed = trained.model_copy(update={"train": trained.train.model_copy(
         update={"tokenizer": trained.train.tokenizer.model_copy(update={"vocab_size": 512})})})
-    with pytest.raises(TrainError, match=r"tokenizer: built with train.tokenizer vocab_size=400 \(config: 512\); "
-                                         r"delete the folder to rebuild it or use a new run_dir"):
+    with pytest.raises(LineageError, match=r"tokenizer: the tokenizer was built from other inputs \(config "
+                                           r"train.tokenizer.vocab_size was 400, now 512\); use a new run_dir, "
+                                           r"or rerun with --restart"):
         train(changed, "1")
     manifest = json.loads((trained.run_dir / "tokenizer" / "manifest.json").read_text())
     assert manifest["tokenizer"]["vocab_size"] == 400 and manifest["vocab"] == 400
