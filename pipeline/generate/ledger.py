@@ -15,6 +15,9 @@ class Ledger:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    lost_requests: int = 0
+    """Of ``requests``: sent, maybe answered and billed, but never written (in flight when a run was
+    killed). Their prompt tokens are estimated in ``prompt_tokens``; their completion tokens are unknown."""
 
     @property
     def cost_usd(self) -> float:

@@ -12,6 +12,7 @@ from pipeline.generate.config import WebSeedConfig
 from pipeline.generate.render import PROMPTS_DIR, Template, load_templates
 from pipeline.generate.sampler import SEED_VARIABLES, Vocabulary, load_vocabulary, sample_row
 from pipeline.io import expand_inputs, iter_batches, stable_hash
+from pipeline.lineage import content_digest, fingerprint, relative_name
 
 
 def plan_requests(cfg: Config) -> tuple[pd.DataFrame, dict[str, Template]]:
@@ -34,6 +35,35 @@ def plan_requests(cfg: Config) -> tuple[pd.DataFrame, dict[str, Template]]:
                                 "give Parquet/JSONL files with a text column")
         extracts = load_extracts(gen.web_seed)
     return build_requests(cfg, templates, vocab, extracts), templates
+
+
+def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
+    """The fingerprint of what shapes the rows: the settings in the row key, the template and seed
+    files (by content) and the local web-seed files (by content; other sources by name).
+
+    ``num_samples`` is not part of it: row ``i`` does not depend on it, so a run may grow.
+    ``shard_size`` is: it decides which part holds a row.
+    """
+    gen = cfg.generate
+    prompts_dir = Path(gen.prompts_dir) if gen.prompts_dir else PROMPTS_DIR
+    config: dict = {"seed": cfg.seed, "generate": {
+        "backend": gen.backend, "model": gen.model, "temperature": gen.temperature, "top_p": gen.top_p,
+        "max_tokens": gen.max_tokens, "templates": dict(gen.templates), "shard_size": gen.shard_size}}
+    if gen.backend == "transformers":
+        config["generate"]["batch_size"] = gen.batch_size  # a batch shares one sampling seed
+    inputs = {f"prompts/{t.path.name}": content_digest(t.path) for t in templates.values()}
+    inputs |= {f"prompts/seeds/{p.name}": content_digest(p) for p in sorted((prompts_dir / "seeds").glob("*.yaml"))}
+    if any("extract" in t.requires for t in templates.values()):
+        web = gen.web_seed
+        remote = []
+        for source in expand_inputs(web.path):
+            if source.kind == "hf_dataset" or source.path.startswith("hf://"):
+                remote.append(source.path)
+            else:
+                inputs[relative_name(source.path, cfg.run_dir)] = content_digest(source.path)
+        config["generate"]["web_seed"] = {"text_column": web.text_column, "max_chars": web.max_chars,
+                                          "max_documents": web.max_documents, "remote": remote}
+    return fingerprint(config, inputs, {})
 
 
 def build_requests(cfg: Config, templates: dict[str, Template], vocab: Vocabulary,

@@ -6,6 +6,7 @@ renders the prompts and hands them to it.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import uuid
@@ -17,16 +18,24 @@ from typing import Any
 
 import pandas as pd
 from pydantic import SecretStr
-from tqdm.auto import tqdm
 
 from pipeline.config import Config, public_dict
 from pipeline.errors import GenerateError
 from pipeline.generate.backends import resolve_endpoint
-from pipeline.generate.journal import Journal, journal_path
+from pipeline.generate.journal import EVENT, Journal, estimate_prompt_tokens, journal_path, unanswered
 from pipeline.generate.ledger import Ledger
 from pipeline.generate.limits import Coordinator
 from pipeline.generate.shard import COMPLETION_COLUMNS, ShardResult, ShardSpec, run_shard
-from pipeline.io import build_manifest, list_shards, read_parquet, write_json
+from pipeline.io import build_manifest, list_shards, read_json, read_parquet, write_json
+from pipeline.lineage import (
+    LineageError,
+    check_resume,
+    data_digest,
+    describe_change,
+    file_digests,
+    read_fingerprint,
+)
+from pipeline.progress import progress
 
 
 @dataclass
@@ -51,7 +60,8 @@ class RunSummary:
 def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: str,
                  postprocess: Callable[[dict], dict] | None = None, dry_run: bool = False,
                  manifest_fields: dict[str, Any] | None = None,
-                 completion_column: str = "text") -> RunSummary:
+                 completion_column: str = "text", lineage: dict[str, Any] | None = None,
+                 restart: bool = False) -> RunSummary:
     """Complete every request with ``cfg.generate``'s backend; write shards and a manifest to ``out_dir``.
 
     Contract (the ``annotate`` stage relies on it):
@@ -64,13 +74,20 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
       ``completion_tokens``, ``latency_s``, ``flags`` (``truncated`` / ``empty`` / ``refusal``), plus
       what ``postprocess(row) -> dict`` returns for each completed row (it runs before the row is
       written; ``messages`` is not kept); and ``out_dir/manifest.json`` (public config, versions,
-      git sha, totals, ledger).
+      git sha, totals, ledger, ``discarded_runs``, ``outputs`` = content digests of the parts named
+      relative to ``cfg.run_dir``, and ``lineage`` when given; ``manifest_fields`` win over these).
     - Execution: one Dask task per shard (``cfg.scheduler`` or a LocalCluster of ``cfg.workers``);
       ``generate.concurrency`` in-flight requests and ``generate.requests_per_minute`` /
       ``tokens_per_minute`` hold across the cluster; transient errors are retried, fatal ones raise
       ``GenerateError`` with a one-line cause.
-    - Resume: every completion is journaled the moment it arrives; a rerun with the same requests
-      skips ids already written and never requests a completed row again.
+    - Resume: every request is journaled before it is sent and every completion the moment it
+      arrives; a rerun with the same requests skips ids already written and never requests a
+      completed row again. Requests in flight when a run died (at most ``generate.concurrency``) may
+      have been billed: the ledger counts them (``lost_requests``) and they are sent again.
+    - Lineage: ``lineage`` (a :func:`pipeline.lineage.fingerprint`) is stored with the state; a rerun
+      whose fingerprint differs, or whose parts hold rows it does not plan, raises ``LineageError``
+      unless ``restart``, which discards the old rows (saying how many paid rows go) and starts over;
+      the discarded runs' ledgers stay in the manifest's ``discarded_runs``.
     - ``generate.max_cost_usd`` (counting rows already on disk) stops starting new requests; in-flight
       ones finish and are written; ``RunSummary.stop_reason`` says why. ``dry_run`` calls no model
       and returns the estimate of requests, tokens and cost.
@@ -80,35 +97,46 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
     _check_requests(requests, completion_column)
     out_dir = Path(out_dir)
     shards = [requests.iloc[k:k + gen.shard_size] for k in range(0, len(requests), gen.shard_size)]
-    done_ids, spent = _scan(out_dir, shards)
+    state = _resume(out_dir, shards, stage, lineage, restart, dry_run, gen)
     ledger = Ledger(gen.price_input_per_million, gen.price_output_per_million, gen.max_cost_usd,
-                    requests=len(done_ids), prompt_tokens=spent[0], completion_tokens=spent[1])
-    pending = requests[~requests["id"].isin(done_ids)]
+                    requests=len(state.done) + len(state.lost),
+                    prompt_tokens=state.prompt_tokens + sum(r["prompt_tokens"] for r in state.lost.values()),
+                    completion_tokens=state.completion_tokens, lost_requests=len(state.lost))
+    pending = requests[~requests["id"].isin(state.done)]
     todo = [k for k, frame in enumerate(shards)
-            if not frame["id"].isin(done_ids).all() or journal_path(out_dir, k).exists()]
+            if not frame["id"].isin(state.done).all() or journal_path(out_dir, k).exists()]
 
     if dry_run:
         estimate = estimate_requests(pending, gen.max_tokens, ledger)
-        _print_estimate(stage, len(requests), len(done_ids), estimate)
-        return RunSummary(out_dir, len(requests), len(done_ids), 0, ledger.as_dict(), dry_run=True,
+        _print_estimate(stage, len(requests), len(state.done), estimate)
+        return RunSummary(out_dir, len(requests), len(state.done), 0, ledger.as_dict(), dry_run=True,
                           elapsed_s=time.perf_counter() - start, estimate=estimate)
 
+    # durable before any shard compacts (and deletes) the journal that holds the evidence
+    _write_history(out_dir, state.lost, state.discarded)
+    if lineage is not None:
+        write_json({"lineage": lineage}, out_dir / LINEAGE_FILE)
     results: list[ShardResult] = []
     snapshot = {**ledger.as_dict(), "stop_reason": None}
     if todo:
         results, snapshot = _run_on_dask(cfg, shards, todo, out_dir, postprocess, ledger, stage,
-                                         completion_column)
-    rows = sum(len(read_parquet(p, ["id"])) for p in list_shards(out_dir))
+                                         completion_column, len(state.done))
+    parts = list_shards(out_dir)
+    rows = sum(len(read_parquet(p, ["id"])) for p in parts)
     if (out_dir / ".journal").is_dir() and not any((out_dir / ".journal").iterdir()):
         (out_dir / ".journal").rmdir()
     stop_reason = snapshot.get("stop_reason") or next((r.stop_reason for r in results if r.stop_reason), None)
     summary = RunSummary(out_dir, len(requests), rows, sum(r.new_rows for r in results),
                          {k: v for k, v in snapshot.items() if k != "stop_reason"}, stop_reason,
                          elapsed_s=round(time.perf_counter() - start, 3))
+    fields: dict[str, Any] = {"discarded_runs": state.discarded,
+                              "outputs": file_digests(parts, cfg.run_dir)}
+    if lineage is not None:
+        fields["lineage"] = lineage
     manifest = build_manifest(stage, public_dict(cfg), totals={
         "requests": len(requests), "rows": rows, "new_rows": summary.new_rows,
-        "shards": len(list_shards(out_dir)), "complete": summary.complete, "elapsed_s": summary.elapsed_s},
-        ledger=summary.ledger, stop_reason=stop_reason, **(manifest_fields or {}))
+        "shards": len(parts), "complete": summary.complete, "elapsed_s": summary.elapsed_s},
+        ledger=summary.ledger, stop_reason=stop_reason, **{**fields, **(manifest_fields or {})})
     write_json(manifest, out_dir / "manifest.json")
     _print_summary(stage, summary)
     return summary
@@ -116,8 +144,7 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
 
 def estimate_requests(pending: pd.DataFrame, max_tokens: int, ledger: Ledger) -> dict[str, Any]:
     """Requests still to send, their tokens (prompt ~ chars/4; completion at most max_tokens) and cost."""
-    chars = int(sum(sum(len(m["content"]) for m in msgs) for msgs in pending["messages"]))
-    prompt_tokens = chars // 4 + 4 * len(pending)
+    prompt_tokens = int(sum(estimate_prompt_tokens(msgs) for msgs in pending["messages"]))
     completion_tokens = max_tokens * len(pending)
     return {"requests": len(pending), "prompt_tokens": prompt_tokens,
             "max_completion_tokens": completion_tokens,
@@ -142,33 +169,137 @@ def _check_requests(requests: pd.DataFrame, completion_column: str) -> None:
                                 "{'role', 'content'} dicts")
 
 
-def _scan(out_dir: Path, shards: list[pd.DataFrame]) -> tuple[set[str], tuple[int, int]]:
-    """Ids already completed (parts + journals) and their tokens; a part of another plan is an error."""
-    done: set[str] = set()
-    prompt = completion = 0
+LEDGER_FILE = ".ledger.json"
+"""What was paid for but is not a row on disk: requests lost to kills, and the ledgers of discarded runs."""
+LINEAGE_FILE = ".lineage.json"
+"""The fingerprint the rows on disk were built from, written before the first request of a run."""
+
+
+@dataclass
+class _State:
+    """What ``out_dir`` holds: completed ids and their tokens, lost requests, discarded runs' ledgers."""
+
+    done: set[str] = field(default_factory=set)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    lost: dict[str, dict[str, Any]] = field(default_factory=dict)  # nonce -> its ``sent`` record
+    discarded: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Unplanned(Exception):
+    def __init__(self, part: Path) -> None:
+        super().__init__(str(part))
+        self.part = part
+
+
+def _resume(out_dir: Path, shards: list[pd.DataFrame], stage: str, lineage: dict[str, Any] | None,
+            restart: bool, dry_run: bool, gen: Any) -> _State:
+    """The state to resume from; stale state is refused, or with ``restart`` discarded (not in a dry run)."""
+    stored = read_fingerprint(out_dir / LINEAGE_FILE) or read_fingerprint(out_dir / "manifest.json")
+    has_rows = bool(list_shards(out_dir)) or any((out_dir / ".journal").glob("*.jsonl"))
+    what = f"{stage} output"
+    change = None
+    if has_rows and lineage is not None and not check_resume(what, stored, lineage, restart, out_dir):
+        change = describe_change(stored or {}, lineage)
+    if change is None:
+        try:
+            return _scan(out_dir, shards)
+        except _Unplanned as e:
+            total = sum(len(s) for s in shards)
+            # with a matching fingerprint only a smaller run leaves rows it does not plan
+            change = f"{e.part.name} holds rows beyond the {total} requested (was the run larger?)" \
+                if lineage is not None and stored is not None else \
+                f"{e.part.name} holds rows this config does not plan: templates, seed, model, sampling " \
+                "or shard_size changed"
+            if not restart:
+                raise LineageError(f"{out_dir}: {what} was built from other inputs ({change}); use a new "
+                                   "run_dir, or rerun with --restart to discard it") from None
+    state = _scan(out_dir, None)
+    paid = _ledger_of(state, gen)
+    if dry_run:
+        print(f"{stage} dry run: --restart would discard {len(state.done)} paid rows of {out_dir} "
+              f"({paid['requests']} requests, ${paid['cost_usd']:.4f}): {change}")
+        return _State(discarded=state.discarded)
+    print(f"{stage}: --restart: discarding {len(state.done)} paid rows of {out_dir} ({paid['requests']} "
+          f"requests, ${paid['cost_usd']:.4f}; kept in the manifest's discarded_runs): {change}",
+          file=sys.stderr)
+    record = {"discarded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": change,
+              "lineage": data_digest(stored) if stored else None, "rows": len(state.done), **paid}
+    discarded = list(state.discarded)
+    if discarded and discarded[-1].get("lineage") == record["lineage"] \
+            and discarded[-1].get("reason") == change:
+        discarded[-1] = record  # a discard killed half-way and repeated: the same run, once
+    else:
+        discarded.append(record)
+    # the record first: a kill during the deletions must not lose what the old run cost
+    _write_history(out_dir, {}, discarded)
+    for part in list_shards(out_dir):
+        part.unlink()
+    shutil.rmtree(out_dir / ".journal", ignore_errors=True)
+    for name in ("manifest.json", LINEAGE_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    return _State(discarded=discarded)
+
+
+def _ledger_of(state: _State, gen: Any) -> dict[str, Any]:
+    """Requests, tokens and cost (at today's prices) of the rows and lost requests in ``state``."""
+    ledger = Ledger(gen.price_input_per_million, gen.price_output_per_million,
+                    requests=len(state.done) + len(state.lost),
+                    prompt_tokens=state.prompt_tokens + sum(r["prompt_tokens"] for r in state.lost.values()),
+                    completion_tokens=state.completion_tokens, lost_requests=len(state.lost))
+    return {k: v for k, v in ledger.as_dict().items() if k != "max_cost_usd"}
+
+
+def _scan(out_dir: Path, shards: list[pd.DataFrame] | None) -> _State:
+    """Ids already completed (parts + journals), their tokens, and the requests paid for but lost.
+
+    With ``shards`` (the plan), a part holding rows the plan does not put there raises ``_Unplanned``;
+    without, everything on disk is tallied (what a restart discards).
+    """
+    state = _State()
     for part in list_shards(out_dir):
         k = int(part.stem.split("-")[1])
         table = read_parquet(part, ["id", "prompt_tokens", "completion_tokens"])
-        planned = set(shards[k]["id"]) if k < len(shards) else set()
-        if not set(table["id"]) <= planned:
-            raise GenerateError(f"{part}: holds rows this config does not plan (changed templates, seed, model, "
-                                "sampling or shard_size?); use a new run_dir or restore the config")
-        done |= set(table["id"])
-        prompt += int(table["prompt_tokens"].sum())
-        completion += int(table["completion_tokens"].sum())
-    for k in range(len(shards)):
-        planned = set(shards[k]["id"])
-        for rec in Journal(journal_path(out_dir, k)).read():
-            if rec["id"] in planned and rec["id"] not in done:
-                done.add(rec["id"])
-                prompt += rec["prompt_tokens"]
-                completion += rec["completion_tokens"]
-    return done, (prompt, completion)
+        if shards is not None:
+            planned = set(shards[k]["id"]) if k < len(shards) else set()
+            if not set(table["id"]) <= planned:
+                raise _Unplanned(part)
+        state.done |= set(table["id"])
+        state.prompt_tokens += int(table["prompt_tokens"].sum())
+        state.completion_tokens += int(table["completion_tokens"].sum())
+    history = _read_history(out_dir)
+    state.discarded = history.get("discarded_runs", [])
+    state.lost = {r["request"]: r for r in history.get("lost", [])}
+    journals = sorted((out_dir / ".journal").glob("part-*.jsonl")) if (out_dir / ".journal").is_dir() else []
+    for path in journals:
+        k = int(path.stem.split("-")[1])
+        events = Journal(path).events()
+        planned = None if shards is None else set(shards[k]["id"]) if k < len(shards) else set()
+        for rec in events:
+            if EVENT in rec or rec["id"] in state.done or (planned is not None and rec["id"] not in planned):
+                continue
+            state.done.add(rec["id"])
+            state.prompt_tokens += rec["prompt_tokens"]
+            state.completion_tokens += rec["completion_tokens"]
+        for rec in unanswered(events):
+            state.lost.setdefault(rec["request"], rec)
+    return state
+
+
+def _read_history(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / LEDGER_FILE
+    return read_json(path) if path.is_file() else {}
+
+
+def _write_history(out_dir: Path, lost: dict[str, dict[str, Any]], discarded: list[dict[str, Any]]) -> None:
+    if lost or discarded or (out_dir / LEDGER_FILE).exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json({"lost": list(lost.values()), "discarded_runs": discarded}, out_dir / LEDGER_FILE)
 
 
 def _run_on_dask(cfg: Config, shards: list[pd.DataFrame], todo: list[int], out_dir: Path,
                  postprocess: Callable | None, ledger: Ledger, stage: str,
-                 completion_column: str) -> tuple[list[ShardResult], dict[str, Any]]:
+                 completion_column: str, rows_done: int) -> tuple[list[ShardResult], dict[str, Any]]:
     from distributed import Semaphore, wait
 
     from pipeline.cluster import dask_client
@@ -193,17 +324,19 @@ def _run_on_dask(cfg: Config, shards: list[pd.DataFrame], todo: list[int], out_d
                                  coordinator, semaphore, pure=False, key=f"{stage}-shard-{k}-{uuid.uuid4().hex}")
                    for k in todo]
         first = ledger.requests
-        bar = tqdm(total=total, initial=first, unit="row", desc=stage, dynamic_ncols=True, file=sys.stderr)
+        # a bar on a terminal, one line per interval in a log (tqdm's frames would flood it)
+        bar = progress(total=total, initial=rows_done, unit="row", desc=stage)
         began = time.perf_counter()
         try:
             while True:
                 snapshot = coordinator.snapshot().result()
                 elapsed = max(time.perf_counter() - began, 1e-9)
-                bar.update(snapshot["requests"] - bar.n)
                 tokens = snapshot["prompt_tokens"] + snapshot["completion_tokens"] - ledger.prompt_tokens \
                     - ledger.completion_tokens
-                bar.set_postfix_str(f"req/s={(snapshot['requests'] - first) / elapsed:.1f} "
-                                    f"tok/s={tokens / elapsed:.0f} cost=${snapshot['cost_usd']:.4f}")
+                bar.set_postfix({"req/s": f"{(snapshot['requests'] - first) / elapsed:.1f}",
+                                 "tok/s": f"{tokens / elapsed:.0f}", "cost": f"${snapshot['cost_usd']:.4f}"},
+                                refresh=False)
+                bar.update(rows_done + snapshot["requests"] - first - bar.n)
                 failed = next((f for f in futures if f.status == "error"), None)
                 if failed is not None:
                     error = failed.exception()  # a GenerateError keeps its type and message
@@ -216,7 +349,7 @@ def _run_on_dask(cfg: Config, shards: list[pd.DataFrame], todo: list[int], out_d
                     wait(futures, timeout=0.3)
             results = client.gather(futures)
             snapshot = coordinator.snapshot().result()
-            bar.update(snapshot["requests"] - bar.n)
+            bar.update(rows_done + snapshot["requests"] - first - bar.n)
         finally:
             bar.close()
             semaphore.close()
@@ -233,9 +366,11 @@ def _print_estimate(stage: str, total: int, done: int, est: dict[str, Any]) -> N
 def _print_summary(stage: str, s: RunSummary) -> None:
     led = s.ledger
     status = "complete" if s.complete else f"stopped: {s.stop_reason}" if s.stop_reason else "incomplete"
+    lost = led.get("lost_requests", 0)
+    lost_note = f" (incl. {lost} lost in flight to a killed run)" if lost else ""
     print(f"{stage}: {s.rows}/{s.total} rows in {s.out_dir} ({status}); {s.new_rows} new this run; "
-          f"{led['prompt_tokens']:,} prompt + {led['completion_tokens']:,} completion tokens, "
-          f"${led['cost_usd']:.4f}; {s.elapsed_s:.1f}s")
+          f"{led['requests']:,} requests{lost_note}, {led['prompt_tokens']:,} prompt + "
+          f"{led['completion_tokens']:,} completion tokens, ${led['cost_usd']:.4f}; {s.elapsed_s:.1f}s")
 
 
 def summary_dict(s: RunSummary) -> dict[str, Any]:
@@ -246,11 +381,13 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     """`textbook generate`: sample seeds, render prompts, complete them, report cost and diversity.
 
     Writes ``RUN_DIR/generated/part-NNNNN.parquet`` and ``manifest.json``; exit code 0 when the run is
-    complete or stopped cleanly by ``generate.max_cost_usd``, 1 when the diversity gate fails.
+    complete or stopped cleanly by ``generate.max_cost_usd``, 1 when the diversity gate fails. Resumes
+    only rows built from the same templates, seeds, web extracts and settings (``plan_lineage``);
+    ``restart`` discards rows built from others.
     """
     from pipeline.generate.diversity import diversity_report
-    from pipeline.generate.plan import plan_requests
-    from pipeline.io import read_json, read_shards
+    from pipeline.generate.plan import plan_lineage, plan_requests
+    from pipeline.io import read_shards
 
     gen = cfg.generate
     requests, templates = plan_requests(cfg)
@@ -258,7 +395,8 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     template_info = {name: {"sha": t.sha, "requires": list(t.requires), "about": t.about}
                      for name, t in templates.items()}
     summary = run_requests(cfg, requests, out_dir, stage="generate", dry_run=dry_run,
-                           manifest_fields={"templates": template_info})
+                           manifest_fields={"templates": template_info},
+                           lineage=plan_lineage(cfg, templates), restart=restart)
     if dry_run:
         print(f"first prompt ({requests['template'].iloc[0]}):\n{requests['prompt'].iloc[0]}"
               if len(requests) else "no rows planned (generate.num_samples=0)")

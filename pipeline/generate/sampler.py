@@ -72,7 +72,10 @@ def _read(path: Path, *keys: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise GenerateError(f"{path}: seed vocabulary not found") from None
     except yaml.YAMLError as e:
-        raise GenerateError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise GenerateError(f"{path}{where}: invalid YAML: {problem}") from None
     for key in keys:
         if not isinstance(data, dict) or not data.get(key):
             raise GenerateError(f"{path}: missing or empty key '{key}'")

@@ -10,6 +10,8 @@ coordinator actor) go to a thread pool so they never stall the event loop.
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,7 @@ from pipeline.generate.backends import Completion, OpenAIBackend, TransformersBa
 from pipeline.generate.config import GenerateConfig
 from pipeline.generate.diversity import opening
 from pipeline.generate.flags import completion_flags
-from pipeline.generate.journal import Journal, journal_path
+from pipeline.generate.journal import Journal, estimate_prompt_tokens, journal_path
 from pipeline.io import read_parquet, shard_path, stable_hash, write_parquet
 
 # Slots open this far apart (the whole ramp at most 1 s). Started together, their requests come back
@@ -100,17 +102,43 @@ def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator
             "latency_s": c.latency_s, "flags": completion_flags(c.text, c.finish_reason)})
 
     if cfg.backend == "transformers":
-        return _complete_batched(spec, todo, record, coordinator)
-    return run_on_worker_loop(_complete_async(cfg, todo, record, coordinator, semaphore))
+        return _complete_batched(spec, todo, journal, record, coordinator)
+    return run_on_worker_loop(_complete_async(cfg, todo, journal, record, coordinator, semaphore))
 
 
-def _complete_batched(spec: ShardSpec, todo: pd.DataFrame, record: Callable, coordinator: Any) -> str | None:
+def _send(journal: Journal, row_id: str, messages: list[dict]) -> str:
+    """Journal a request before it leaves (a kill after this line may have paid for it); its nonce."""
+    nonce = uuid.uuid4().hex[:16]
+    journal.sent(nonce, row_id, estimate_prompt_tokens(messages))
+    return nonce
+
+
+def _load_quietly(cfg: GenerateConfig) -> TransformersBackend:
+    """Load the model on a worker without its progress bars and info messages.
+
+    A worker's stderr is the driver's terminal: its "Loading weights" bars and per-batch notices would
+    be drawn over the run's own progress bar (and flood a log with carriage-return frames). Errors
+    still reach the driver, as the task's exception.
+    """
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return TransformersBackend(cfg.model, cfg.device)
+
+
+def _complete_batched(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, record: Callable,
+                      coordinator: Any) -> str | None:
     cfg = spec.cfg
-    backend = worker_cached(("transformers", cfg.model, cfg.device),
-                            lambda: TransformersBackend(cfg.model, cfg.device))
+    backend = worker_cached(("transformers", cfg.model, cfg.device), lambda: _load_quietly(cfg))
     for start in range(0, len(todo), cfg.batch_size):
         batch = todo.iloc[start:start + cfg.batch_size]
         seed = int(stable_hash([spec.seed, batch["id"].iloc[0]], 8), 16)
+        for row_id, messages in zip(batch["id"], batch["messages"], strict=True):
+            _send(journal, row_id, messages)
         completions = backend.complete_batch(list(batch["messages"]), cfg, seed)
         for row_id, c in zip(batch["id"], completions, strict=True):
             record(row_id, c)
@@ -122,8 +150,8 @@ def _complete_batched(spec: ShardSpec, todo: pd.DataFrame, record: Callable, coo
     return None
 
 
-async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, record: Callable, coordinator: Any,
-                          semaphore: Any) -> str | None:
+async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, journal: Journal, record: Callable,
+                          coordinator: Any, semaphore: Any) -> str | None:
     """Up to ``concurrency`` slots; each holds one cluster-wide lease while it works through the queue.
 
     Holding a lease per slot, not per request, keeps Dask round trips off the per-request path. The
@@ -171,7 +199,12 @@ async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, record: Calla
                     wait = await blocking(lambda e=estimate: coordinator.reserve(e).result())
                     if wait > 0:
                         await asyncio.sleep(wait)
-                completion = await backend.complete(messages)
+                nonce = _send(journal, row_id, messages)
+                try:
+                    completion = await backend.complete(messages)
+                except GenerateError:
+                    journal.failed(nonce, row_id)  # an error answer is not a billed completion
+                    raise
                 record(row_id, completion)
                 unsent = state["unsent"]
                 unsent[0] += completion.prompt_tokens

@@ -129,11 +129,11 @@ def test_web_seeded_template_needs_web_seed_path_and_uses_extracts(tmp_path):
     assert all(len(e) <= 100 and e in p for e, p in zip(rows["extract"], rows["prompt"], strict=True))
 
 
-def test_malformed_seed_yaml_names_the_file(tmp_path):
+def test_malformed_seed_yaml_names_the_file_line_and_column(tmp_path):
     prompts = _copy_prompts(tmp_path)
-    (prompts / "seeds" / "styles.yaml").write_text("styles: [unclosed\n")
+    (prompts / "seeds" / "styles.yaml").write_text("styles:\n  - {name: plain, about: [unclosed\n")
     cfg = load_config(None, [f"generate.prompts_dir={prompts}"])
-    with pytest.raises(GenerateError, match=r"styles\.yaml: invalid YAML"):
+    with pytest.raises(GenerateError, match=r"styles\.yaml:3:1: invalid YAML: expected ',' or ']'"):
         plan_requests(cfg)
 
 

@@ -191,8 +191,8 @@ def test_bad_input_is_one_line_nonzero_and_writes_no_shard(tmp_path, capsys, sch
 
 
 @pytest.mark.parametrize(("case", "message"), [
-    ("malformed config", "bad.yaml: invalid YAML"),
-    ("malformed seed", "styles.yaml: invalid YAML"),
+    ("malformed config", "bad.yaml:3:1: invalid YAML"),
+    ("malformed seed", "styles.yaml:2:1: invalid YAML"),
     ("undeclared variable", "lesson.j2: uses variable 'audince' that its header does not declare"),
     ("unreachable server", "http://127.0.0.1:9/v1: giving up after 1 attempt (last: connection error ([Errno 111] Connect call failed"),
 ])
@@ -215,9 +215,12 @@ def test_bad_files_and_servers_are_one_line_nonzero_and_write_no_shard(tmp_path,
     assert not (tmp_path / "generated").exists() or not list_shards(tmp_path / "generated")
 
 
-def test_sigkill_mid_run_then_rerun_gives_every_row_once(tmp_path, scheduler):
-    """Kill -9 while shards are half done (the run's own LocalCluster with it); the rerun asks only for
-    rows not yet on disk (on the shared cluster, faster: concurrency is not part of the row key)."""
+def test_sigkill_mid_run_then_rerun_gives_every_row_once_and_the_ledger_counts_every_paid_request(
+        tmp_path, scheduler):
+    """Kill -9 while shards are half done and every slot has a request in flight (the run's own
+    LocalCluster with it); the rerun asks only for rows not yet on disk (on the shared cluster,
+    faster: concurrency is not part of the row key), and its ledger counts exactly the requests the
+    server answered: the rows, plus those answered for the killed run after it died."""
     n = 30
     args = [sys.executable, "-m", "pipeline", "generate", f"run_dir={tmp_path}", "generate.model=stub-model",
             f"generate.num_samples={n}", "generate.shard_size=12", "generate.concurrency=3",
@@ -234,9 +237,10 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once(tmp_path, scheduler):
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + 60
-            while len(_done_ids(out)) < 8:
+            # all 3 slots mid-request: none is between journaling a request and sending it
+            while len(_done_ids(out)) < 8 or srv.in_flight < 3:
                 assert proc.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
-                time.sleep(0.05)
+                time.sleep(0.005)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole run: CLI, scheduler, workers
             proc.wait()
@@ -249,10 +253,16 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once(tmp_path, scheduler):
                                capture_output=True, text=True, timeout=120)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         asked_again = {m["messages"][0]["content"] for m in srv.requests[mark:]}
+        answered = len(srv.completed())
     table = read_shards(out)
     assert len(table) == n and table["id"].is_unique and set(table["id"]) == set(planned["id"])
     assert not asked_again & {prompt_of[i] for i in done_before}
     assert len(asked_again) == n - len(done_before)
+    ledger = read_json(out / "manifest.json")["ledger"]
+    assert answered > n  # the killed run's in-flight requests were answered (and billed) after it died
+    assert ledger["requests"] == answered and ledger["lost_requests"] == answered - n
+    assert ledger["prompt_tokens"] > table["prompt_tokens"].sum()  # the lost ones' prompts, estimated
+    assert f"{answered} requests (incl. {answered - n} lost in flight" in rerun.stdout
 
 
 def _done_ids(out: Path) -> set[str]:
