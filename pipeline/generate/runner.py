@@ -133,6 +133,12 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
                               "outputs": file_digests(parts, cfg.run_dir)}
     if lineage is not None:
         fields["lineage"] = lineage
+    previous = read_json(out_dir / "manifest.json") if (out_dir / "manifest.json").exists() else {}
+    if not todo and not state.lost and all(previous.get(k) == v for k, v in fields.items()):
+        # nothing new: the manifest already says this, and rewriting it (a new timestamp) would change
+        # the digest every downstream stage recorded as its parent
+        _print_summary(stage, summary)
+        return summary
     manifest = build_manifest(stage, public_dict(cfg), totals={
         "requests": len(requests), "rows": rows, "new_rows": summary.new_rows,
         "shards": len(parts), "complete": summary.complete, "elapsed_s": summary.elapsed_s},
@@ -403,15 +409,18 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
         return 0
     if summary.rows == 0:
         return 0
-    texts = read_shards(out_dir, ["text"])["text"].tolist()
-    report = diversity_report(texts)
+    manifest = read_json(out_dir / "manifest.json")
+    if summary.new_rows == 0 and "diversity" in manifest:  # same rows, same report: the manifest stays as it is
+        report = {k: v for k, v in manifest["diversity"].items() if k != "gate"}
+    else:
+        report = diversity_report(read_shards(out_dir, ["text"])["text"].tolist())
     gate = _diversity_gate(report, gen.diversity_max_opening_share, gen.diversity_gate)
     print(f"diversity: distinct-1/2/3 {report['distinct_1']:.3f}/{report['distinct_2']:.3f}/"
           f"{report['distinct_3']:.3f}; top opening {report['top_opening']!r} in "
           f"{report['top_opening_share']:.0%} of rows; near-duplicates {report['near_duplicate_rate']:.1%}")
-    manifest = read_json(out_dir / "manifest.json")
-    manifest["diversity"] = {**report, "gate": gate}
-    write_json(manifest, out_dir / "manifest.json")
+    if manifest.get("diversity") != {**report, "gate": gate}:
+        manifest["diversity"] = {**report, "gate": gate}
+        write_json(manifest, out_dir / "manifest.json")
     if gate:
         print(f"{'error' if gen.diversity_gate == 'fail' else 'warning'}: {gate}", file=sys.stderr)
         if gen.diversity_gate == "fail":

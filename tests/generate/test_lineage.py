@@ -32,6 +32,9 @@ def test_rows_resume_only_on_the_same_lineage_and_restart_keeps_the_discarded_co
         assert generate("generate.num_samples=4")[0] == 0
         assert generate("generate.num_samples=6")[0] == 0  # num_samples does not shape a row: the run grows
         assert len(srv.completed()) == 6
+        unchanged = (out / "manifest.json").read_bytes()
+        assert generate("generate.num_samples=6")[0] == 0  # nothing new: downstream parents stay valid
+        assert (out / "manifest.json").read_bytes() == unchanged and len(srv.completed()) == 6
         manifest = read_json(out / "manifest.json")
         parts = list_shards(out)
         assert manifest["outputs"] == {f"generated/{p.name}": content_digest(p) for p in parts}
