@@ -103,11 +103,16 @@ def evaluate_checkpoint(path: str, cfg: Config, name: str) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "device": str(device),
     }
-    parent = manifest_ref(Path(path) / "manifest.json", cfg.run_dir) if Path(path).exists() else None
-    result["lineage"] = fingerprint(config=e.model_dump(mode="json"),
-                                    inputs={k: v for t in tasks for k, v in t.source_digest.items()},
-                                    parents={"checkpoint": parent} if parent else {})
+    result["lineage"] = eval_lineage(cfg, tasks, path)
     return result
+
+
+def eval_lineage(cfg: Config, tasks: list[Task], path: str) -> dict[str, Any]:
+    """What a score is a function of: the eval section, the task files and the checkpoint's manifest."""
+    parent = manifest_ref(Path(path) / "manifest.json", cfg.run_dir) if Path(path).exists() else None
+    return fingerprint(config=cfg.eval.model_dump(mode="json"),
+                       inputs={k: v for t in tasks for k, v in t.source_digest.items()},
+                       parents={"checkpoint": parent} if parent else {})
 
 
 def bundle_of(e: EvalConfig, tasks: list[Task]) -> dict[str, Any]:

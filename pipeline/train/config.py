@@ -114,12 +114,27 @@ class SFTConfig(Section):
     grad_accum: int = Field(default=1, ge=1)
 
 
+# The synthetic-share sweep: 0-75% synthetic in phase 2 (FinePhrase found 60-80% best for rephrased web).
+SWEEPS: dict[str, dict[str, dict[str, float]]] = {
+    "synthetic_share": {f"synthetic_{p}": {"web_top_edu": (100 - p) / 100, **({"synthetic": p / 100} if p else {})}
+                        for p in (0, 25, 50, 75)},
+}
+
+
 class CompareConfig(Section):
     arms: dict[str, dict[str, float]] = {
         "with_synthetic": {"web_top_edu": 0.5, "synthetic": 0.5},
         "web_only": {"web_top_edu": 1.0},
     }
-    """Arm name -> phase-2 mixture; every arm starts from checkpoints/phase1 with phase2.tokens."""
+    """Arm name -> phase-2 mixture; every arm starts from checkpoints/phase1 with phase2.tokens. The
+    first arm is the baseline."""
+    sweep: Literal["synthetic_share"] | None = None
+    """A preset of arms instead of ``arms``: synthetic_share trains 0, 25, 50 and 75% synthetic."""
+    seeds: int = Field(default=2, ge=1)
+    """Seeds per arm (data order of the phase-2 mixture); differences are judged against their spread."""
+
+    def resolved_arms(self) -> dict[str, dict[str, float]]:
+        return SWEEPS[self.sweep] if self.sweep else self.arms
 
 
 class TrainConfig(Section):

@@ -137,22 +137,23 @@ def test_the_manifest_names_its_parents_and_shards_by_digest(run_dir):
 
 
 def test_a_compare_arm_with_another_mixture_is_refused(run_dir):
-    cfg = tiny_config(run_dir, "train.phase1.tokens=1280", "train.phase2.tokens=640")
+    base = ("train.phase1.tokens=1280", "train.phase2.tokens=640", "train.compare.seeds=1", "eval.tasks=[]")
+    cfg = tiny_config(run_dir, *base)
     train(cfg, "1")
     assert compare(cfg) == 0
     table = json.loads((run_dir / "compare" / "compare.json").read_text())
-    assert set(table["lineage"]["parents"]) == {"with_synthetic", "web_only"}
+    assert set(table["lineage"]["parents"]) == {"with_synthetic/seed-0", "web_only/seed-0"}
     arms = "train.compare.arms={with_synthetic: {web_top_edu: 0.6, synthetic: 0.4}, web_only: {web_top_edu: 1.0}}"
-    changed = tiny_config(run_dir, "train.phase1.tokens=1280", "train.phase2.tokens=640", arms)
-    with pytest.raises(LineageError, match=r"compare/with_synthetic: the phase2-with_synthetic checkpoint was built "
-                                           r"from other inputs \(config train.compare.arms.with_synthetic.synthetic "
-                                           r"was 0.5, now 0.4\)"):
+    changed = tiny_config(run_dir, *base, arms)
+    with pytest.raises(LineageError, match=r"compare/with_synthetic/seed-0: the phase2-with_synthetic-seed0 checkpoint "
+                                           r"was built from other inputs \(config train.compare.arms.with_synthetic."
+                                           r"synthetic was 0.5, now 0.4\)"):
         compare(changed)
-    web_only = (run_dir / "compare" / "web_only" / "model.safetensors").read_bytes()
+    web_only = (run_dir / "compare" / "web_only" / "seed-0" / "model.safetensors").read_bytes()
     assert compare(changed, restart=True) == 0
-    summary = json.loads((run_dir / "compare" / "with_synthetic" / "train_summary.json").read_text())
+    summary = json.loads((run_dir / "compare" / "with_synthetic" / "seed-0" / "train_summary.json").read_text())
     assert summary["token_shares"] == {"web_top_edu": 0.6, "synthetic": 0.4}
-    assert (run_dir / "compare" / "web_only" / "model.safetensors").read_bytes() == web_only  # reused
+    assert (run_dir / "compare" / "web_only" / "seed-0" / "model.safetensors").read_bytes() == web_only  # reused
 
 
 def test_tokenizer_sample_notes_a_missing_source_in_one_line(tmp_path, capsys):

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.cli import main
+from pipeline.config import load_config
 from pipeline.errors import TrainError
 from pipeline.lineage import LineageError
 from pipeline.train.compare import compare
@@ -73,15 +74,41 @@ def test_each_phase_leaves_a_loadable_checkpoint_and_a_summary(trained):
     assert "sft_assistant" in json.loads((sft / "train_summary.json").read_text())["final_val"]
 
 
-def test_compare_reports_per_domain_bpb_differences(trained):
-    assert compare(trained) == 0
-    table = json.loads((trained.run_dir / "compare" / "compare.json").read_text())
-    assert table["baseline"] == "with_synthetic"
+def test_compare_over_two_seeds_reports_the_spread_and_judges_differences_against_it(trained, tmp_path):
+    from tests.eval.test_eval import write_mc
+
+    tasks = json.dumps([{"name": "facts", "path": str(write_mc(tmp_path / "facts.jsonl", 40)), "format": "mc_jsonl",
+                         "max_items": 40}])
+    cfg = trained.model_copy(update={"eval": load_config(None, [f"eval.tasks={tasks}"]).eval})
+    assert compare(cfg) == 0
+    out = trained.run_dir / "compare"
+    table = json.loads((out / "compare.json").read_text())
+    assert table["baseline"] == "with_synthetic" and table["seeds"] == 2
     assert {a["tokens"] for a in table["arms"].values()} == {1280}  # same budget for both arms
-    for row in table["rows"]:
-        assert row["delta_vs_with_synthetic"]["web_only"] == pytest.approx(
-            row["bpb"]["web_only"] - row["bpb"]["with_synthetic"])
-    assert "| web |" in (trained.run_dir / "compare" / "compare.md").read_text()
+    for arm in table["arms"].values():
+        assert len(arm["score"]["values"]) == 2 and arm["seeds"] == [trained.seed, trained.seed + 1]
+        web = arm["bpb"]["web"]
+        assert web["min"] <= web["mean"] <= web["max"] and len(web["values"]) == 2
+    # two seeds are two data orders: the runs differ, so the spread is a real one
+    assert any(a["bpb"]["web"]["max"] > a["bpb"]["web"]["min"] for a in table["arms"].values())
+    d = table["differences"]["web_only"]["bpb"]["web"]
+    arms = table["arms"]
+    assert d["diff"] == pytest.approx(arms["web_only"]["bpb"]["web"]["mean"] - arms["with_synthetic"]["bpb"]["web"]["mean"])
+    noise = max(a["bpb"]["web"]["max"] - a["bpb"]["web"]["min"] for a in arms.values())
+    assert d["noise"] == pytest.approx(noise) and d["beyond_noise"] == (abs(d["diff"]) > noise)
+    evals = [json.loads((out / a / f"seed-{k}" / "eval.json").read_text()) for a in arms for k in (0, 1)]
+    assert len({e["bundle_digest"] for e in evals}) == 1 and table["bundle_digest"] == evals[0]["bundle_digest"]
+    md = (out / "compare.md").read_text()
+    assert "| web |" in md and "noise" in md and (out / "compare.png").stat().st_size > 0
+    stamp = (out / "web_only" / "seed-1" / "eval.json").stat().st_mtime_ns
+    assert compare(cfg) == 0  # reused: same checkpoints, same bundle
+    assert (out / "web_only" / "seed-1" / "eval.json").stat().st_mtime_ns == stamp
+
+
+def test_synthetic_share_sweep_preset():
+    arms = load_config(None, ["train.compare.sweep=synthetic_share"]).train.compare.resolved_arms()
+    assert list(arms) == ["synthetic_0", "synthetic_25", "synthetic_50", "synthetic_75"]
+    assert arms["synthetic_0"] == {"web_top_edu": 1.0} and arms["synthetic_75"] == {"web_top_edu": 0.25, "synthetic": 0.75}
 
 
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
