@@ -6,26 +6,31 @@ generated text → phase 1 → phase 2 → SFT → card → push --dry-run.
 
 from __future__ import annotations
 
+import glob
+import os
+import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.errors import ConfigError, EmptySourceError
+from pipeline.errors import ConfigError, EmptySourceError, HubError
 from pipeline.io import expand_inputs, iter_batches, write_parquet
+
+OFFLINE_HINT = "run it offline on local files: make demo MODEL=/path/to/model WEB=/path/to/web.parquet"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+class HubUnreachableError(HubError):
+    """The demo needs the Hugging Face Hub (a model or web text not on this machine) and cannot reach it."""
 
 
 def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, restart: bool = False) -> int:
     """Run the whole recipe on ``cfg`` (``--model``/``--web`` override the generator and web text)."""
-    from pipeline.classify.train import train_classifier
-    from pipeline.filter.runner import run_filter
-    from pipeline.generate.runner import generate
-    from pipeline.hub.card import write_card
-    from pipeline.hub.push import push
-    from pipeline.train.loop import train
-
     if model:
         cfg.generate.model = model
     if web:
@@ -33,20 +38,28 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
     if not cfg.filter.input:
         raise ConfigError("config key 'filter.input': the demo needs web text (pass WEB=... to make demo)")
     run_dir = Path(cfg.run_dir)
+    check_hub_reachable(hub_needs(cfg, run_dir))  # before the stages' heavy imports: an answer in seconds
+    from pipeline.classify.train import train_classifier
+    from pipeline.filter.runner import run_filter
+    from pipeline.generate.runner import generate
+    from pipeline.hub.card import write_card
+    from pipeline.hub.push import push
+    from pipeline.train.loop import train
+
     cfg.filter.input = web_sample(cfg.filter.input, run_dir, cfg.filter.limit or 1000, cfg.filter.text_column)
     generated = str(run_dir / "generated" / "part-*.parquet")
     cfg.classifier.positives = cfg.classifier.positives or [generated]
     cfg.classifier.negatives = cfg.classifier.negatives or list(cfg.filter.input)
 
     steps: list[tuple[str, Callable[[], object], str]] = [
-        ("generate", lambda: generate(cfg), "generated/"),
-        ("train-classifier", lambda: train_classifier(cfg), "classifier/report.json"),
-        ("filter", lambda: run_filter(cfg), "filtered/stats.json"),
-        ("train phase 1", lambda: train(cfg, phase="1"), "checkpoints/phase1/"),
-        ("train phase 2", lambda: train(cfg, phase="2"), "checkpoints/phase2/"),
-        ("sft", lambda: _sft(train, cfg), "checkpoints/sft/"),
-        ("card", lambda: write_card(cfg), "card/README.md"),
-        ("push --dry-run", lambda: push(cfg, dry_run=True), "push/"),
+        ("generate", lambda: generate(cfg, restart=restart), "generated/"),
+        ("train-classifier", lambda: train_classifier(cfg, restart=restart), "classifier/report.json"),
+        ("filter", lambda: run_filter(cfg, restart=restart), "filtered/stats.json"),
+        ("train phase 1", lambda: train(cfg, phase="1", restart=restart), "checkpoints/phase1/"),
+        ("train phase 2", lambda: train(cfg, phase="2", restart=restart), "checkpoints/phase2/"),
+        ("sft", lambda: _sft(train, cfg, restart), "checkpoints/sft/"),
+        ("card", lambda: write_card(cfg, restart=restart), "card/README.md"),
+        ("push --dry-run", lambda: push(cfg, dry_run=True, restart=restart), "push/"),
     ]
     timings: list[tuple[str, float, str]] = []
     for name, step, artifact in steps:
@@ -74,6 +87,62 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
 SKIPPED = "skipped"
 
 
+def hub_needs(cfg: Config, run_dir: Path) -> list[str]:
+    """The config keys whose values the demo would fetch from the Hub (``key=value``): a generator
+    model that is neither a local folder nor in the Hub cache, and web text on the Hub not yet
+    sampled into ``RUN_DIR/web_sample/``."""
+    needs = []
+    model = cfg.generate.model
+    if cfg.generate.backend == "transformers" and model and not Path(model).expanduser().exists() \
+            and not _cached_model(model):
+        needs.append(f"generate.model={model}")
+    if not (run_dir / "web_sample" / "part-00000.parquet").exists():
+        needs += [f"filter.input={p}" for p in map(str, cfg.filter.input) if _on_hub(p)]
+    return needs
+
+
+def check_hub_reachable(needs: list[str], timeout_s: float = 3.0) -> None:
+    """Stop before any stage when the Hub is needed and offline mode is on or the endpoint does not answer.
+
+    Without this, an offline demo ended after minutes of retries in a long ``httpx`` traceback.
+    Any HTTP answer (even an error status) counts as reachable; only a failed connection does not.
+    """
+    if not needs:
+        return
+    from huggingface_hub import constants
+
+    wanted = f"the demo needs it for {', '.join(needs)}"
+    if constants.HF_HUB_OFFLINE:
+        raise HubUnreachableError(f"the Hugging Face Hub is unreachable (HF_HUB_OFFLINE=1 is set) and {wanted}; "
+                                  f"{OFFLINE_HINT}")
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as e:  # URLError, refused, DNS failure, timeout
+        reason = getattr(e, "reason", None) or e
+        raise HubUnreachableError(f"the Hugging Face Hub is unreachable ({endpoint}: {reason}) and {wanted}; "
+                                  f"{OFFLINE_HINT}") from None
+
+
+def _cached_model(model: str) -> bool:
+    """True when the model's config is in the local Hub cache (the library then loads it offline)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not _HUB_ID.match(model):
+        return False
+    found = try_to_load_from_cache(model, "config.json", cache_dir=constants.HF_HUB_CACHE)
+    return isinstance(found, str)
+
+
+def _on_hub(path: str) -> bool:
+    """``hf://...``, or an ``ORG/NAME`` dataset id that is not a local path (as ``expand_inputs`` reads it)."""
+    if path.startswith("hf://"):
+        return True
+    return bool(_HUB_ID.match(path)) and not Path(path).expanduser().exists() and not glob.glob(path)
+
+
 def web_sample(inputs: list[str], run_dir: Path, limit: int, text_column: str) -> list[str]:
     """Local inputs as they are; Hub inputs streamed once into ``RUN_DIR/web_sample/`` (``limit`` docs).
 
@@ -96,14 +165,14 @@ def web_sample(inputs: list[str], run_dir: Path, limit: int, text_column: str) -
     return [str(out)]
 
 
-def _sft(train: Callable[..., int | None], cfg: Config) -> int | str | None:
+def _sft(train: Callable[..., int | None], cfg: Config, restart: bool = False) -> int | str | None:
     """SFT needs conversations in the Student:/Teacher: format; a small generator may not follow it.
 
     The demo then goes on without an SFT checkpoint (the card says so) rather than failing after
     the expensive stages; `textbook train --phase sft` on its own still fails loudly.
     """
     try:
-        return train(cfg, phase="sft")
+        return train(cfg, phase="sft", restart=restart)
     except EmptySourceError as e:
         print(f"sft skipped: {e}")
         return SKIPPED

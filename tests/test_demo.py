@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
 
 from pipeline.cli import main
 from pipeline.generate.stub_server import StubServer, textbook_responder
@@ -53,3 +58,49 @@ def test_demo_goes_on_without_sft_when_no_conversation_parses(tmp_path: Path, ca
     assert not (run_dir / "checkpoints" / "sft").exists()
     assert (run_dir / "checkpoints" / "phase2" / "config.json").exists()
     assert (run_dir / "push" / "README.md").exists()
+
+
+@pytest.fixture
+def empty_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No model in the Hub cache, so the demo's generator model can only come from the Hub."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_one_line_offline_hint(code: int, err: str, seconds: float, run_dir: Path) -> None:
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: the Hugging Face Hub is unreachable"), err
+    assert "make demo MODEL=/path/to/model WEB=/path/to/web.parquet" in err
+    assert seconds < 15
+    assert not (run_dir / "generated").exists()  # stopped before any stage
+
+
+def test_offline_demo_says_how_to_run_offline_before_any_stage(tmp_path, monkeypatch, capsys, empty_hub_cache):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    code = main(["demo", "-c", "configs/demo.yaml", f"run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    _assert_one_line_offline_hint(code, err, time.perf_counter() - start, tmp_path / "run")
+    assert "(HF_HUB_OFFLINE=1 is set)" in err
+    assert "generate.model=HuggingFaceTB/SmolLM2-135M-Instruct" in err and "filter.input=hf://datasets/" in err
+
+
+def test_demo_with_local_web_text_but_a_hub_model_stops_when_the_hub_does_not_answer(
+        tmp_path, monkeypatch, capsys, empty_hub_cache):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    web = tmp_path / "web.jsonl"
+    web.write_text("".join(json.dumps({"text": t}) + "\n" for t in documents(5, seed=1)), encoding="utf-8")
+    start = time.perf_counter()
+    code = main(["demo", "-c", "configs/demo.yaml", f"run_dir={tmp_path / 'run'}", "--web", str(web)])
+    err = capsys.readouterr().err
+    _assert_one_line_offline_hint(code, err, time.perf_counter() - start, tmp_path / "run")
+    assert endpoint in err and "generate.model=HuggingFaceTB/SmolLM2-135M-Instruct" in err
+    assert "filter.input" not in err  # the web text is local

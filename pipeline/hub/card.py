@@ -8,36 +8,46 @@ validate with ``huggingface_hub.DatasetCard`` / ``ModelCard`` → write ``RUN_DI
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from pipeline.config import Config
+from pipeline.config import Config, public_dict
 from pipeline.errors import HubError
 from pipeline.hub import checkpoints, datasheet
 from pipeline.hub.artifacts import CHECKPOINT_PHASES, RunArtifacts, load_artifacts
 from pipeline.hub.figures import seed_figures
 from pipeline.hub.layout import DataConfig, data_configs
+from pipeline.hub.provenance import CARD_RECORD, card_lineage, lineage_chain, verify_outputs
 from pipeline.hub.reproduce import reproduce_section, write_reproduce_configs
+from pipeline.io import atomic_dir, atomic_path, build_manifest, read_json, write_json, write_text
 
 REQUIRED_METADATA = ("license", "language", "task_categories", "size_categories", "tags", "configs")
 
 
 def write_card(cfg: Config, restart: bool = False) -> int:
-    """Write the dataset card folder and the model card to ``RUN_DIR/card/``; print where they are."""
+    """Write the dataset card folder and the model card to ``RUN_DIR/card/``; print where they are.
+
+    The shards must still match the manifests that list them (:func:`verify_outputs`), and
+    ``card/manifest.json`` records the digests of the manifests read, so ``push`` can tell a stale card.
+    ``card/`` is replaced whole: a failure leaves the previous card as it was.
+    """
     run_dir = require_run_dir(cfg)
+    verify_outputs(run_dir)
     art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)
     configs = data_configs(run_dir, sft_parser(cfg))
     out = run_dir / "card"
-    readme = build_dataset_card(cfg, art, configs, out)
-    print(f"dataset card: {readme}")
-    model_readme = build_model_card(cfg, art, out / "model")
-    print(f"model card:   {model_readme}" if model_readme else "model card:   skipped (no checkpoint)")
+    with atomic_dir(out) as tmp:
+        build_dataset_card(cfg, art, configs, tmp)
+        model_readme = build_model_card(cfg, art, tmp / "model")
+        hub = public_dict(cfg.hub)
+        write_json(build_manifest("card", {"hub": hub}, lineage=card_lineage(run_dir, {"hub": hub})),
+                   tmp / Path(CARD_RECORD).name)
+    print(f"dataset card: {out / 'README.md'}")
+    print(f"model card:   {out / 'model' / 'README.md'}" if model_readme else "model card:   skipped (no checkpoint)")
     for note in art.notes:
         print(f"  missing: {note}")
     return 0
@@ -64,14 +74,15 @@ def build_dataset_card(cfg: Config, art: RunArtifacts, configs: list[DataConfig]
         "filter_figure": _copy_figure(art.path("filtered", "report.png"), figures, "filter_report.png"),
         "training": checkpoints.training_section(art),
         "untrained": [p for p in CHECKPOINT_PHASES if p not in art.checkpoints],
-        "reproduce": reproduce_section(art.manifests),
+        "reproduce": reproduce_section(art.manifests, art.run_dir),
+        "lineage": lineage_chain(art.run_dir),
         "notes": art.notes,
     }
     context["metadata_yaml"] = _yaml(dataset_metadata(cfg, configs))
     text = render("dataset_card.md.j2", context, _missing_note(art))
     validate_dataset_card(text, configs)
     write_reproduce_configs(context["reproduce"], folder)
-    return _write_text(folder / "README.md", text)
+    return write_text(text, folder / "README.md")
 
 
 def section(art: RunArtifacts, source: str, build: Any, *args: Any) -> Any:
@@ -147,7 +158,7 @@ def build_model_card(cfg: Config, art: RunArtifacts, folder: Path) -> Path | Non
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
         "tags": sorted({"synthetic-data", "textbooks", "small-lm", *cfg.hub.tags} - {"synthetic"}),
-        **({"datasets": [cfg.hub.repo_id]} if cfg.hub.repo_id else {}),
+        **({"datasets": [dataset_repo]} if (dataset_repo := dataset_repo_id(cfg)) else {}),
     }
     context = {
         "title": f"{cfg.hub.pretty_name or _title(cfg)} ({phase} checkpoint)",
@@ -155,12 +166,13 @@ def build_model_card(cfg: Config, art: RunArtifacts, folder: Path) -> Path | Non
         "repo_id": model_repo_id(cfg),
         "repo_type": "model",
         "code_url": cfg.hub.code_url,
-        "dataset_repo_id": cfg.hub.repo_id,
+        "dataset_repo_id": dataset_repo,
         "architecture": checkpoints.architecture(ckpt.get("config")),
         "parameters": checkpoints.count_parameters(ckpt["path"]) or (ckpt.get("summary") or {}).get("parameters"),
         "phases": checkpoints.training_section(art),
         "loss_figure": _copy_figure(ckpt["path"] / "loss.png", folder, "loss.png"),
-        "reproduce": reproduce_section(art.manifests),
+        "reproduce": reproduce_section(art.manifests, art.run_dir),
+        "lineage": lineage_chain(art.run_dir, start=ckpt["path"] / "manifest.json"),
         "metadata_yaml": _yaml(metadata),
     }
     text = render("model_card.md.j2", context, _missing_note(art))
@@ -170,9 +182,24 @@ def build_model_card(cfg: Config, art: RunArtifacts, folder: Path) -> Path | Non
         raise HubError(f"model card: invalid metadata: {str(e).splitlines()[0]}") from None
     if card.data.to_dict().get("pipeline_tag") != "text-generation":
         raise HubError("model card: metadata did not parse back")
-    folder.mkdir(parents=True, exist_ok=True)
     write_reproduce_configs(context["reproduce"], folder)
-    return _write_text(folder / "README.md", text)
+    return write_text(text, folder / "README.md")
+
+
+PUSHED = "pushed.json"
+"""``RUN_DIR/pushed.json``: the repo ids a real push published to, so a later model card links its dataset."""
+
+
+def dataset_repo_id(cfg: Config) -> str | None:
+    """The dataset repo the model was trained on: ``hub.repo_id``, else the one this run was last pushed to."""
+    if cfg.hub.repo_id:
+        return cfg.hub.repo_id
+    record = Path(cfg.run_dir) / PUSHED
+    try:
+        repo = read_json(record).get("dataset") if record.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return repo if isinstance(repo, str) else None
 
 
 def model_repo_id(cfg: Config) -> str | None:
@@ -246,17 +273,9 @@ def _title(cfg: Config) -> str:
 def _copy_figure(source: Path | None, folder: Path, name: str) -> str | None:
     if source is None or not Path(source).exists():
         return None
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, folder / name)
+    with atomic_path(folder / name) as tmp:  # the copy gets the umask's mode, not the source's
+        shutil.copyfile(source, tmp)
     return name
-
-
-def _write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 def require_run_dir(cfg: Config) -> Path:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.hub.artifacts import RunArtifacts
 from pipeline.hub.diversity import card_metrics, full_report
+from pipeline.hub.provenance import public_path
 
 # the seed columns the generate stage writes (None where a row's template does not use one)
 SEED_FIELDS = ("subject", "topic", "subtopic", "audience", "style")
@@ -39,7 +40,8 @@ def generation_section(art: RunArtifacts) -> dict[str, Any] | None:
     return {
         "rows": art.generated_rows,
         "sampled_rows": len(df),
-        "models": _distinct(df["model"]),
+        # a local model folder is shown by name (or Hub id), never as a path on the machine that ran it
+        "models": sorted({public_path(str(m), art.run_dir) for m in _distinct(df["model"])}),
         "backend": gen.get("backend"),
         "temperature": _distinct(df["temperature"]),
         "top_p": gen.get("top_p"),
@@ -161,9 +163,29 @@ def classifier_section(art: RunArtifacts) -> dict[str, Any] | None:
         "n": val["n"],
         "mode": report["mode"],
         "label_rule": report["label_rule"],
+        "trained_on": trained_on(report, art.run_dir),
         "verdict": report["verdict"],
         "warnings": report["warnings"],
     }
+
+
+def trained_on(report: dict[str, Any], run_dir: Any) -> str:
+    """What the classifier learned from, as it happened: the files behind ``classifier.positives`` /
+    ``negatives`` (DCLM style), the user's labelled file(s) (``classifier.input``), or the run's annotations."""
+    config = (report.get("config") or {}).get("classifier") or {}
+    if report["mode"] == "dclm":
+        if not config.get("positives"):
+            return f"DCLM-style ({report['label_rule']})"
+        return (f"DCLM-style: positives from {_files(config['positives'], run_dir)}, "
+                f"negatives from {_files(config.get('negatives') or [], run_dir)}")
+    rule = report["label_rule"]
+    if config.get("input"):
+        return f"on labelled documents from {_files(config['input'], run_dir)} ({rule})"
+    return f"on LLM annotations (`annotations/`, {rule})"
+
+
+def _files(paths: list[str], run_dir: Any) -> str:
+    return ", ".join(f"`{public_path(str(p), run_dir)}`" for p in paths) or "-"
 
 
 def filter_section(art: RunArtifacts) -> dict[str, Any] | None:
@@ -183,11 +205,30 @@ def filter_section(art: RunArtifacts) -> dict[str, Any] | None:
         "decontamination_enabled": _enabled(config, "decontaminate"),
         "docs_in": stats["documents_in"],
         "docs_out": stats["documents_out"],
-        "kept_by_source": stats["kept_by_source"],
+        "kept_by_source": _public_counts(stats["kept_by_source"], art.run_dir),
         "quality": stats.get("quality"),  # only when the quality stage ran
-        "bad_files": stats.get("bad_files") or [],
+        "bad_files": [_bad_file(b, art.run_dir) for b in stats.get("bad_files") or []],
         "timings_s": stats.get("timings_s") or {},
     }
+
+
+def _public_counts(counts: dict[str, int], run_dir: Any) -> dict[str, int]:
+    """Counts keyed by input path, re-keyed by the name a public card shows (files of one name add up)."""
+    out: dict[str, int] = {}
+    for source, n in counts.items():
+        name = public_path(str(source), run_dir)
+        out[name] = out.get(name, 0) + n
+    return out
+
+
+def _bad_file(entry: Any, run_dir: Any) -> str:
+    """A skipped input as ``name: error``, its path made public wherever it occurs."""
+    if not isinstance(entry, dict):
+        return public_path(str(entry), run_dir)
+    path = str(entry.get("path", ""))
+    name = public_path(path, run_dir)
+    error = str(entry.get("error", "")).replace(path, name) if path else str(entry.get("error", ""))
+    return error if error.startswith(name) else f"{name}: {error}"
 
 
 def _enabled(config: dict[str, Any], stage: str) -> bool | None:

@@ -11,6 +11,7 @@ paths the card names are exactly the files that are uploaded.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import HubError
-from pipeline.io import list_shards, write_parquet
+from pipeline.io import atomic_path, current_umask, list_shards, write_parquet
 
 Transform = Callable[[pa.Table], pa.Table]
 ConversationParser = Callable[[str], list[dict[str, str]]]
@@ -111,16 +112,21 @@ def _count(config: DataConfig) -> int:
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link an unchanged shard (no copy of a large run), copying across file systems."""
+    """Hard-link an unchanged shard (no copy of a large run); copy it across file systems, or when its
+    mode is not the umask's (a link shares the source's mode: a 0600 shard would stay 0600)."""
     import shutil
 
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()
-    try:
-        target.hardlink_to(source)
-    except OSError:
-        shutil.copy2(source, target)
+    if stat.S_IMODE(source.stat().st_mode) == 0o666 & ~current_umask():
+        try:
+            target.hardlink_to(source)
+            return
+        except OSError:
+            pass
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def _web_rows(table: pa.Table) -> pa.Table:

@@ -1,10 +1,12 @@
-"""`textbook push`: assemble the exact upload folder, then create the Hub repo and upload it.
+"""`textbook push`: assemble the exact upload folder, check it, then create the Hub repo and upload it.
 
-Flow: validate the repo id → assemble ``RUN_DIR/push/`` (dataset) or ``RUN_DIR/push_model/``
-(``--model``) in a temporary folder renamed into place → list it → stop here on ``--dry-run`` →
-resolve the token (``HF_TOKEN`` or the login cache, huggingface_hub's own order) → refuse if the
-token occurs in any file → ``create_repo(exist_ok=True)`` → ``upload_folder`` (or
-``upload_large_folder`` above ``hub.large_folder_gb``). The token is only ever handed to ``HfApi``.
+Flow: validate the repo id → resolve the token (``HF_TOKEN`` or the login cache, huggingface_hub's
+own order; a dry run goes on without one) → assemble ``RUN_DIR/push/`` (dataset) or
+``RUN_DIR/push_model/`` (``--model``) in a temporary folder → :func:`check_upload`, the same checks for
+a dry run and a real push (shards match their manifests, ``card/`` is not stale, no secret in any
+file) → rename it into place and list it → stop here on ``--dry-run`` →
+``create_repo(exist_ok=True)`` → ``upload_folder`` (or ``upload_large_folder`` above
+``hub.large_folder_gb``). The token is only ever handed to ``HfApi``.
 """
 
 from __future__ import annotations
@@ -12,15 +14,25 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
-from pipeline.config import Config
+from pydantic import BaseModel, SecretStr
+
+from pipeline.config import Config, public_dict
 from pipeline.errors import HubError
 from pipeline.hub.artifacts import CHECKPOINT_PHASES, load_artifacts
-from pipeline.hub.card import build_dataset_card, build_model_card, model_repo_id, require_run_dir, sft_parser
+from pipeline.hub.card import (
+    PUSHED,
+    build_dataset_card,
+    build_model_card,
+    model_repo_id,
+    require_run_dir,
+    sft_parser,
+)
 from pipeline.hub.checkpoints import final_checkpoint
 from pipeline.hub.layout import data_configs, write_data
+from pipeline.hub.provenance import check_card_fresh, public_data, verify_outputs
+from pipeline.io import atomic_dir, atomic_path, read_json, write_json
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
@@ -36,11 +48,16 @@ PROVENANCE = {
 }
 # files of a save_pretrained checkpoint folder that belong on the Hub (not state/, tensorboard/)
 _MODEL_SKIP = {"README.md"}
+# a configured secret shorter than this ("EMPTY", "none" for a local server) is not a credential
+_MIN_SECRET = 12
 
 
 def push(cfg: Config, repo_id: str | None = None, private: bool = False, dry_run: bool = False,
          model: bool = False, restart: bool = False) -> int:
-    """Assemble the upload folder and push it (``model=True``: the final checkpoint with its model card)."""
+    """Assemble the upload folder and push it (``model=True``: the final checkpoint with its model card).
+
+    A dry run runs every check a real push runs; it only skips asking for a token and uploading.
+    """
     run_dir = require_run_dir(cfg)
     repo_id = repo_id or (model_repo_id(cfg) if model else cfg.hub.repo_id)
     if repo_id is None and not dry_run:
@@ -49,18 +66,25 @@ def push(cfg: Config, repo_id: str | None = None, private: bool = False, dry_run
         check_repo_id(repo_id)
     if repo_id and not model:
         cfg = cfg.model_copy(update={"hub": cfg.hub.model_copy(update={"repo_id": repo_id})})
+    token = known_token() if dry_run else resolve_token()
     dest = run_dir / ("push_model" if model else "push")
-    folder = assemble_model(cfg, dest) if model else assemble_dataset(cfg, dest)
-    total = print_listing(folder)
+    with atomic_dir(dest) as folder:
+        if model:
+            assemble_model(cfg, folder)
+        else:
+            assemble_dataset(cfg, folder)
+        check_upload(cfg, folder, token, shown_as=dest.name)
+    total = print_listing(dest)
     if dry_run:
-        print(f"dry run: nothing uploaded; {folder} is exactly what would be pushed"
-              + (f" to {repo_id}" if repo_id else ""))
+        print(f"dry run: nothing uploaded; {dest} is exactly what would be pushed"
+              + (f" to {repo_id}" if repo_id else "") + " (every check of a real push passed)")
         return 0
-    assert repo_id is not None
-    url = upload(folder, repo_id, repo_type="model" if model else "dataset",
+    assert repo_id is not None and token is not None
+    url = upload(dest, repo_id, token, repo_type="model" if model else "dataset",
                  private=private or cfg.hub.private, endpoint=cfg.hub.endpoint,
                  large=total > cfg.hub.large_folder_gb * 1e9)
-    print(f"pushed {folder} to {url}")
+    _record_push(run_dir, "model" if model else "dataset", repo_id)
+    print(f"pushed {dest} to {url}")
     return 0
 
 
@@ -71,62 +95,97 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def check_upload(cfg: Config, folder: Path, token: str | None, shown_as: str = "push") -> None:
+    """Every check an upload folder must pass, for a dry run and a real push alike.
+
+    The run's shards still match the manifests that list them, ``card/`` was built from the
+    manifests as they are now, and no file holds the Hugging Face token or a configured secret.
+    ``shown_as`` names the folder in messages (``folder`` may be its temporary stand-in).
+    """
+    run_dir = Path(cfg.run_dir)
+    verify_outputs(run_dir)
+    check_card_fresh(run_dir)
+    secrets = {name: value for name, value in configured_secrets(cfg).items() if len(value) >= _MIN_SECRET}
+    if token:
+        secrets["the Hugging Face token"] = token
+    for name, value in secrets.items():
+        assert_no_secret(folder, value, name, shown_as)
+
+
+def configured_secrets(cfg: Config) -> dict[str, str]:
+    """{what: value} of the secrets a run knows: every ``SecretStr`` of the config, any other value
+    ``public_dict`` strips, and OPENAI_API_KEY."""
+    found: dict[str, str] = {}
+
+    def walk(node: object, public: object, key: str) -> None:
+        if isinstance(node, SecretStr):
+            found[f"config key {key!r}"] = node.get_secret_value()
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name), public.get(name) if isinstance(public, dict) else None,
+                     f"{key}.{name}" if key else name)
+        elif isinstance(node, str) and node and public is None:
+            found[f"config key {key!r}"] = node
+
+    walk(cfg, public_dict(cfg), "")
+    if os.environ.get("OPENAI_API_KEY"):
+        found["OPENAI_API_KEY"] = os.environ["OPENAI_API_KEY"]
+    return found
+
+
 # --- assembling ----------------------------------------------------------------------------------
 
-def assemble_dataset(cfg: Config, dest: Path) -> Path:
-    """Write the dataset upload folder to ``dest``: README.md, figures/, reproduce/, data/, manifests/."""
+def assemble_dataset(cfg: Config, folder: Path) -> Path:
+    """Write the dataset upload files into ``folder``: README.md, figures/, reproduce/, data/, manifests/.
+
+    The published manifests have their local paths made public, as the card shows them.
+    """
     run_dir = Path(cfg.run_dir)
     art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)
     configs = data_configs(run_dir, sft_parser(cfg))
     if not configs:
         raise HubError(f"{run_dir}: no data to publish (no generated or filtered shards); run the stages first")
-    with _staging(dest) as tmp:
-        write_data(configs, tmp)
-        for source, target in PROVENANCE.items():
-            if (run_dir / source).exists():
-                (tmp / target).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(run_dir / source, tmp / target)
-        build_dataset_card(cfg, art, configs, tmp)
-    return dest
+    write_data(configs, folder)
+    for source, target in PROVENANCE.items():
+        if not (run_dir / source).exists():
+            continue
+        if source.endswith(".json"):
+            write_json(public_data(read_json(run_dir / source), run_dir), folder / target)
+        else:
+            _copy(run_dir / source, folder / target)
+    build_dataset_card(cfg, art, configs, folder)
+    return folder
 
 
-def assemble_model(cfg: Config, dest: Path) -> Path:
-    """Write the model upload folder to ``dest``: the final checkpoint's files plus its model card."""
+def assemble_model(cfg: Config, folder: Path) -> Path:
+    """Write the model upload files into ``folder``: the final checkpoint's files plus its model card."""
     art = load_artifacts(Path(cfg.run_dir), cfg.hub.max_card_rows, cfg.seed)
     phase = final_checkpoint(art, cfg.hub.model_checkpoint)
     if phase is None:
         raise HubError(f"{Path(cfg.run_dir) / 'checkpoints'}: no trained checkpoint to push "
                        "(run `textbook train --phase 1` first)")
     source = art.checkpoints[phase]["path"]
-    with _staging(dest) as tmp:
-        for path in sorted(source.iterdir()):
-            if path.is_file() and path.name not in _MODEL_SKIP and not path.name.startswith("."):
-                shutil.copy2(path, tmp / path.name)
-        build_model_card(cfg, art, tmp)
-    return dest
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.name not in _MODEL_SKIP and not path.name.startswith("."):
+            _copy(path, folder / path.name)
+    build_model_card(cfg, art, folder)
+    return folder
 
 
-class _staging:
-    """A temporary sibling of ``dest`` that replaces it on success, so ``dest`` is never half-written."""
+def _copy(source: Path, target: Path) -> None:
+    """Copy with the umask's mode (``copy2`` would carry a 0600 source's mode into a shared folder)."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
-    def __init__(self, dest: Path):
-        self.dest = Path(dest)
 
-    def __enter__(self) -> Path:
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.", dir=self.dest.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = self.dest.with_name(f".{self.dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if self.dest.exists():
-            self.dest.rename(old)
-        self.tmp.rename(self.dest)
-        shutil.rmtree(old, ignore_errors=True)
+def _record_push(run_dir: Path, kind: str, repo_id: str) -> None:
+    """Remember the repo a real push published to (``RUN_DIR/pushed.json``): the model card links the dataset."""
+    path = run_dir / PUSHED
+    try:
+        record = read_json(path) if path.is_file() else {}
+    except (OSError, ValueError):
+        record = {}
+    write_json({**(record if isinstance(record, dict) else {}), kind: repo_id}, path)
 
 
 def print_listing(folder: Path) -> int:
@@ -145,22 +204,32 @@ def print_listing(folder: Path) -> int:
 
 # --- uploading -----------------------------------------------------------------------------------
 
-def resolve_token() -> str:
-    """The token huggingface_hub would use (``HF_TOKEN``, then the login cache); a HubError if there is none."""
+def known_token() -> str | None:
+    """The token huggingface_hub would use (``HF_TOKEN``, then the login cache), None when there is none."""
     from huggingface_hub import get_token
 
-    token = get_token()
+    return get_token() or None
+
+
+def resolve_token() -> str:
+    """:func:`known_token`, or a HubError when there is none (a real push needs one)."""
+    token = known_token()
     if not token:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     return token
 
 
-def assert_no_secret(folder: Path, secret: str) -> None:
-    """Refuse to upload a folder in which any file contains ``secret`` (the token must never be pushed)."""
+def assert_no_secret(folder: Path, secret: str, what: str = "the Hugging Face token",
+                     shown_as: str | None = None) -> None:
+    """Refuse a folder in which any file contains ``secret``; the message names the file, never the secret."""
     needle = secret.encode()
-    for path in folder.rglob("*"):
+    sources = {target: source for source, target in PROVENANCE.items()}
+    for path in sorted(folder.rglob("*")):
         if path.is_file() and _contains(path, needle):
-            raise HubError(f"{path}: contains the Hugging Face token; refusing to upload")
+            rel = path.relative_to(folder).as_posix()
+            origin = f" (copied from {sources[rel]})" if rel in sources else ""
+            raise HubError(f"{shown_as or folder.name}/{rel}{origin}: contains {what}; refusing to upload "
+                           "(nothing was written or pushed)")
 
 
 def _contains(path: Path, needle: bytes, chunk: int = 1 << 20) -> bool:
@@ -173,15 +242,14 @@ def _contains(path: Path, needle: bytes, chunk: int = 1 << 20) -> bool:
     return False
 
 
-def upload(folder: Path, repo_id: str, repo_type: str, private: bool, endpoint: str | None = None,
+def upload(folder: Path, repo_id: str, token: str, repo_type: str, private: bool, endpoint: str | None = None,
            large: bool = False) -> str:
-    """Create the repo if needed and upload ``folder``; Hub errors become one-line HubErrors."""
+    """Create the repo if needed and upload ``folder`` (checked by :func:`check_upload`); Hub errors
+    become one-line HubErrors."""
     import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    token = resolve_token()
-    assert_no_secret(folder, token)
     # HF_ENDPOINT is read here, not at import time as huggingface_hub.constants does
     api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
     try:

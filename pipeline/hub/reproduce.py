@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.io import stable_hash
+from pipeline.hub.provenance import public_data, public_run_dir
+from pipeline.io import stable_hash, write_text
 
 # manifest stage name -> the command that makes it, in pipeline order
 STAGE_COMMANDS = {
@@ -21,13 +22,15 @@ STAGE_COMMANDS = {
 }
 
 
-def reproduce_section(manifests: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def reproduce_section(manifests: dict[str, dict[str, Any]], run_dir: Path | str) -> dict[str, Any] | None:
     """Git sha, package versions, the config file(s) and one command per stage that ran.
 
     Stages that ran with the same config share one file; a stage run with different overrides gets
-    its own, so the commands replay exactly what each stage saw.
+    its own, so the commands replay exactly what each stage saw. Local paths are made public
+    (:func:`public_config`): the files are published with the card.
     """
-    ran = [(stage, m) for stage, m in ((s, manifests.get(s)) for s in STAGE_COMMANDS) if m]
+    ran = [(stage, {**m, "config": public_config(m.get("config"), run_dir)})
+           for stage, m in ((s, manifests.get(s)) for s in STAGE_COMMANDS) if m]
     if not ran:
         return None
     by_hash: dict[str, dict[str, Any]] = {}
@@ -53,15 +56,23 @@ def reproduce_section(manifests: dict[str, dict[str, Any]]) -> dict[str, Any] | 
     }
 
 
+def public_config(config: Any, run_dir: Path | str) -> Any:
+    """A stage's config with ``run_dir`` as ``runs/<name>`` when it was absolute, paths inside the run
+    under it, and other absolute local paths as file names (a reader supplies their own files)."""
+    if not isinstance(config, dict) or not config:
+        return config
+    public_run = public_run_dir(config.get("run_dir") or run_dir)
+    return {**public_data(config, run_dir, prefix=public_run), "run_dir": public_run}
+
+
 def write_reproduce_configs(section: dict[str, Any] | None, folder: Path) -> list[Path]:
     """Write the section's config files under ``folder`` (e.g. ``folder/reproduce/config.yaml``)."""
     if not section:
         return []
     written = []
     for name, config in section["configs"].items():
-        path = Path(folder) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Public config of the run (secrets removed: set OPENAI_API_KEY / HF_TOKEN).\n"
-                        + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        path = write_text("# Public config of the run (secrets removed: set OPENAI_API_KEY / HF_TOKEN; "
+                          "local paths shown by file name: point them at your files).\n"
+                          + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), Path(folder) / name)
         written.append(path)
     return written

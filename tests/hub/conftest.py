@@ -24,7 +24,8 @@ from pipeline.generate.diversity import diversity_report
 from pipeline.generate.ledger import Ledger
 from pipeline.generate.sampler import SEED_VARIABLES
 from pipeline.generate.shard import COMPLETION_COLUMNS
-from pipeline.io import build_manifest, shard_path, write_json, write_parquet
+from pipeline.io import build_manifest, list_shards, read_json, shard_path, write_json, write_parquet
+from pipeline.lineage import file_digests, fingerprint, manifest_ref
 from tests.conftest import SENTENCES
 
 # a 1x1 PNG: the stages' report figures are copied, not drawn, by the card
@@ -78,10 +79,19 @@ def generated_frame(n: int = 60) -> pd.DataFrame:
                                                "text", *COMPLETION_COLUMNS])
 
 
+# where the run's web text came from: a local file outside the run directory, as `make demo WEB=...` reads it
+WEB_INPUT = "/home/someone/corpora/web.jsonl"
+
+
 def build_run(run: Path, tiny_llama: Path | None = None, secret: str = "sk-test-secret") -> Path:
+    """Manifests follow the lineage convention (``lineage`` with parents, ``outputs`` of data stages),
+    except the classifier's report, which stands for a stage that does not record it yet."""
     cfg = validate({"run_dir": str(run),
                     "generate": {"api_key": secret, "price_input_per_million": 0.15, "price_output_per_million": 0.6},
-                    "filter": {"decontaminate": {"benchmarks": [{"name": "gsm8k"}, {"name": "mmlu"}]}}})
+                    "classifier": {"positives": [str(run / "generated" / "part-*.parquet")],
+                                   "negatives": [WEB_INPUT]},  # DCLM style, as the demo trains it
+                    "filter": {"input": [WEB_INPUT],
+                               "decontaminate": {"benchmarks": [{"name": "gsm8k"}, {"name": "mmlu"}]}}})
     config = public_dict(cfg)
     df = generated_frame()
     write_parquet(df.iloc[:30], shard_path(run / "generated", 0))
@@ -104,7 +114,16 @@ def _generate_manifest(run: Path, config: dict, df: pd.DataFrame) -> None:
         "requests": 62, "rows": 60, "new_rows": 60, "shards": 2, "complete": False, "elapsed_s": 12.5},
         ledger=ledger.as_dict(), stop_reason=None, templates=templates)
     manifest["diversity"] = {**diversity_report(df["text"].tolist()), "gate": GATE}
+    manifest["lineage"] = fingerprint(config=config["generate"])
     write_json(manifest, run / "generated" / "manifest.json")
+    record_outputs(run, "generated")
+
+
+def record_outputs(run: Path, folder: str) -> None:
+    """Set ``outputs`` of ``folder/manifest.json`` to the shards now in the folder, as the stage writes it."""
+    manifest = read_json(run / folder / "manifest.json")
+    manifest["outputs"] = file_digests([*list_shards(run / folder), *list_shards(run / folder / "rejected")], run)
+    write_json(manifest, run / folder / "manifest.json")
 
 
 def _filter_outputs(run: Path, config: dict, df: pd.DataFrame) -> None:
@@ -121,10 +140,11 @@ def _filter_outputs(run: Path, config: dict, df: pd.DataFrame) -> None:
     bins = np.linspace(0, 1, 21)
     stats = {
         "documents_in": 120, "bytes_in": 36_000, "documents_out": 50, "bytes_out": 15_000,
-        "kept_by_source": {"web.parquet": 40, "generated": 10},
+        "kept_by_source": {WEB_INPUT: 40, "generated": 10},  # keyed by the input path as given
         "stages": stage_table(120, 36_000, removed),
         "removed_by_reason": removed,
-        "decontamination": decontamination_report(matches, {"gsm8k": 1319, "mmlu": 14042},
+        # every hit in the input; two gsm8k documents had already gone as duplicates
+        "decontamination": decontamination_report(matches, matches[2:], {"gsm8k": 1319, "mmlu": 14042},
                                                   {"gsm8k": 1300, "mmlu": 14000}),
         "edu_hist": {"bins": bins.tolist(), "scored": [6] * 20, "kept": [0] * 10 + [5] * 10},
         "quality": {"threshold": 0.4821, "keep_top": 0.5},
@@ -133,9 +153,13 @@ def _filter_outputs(run: Path, config: dict, df: pd.DataFrame) -> None:
         "timings_s": {"validate": 0.4, "score": 2.5},
     }
     write_json(stats, run / "filtered" / "stats.json")
+    lineage = fingerprint(config=config["filter"], inputs={WEB_INPUT: "d1d1d1d1d1d1d1d1"},
+                          parents={"generate": manifest_ref(run / "generated" / "manifest.json", run)})
     write_json(build_manifest("filter", config, output_key="0123456789abcdef",
-                              inputs=[{"path": "web.parquet", "digest": "d1"}], documents_in=120,
-                              documents_out=50, timings_s=stats["timings_s"]), run / "filtered" / "manifest.json")
+                              inputs=[{"path": WEB_INPUT, "digest": "d1"}], documents_in=120,
+                              documents_out=50, timings_s=stats["timings_s"], lineage=lineage),
+               run / "filtered" / "manifest.json")
+    record_outputs(run, "filtered")
     (run / "filtered" / "report.png").write_bytes(PNG)
 
 
@@ -168,8 +192,12 @@ def _checkpoint(run: Path, config: dict, tiny_llama: Path) -> None:
                 "tokens_per_s": 1500.0, "mfu": None, "flops_per_token": 1_000_000, "parameters": 206_400,
                 "device": "cpu", "world_size": 1, "train_time_s": 16.4, "checkpoints": ["step-000012"]},
                ckpt / "train_summary.json")
+    lineage = fingerprint(config=config["train"], parents={
+        "chat": manifest_ref(run / "generated" / "manifest.json", run),
+        "web": manifest_ref(run / "filtered" / "manifest.json", run)})
     write_json(build_manifest("train", config, phase="sft", init_from=str(run / "checkpoints" / "phase2"),
-                              sources={"chat": {"rows": 18}}, tokenizer="tokenizer"), ckpt / "manifest.json")
+                              sources={"chat": {"rows": 18}}, tokenizer="tokenizer", lineage=lineage,
+                              outputs=file_digests([ckpt / "model.safetensors"], run)), ckpt / "manifest.json")
 
 
 @pytest.fixture

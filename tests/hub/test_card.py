@@ -3,10 +3,13 @@ body is a datasheet computed from the run, and which says what is missing instea
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import datasets
+import pandas as pd
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
@@ -15,7 +18,8 @@ from pipeline.config import validate
 from pipeline.hub.card import size_category, write_card
 from pipeline.hub.push import push
 from pipeline.io import read_json, write_json, write_parquet
-from tests.hub.conftest import TEMPLATES, generated_frame
+from pipeline.lineage import content_digest
+from tests.hub.conftest import TEMPLATES, generated_frame, record_outputs
 
 
 def test_every_config_of_the_published_folder_loads_with_datasets(run_dir):
@@ -68,9 +72,9 @@ def test_the_card_body_is_a_datasheet_of_the_run(run_dir, capsys):
     assert "Trained on 160 documents (80 positive),\nvalidated on 40 (19 positive)." in text
     assert "- warning: only 19 validation documents" in text
     assert "| heuristics | 120 | 100 | 20 | 16.7% |" in text and "| generated | 10 |" in text
-    assert "**Dedup rate:** 20 of 80 documents\n(25.0%)" in text
+    assert "**Dedup rate:** 20 of 70 documents\n(28.6%)" in text  # dedup runs after decontamination
     assert "**Quality threshold:** documents kept when `edu_score >= 0.482` (the top 50.0% of web documents" in text
-    assert "| gsm8k | 7 | 5 | 1,319 | 1,300 |" in text and "| mmlu | 3 | 3 | 14,042 | 14,000 |" in text
+    assert "| gsm8k | 7 | 5 | 5 | 1,319 | 1,300 |" in text and "| mmlu | 3 | 3 | 3 | 14,042 | 14,000 |" in text
     assert 'hf download acme/textbooks --repo-type dataset --include "reproduce/*" --local-dir .' in text
     assert ".venv/bin/textbook generate -c reproduce/config.yaml" in text
     assert "textbook train --phase sft" in text
@@ -137,6 +141,7 @@ def test_a_report_from_another_version_is_named_not_fatal(run_dir):
     del report["validation"]
     write_json(report, run_dir / "classifier" / "report.json")
     write_parquet(generated_frame(4).drop(columns=["template_sha"]), run_dir / "generated" / "part-00002.parquet")
+    record_outputs(run_dir, "generated")  # as the other version of generate recorded it
     assert write_card(validate({"run_dir": str(run_dir)})) == 0
     text = (run_dir / "card" / "README.md").read_text()
     assert ("_Not available: classifier/report.json: unexpected layout (KeyError: 'validation'); "
@@ -174,3 +179,122 @@ def _assert_tables_well_formed(text: str) -> None:
 
 def _cells(row: str) -> int:
     return len(row.replace("\\|", "").strip().strip("|").split("|"))
+
+
+# --- lineage: the card is built from manifests that match the shards, and prints the chain ----------
+
+def _digest(path: Path) -> str:
+    return content_digest(path)[:8]
+
+
+def test_the_cards_print_the_lineage_chain_from_checkpoint_to_shards(run_dir):
+    generated, filtered = run_dir / "generated" / "manifest.json", run_dir / "filtered" / "manifest.json"
+    write_card(validate({"run_dir": str(run_dir)}))
+    text = (run_dir / "card" / "README.md").read_text()
+    assert (f"| `filtered/manifest.json` | `{_digest(filtered)}` | generate: `generated/manifest.json` "
+            f"`{_digest(generated)}` | web.jsonl `d1d1d1d1` | 2 files, verified against disk |") in text
+    assert f"| `classifier/report.json` | `{_digest(run_dir / 'classifier' / 'report.json')}` | not recorded |" in text
+    model = (run_dir / "card" / "model" / "README.md").read_text()
+    sft = run_dir / "checkpoints" / "sft" / "manifest.json"
+    assert (f"| `checkpoints/sft/manifest.json` | `{_digest(sft)}` | chat: `generated/manifest.json` "
+            f"`{_digest(generated)}`, web: `filtered/manifest.json` `{_digest(filtered)}` |") in model
+    assert f"| `filtered/manifest.json` | `{_digest(filtered)}` |" in model  # the checkpoint's ancestors
+    assert "`classifier/report.json`" not in model  # not one of them
+    _assert_tables_well_formed(text)
+    _assert_tables_well_formed(model)
+
+    read = read_json(filtered)["lineage"]["parents"]["generate"]["digest"][:8]
+    write_json({**read_json(generated), "stop_reason": "rerun"}, generated)  # generate reran after filter read it
+    write_card(validate({"run_dir": str(run_dir)}))
+    text = (run_dir / "card" / "README.md").read_text()
+    assert f"generate: `generated/manifest.json` `{read}` (changed since)" in text
+
+
+def test_manifests_without_lineage_still_get_a_card_that_says_not_recorded(run_dir):
+    for path in run_dir.rglob("manifest.json"):
+        manifest = read_json(path)
+        write_json({k: v for k, v in manifest.items() if k not in ("lineage", "outputs")}, path)
+    assert write_card(validate({"run_dir": str(run_dir)})) == 0
+    text = (run_dir / "card" / "README.md").read_text()
+    assert "| `generated/manifest.json` | `" in text
+    assert "| not recorded | not recorded | not recorded |" in text
+    assert "verified against disk" not in text
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda run: write_parquet(generated_frame(3), run / "generated" / "part-00001.parquet"),
+     "generated/part-00001.parquet: changed since generated/manifest.json was written (its content digest "
+     "differs); rerun textbook generate"),
+    (lambda run: shutil.copy(run / "filtered" / "part-00000.parquet", run / "filtered" / "part-00007.parquet"),
+     "filtered/part-00007.parquet: not listed in filtered/manifest.json (left by another run?); rerun textbook filter"),
+    (lambda run: (run / "checkpoints" / "sft" / "model.safetensors").unlink(),
+     "checkpoints/sft/model.safetensors: listed in checkpoints/sft/manifest.json but missing; "
+     "rerun textbook train --phase sft"),
+], ids=["changed-shard", "unlisted-shard", "missing-checkpoint"])
+def test_a_card_is_never_built_from_manifests_that_no_longer_match_the_files(run_dir, capsys, change, message):
+    change(run_dir)
+    assert main(["card", f"run_dir={run_dir}"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (run_dir / "card").exists()
+
+
+# --- a public card: no machine-local paths, provenance as it happened --------------------------------
+
+def test_the_public_card_shows_no_machine_local_path(run_dir, tmp_path):
+    local_model = str(tmp_path / "models" / "SmolLM2-135M-Instruct")
+    for shard in sorted((run_dir / "generated").glob("part-*.parquet")):
+        write_parquet(pd.read_parquet(shard).assign(model=local_model), shard)
+    record_outputs(run_dir, "generated")
+    stats = read_json(run_dir / "filtered" / "stats.json")
+    broken = "/home/someone/corpora/broken.parquet"
+    stats["bad_files"] = [{"path": broken, "error": f"{broken}: Corrupt snappy compressed data."}]
+    write_json(stats, run_dir / "filtered" / "stats.json")
+
+    push(validate({"run_dir": str(run_dir)}), repo_id="acme/textbooks", dry_run=True)
+    assert write_card(validate({"run_dir": str(run_dir)})) == 0
+    text = (run_dir / "card" / "README.md").read_text()
+    assert "| generator model | SmolLM2-135M-Instruct |" in text
+    assert "| web.jsonl | 40 |" in text  # kept documents by source: the input's file name
+    assert "- broken.parquet: Corrupt snappy compressed data." in text
+    # the DCLM-style classifier says what classifier.positives / negatives held, not their key names
+    assert ("trained DCLM-style: positives from `generated/part-*.parquet`, negatives from `web.jsonl`" in text)
+    assert "classifier.positives" not in text
+    reproduce = _yaml(run_dir / "card" / "reproduce" / "config.yaml")
+    assert reproduce["run_dir"] == "runs/run"
+    assert reproduce["classifier"]["positives"] == ["runs/run/generated/part-*.parquet"]
+    for folder in (run_dir / "card", run_dir / "push"):
+        for path in folder.rglob("*"):
+            if path.suffix in (".md", ".yaml", ".json"):
+                body = path.read_text()
+                assert str(tmp_path) not in body and "/home/someone" not in body, path
+
+
+@pytest.mark.parametrize(("classifier", "said"), [
+    ({"input": ["/home/someone/labels/my_labels.parquet"], "positives": [], "negatives": []},
+     "trained on labelled documents from `my_labels.parquet` (positive when score >= 3.0)"),
+    ({"input": [], "positives": [], "negatives": []},
+     "trained on LLM annotations (`annotations/`, positive when score >= 3.0)"),
+])
+def test_the_card_says_what_the_classifier_was_trained_on(run_dir, classifier, said):
+    path = run_dir / "classifier" / "report.json"
+    report = read_json(path)
+    report["config"]["classifier"].update(classifier)
+    write_json({**report, "mode": "labelled", "label_rule": "positive when score >= 3.0"}, path)
+    write_card(validate({"run_dir": str(run_dir)}))
+    assert said in (run_dir / "card" / "README.md").read_text()
+
+
+def test_card_and_push_folders_follow_the_umask(run_dir):
+    shard = run_dir / "generated" / "part-00000.parquet"
+    shard.chmod(0o600)  # as an older version wrote every shard
+    old = os.umask(0o022)
+    try:
+        write_card(validate({"run_dir": str(run_dir)}))
+        push(validate({"run_dir": str(run_dir)}), repo_id="acme/textbooks", dry_run=True)
+        push(validate({"run_dir": str(run_dir)}), repo_id="acme/textbooks", dry_run=True, model=True)
+    finally:
+        os.umask(old)
+    for folder in (run_dir / "card", run_dir / "push", run_dir / "push_model"):
+        for path in [folder, *folder.rglob("*")]:
+            assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+    assert stat.S_IMODE(shard.stat().st_mode) == 0o600  # the run's own shard is left as it was

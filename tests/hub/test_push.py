@@ -12,6 +12,7 @@ from pipeline.cli import main
 from pipeline.config import validate
 from pipeline.errors import HubError
 from pipeline.hub.push import check_repo_id, push
+from tests.hub.conftest import record_outputs
 from tests.hub.hub_server import HubStandIn
 
 TOKEN = "hf_FAKEtokenFORtests0123456789abcdef"
@@ -75,7 +76,8 @@ def test_a_second_push_replaces_stale_data_files(run_dir, online, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         push(cfg)
         first = set(hub.repos["acme/textbooks"].files)
-        (run_dir / "generated" / "part-00001.parquet").unlink()  # the run shrank
+        (run_dir / "generated" / "part-00001.parquet").unlink()  # the run shrank (generate reran)
+        record_outputs(run_dir, "generated")
         push(cfg)
         repo = hub.repos["acme/textbooks"]
     assert "data/generated/train-00001.parquet" in first
@@ -130,3 +132,44 @@ def test_push_refuses_a_folder_that_contains_the_token(run_dir, online, monkeypa
         with pytest.raises(HubError, match="contains the Hugging Face token"):
             push(validate({"run_dir": str(run_dir)}), repo_id="acme/textbooks")
     assert hub.requests == []
+
+
+def test_a_dry_run_refuses_what_a_real_push_refuses(run_dir, online, capsys):
+    (run_dir / "generated" / "manifest.json").write_text(f'{{"leaked": "{TOKEN}"}}')
+    assert main(["push", f"run_dir={run_dir}", "--repo-id", "acme/textbooks", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: push/manifests/generate.json (copied from generated/manifest.json): contains the "
+                   "Hugging Face token; refusing to upload (nothing was written or pushed)\n")
+    assert not (run_dir / "push").exists()
+
+
+def test_a_dry_run_refuses_a_configured_secret_in_any_file(run_dir, capsys):
+    key = "sk-live-0123456789abcdef"
+    (run_dir / "filtered" / "stats.json").write_text(f'{{"note": "{key}"}}')
+    assert main(["push", f"run_dir={run_dir}", f"generate.api_key={key}", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "contains config key 'generate.api_key'" in err and key not in err
+
+
+def test_push_refuses_a_card_built_from_other_manifests(run_dir, capsys):
+    assert main(["card", f"run_dir={run_dir}"]) == 0
+    manifest = run_dir / "filtered" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"documents_out": 50', '"documents_out": 49'))  # filter reran
+    assert main(["push", f"run_dir={run_dir}", "--dry-run"]) == 2
+    assert capsys.readouterr().err == ("error: card/ was built from other manifests (filtered/manifest.json changed): "
+                                       "rerun textbook card\n")
+    assert main(["card", f"run_dir={run_dir}"]) == 0
+    assert main(["push", f"run_dir={run_dir}", "--dry-run"]) == 0
+
+
+def test_the_model_card_links_the_dataset_this_run_was_pushed_to(run_dir, online, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    cfg = validate({"run_dir": str(run_dir)})  # no hub.repo_id: the repo ids come from the command line
+    with HubStandIn(TOKEN) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        push(cfg, repo_id="acme/textbooks")
+        push(cfg, repo_id="acme/tiny-lm", model=True)
+    card = ModelCard(hub.repos["acme/tiny-lm"].files["README.md"].decode())
+    assert card.data.to_dict()["datasets"] == ["acme/textbooks"]
+    assert "Training data: [acme/textbooks](https://huggingface.co/datasets/acme/textbooks)." in card.text
