@@ -28,16 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import DataError
-
-SHARD_GLOB = "part-*.parquet"
-
-
-def shard_path(folder: Path, index: int) -> Path:
-    return Path(folder) / f"part-{index:05d}.parquet"
-
-
-def list_shards(folder: Path) -> list[Path]:
-    return sorted(Path(folder).glob(SHARD_GLOB))
+from pipeline.rundir import SHARD_GLOB as SHARD_GLOB  # noqa: F401  (re-exported until callers move)
+from pipeline.rundir import list_shards, shard_path  # noqa: F401
 
 
 def current_umask() -> int:

@@ -46,7 +46,7 @@ class ClassifierConfig(Section):
     min_validation_per_class: int = Field(default=5, ge=1)
     """Refuse a model when a validation class has fewer documents: its metrics measure nothing."""
     min_score_spread: float = Field(default=0.1, ge=0, le=1)
-    """Refuse a model whose validation scores (5th to 95th percentile) span less: it barely tells documents apart."""
+    """Refuse a model whose validation scores (5th to 95th percentile, per class) span less: it barely tells documents apart."""
     accept_unreliable: bool = False
     """Install anyway when validation is too small or its scores too narrow to measure the model (the report says so)."""
     max_documents: int | None = Field(default=None, ge=2)

@@ -239,10 +239,20 @@ def test_scores_bunched_in_a_narrow_band_are_refused():
     scores = np.r_[rng.uniform(0.50, 0.535, 60), rng.uniform(0.51, 0.55, 60)]
     metrics = evaluate_scores(labels, scores)
     assert metrics["roc_auc"] > 0.6
-    verdict, _ = judge(metrics, scores, ClassifierConfig())
+    verdict, _ = judge(metrics, scores, labels, ClassifierConfig())
     assert verdict.startswith("rejected: validation cannot measure this model: validation scores span only 0.50")
     assert "classifier.min_score_spread=0.1" in verdict
-    assert judge(metrics, scores, ClassifierConfig(accept_unreliable=True))[0] == "accepted"
+    assert judge(metrics, scores, labels, ClassifierConfig(accept_unreliable=True))[0] == "accepted"
+
+
+def test_a_small_well_separated_class_is_not_called_narrow():
+    # 5 generated textbooks scored high against 234 web pages scored near 0 (the demo's shape): the
+    # pooled 5th-95th percentiles both lie among the web pages, but the model separates the classes
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(234, int), np.ones(5, int)]
+    scores = np.r_[rng.uniform(0.0, 0.02, 234), rng.uniform(0.85, 0.99, 5)]
+    verdict, _ = judge(evaluate_scores(labels, scores), scores, labels, ClassifierConfig())
+    assert verdict == "accepted"
 
 
 def test_report_figure_keeps_the_confusion_matrix_off_the_bars():

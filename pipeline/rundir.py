@@ -1,0 +1,177 @@
+"""The run directory, spelled once: every folder and file a stage writes under ``run_dir``, the shard
+naming, where manifests live, and the column names stages and the hub share.
+
+    RUN_DIR/
+      generated/      part-*.parquet  manifest.json        (textbook generate)
+      annotations/    part-*.parquet  manifest.json        (textbook annotate)
+      classifier/     edu_fasttext.bin report.json report.png manifest.json  rejected/
+      filtered/       part-*.parquet  rejected/  scored/  stats.json report.png manifest.json
+      tokenizer/      manifest.json + PreTrainedTokenizerFast files
+      tokens/         packed token shards (a cache)
+      checkpoints/    phase1/ phase2/ sft/  (save_pretrained + manifest.json train_summary.json ...)
+      eval/           <checkpoint>.json
+      compare/        <arm>/seed-<k>/  compare.json compare.md compare.png
+      card/           README.md  model/README.md  manifest.json
+      push/ push_model/ pushed.json  web_sample/
+
+A stage asks this module for a path (``RunDir(cfg.run_dir).filtered``) rather than joining strings,
+so a layout change is one edit here and a reader finds every artifact in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from filters.base import TEXT as TEXT  # the text column: filters own it, stages share it
+
+# --- shards and manifests ---------------------------------------------------------------------
+
+SHARD_GLOB = "part-*.parquet"
+MANIFEST = "manifest.json"
+
+
+def shard_path(folder: Path, index: int) -> Path:
+    """``folder/part-NNNNN.parquet``: the one shard naming every stage uses."""
+    return Path(folder) / f"part-{index:05d}.parquet"
+
+
+def list_shards(folder: Path) -> list[Path]:
+    """A folder's shards in order (none when it does not exist)."""
+    return sorted(Path(folder).glob(SHARD_GLOB))
+
+
+def manifest_path(folder: Path) -> Path:
+    """Where a stage folder's manifest lives."""
+    return Path(folder) / MANIFEST
+
+
+# --- columns shared between stages and the hub ------------------------------------------------
+
+ID = "id"
+"""The row key (generate) or document id (filter)."""
+SOURCE = "source"
+"""Where a filtered document came from (an input's name, or ``generated``)."""
+GENERATED_SOURCE = "generated"
+REASON = "filter_reason"
+"""Why ``filtered/rejected/`` holds a document: ``exact_dup``, ``near_dup``, ``decontam:gsm8k``..."""
+EDU_SCORE = "edu_score"
+TEMPLATE = "template"
+MESSAGES = "messages"
+"""A conversation as ``[{role, content}]`` (the TRL convention)."""
+
+# --- the run directory ------------------------------------------------------------------------
+
+PHASES = ("phase1", "phase2", "sft")
+CLASSIFIER_MODEL = "edu_fasttext.bin"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The folders and files of one run directory."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # generate and annotate
+    @property
+    def generated(self) -> Path:
+        return self.root / "generated"
+
+    @property
+    def annotations(self) -> Path:
+        return self.root / "annotations"
+
+    # the edu classifier
+    @property
+    def classifier(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def classifier_model(self) -> Path:
+        return self.classifier / CLASSIFIER_MODEL
+
+    @property
+    def classifier_report(self) -> Path:
+        return self.classifier / "report.json"
+
+    @property
+    def classifier_rejected(self) -> Path:
+        return self.classifier / "rejected"
+
+    # filter
+    @property
+    def filtered(self) -> Path:
+        return self.root / "filtered"
+
+    @property
+    def rejected(self) -> Path:
+        return self.filtered / "rejected"
+
+    @property
+    def scored(self) -> Path:
+        return self.filtered / "scored"
+
+    @property
+    def filter_stats(self) -> Path:
+        return self.filtered / "stats.json"
+
+    # train
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, phase: str) -> Path:
+        """``checkpoints/<phase>/`` (phase1, phase2 or sft): save_pretrained weights and the phase's files."""
+        return self.checkpoints / phase
+
+    # eval and compare
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def eval_result(self, name: str) -> Path:
+        return self.eval / f"{name}.json"
+
+    @property
+    def compare(self) -> Path:
+        return self.root / "compare"
+
+    def compare_arm(self, arm: str, seed_index: int) -> Path:
+        return self.compare / arm / f"seed-{seed_index}"
+
+    # publish
+    @property
+    def card(self) -> Path:
+        return self.root / "card"
+
+    @property
+    def push(self) -> Path:
+        return self.root / "push"
+
+    @property
+    def push_model(self) -> Path:
+        return self.root / "push_model"
+
+    @property
+    def pushed(self) -> Path:
+        return self.root / "pushed.json"
+
+    @property
+    def web_sample(self) -> Path:
+        return self.root / "web_sample"
+
+
+# Files inside a checkpoint folder.
+TRAIN_SUMMARY = "train_summary.json"
+METRICS = "metrics.jsonl"
