@@ -26,7 +26,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from filters.quality import EduClassifier, TrainParams, normalize_for_fasttext, train_fasttext  # noqa: E402
+from filters.edu_score import EduClassifier, normalize_for_fasttext  # noqa: E402
+from pipeline.classify.train import TrainParams, train_fasttext  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -156,7 +157,7 @@ def main() -> None:
 
     scores = clf.score(sample)
     truth = np.r_[np.ones(len(sample) // 2), np.zeros(len(sample) - len(sample) // 2)].astype(int)
-    from filters.quality import roc_auc
+    from pipeline.classify.report import roc_auc
 
     print(f"\nheld-out ROC-AUC docs-vs-web on the scored sample: {roc_auc(truth, scores):.3f}")
 

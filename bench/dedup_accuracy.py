@@ -31,9 +31,9 @@ from scipy import sparse
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from filters.dedup import minhash_dedup  # noqa: E402
 from filters.minhash import dedup_form, estimated_jaccard, minhash_signatures  # noqa: E402
 from pipeline.cluster import dask_client  # noqa: E402
+from pipeline.filter.dedup import minhash_dedup  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 EDIT_RATES = [0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1]
@@ -136,7 +136,7 @@ def evaluate(out: pd.DataFrame, jac: np.ndarray, threshold: float, recall_at: fl
     """
     n = len(out)
     cluster = out["cluster_id"].to_numpy()
-    removed = out["minhash_dup"].to_numpy()
+    removed = out["near_dup"].to_numpy()
     adjacency = jac >= threshold
     np.fill_diagonal(adjacency, False)
     truth = components(adjacency)
@@ -169,8 +169,8 @@ def audit(out: pd.DataFrame, jac: np.ndarray, threshold: float, samples: int, se
     sims = []
     for name in picked:
         members = multi.get_group(name)
-        kept = members.index[~members["minhash_dup"]].to_numpy()
-        sims += [jac[kept, d].max() for d in members.index[members["minhash_dup"]]]
+        kept = members.index[~members["near_dup"]].to_numpy()
+        sims += [jac[kept, d].max() for d in members.index[members["near_dup"]]]
     sims = np.array(sims)
     return {"clusters": len(picked), "members": len(sims),
             "fp_rate": float((sims < threshold).mean()) if len(sims) else float("nan"),

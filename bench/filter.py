@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from dedup_accuracy import perturb, real_documents  # noqa: E402
 
-from filters.dedup import exact_dedup, minhash_dedup  # noqa: E402
 from filters.minhash import dedup_form, minhash_signatures  # noqa: E402
 from pipeline.cluster import dask_client  # noqa: E402
+from pipeline.filter.dedup import exact_dedup, minhash_dedup  # noqa: E402
 
 SHARD_MB = 8
 
@@ -111,7 +111,7 @@ def run_ours(shards: list[Path], workers: int, exact: bool = False) -> dict:
             ddf = dd.read_parquet([str(p) for p in shards])
             stats: dict = {}
             t0 = time.perf_counter()
-            flagged = exact_dedup(ddf)["exact_dup"] if exact else minhash_dedup(ddf, stats=stats)["minhash_dup"]
+            flagged = exact_dedup(ddf)["exact_dup"] if exact else minhash_dedup(ddf, stats=stats)["near_dup"]
             # optimize() fuses read + flag + count into one task per partition, as the stage's
             # to_delayed() does; dask 2026.8's compute() alone leaves them four tasks each
             removed = int(flagged.sum().optimize().compute())

@@ -7,6 +7,12 @@ parameters, so the same class is a config section and a notebook object::
 
     scores = GopherQuality(min_doc_words=20).score(df)
     mask, reason = GopherQuality(min_doc_words=20).keep(scores)
+
+A filter also declares the ``stage`` that counts its removals and the ``reasons`` it can give
+(``"<name>:<rule>"``), so the filter stage's report needs no hand-kept map of them.
+
+``filters`` imports neither ``pipeline`` nor dask: one batch of documents in, columns and keep
+decisions out. ``pipeline`` builds on it, never the reverse.
 """
 
 from __future__ import annotations
@@ -21,12 +27,27 @@ from pydantic import BaseModel, ConfigDict
 TEXT = "text"
 
 
-class Filter(BaseModel, ABC):
-    """A document filter: parameters as fields, ``score`` then ``keep``."""
+class ModelError(Exception):
+    """A model a filter needs is missing or unreadable; the message names the file."""
 
+
+class Section(BaseModel):
+    """Strict parameters: an unknown key is an error, not a no-op. The base of every filter and of
+    every config section of the pipeline (`pipeline.settings` re-exports it)."""
+
+    # Attribute docstrings become field descriptions, so `textbook config --reference` documents them.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
+
+class Filter(Section, ABC):
+    """A document filter: parameters as fields, ``score`` then ``keep``."""
+
     name: ClassVar[str]
+    """Prefix of its score columns and of its reasons."""
+    stage: ClassVar[str]
+    """The filter-stage step whose removals it counts (``heuristics`` for all four heuristics)."""
+    reasons: ClassVar[tuple[str, ...]] = ()
+    """Every reason ``keep`` can give, ``"<name>:<rule>"``; ``*`` stands for a variable part."""
     score_fields: ClassVar[tuple[str, ...]] = ()
     """Parameters that change the scores (the others are thresholds applied by ``keep``)."""
 

@@ -137,6 +137,9 @@ class Decontaminate(Filter):
     """
 
     name: ClassVar[str] = "decontam"
+    stage: ClassVar[str] = "decontaminate"
+    reasons: ClassVar[tuple[str, ...]] = ("decontam:*",)
+    """``decontam:`` and the benchmarks hit, joined by ``+`` (``decontam:gsm8k+mmlu``)."""
     score_fields: ClassVar[tuple[str, ...]] = ("ngram", "min_ratio")
 
     ngram: int = 13

@@ -96,6 +96,11 @@ class GopherQuality(RowFilter):
     """Gopher quality rules: word count and length, symbols, bullets, ellipses, alphabetic words, stop words."""
 
     name: ClassVar[str] = "gopher"
+    stage: ClassVar[str] = "heuristics"
+    reasons: ClassVar[tuple[str, ...]] = (
+        "gopher:too_few_words", "gopher:too_many_words", "gopher:short_words", "gopher:long_words",
+        "gopher:symbols", "gopher:bullet_lines", "gopher:ellipsis_lines", "gopher:non_alpha_words",
+        "gopher:stop_words")
 
     min_doc_words: int = 50
     max_doc_words: int = 100_000
@@ -141,6 +146,10 @@ class GopherRepetition(RowFilter):
     """Gopher repetition rules: duplicated lines/paragraphs, top n-grams and duplicated n-grams."""
 
     name: ClassVar[str] = "gopher_rep"
+    stage: ClassVar[str] = "heuristics"
+    reasons: ClassVar[tuple[str, ...]] = (
+        "gopher_rep:dup_para", "gopher_rep:dup_para_chars", "gopher_rep:dup_line", "gopher_rep:dup_line_chars",
+        "gopher_rep:top_*gram", "gopher_rep:dup_*gram")
     score_fields: ClassVar[tuple[str, ...]] = ("top_n_grams", "dup_n_grams")
 
     dup_line_frac: float = 0.3
@@ -205,6 +214,8 @@ class C4Lines(RowFilter):
     """
 
     name: ClassVar[str] = "c4"
+    stage: ClassVar[str] = "heuristics"
+    reasons: ClassVar[tuple[str, ...]] = ("c4:lorem_ipsum", "c4:curly_bracket", "c4:too_few_sentences")
     score_fields: ClassVar[tuple[str, ...]] = ("filter_no_terminal_punct", "min_words_per_line",
                                                 "max_word_length", "filter_javascript", "filter_policy")
 
@@ -251,6 +262,9 @@ class FineWebQuality(RowFilter):
     """FineWeb ratios: lines ending in punctuation, short lines, duplicated line characters, newlines per word."""
 
     name: ClassVar[str] = "fineweb"
+    stage: ClassVar[str] = "heuristics"
+    reasons: ClassVar[tuple[str, ...]] = ("fineweb:line_punct", "fineweb:short_lines", "fineweb:dup_line_chars",
+                                          "fineweb:newlines")
     score_fields: ClassVar[tuple[str, ...]] = ("short_line_length",)
 
     line_punct_thr: float = 0.12

@@ -1,4 +1,5 @@
-"""MinHash signatures and LSH banding, vectorised over a whole partition of documents.
+"""MinHash signatures and LSH banding, vectorised over a whole partition of documents; and the in-memory
+half of dedup: exact-text hashes, the keep order, exact Jaccard of shingle sets, connected components.
 
 The permutation scheme is datasketch's default ``affine32`` (datasketch >= 2.0): a 32-bit shingle
 hash is pre-mixed with the MurmurHash3 finalizer, then permuted by ``a * h + b mod 2**32`` with the
@@ -15,13 +16,15 @@ n-gram hash is a position-weighted sum of its word hashes, so no n-gram string i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 from pandas.util import hash_array
 
 _NON_WORD = re.compile(r"\W+")  # punctuation and every kind of whitespace, in runs
@@ -217,14 +220,6 @@ def signatures_from_flat(flat: np.ndarray, sizes: np.ndarray, num_perm: int = 12
     return sig
 
 
-def signatures_from_shingles(shingles: Sequence[np.ndarray], num_perm: int = 128,
-                             seed: int = 0) -> np.ndarray:
-    """MinHash signatures ``(len(shingles), num_perm)`` uint32 of per-document shingle hash arrays."""
-    sizes = np.fromiter(map(len, shingles), dtype=np.int64, count=len(shingles))
-    flat = np.concatenate(list(shingles)) if len(shingles) else np.empty(0, dtype=np.uint32)
-    return signatures_from_flat(flat, sizes, num_perm, seed)
-
-
 def minhash_signatures(texts: Iterable[str | None], num_perm: int = 128, ngram: int = 5,
                        seed: int = 0) -> np.ndarray:
     """MinHash signatures ``(n, num_perm)`` uint32 of ``texts`` over word ``ngram``-gram shingles.
@@ -301,3 +296,54 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> np.uint64(33))
     h = h * np.uint64(0xC4CEB9FE1A85EC53)
     return h ^ (h >> np.uint64(33))
+
+
+# --- dedup in memory: exact hashes, the keep order, exact Jaccard, components ---------------
+
+def exact_hashes(texts: Any) -> np.ndarray:
+    """uint64 xxh3-64 hashes of the dedup form of ``texts`` (``None`` hashes like ``""``)."""
+    return np.fromiter((xxhash.xxh3_64_intdigest(dedup_form(t).encode("utf-8", "surrogatepass"))
+                        for t in texts), dtype=np.uint64)
+
+
+def best_first(members: pd.DataFrame, group: str, doc: str = "doc", score: str = "score",
+               length: str = "length") -> np.ndarray:
+    """Positions of ``members`` ordered by ``group``, then by the keep rule within each group:
+    highest score (a missing score ranks below every score), then longest, then smallest id."""
+    ranked = pd.DataFrame({"group": members[group].to_numpy(), "doc": members[doc].to_numpy(),
+                           "score": members[score].astype(float).fillna(-np.inf).to_numpy(),
+                           "length": members[length].to_numpy()})
+    return ranked.sort_values(["group", "score", "length", "doc"], ascending=[True, False, False, True],
+                              kind="stable").index.to_numpy()
+
+
+def keep_best(members: pd.DataFrame, group: str, doc: str = "doc", score: str = "score",
+              length: str = "length") -> pd.Series:
+    """True for the one member of each ``group`` to keep: the first of ``best_first``."""
+    order = best_first(members, group, doc, score, length)
+    groups = members[group].to_numpy()[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = groups[1:] != groups[:-1]
+    best = np.zeros(len(members), dtype=bool)
+    best[order[first]] = True
+    return pd.Series(best, index=members.index)  # positional: the index may repeat
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted arrays of distinct shingle hashes."""
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - common
+    return common / union if union else 0.0
+
+
+def connected_components(edges: pd.DataFrame) -> pd.DataFrame:
+    """``node``, ``label`` for every node of ``edges`` (``src``, ``dst``): label = smallest id of its component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as components
+
+    codes, nodes = pd.factorize(pd.concat([edges["src"], edges["dst"]], ignore_index=True))
+    half = len(edges)
+    graph = coo_matrix((np.ones(half, dtype=np.int8), (codes[:half], codes[half:])), shape=(len(nodes),) * 2)
+    component = components(graph, directed=False)[1]
+    labels = pd.DataFrame({"node": nodes, "component": component})
+    return labels.assign(label=labels.groupby("component")["node"].transform("min"))[["node", "label"]]

@@ -36,6 +36,8 @@ class LengthBounds(Filter):
     """Reject empty, too short and too long documents (by characters, after normalisation)."""
 
     name: ClassVar[str] = "length"
+    stage: ClassVar[str] = "normalize"
+    reasons: ClassVar[tuple[str, ...]] = ("length:empty", "length:too_short", "length:too_long")
     score_fields: ClassVar[tuple[str, ...]] = ()
 
     form: Literal["NFC", "NFKC"] = "NFC"

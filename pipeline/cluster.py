@@ -1,7 +1,8 @@
 """The Dask client every stage runs on: a LocalCluster by default, or an existing scheduler.
 
-Worker processes keep heavy objects (a fastText model, a tokenizer) in a per-process cache,
-so they are loaded once per worker rather than once per task.
+Worker processes keep heavy objects (a generation backend, an HTTP client, a benchmark index) in a
+per-process cache, so they are loaded once per worker rather than once per task (``filters`` keeps
+its own: the edu classifier is cached by `filters.edu_score.load_edu_classifier`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The base class of every config section: strict, so an unknown key is an error, not a no-op."""
+"""The base class of every config section: strict, so an unknown key is an error, not a no-op.
 
-from pydantic import BaseModel, ConfigDict
+Defined once in `filters.base` (a filter is a config section too); ``pipeline`` may import
+``filters``, never the reverse.
+"""
 
+from filters.base import Section as Section
 
-class Section(BaseModel):
-    # Attribute docstrings become field descriptions, so `textbook config --reference` documents them.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+__all__ = ["Section"]

@@ -1,14 +1,143 @@
-"""The classifier's report figure: validation score histograms, the confusion matrix, the PR curve."""
+"""The classifier's held-out metrics (ROC-AUC with a bootstrap interval, PR curve, F1, Spearman) and its
+report figure: validation score histograms, the confusion matrix, the PR curve."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from filters.quality import precision_recall_curve
 from pipeline.io import write_png
+
+# --- metrics ---------------------------------------------------------------------------------
+
+def evaluate_scores(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5,
+                    llm_scores: Sequence[float] | None = None) -> dict[str, Any]:
+    """Held-out metrics of positive-class probabilities ``scores`` against 0/1 ``labels``.
+
+    Returns precision, recall, F1, accuracy and the confusion matrix at ``threshold`` (predict
+    positive when score >= threshold), ROC-AUC and average precision (threshold-free; None when
+    the set has one class), the probability threshold with the best F1, Spearman's rho against
+    ``llm_scores`` (the raw 0-5 LLM labels) when given, and counts. Plain floats/ints: JSON-ready.
+    """
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    pred = s >= threshold
+    tp = int((pred & (y == 1)).sum())
+    fp = int((pred & (y == 0)).sum())
+    fn = int((~pred & (y == 1)).sum())
+    tn = int((~pred & (y == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    both = 0 < y.sum() < len(y)
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "positives": int(y.sum()),
+        "negatives": int(len(y) - y.sum()),
+        "threshold": float(threshold),
+        "precision": _f(precision),
+        "recall": _f(recall),
+        "f1": _f(2 * precision * recall / (precision + recall) if precision + recall else 0.0),
+        "accuracy": _f((tp + tn) / len(y)) if len(y) else None,
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+        "roc_auc": _f(roc_auc(y, s)) if both else None,
+        "average_precision": _f(average_precision(y, s)) if both else None,
+        "best_f1": best_f1_threshold(y, s) if both else None,
+        "spearman_vs_llm": None,
+    }
+    if llm_scores is not None and len(y) > 2:
+        out["spearman_vs_llm"] = _f(spearman(np.asarray(llm_scores, dtype=float), s))
+    return out
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x``, ties sharing their average rank (as in Mann-Whitney and Spearman)."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    tied = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    ranks = np.empty(len(x), dtype=float)
+    ranks[order] = tied
+    return ranks
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: P(a random positive outscores a random negative), ties count half."""
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    ranks = average_ranks(scores)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_auc_interval(labels: Sequence[int], scores: Sequence[float], seed: int = 0, resamples: int = 1000,
+                     level: float = 0.95) -> list[float] | None:
+    """A seeded percentile-bootstrap confidence interval ``[low, high]`` of the ROC-AUC.
+
+    Positives and negatives are resampled separately (stratified), so every replicate has both
+    classes and the interval reflects the size of the smaller one: 3 negatives give a wide one.
+    None when a class is empty.
+    """
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    pos, neg = s[y == 1], s[y == 0]
+    if not len(pos) or not len(neg):
+        return None
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(resamples)
+    for i in range(resamples):
+        p = rng.choice(pos, len(pos))
+        n = np.sort(rng.choice(neg, len(neg)))
+        below = np.searchsorted(n, p, "left")
+        tied = np.searchsorted(n, p, "right") - below
+        aucs[i] = (below.sum() + 0.5 * tied.sum()) / (len(p) * len(n))
+    low, high = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
+    return [round(float(low), 6), round(float(high), 6)]
+
+
+def precision_recall_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall when keeping ``score >= t``, for every distinct score ``t`` (descending)."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last index of each distinct score
+    tp = np.cumsum(y)[last]
+    kept = last + 1
+    return tp / kept, tp / max(int(labels.sum()), 1), s[last]
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Sum over thresholds of precision times the recall gained: the area under the PR curve."""
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
+    """The probability threshold on the PR curve with the highest F1, and that F1/P/R."""
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    i = int(np.argmax(f1))
+    return {"threshold": _f(thresholds[i]), "f1": _f(f1[i]), "precision": _f(precision[i]),
+            "recall": _f(recall[i])}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson on average ranks); NaN when either side is constant."""
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
+
+
+def _f(x: float) -> float | None:
+    """A JSON-safe float: NaN/inf become None so a report never holds invalid JSON."""
+    x = float(x)
+    return round(x, 6) if math.isfinite(x) else None
+
+
+
+# --- the figure ------------------------------------------------------------------------------
 
 
 def classifier_figure(labels: np.ndarray, scores: np.ndarray, metrics: dict[str, Any], heading: str = "") -> Any:

@@ -1,6 +1,6 @@
 """`textbook score`: add an ``edu_score`` column to Parquet/JSONL files with the edu classifier.
 
-The filter stage scores inside its Dask graph with `filters.quality.load_edu_classifier`; this is
+The filter stage scores inside its Dask graph with `filters.edu_score.EduScore`; this is
 the small stand-alone path: read every input, score in batches, write one Parquet atomically.
 """
 
@@ -10,32 +10,41 @@ from pathlib import Path
 
 import pandas as pd
 
-from filters.quality import load_edu_classifier
-from pipeline.classify.train import MODEL_NAME, classifier_dir
+from filters.base import ModelError
+from filters.edu_score import EduClassifier, load_edu_classifier
 from pipeline.config import Config
 from pipeline.errors import ClassifierError
 from pipeline.io import expand_inputs, iter_batches, write_parquet
 from pipeline.progress import progress
+from pipeline.rundir import RunDir
 
 BATCH_SIZE = 4096
 
 
 def model_path(cfg: Config) -> Path:
     """The classifier to score with: ``filter.quality.model``, else the run's trained model."""
-    return Path(cfg.filter.quality.model) if cfg.filter.quality.model else classifier_dir(cfg) / MODEL_NAME
+    return Path(cfg.filter.quality.model) if cfg.filter.quality.model else RunDir(cfg.run_dir).classifier_model
 
 
 def score_frame(df: pd.DataFrame, model: str | Path, text_column: str = "text") -> pd.DataFrame:
     """``df`` with an added float32 ``edu_score`` column (probability of educational, in [0, 1])."""
     if text_column not in df.columns:
         raise ClassifierError(f"missing text column {text_column!r} (has: {', '.join(map(str, df.columns))})")
-    return df.assign(edu_score=load_edu_classifier(model).score(df[text_column].tolist()))
+    return df.assign(edu_score=_load(model).score(df[text_column].tolist()))
+
+
+def _load(model: str | Path) -> EduClassifier:
+    """The cached classifier; a missing or unreadable model is a `ClassifierError` (one line)."""
+    try:
+        return load_edu_classifier(model)
+    except ModelError as e:
+        raise ClassifierError(str(e)) from None
 
 
 def score_files(cfg: Config, input: list[str], output: str) -> int:
     """Score ``input`` (files or globs) into one Parquet at ``output``: every input column + ``edu_score``."""
     model = model_path(cfg)
-    load_edu_classifier(model)  # fail on a missing model before reading any data
+    _load(model)  # fail on a missing model before reading any data
     column = cfg.classifier.text_column
     files = expand_inputs(input)
     frames = []

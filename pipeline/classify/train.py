@@ -8,25 +8,24 @@ load labelled documents (LLM annotations, labelled Parquet, or DCLM positives vs
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from filters.quality import (
-    MAX_CHARS,
-    EduClassifier,
-    TrainParams,
-    evaluate_scores,
-    normalize_for_fasttext,
-    roc_auc_interval,
-    train_fasttext,
-)
+from filters.edu_score import MAX_CHARS, NEGATIVE_LABEL, POSITIVE_LABEL, EduClassifier, normalize_for_fasttext
 from pipeline.classify.config import ClassifierConfig
+from pipeline.classify.report import evaluate_scores, plot_classifier_report, roc_auc_interval
 from pipeline.config import Config, public_dict
 from pipeline.errors import ClassifierError, DataError
 from pipeline.io import build_manifest, expand_inputs, iter_batches, list_shards, read_json, write_json
@@ -40,9 +39,8 @@ from pipeline.lineage import (
     relative_name,
 )
 from pipeline.progress import progress
+from pipeline.rundir import CLASSIFIER_MODEL, MANIFEST, RunDir, manifest_path
 
-MODEL_NAME = "edu_fasttext.bin"
-MANIFEST_NAME = "manifest.json"
 MIN_RELIABLE_PER_CLASS = 50
 SCORE_SPREAD_QUANTILES = (0.05, 0.95)
 """The validation scores' spread runs from the lower quantile of one class to the upper of either,
@@ -50,9 +48,85 @@ each class on its own: one outlier does not make a spread, and a small class (24
 against 1,000 web pages) is not lost among the large one's quantiles."""
 
 
-def classifier_dir(cfg: Config) -> Path:
-    return Path(cfg.run_dir) / "classifier"
+# --- fastText training ------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class TrainParams:
+    """fastText supervised hyper-parameters (names as in fastText's Python API)."""
+
+    epoch: int = 10
+    lr: float = 0.2
+    dim: int = 64
+    word_ngrams: int = 2
+    min_count: int = 2
+    bucket: int = 200_000
+    threads: int | None = None
+    seed: int = 0
+
+
+def train_fasttext(texts: Sequence[str], labels: Sequence[int], params: TrainParams = TrainParams(),
+                   attempts: int = 4) -> tuple[Any, float]:
+    """Train a supervised fastText model on normalised one-line ``texts`` and 0/1 ``labels``.
+
+    Contract: texts are already normalised (see `normalize_for_fasttext`) and non-empty; both
+    classes are present (else `ClassifierError`). Returns the in-memory `fasttext` model (labels
+    `POSITIVE_LABEL`, `NEGATIVE_LABEL`) and the learning rate it was trained with: fastText can
+    diverge ("Encountered NaN", seen with small hash tables), so training is retried with the
+    rate halved, up to ``attempts`` times, before `ClassifierError`.
+
+    Each attempt runs in a fresh Python process: fastText's training reads memory left over by
+    earlier models in the same process, so a second training there is neither reproducible nor
+    safe from spurious NaN. A fresh process makes ``threads=1`` runs bit-for-bit repeatable.
+    """
+    import fasttext
+
+    if len(texts) != len(labels):
+        raise ClassifierError(f"{len(texts)} texts but {len(labels)} labels")
+    if len(set(int(y) for y in labels)) < 2:
+        raise ClassifierError("training needs both positive and negative examples")
+    work = Path(tempfile.mkdtemp(prefix="edu_fasttext."))
+    data, model_path = work / "train.txt", work / "model.bin"
+    try:
+        with open(data, "w", encoding="utf-8") as f:
+            for text, y in zip(texts, labels, strict=True):
+                f.write(f"{POSITIVE_LABEL if y else NEGATIVE_LABEL} {text}\n")
+        options = {"input": str(data), "epoch": params.epoch, "dim": params.dim, "wordNgrams": params.word_ngrams,
+                   "minCount": params.min_count, "bucket": params.bucket,
+                   "thread": params.threads or os.cpu_count() or 1, "seed": params.seed, "loss": "softmax",
+                   "verbose": 2 if sys.stderr.isatty() else 0}  # fastText's own progress line: rate, ETA
+        lr = params.lr
+        for attempt in range(attempts):
+            child = subprocess.run([sys.executable, "-c", _TRAIN_IN_CHILD, json.dumps({**options, "lr": lr}),
+                                    str(model_path)], stdout=subprocess.PIPE, text=True)
+            if child.returncode == 0:
+                return fasttext.load_model(str(model_path)), lr
+            said = child.stdout.strip().splitlines()
+            error = said[-1] if said else f"training process exited with code {child.returncode}"
+            if "NaN" not in error or attempt == attempts - 1:
+                raise ClassifierError(f"fastText training failed at lr={lr}: {error} "
+                                      "(lower classifier.lr or raise classifier.bucket)")
+            lr /= 2
+        raise AssertionError("unreachable")
+    finally:
+        for path in (data, model_path):
+            path.unlink(missing_ok=True)
+        work.rmdir()
+
+
+# The child of `train_fasttext`: train, save, and print fastText's error (e.g. "Encountered NaN") on failure.
+_TRAIN_IN_CHILD = """
+import json, sys
+import fasttext
+try:
+    fasttext.train_supervised(**json.loads(sys.argv[1])).save_model(sys.argv[2])
+except RuntimeError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+
+# --- the stage -------------------------------------------------------------------------------
 
 def train_classifier(cfg: Config, restart: bool = False) -> int:
     """Train, evaluate and install the edu classifier; `ClassifierError` if it is no better than chance."""
@@ -100,30 +174,29 @@ def train_classifier(cfg: Config, restart: bool = False) -> int:
         model_size_bytes=None,
     )
 
-    out = classifier_dir(cfg) if verdict == "accepted" else classifier_dir(cfg) / "rejected"
+    run = RunDir(cfg.run_dir)
+    out = run.classifier if verdict == "accepted" else run.classifier_rejected
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{MODEL_NAME}.{os.getpid()}.tmp"
+    tmp = out / f".{CLASSIFIER_MODEL}.{os.getpid()}.tmp"
     model.save_model(str(tmp))
     report["model_size_bytes"] = tmp.stat().st_size
-    from pipeline.classify.report import plot_classifier_report
-
     plot_classifier_report(val_df["label"].to_numpy(), val_scores, metrics, out / "report.png",
                            heading=f"edu classifier ({mode}: {describe_labels(cfg, mode)}): {verdict}")
     write_json(report, out / "report.json")
-    os.replace(tmp, out / MODEL_NAME)
+    os.replace(tmp, out / CLASSIFIER_MODEL)
 
     if verdict == "accepted":
         write_json(build_manifest("train-classifier", public_dict(cfg), verdict=verdict, lineage=lineage,
-                                  outputs={relative_name(out / MODEL_NAME, cfg.run_dir):
-                                           content_digest(out / MODEL_NAME)}),
-                   out / MANIFEST_NAME)
+                                  outputs={relative_name(out / CLASSIFIER_MODEL, cfg.run_dir):
+                                           content_digest(out / CLASSIFIER_MODEL)}),
+                   out / MANIFEST)
 
     summary = f"validation n={metrics['n']}: {describe_metrics(metrics)}; trained in {train_s:.1f}s"
     if verdict != "accepted":
         raise ClassifierError(f"classifier {verdict}; {summary}; not installed (any earlier model is unchanged), "
                               f"see {out}/report.json and report.png")
-    shutil.rmtree(out / "rejected", ignore_errors=True)  # an earlier refusal no longer describes this run
-    print(f"classifier: {out / MODEL_NAME}\n{summary}")
+    shutil.rmtree(run.classifier_rejected, ignore_errors=True)  # an earlier refusal no longer describes this run
+    print(f"classifier: {out / CLASSIFIER_MODEL}\n{summary}")
     for w in warnings:
         print(f"warning: {w}")
     return 0
@@ -149,7 +222,7 @@ def training_files(cfg: Config, mode: str) -> tuple[list[str], bool]:
     elif cc.input:
         patterns = list(cc.input)
     else:
-        return [str(p) for p in list_shards(Path(cfg.run_dir) / "annotations")], True
+        return [str(p) for p in list_shards(RunDir(cfg.run_dir).annotations)], True
     return [f.path for f in expand_inputs(patterns)], False
 
 
@@ -161,7 +234,7 @@ def training_fingerprint(cfg: Config, mode: str) -> dict[str, Any]:
     inputs = file_digests(local, cfg.run_dir)
     inputs.update({p: "hub" for p in paths if p not in local})  # a Hub file has no local bytes to digest
     run_dir = Path(cfg.run_dir)
-    parents = {"annotations": manifest_ref(run_dir / "annotations" / MANIFEST_NAME, run_dir)} if annotations else {}
+    parents = {"annotations": manifest_ref(manifest_path(RunDir(run_dir).annotations), run_dir)} if annotations else {}
     config = {"classifier": cfg.classifier.model_dump(mode="json"), "seed": cfg.seed}
     return fingerprint(config, inputs, {k: v for k, v in parents.items() if v is not None})
 
@@ -178,26 +251,26 @@ def classifier_parent(run_dir: Path, model: Path) -> dict[str, str] | None:
         model.resolve().relative_to(run_dir.resolve())
     except ValueError:
         return None
-    manifest_path = run_dir / "classifier" / MANIFEST_NAME
-    if not manifest_path.is_file() or not model.is_file():
+    manifest_file = manifest_path(RunDir(run_dir).classifier)
+    if not manifest_file.is_file() or not model.is_file():
         return None
-    manifest = read_json(manifest_path)
+    manifest = read_json(manifest_file)
     name = relative_name(model, run_dir)
     recorded = (manifest.get("outputs") or {}).get(name)
     if recorded is None:
         return None
     if content_digest(model) != recorded:
-        raise LineageError(f"{name}: does not match classifier/{MANIFEST_NAME} (replaced after training?); "
+        raise LineageError(f"{name}: does not match classifier/{MANIFEST} (replaced after training?); "
                            "rerun `textbook train-classifier`, or set filter.quality.model to use it as your own")
     trained_on = {k: v for k, v in (manifest.get("lineage") or {}).get("inputs", {}).items()
                   if k.startswith("annotations/")}
     if trained_on:
-        now = file_digests(list_shards(run_dir / "annotations"), run_dir)
+        now = file_digests(list_shards(RunDir(run_dir).annotations), run_dir)
         change = describe_change({"inputs": trained_on}, {"inputs": now})
         if change is not None:
             raise LineageError(f"{name}: the edu classifier was trained on other annotations ({change}); "
                                "rerun `textbook train-classifier` on the current ones")
-    return manifest_ref(manifest_path, run_dir)
+    return manifest_ref(manifest_file, run_dir)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -218,7 +291,7 @@ def load_labelled(cfg: Config) -> tuple[pd.DataFrame, str]:
     paths = list(cc.input)
     key = "classifier.input"
     if not paths:
-        annotations = Path(cfg.run_dir) / "annotations"
+        annotations = RunDir(cfg.run_dir).annotations
         if not list_shards(annotations):
             raise ClassifierError(f"no labelled data: {annotations} has no part-*.parquet "
                                   "(run `textbook annotate`, or set classifier.input or positives/negatives)")

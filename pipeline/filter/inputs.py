@@ -27,8 +27,7 @@ import xxhash
 from pipeline.errors import DataError
 from pipeline.io import InputFile, expand_inputs, iter_batches, list_shards
 from pipeline.lineage import content_digest
-
-GENERATED = "generated"
+from pipeline.rundir import GENERATED_SOURCE, ID, SOURCE, TEXT, RunDir
 
 
 @dataclass(frozen=True)
@@ -78,12 +77,12 @@ def discover(patterns: list[str], text_column: str, id_column: str, run_dir: Pat
     sources = [Source(f, text_column, id_column, f.path, limit) for f in expand_inputs(patterns)] if patterns else []
     if include_generated:
         given = {Path(s.file.path).resolve() for s in sources if not s.file.path.startswith("hf://")}
-        sources += [Source(InputFile(str(p), "parquet"), "text", "id", GENERATED)
-                    for p in list_shards(Path(run_dir) / "generated") if p.resolve() not in given]
+        sources += [Source(InputFile(str(p), "parquet"), TEXT, ID, GENERATED_SOURCE)
+                    for p in list_shards(RunDir(run_dir).generated) if p.resolve() not in given]
     return sources
 
 
-def validate(source: Source, partition_rows: int) -> tuple[list[Partition], int | None]:
+def validate_input(source: Source, partition_rows: int) -> tuple[list[Partition], int | None]:
     """Check a source end to end and cut it into partitions; raise DataError naming the file.
 
     Returns the partitions (up to ``source.limit`` documents) and the documents the file holds
@@ -230,7 +229,7 @@ def read_partition(part: Partition) -> pd.DataFrame:
     ids = [str(v) if v is not None and v == v else document_id(src.label, r)
            for v, r in zip(given.tolist(), rows, strict=True)]
     texts = [t if isinstance(t, str) else "" for t in frame[src.text_column].tolist()]
-    return pd.DataFrame({"id": ids, "text": texts, "source": src.label})
+    return pd.DataFrame({ID: ids, TEXT: texts, SOURCE: src.label})
 
 
 def document_id(source: str, row: int) -> str:

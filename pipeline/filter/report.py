@@ -8,22 +8,29 @@ from typing import Any
 
 import numpy as np
 
+from filters.decontaminate import Decontaminate
+from pipeline.filter.dedup import DEDUP_REASONS
+from pipeline.filter.documents import document_filter_types
 from pipeline.io import write_png
 
-# Stage of each reason prefix, in data-flow order.
-STAGES = ("normalize", "heuristics", "quality", "decontaminate", "exact_dedup", "minhash")
-_PREFIX = {"length": "normalize", "gopher": "heuristics", "gopher_rep": "heuristics", "c4": "heuristics",
-           "fineweb": "heuristics", "quality": "quality", "exact_dup": "exact_dedup",
-           "near_dup": "minhash", "decontam": "decontaminate"}
+# The corpus-wide steps after the per-document filters, in the runner's order, with their reasons.
+_CORPUS_STEPS: list[tuple[str, tuple[str, ...]]] = [
+    (Decontaminate.stage, Decontaminate.reasons), *((stage, (reason,)) for reason, stage in DEDUP_REASONS.items())]
+_STEPS = [(f.stage, f.reasons) for f in document_filter_types()] + _CORPUS_STEPS
+
+FILTER_STAGES: tuple[str, ...] = tuple(dict.fromkeys(stage for stage, _ in _STEPS))
+"""The filter stage's steps in data-flow order: the stats.json and report.png rows."""
+_STAGE_OF_PREFIX = {reason.split(":", 1)[0]: stage for stage, reasons in _STEPS for reason in reasons}
 
 
 def stage_of(reason: str) -> str:
-    return _PREFIX.get(reason.split(":", 1)[0], "other")
+    """The step that gives ``reason``, from the reasons each filter declares (``other`` for none)."""
+    return _STAGE_OF_PREFIX.get(reason.split(":", 1)[0], "other")
 
 
 def stage_table(docs_in: int, bytes_in: int, removed: dict[str, list[int]]) -> list[dict[str, Any]]:
     """Documents and bytes in, removed and out per stage, from ``{reason: [docs, bytes]}``."""
-    per_stage: dict[str, list[int]] = {s: [0, 0] for s in STAGES}
+    per_stage: dict[str, list[int]] = {s: [0, 0] for s in FILTER_STAGES}
     for reason, (docs, size) in removed.items():
         counts = per_stage.setdefault(stage_of(reason), [0, 0])
         counts[0] += docs

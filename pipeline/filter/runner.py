@@ -29,15 +29,14 @@ import pandas as pd
 from distributed import as_completed
 
 from filters.decontaminate import BenchmarkIndex, Decontaminate
-from filters.dedup import exact_dedup, minhash_dedup
-from filters.quality import percentile_threshold
 from pipeline.cluster import dask_client, worker_cached
 from pipeline.config import Config, public_dict
 from pipeline.errors import DataError, FilterError
 from pipeline.filter.benchmarks import load_benchmark
 from pipeline.filter.config import BenchmarkConfig, DecontaminateConfig
-from pipeline.filter.documents import REASON, DocumentFilters
-from pipeline.filter.inputs import GENERATED, Partition, Source, discover, read_partition, validate
+from pipeline.filter.dedup import EXACT_DUP, NEAR_DUP, exact_dedup, minhash_dedup
+from pipeline.filter.documents import DocumentFilters, percentile_threshold
+from pipeline.filter.inputs import Partition, Source, discover, read_partition, validate_input
 from pipeline.filter.report import decontamination_report, plot_report, stage_table
 from pipeline.io import (
     build_manifest,
@@ -51,11 +50,12 @@ from pipeline.io import (
 )
 from pipeline.lineage import content_digest, file_digests, fingerprint, manifest_ref, relative_name
 from pipeline.progress import progress
+from pipeline.rundir import EDU_SCORE, GENERATED_SOURCE, ID, REASON, SOURCE, TEXT, RunDir, manifest_path
 from pipeline.timing import timed
 
 EDU_BINS = np.linspace(0.0, 1.0, 41)
 # Flags that the kept/rejected split already says; the scores themselves stay as columns.
-_DROPPED = ("exact_dup", "minhash_dup")
+_DROPPED = (EXACT_DUP, NEAR_DUP)
 
 
 def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False, **_: Any) -> int:
@@ -64,7 +64,8 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     ``restart`` discards the stored scores (``filtered/scored/``) and rebuilds everything.
     """
     fc = cfg.filter
-    folder = Path(cfg.run_dir) / "filtered"
+    run = RunDir(cfg.run_dir)
+    folder = run.filtered
     filters = DocumentFilters.from_config(cfg)
     benchmarks = fc.decontaminate.benchmarks if fc.decontaminate.enabled else []
     index = benchmark_index(benchmarks, fc.decontaminate.ngram, fc.decontaminate.min_ratio) if benchmarks else None
@@ -72,36 +73,39 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     if not sources:
         raise FilterError("filter.input: nothing to filter (no inputs given and no RUN_DIR/generated shards)")
     if restart:
-        discard(folder)
+        discard(run)
     clock: dict[str, float] = {}
     with dask_client(scheduler or cfg.scheduler, cfg.workers) as client:
         with timed(clock, "validate"):
             partitions, bad_files, limited = validate_inputs(client, sources, fc.partition_rows, fc.on_bad_file)
         lineage = filter_lineage(cfg, partitions, filters, index)
         with timed(clock, "score"):
-            shards = score_shards(client, partitions, filters, folder / "scored")
-        output_key = stable_hash({"shards": read_json(folder / "scored" / "manifest.json")["shards"],
+            shards = score_shards(client, partitions, filters, run.scored)
+        output_key = stable_hash({"shards": read_json(manifest_path(run.scored))["shards"],
                                   "lineage": lineage, "run_dir": str(cfg.run_dir)})
-        if _up_to_date(folder, output_key, cfg.run_dir):
+        if _up_to_date(run, output_key):
             print(f"filter: {folder} is up to date (same inputs, scores and config); nothing to do")
             return 0
         stats, staged = filter_corpus(client, shards, filters, cfg, folder, index, clock)
-    steps = score_seconds(read_json(folder / "scored" / "manifest.json"))
+    steps = score_seconds(read_json(manifest_path(run.scored)))
     stats.update(bad_files=bad_files, limited=limited, timings_s={k: round(v, 3) for k, v in clock.items()},
                  score_seconds=steps)
-    stage_seconds = {"normalize": steps.get("normalize", 0.0), "quality": steps.get("quality", 0.0),
-                     "heuristics": sum(steps.get(f.name, 0.0) for f in filters.heuristics), **clock}
+    stage_seconds: dict[str, float] = {"normalize": steps.get("normalize", 0.0), "quality": steps.get("quality", 0.0),
+                                       "heuristics": 0}
+    for f in [*filters.sections, *filters.heuristics]:  # a stage's seconds: those of its filters
+        stage_seconds[f.stage] = stage_seconds.get(f.stage, 0) + steps.get(f.name, 0.0)
+    stage_seconds.update(clock)
     for row in stats["stages"]:  # per-document stages: worker seconds; global stages: wall seconds
         row["seconds"] = round(stage_seconds.get(row["stage"], 0.0), 3)
-    finish(folder, cfg, stats, output_key, partitions, lineage, staged)
+    finish(run, cfg, stats, output_key, partitions, lineage, staged)
     return 0
 
 
-def discard(folder: Path) -> None:
+def discard(run: RunDir) -> None:
     """Forget the stored scores and the manifest that vouches for the outputs (``--restart``)."""
-    (folder / "manifest.json").unlink(missing_ok=True)
-    shutil.rmtree(folder / "scored", ignore_errors=True)
-    shutil.rmtree(folder / ".staging", ignore_errors=True)
+    manifest_path(run.filtered).unlink(missing_ok=True)
+    shutil.rmtree(run.scored, ignore_errors=True)
+    shutil.rmtree(run.filtered / ".staging", ignore_errors=True)
 
 
 def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFilters,
@@ -110,14 +114,15 @@ def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFi
     inputs read (Hub sources by name), the edu model and the benchmark words; the manifests of the
     run's generated shards and classifier when they were used."""
     run_dir = Path(cfg.run_dir)
+    run = RunDir(run_dir)
     inputs: dict[str, str] = {}
     for part in partitions:
         path = part.source.file.path
         on_hub = path.startswith("hf://") or part.source.file.kind == "hf_dataset"
         inputs[path if on_hub else relative_name(path, run_dir)] = "hub" if on_hub else part.digest
     parents: dict[str, Any] = {}
-    if any(p.source.label == GENERATED for p in partitions):
-        parents["generated"] = manifest_ref(run_dir / "generated" / "manifest.json", run_dir)
+    if any(p.source.label == GENERATED_SOURCE for p in partitions):
+        parents["generated"] = manifest_ref(manifest_path(run.generated), run_dir)
     if filters.quality:
         model = Path(filters.quality.model)
         inputs[relative_name(model, run_dir)] = filters.quality.model_digest
@@ -135,7 +140,7 @@ def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFi
 
 def _validate_one(source: Source, partition_rows: int) -> tuple[list[Partition], int | None, str | None]:
     try:
-        return *validate(source, partition_rows), None
+        return *validate_input(source, partition_rows), None
     except DataError as e:
         return [], None, str(e)
 
@@ -180,8 +185,8 @@ def _score_shard(part: Partition, filters: DocumentFilters, path: str) -> tuple[
 def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilters, folder: Path) -> list[Path]:
     """Score every partition into ``folder/part-*.parquet``; a shard whose manifest entry (input
     digest, score-config hash) matches is done and skipped."""
-    manifest_path = folder / "manifest.json"
-    manifest = read_json(manifest_path) if manifest_path.exists() else {"shards": {}}
+    manifest_file = manifest_path(folder)
+    manifest = read_json(manifest_file) if manifest_file.exists() else {"shards": {}}
     score_hash = stable_hash(filters.score_key())
     paths = [shard_path(folder, i) for i in range(len(partitions))]
     for stale in list_shards(folder)[len(partitions):]:
@@ -196,8 +201,8 @@ def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilt
     for i in todo:  # forget first: a crash while rewriting must not leave a matching entry
         manifest["shards"].pop(paths[i].name, None)
     manifest["shards"] = {k: v for k, v in manifest["shards"].items() if k in entries}
-    if manifest_path.exists():  # a first run has nothing to forget: no files until a shard is done
-        write_json(manifest, manifest_path)
+    if manifest_file.exists():  # a first run has nothing to forget: no files until a shard is done
+        write_json(manifest, manifest_file)
     if len(todo) < len(paths):
         print(f"filter: {len(paths) - len(todo)}/{len(paths)} shards already scored, resuming")
     futures = {client.submit(_score_shard, partitions[i], filters, str(paths[i]), pure=False): i for i in todo}
@@ -206,7 +211,7 @@ def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilt
             i = futures[future]
             rows, seconds = future.result()
             manifest["shards"][paths[i].name] = {**entries[paths[i].name], "rows": rows, "seconds": seconds}
-            write_json(manifest, manifest_path)
+            write_json(manifest, manifest_file)
             bar.update(1)
     return paths
 
@@ -238,23 +243,23 @@ def _decontamination_hits(part: pd.DataFrame, config: DecontaminateConfig) -> pd
     """
     part = part[~part[REASON].astype(str).str.startswith("length:")]
     if not len(part):
-        return _no_hits(part["id"])
+        return _no_hits(part[ID])
     index = benchmark_index(config.benchmarks, config.ngram, config.min_ratio)
     scores = Decontaminate.from_index(index).score(part)
     hit = (scores["decontam_hits"] > 0).to_numpy()
-    return pd.DataFrame({"id": part["id"][hit], "decontam_hits": scores["decontam_hits"][hit],
+    return pd.DataFrame({ID: part[ID][hit], "decontam_hits": scores["decontam_hits"][hit],
                          "decontam_matches": scores["decontam_matches"][hit]}).reset_index(drop=True)
 
 
 def _no_hits(ids: pd.Series) -> pd.DataFrame:
-    return pd.DataFrame({"id": ids.iloc[:0], "decontam_hits": pd.Series(dtype="int64"),
+    return pd.DataFrame({ID: ids.iloc[:0], "decontam_hits": pd.Series(dtype="int64"),
                          "decontam_matches": pd.Series(dtype=object)}).reset_index(drop=True)
 
 
 def _flag_decontaminated(part: pd.DataFrame, hits: pd.DataFrame) -> pd.DataFrame:
     """``part`` plus ``decontam_hits`` and ``decontam_matches``; a hit becomes the ``filter_reason``
     of a document no earlier stage rejected."""
-    found = hits.set_index("id").reindex(part["id"].to_numpy())
+    found = hits.set_index(ID).reindex(part[ID].to_numpy())
     scores = pd.DataFrame({"decontam_hits": found["decontam_hits"].fillna(0).astype("int64").to_numpy(),
                            "decontam_matches": found["decontam_matches"].fillna("").astype(object).to_numpy()},
                           index=part.index)
@@ -272,12 +277,12 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
     scored = dd.from_map(read_parquet, [str(p) for p in shards], meta=meta, enforce_metadata=False)
     stats: dict[str, Any] = {}
     with timed(clock, "thresholds"):
-        n_docs, n_ids = dask.compute(scored["id"].size, scored["id"].nunique())
+        n_docs, n_ids = dask.compute(scored[ID].size, scored[ID].nunique())
         if n_docs != n_ids:
             raise FilterError(f"filter.id_column: {n_docs - n_ids} duplicate document ids across inputs; use a "
                               "unique id column, or drop it from the inputs so ids are made from source and row")
         if filters.quality and fc.quality.keep_top:
-            pool = scored.map_partitions(filters.quality_pool, meta=("edu_score", "float64")).compute()
+            pool = scored.map_partitions(filters.quality_pool, meta=(EDU_SCORE, "float64")).compute()
             threshold = percentile_threshold(pool.to_numpy(), fc.quality.keep_top)
             filters = filters.with_threshold(threshold)
             print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.4f}")
@@ -288,28 +293,28 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
     if index is not None:  # before dedup: a contaminated copy must never be the one a cluster keeps
         with timed(clock, "decontaminate"):
             (hits,) = dask.compute(marked.map_partitions(_decontamination_hits, fc.decontaminate,
-                                                         meta=_no_hits(marked._meta["id"])))
+                                                         meta=_no_hits(marked._meta[ID])))
         marked = marked.map_partitions(_flag_decontaminated, dask.delayed(hits),
-                                       meta=_flag_decontaminated(marked._meta, _no_hits(marked._meta["id"])))
+                                       meta=_flag_decontaminated(marked._meta, _no_hits(marked._meta[ID])))
     rejected = [marked[marked[REASON] != ""]]
     alive = marked[marked[REASON] == ""].drop(columns=[REASON])
     if fc.exact_dedup.enabled:
         with timed(clock, "exact_dedup"):
-            flagged = exact_dedup(alive, "text", "id", "edu_score")
-        rejected.append(flagged[flagged["exact_dup"]].assign(**{REASON: "exact_dup"}))
-        alive = flagged[~flagged["exact_dup"]]
+            flagged = exact_dedup(alive, TEXT, ID, EDU_SCORE)
+        rejected.append(flagged[flagged[EXACT_DUP]].assign(**{REASON: EXACT_DUP}))
+        alive = flagged[~flagged[EXACT_DUP]]
     if fc.minhash.enabled:
         mh = fc.minhash
         lsh: dict[str, Any] = {}
         with timed(clock, "minhash"):
-            flagged = minhash_dedup(alive, "text", "id", "edu_score", threshold=mh.threshold, num_perm=mh.num_perm,
+            flagged = minhash_dedup(alive, TEXT, ID, EDU_SCORE, threshold=mh.threshold, num_perm=mh.num_perm,
                                     ngram=mh.ngram, seed=mh.seed, bands=mh.bands, rows=mh.rows, verify=mh.verify,
                                     verify_threshold=mh.verify_threshold, stats=lsh)
         print(f"filter: minhash threshold {mh.threshold} with {mh.num_perm} permutations -> "
               f"{lsh.get('bands')} bands x {lsh.get('rows')} rows")
         stats["minhash"] = lsh
-        rejected.append(flagged[flagged["minhash_dup"]].assign(**{REASON: "near_dup"}))
-        alive = flagged[~flagged["minhash_dup"]]
+        rejected.append(flagged[flagged[NEAR_DUP]].assign(**{REASON: NEAR_DUP}))
+        alive = flagged[~flagged[NEAR_DUP]]
     columns = [c for c in alive.columns if c not in _DROPPED]
     dtypes = {c: _output_dtype(alive._meta[c]) for c in columns}
     staging = folder / ".staging"
@@ -339,7 +344,7 @@ def _write_part(frame: pd.DataFrame, path: str, columns: list[str], dtypes: dict
             out[c] = out[c].astype(kind)
     summary: dict[str, Any] = {"rejected": rejected, "docs": len(out), "bytes": int(frame["n_bytes"].sum()),
                                "reasons": {}, "matches": [], "sources": {}}
-    edu = frame["edu_score"].dropna().to_numpy() if "edu_score" in frame else np.empty(0)
+    edu = frame[EDU_SCORE].dropna().to_numpy() if EDU_SCORE in frame else np.empty(0)
     summary["edu_hist"] = np.histogram(edu, bins=EDU_BINS)[0].tolist()
     if rejected and len(out):
         grouped = frame.assign(**{REASON: out[REASON]}).groupby(REASON)["n_bytes"].agg(["size", "sum"])
@@ -348,7 +353,7 @@ def _write_part(frame: pd.DataFrame, path: str, columns: list[str], dtypes: dict
             decontam = out[REASON].astype(str).str.startswith("decontam:")
             summary["matches"] = out.loc[decontam, "decontam_matches"].astype(str).tolist()
     elif len(out):
-        summary["sources"] = {str(k): int(v) for k, v in frame["source"].value_counts().items()}
+        summary["sources"] = {str(k): int(v) for k, v in frame[SOURCE].value_counts().items()}
     if len(out):
         write_parquet(out, Path(path))
         summary.update(file=f"{'rejected' if rejected else 'kept'}/{Path(path).name}", digest=content_digest(path))
@@ -397,29 +402,29 @@ def _summarise(summaries: list[dict[str, Any]], index: BenchmarkIndex | None,
 
 # --- outputs -----------------------------------------------------------------------------------
 
-def output_digests(folder: Path, run_dir: Path | str) -> dict[str, str]:
-    """{name relative to the run: content digest} of every kept and rejected shard in ``folder``."""
-    return file_digests([*list_shards(folder), *list_shards(folder / "rejected")], run_dir)
+def output_digests(run: RunDir) -> dict[str, str]:
+    """{name relative to the run: content digest} of every kept and rejected shard of the run."""
+    return file_digests([*list_shards(run.filtered), *list_shards(run.rejected)], run.root)
 
 
-def _up_to_date(folder: Path, output_key: str, run_dir: Path | str) -> bool:
+def _up_to_date(run: RunDir, output_key: str) -> bool:
     """The outputs were made from these scores and this lineage, and are still the shards it wrote."""
-    manifest = folder / "manifest.json"
-    if not manifest.exists() or not (folder / "stats.json").exists():
+    manifest = manifest_path(run.filtered)
+    if not manifest.exists() or not run.filter_stats.exists():
         return False
     made = read_json(manifest)
-    return made.get("output_key") == output_key and made.get("outputs") == output_digests(folder, run_dir)
+    return made.get("output_key") == output_key and made.get("outputs") == output_digests(run)
 
 
-def finish(folder: Path, cfg: Config, stats: dict[str, Any], output_key: str, partitions: list[Partition],
+def finish(run: RunDir, cfg: Config, stats: dict[str, Any], output_key: str, partitions: list[Partition],
            lineage: dict[str, Any], staged: dict[str, str]) -> None:
     """Move staged outputs into place (renumbered, every old shard removed first, so old and new
     outputs never mix), then write stats.json, report.png and manifest.json: lineage, and the content
     digest of every shard (``staged``: digests by ``kept/part-…`` or ``rejected/part-…`` staging name)."""
-    staging = folder / ".staging"
-    (folder / "manifest.json").unlink(missing_ok=True)  # outputs are in flux until the manifest is back
+    staging = run.filtered / ".staging"
+    manifest_path(run.filtered).unlink(missing_ok=True)  # outputs are in flux until the manifest is back
     outputs: dict[str, str] = {}
-    for sub, dest in (("kept", folder), ("rejected", folder / "rejected")):
+    for sub, dest in (("kept", run.filtered), ("rejected", run.rejected)):
         for old in list_shards(dest):
             old.unlink()
         dest.mkdir(parents=True, exist_ok=True)
@@ -428,17 +433,17 @@ def finish(folder: Path, cfg: Config, stats: dict[str, Any], output_key: str, pa
             part.replace(final)
             outputs[relative_name(final, cfg.run_dir)] = staged[f"{sub}/{part.name}"]
     shutil.rmtree(staging, ignore_errors=True)
-    write_json(stats, folder / "stats.json")
+    write_json(stats, run.filter_stats)
     hist = stats["edu_hist"]
-    plot_report(folder / "report.png", stats["stages"], np.asarray(hist["bins"]), np.asarray(hist["scored"]),
+    plot_report(run.filter_report, stats["stages"], np.asarray(hist["bins"]), np.asarray(hist["scored"]),
                 np.asarray(hist["kept"]))
     inputs = sorted({(p.source.file.path, p.digest) for p in partitions})
     write_json(build_manifest("filter", public_dict(cfg), output_key=output_key,
                               inputs=[{"path": p, "digest": d} for p, d in inputs], lineage=lineage,
                               outputs=dict(sorted(outputs.items())), documents_in=stats["documents_in"],
                               documents_out=stats["documents_out"], timings_s=stats["timings_s"]),
-               folder / "manifest.json")
-    print(_summary_line(stats, folder))
+               manifest_path(run.filtered))
+    print(_summary_line(stats, run.filtered))
 
 
 def _summary_line(stats: dict[str, Any], folder: Path) -> str:

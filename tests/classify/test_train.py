@@ -10,10 +10,17 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from filters.quality import EduClassifier, TrainParams, evaluate_scores, train_fasttext
+from filters.edu_score import EduClassifier
 from pipeline.classify.config import ClassifierConfig
-from pipeline.classify.report import classifier_figure
-from pipeline.classify.train import classifier_parent, judge, prepare_examples, stratified_split
+from pipeline.classify.report import classifier_figure, evaluate_scores
+from pipeline.classify.train import (
+    TrainParams,
+    classifier_parent,
+    judge,
+    prepare_examples,
+    stratified_split,
+    train_fasttext,
+)
 from pipeline.cli import main
 from pipeline.io import read_json, read_parquet, write_json, write_parquet
 from pipeline.lineage import LineageError, content_digest, manifest_ref

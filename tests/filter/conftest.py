@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from filters.quality import TrainParams, normalize_for_fasttext, train_fasttext
+from filters.edu_score import normalize_for_fasttext
+from pipeline.classify.train import TrainParams, train_fasttext
 from pipeline.cluster import local_cluster
-from tests.filter.corpus import SPAM, documents, near_duplicate
+from tests.filters.corpus import SPAM, documents, near_duplicate
 
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
             "How many clips did Natalia sell altogether in April and May?")

@@ -16,7 +16,7 @@ from pipeline.config import load_config
 from pipeline.errors import DataError, FilterError
 from pipeline.filter.runner import run_filter
 from tests.filter.conftest import write_jsonl
-from tests.filter.corpus import documents
+from tests.filters.corpus import documents
 
 DOCS = documents(6, seed=11)
 

@@ -15,7 +15,7 @@ from pipeline.filter.runner import run_filter
 from pipeline.io import list_shards, read_shards
 from pipeline.lineage import LineageError, content_digest, file_digests, manifest_ref
 from tests.filter.conftest import write_jsonl
-from tests.filter.corpus import documents
+from tests.filters.corpus import documents
 
 DOCS = documents(8, seed=17)
 

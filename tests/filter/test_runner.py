@@ -14,7 +14,7 @@ from pipeline.filter.inputs import document_id
 from pipeline.filter.runner import run_filter
 from pipeline.io import read_shards
 from tests.filter.conftest import ANSWER, QUESTION, write_jsonl
-from tests.filter.corpus import documents
+from tests.filters.corpus import documents
 
 
 def run(planted: dict, cluster: str, *extra: str) -> Path:

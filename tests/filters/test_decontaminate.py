@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from filters.decontaminate import BenchmarkIndex, Decontaminate, ngram_hashes, words
-from tests.filter.corpus import documents
+from tests.filters.corpus import documents
 
 QUESTION = ("A baker makes 24 loaves of bread every morning and sells three quarters of them before noon. "
             "How many loaves are left for the afternoon customers if nobody buys any bread at lunch time?")

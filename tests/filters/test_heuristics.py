@@ -10,7 +10,7 @@ import pytest
 from filters.base import Filter
 from filters.heuristics import C4Lines, FineWebQuality, GopherQuality, GopherRepetition, repeated_ngram_chars
 from filters.normalize import LengthBounds, normalize_text
-from tests.filter.corpus import documents
+from tests.filters.corpus import documents
 
 GOOD = documents(20, seed=1)
 

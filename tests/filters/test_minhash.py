@@ -1,4 +1,4 @@
-"""MinHash signatures and LSH parameters: the pure, per-partition half of near-dedup."""
+"""MinHash signatures, LSH parameters, the keep order and components: the pure, in-memory half of dedup."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
@@ -15,8 +16,10 @@ from filters.minhash import (
     MAX_HASH,
     band_hashes,
     collision_probability,
+    connected_components,
     dedup_form,
     estimated_jaccard,
+    keep_best,
     lsh_buckets,
     lsh_params,
     minhash_signatures,
@@ -141,3 +144,22 @@ def test_lsh_buckets_name_band_and_hash_together():
     assert b[0, 0] == b[1, 0] and b[0, 2] == b[1, 2] and b[0, 1] != b[1, 1]
     assert b[0, 0] != b[0, 1]  # hash 7 in band 0 and in band 1
     assert len(set(b.ravel().tolist())) == 4
+
+
+# --- dedup in memory: keep order and components ------------------------------------------------
+
+def test_keep_rule_is_score_then_length_then_id():
+    members = pd.DataFrame({"doc": ["c", "b", "a", "d", "e", "f", "g"],
+                            "group": [1, 1, 1, 2, 2, 3, 3],
+                            "score": [0.9, 0.2, np.nan, 0.5, 0.5, 0.1, 0.1],
+                            "length": [10, 99, 99, 10, 20, 30, 30]})
+    assert keep_best(members, "group").tolist() == [True, False, False, False, True, True, False]
+
+
+def test_connected_components_follow_chains_to_the_smallest_id():
+    edges = pd.DataFrame({"src": [9, 8, 7, 6, 5, 21], "dst": [8, 7, 6, 5, 4, 20]})
+    got = connected_components(edges).set_index("node")["label"].sort_index()
+    assert got.to_dict() == {4: 4, 5: 4, 6: 4, 7: 4, 8: 4, 9: 4, 20: 20, 21: 20}
+    strings = connected_components(pd.DataFrame({"src": ["b", "c", "z"], "dst": ["c", "a", "y"]}))
+    assert dict(zip(strings["node"], strings["label"], strict=True)) == {"b": "a", "c": "a", "a": "a",
+                                                                         "z": "y", "y": "y"}

@@ -1,4 +1,5 @@
-"""Exact and MinHash-LSH near-duplicate removal on a Dask DataFrame (or pandas, for notebooks).
+"""Exact and MinHash-LSH near-duplicate removal on a Dask DataFrame (or pandas, for notebooks): the
+corpus-wide passes; the in-memory parts (hashes, keep order, Jaccard, components) are ``filters.minhash``.
 
 Both functions make one eager pass over the input that leaves only a small table (the ids of
 duplicates, or of documents in multi-member clusters), then return a lazy frame that recomputes
@@ -10,7 +11,7 @@ MinHash dedup, in the order of the data flow (two passes over the input, whateve
 1. per partition: word n-gram shingles, signatures and LSH band hashes (``filters.minhash``),
    as integer rows ``(bucket, key)``: bucket = one uint64 naming (band, band hash), key = partition
    number and row (ids, often strings, stay out of the shuffle); signatures are never stored;
-2. LSH banding: those rows shuffled on ``bucket`` (``filters.shuffle``; one 16-byte row per
+2. LSH banding: those rows shuffled on ``bucket`` (``pipeline.filter.shuffle``; one 16-byte row per
    document and band); only the rows of buckets with two or more members are gathered (a few,
    whatever the corpus);
 3. verification: a second pass takes the ids and shingles of those candidate rows, positionally
@@ -41,60 +42,37 @@ import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import xxhash
 from dask.delayed import Delayed
 from distributed import futures_of, wait
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components as components
 
 from filters.minhash import (
     MAX_NGRAM,
     band_hashes,
-    dedup_form,
+    best_first,
+    connected_components,
+    exact_hashes,
+    jaccard,
+    keep_best,
     lsh_buckets,
     lsh_params,
     partition_shingles,
     signatures_from_flat,
 )
-from filters.shuffle import shuffle_reduce
 from pipeline.errors import FilterError
+from pipeline.filter.shuffle import shuffle_reduce
 from pipeline.timing import timed
 
 log = logging.getLogger(__name__)
+
+EXACT_DUP = "exact_dup"
+NEAR_DUP = "near_dup"
+DEDUP_REASONS = {EXACT_DUP: "exact_dedup", NEAR_DUP: "minhash"}
+"""The reason of each dedup pass (also the name of its flag column) and its stage (its config key)."""
 
 # Band parameters weight a missed duplicate 9x a false candidate: candidates are verified on their
 # shingle sets afterwards, so a false candidate costs a comparison while a miss is final.
 FALSE_POSITIVE_WEIGHT = 0.1
 FALSE_NEGATIVE_WEIGHT = 0.9
-
-
-def exact_hashes(texts: Any) -> np.ndarray:
-    """uint64 xxh3-64 hashes of the dedup form of ``texts`` (``None`` hashes like ``""``)."""
-    return np.fromiter((xxhash.xxh3_64_intdigest(dedup_form(t).encode("utf-8", "surrogatepass"))
-                        for t in texts), dtype=np.uint64)
-
-
-def best_first(members: pd.DataFrame, group: str, doc: str = "doc", score: str = "score",
-               length: str = "length") -> np.ndarray:
-    """Positions of ``members`` ordered by ``group``, then by the keep rule within each group:
-    highest score (a missing score ranks below every score), then longest, then smallest id."""
-    ranked = pd.DataFrame({"group": members[group].to_numpy(), "doc": members[doc].to_numpy(),
-                           "score": members[score].astype(float).fillna(-np.inf).to_numpy(),
-                           "length": members[length].to_numpy()})
-    return ranked.sort_values(["group", "score", "length", "doc"], ascending=[True, False, False, True],
-                              kind="stable").index.to_numpy()
-
-
-def keep_best(members: pd.DataFrame, group: str, doc: str = "doc", score: str = "score",
-              length: str = "length") -> pd.Series:
-    """True for the one member of each ``group`` to keep: the first of ``best_first``."""
-    order = best_first(members, group, doc, score, length)
-    groups = members[group].to_numpy()[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = groups[1:] != groups[:-1]
-    best = np.zeros(len(members), dtype=bool)
-    best[order[first]] = True
-    return pd.Series(best, index=members.index)  # positional: the index may repeat
 
 
 def _doc_table(part: pd.DataFrame, text_column: str, id_column: str, score_column: str) -> pd.DataFrame:
@@ -134,7 +112,7 @@ def _exact_losers(part: pd.DataFrame) -> pd.DataFrame:
 
 
 def _flag_exact(part: pd.DataFrame, losers: pd.DataFrame, id_column: str) -> pd.DataFrame:
-    return part.assign(exact_dup=part[id_column].isin(losers["doc"]).to_numpy())
+    return part.assign(**{EXACT_DUP: part[id_column].isin(losers["doc"]).to_numpy()})
 
 
 def exact_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str = "id",
@@ -204,25 +182,8 @@ def _members(part: pd.DataFrame, keys: np.ndarray, text_column: str, id_column: 
     return table
 
 
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Exact Jaccard similarity of two sorted arrays of distinct shingle hashes."""
-    common = len(np.intersect1d(a, b, assume_unique=True))
-    union = len(a) + len(b) - common
-    return common / union if union else 0.0
-
-
-def connected_components(edges: pd.DataFrame) -> pd.DataFrame:
-    """``node``, ``label`` for every node of ``edges`` (``src``, ``dst``): label = smallest id of its component."""
-    codes, nodes = pd.factorize(pd.concat([edges["src"], edges["dst"]], ignore_index=True))
-    half = len(edges)
-    graph = coo_matrix((np.ones(half, dtype=np.int8), (codes[:half], codes[half:])), shape=(len(nodes),) * 2)
-    component = components(graph, directed=False)[1]
-    labels = pd.DataFrame({"node": nodes, "component": component})
-    return labels.assign(label=labels.groupby("component")["node"].transform("min"))[["node", "label"]]
-
-
 def _resolve_clusters(members: pd.DataFrame, min_similarity: float) -> pd.DataFrame:
-    """Per member of the clusters: ``cluster_id``, ``cluster_size`` and ``minhash_dup``.
+    """Per member of the clusters: ``cluster_id``, ``cluster_size`` and ``near_dup``.
 
     Members are visited best first (keep rule); one is a duplicate when its exact shingle Jaccard
     with a member already kept reaches ``min_similarity``, else it is kept. So every removed
@@ -245,7 +206,7 @@ def _resolve_clusters(members: pd.DataFrame, min_similarity: float) -> pd.DataFr
     return pd.DataFrame({"doc": members["doc"],
                          "cluster_id": members["cluster_id"],
                          "cluster_size": members.groupby("cluster_id")["doc"].transform("size").astype(np.int64),
-                         "minhash_dup": dup})
+                         NEAR_DUP: dup})
 
 
 def _cluster(edges: pd.DataFrame, members: pd.DataFrame, min_similarity: float) -> tuple[pd.DataFrame, int]:
@@ -267,16 +228,16 @@ def _no_clusters(ids: pd.Series) -> pd.DataFrame:
     """The cluster table when no pair is a near-duplicate (ids: any series of the id type)."""
     empty = ids.iloc[:0].reset_index(drop=True)
     return pd.DataFrame({"doc": empty, "cluster_id": empty, "cluster_size": pd.Series(dtype=np.int64),
-                         "minhash_dup": pd.Series(dtype=bool)})
+                         NEAR_DUP: pd.Series(dtype=bool)})
 
 
 def _flag_near(part: pd.DataFrame, clusters: pd.DataFrame, id_column: str) -> pd.DataFrame:
     found = clusters.set_index("doc").reindex(part[id_column].to_numpy())
     in_cluster = found["cluster_size"].notna().to_numpy()
     cluster_id = part[id_column].where(~in_cluster, found["cluster_id"].to_numpy())
-    return part.assign(cluster_id=cluster_id,
-                       cluster_size=found["cluster_size"].fillna(1).astype(np.int64).to_numpy(),
-                       minhash_dup=found["minhash_dup"].fillna(False).astype(bool).to_numpy())
+    return part.assign(**{"cluster_id": cluster_id,
+                          "cluster_size": found["cluster_size"].fillna(1).astype(np.int64).to_numpy(),
+                          NEAR_DUP: found[NEAR_DUP].fillna(False).astype(bool).to_numpy()})
 
 
 def minhash_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str = "id",
@@ -284,7 +245,7 @@ def minhash_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str =
                   ngram: int = 5, seed: int = 0, bands: int | None = None, rows: int | None = None,
                   verify: bool = True, verify_threshold: float | None = None,
                   stats: dict[str, Any] | None = None) -> dd.DataFrame:
-    """``ddf`` plus ``cluster_id``, ``cluster_size`` and ``minhash_dup`` (True = remove).
+    """``ddf`` plus ``cluster_id``, ``cluster_size`` and ``near_dup`` (True = remove).
 
     Near-duplicates have word ``ngram``-gram Jaccard similarity of about ``threshold`` or more. LSH
     ``bands`` x ``rows`` are derived from ``threshold`` and ``num_perm`` unless given; with ``verify``,
@@ -336,7 +297,7 @@ def minhash_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str =
                      verify_threshold=min_similarity if verify else None,
                      candidate_pairs=len(edges), verified_pairs=verified,
                      clusters=int(table["cluster_id"].nunique()), clustered_docs=len(table),
-                     removed=int(table["minhash_dup"].sum()),
+                     removed=int(table[NEAR_DUP].sum()),
                      seconds={k: round(v, 2) for k, v in clock.items()})
     meta = _flag_near(ddf._meta, table.iloc[:0], id_column)
     return ddf.map_partitions(_flag_near, dask.delayed(table), id_column, meta=meta)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from filters import shuffle
-from filters.shuffle import shuffle_reduce, split_by_hash
+from pipeline.filter import shuffle
+from pipeline.filter.shuffle import shuffle_reduce, split_by_hash
 
 
 def hashed_rows(n: int = 2000, distinct: int = 50) -> pd.DataFrame:

@@ -1,27 +1,16 @@
-"""filters.quality: normalisation, scoring contract, metrics and percentile thresholds."""
+"""filters.edu_score: fastText normalisation, the scoring contract, one-line load errors, the per-process cache."""
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import numpy as np
 import pytest
 
-from filters.quality import (
-    MAX_CHARS,
-    EduClassifier,
-    TrainParams,
-    average_precision,
-    evaluate_scores,
-    load_edu_classifier,
-    normalize_for_fasttext,
-    percentile_threshold,
-    roc_auc,
-    spearman,
-    train_fasttext,
-)
-from pipeline.errors import ClassifierError
+from filters.base import ModelError
+from filters.edu_score import MAX_CHARS, EduClassifier, load_edu_classifier, normalize_for_fasttext
+from pipeline.classify.report import roc_auc
+from pipeline.classify.train import TrainParams, train_fasttext
 from tests.classify.conftest import make_corpus, make_document
 
 
@@ -88,71 +77,19 @@ def test_numpy_2_is_what_we_run_on():
 
 
 def test_load_errors_are_one_line(tmp_path):
-    with pytest.raises(ClassifierError, match="not found"):
+    with pytest.raises(ModelError, match="not found"):
         EduClassifier.load(tmp_path / "missing.bin")
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"not a model at all")
-    with pytest.raises(ClassifierError, match="not a fastText model"):
+    with pytest.raises(ModelError, match="not a fastText model"):
         EduClassifier.load(junk)
 
 
 def test_wrong_positive_label_is_refused(classifier):
-    with pytest.raises(ClassifierError, match="__label__hq"):
+    with pytest.raises(ModelError, match="__label__hq"):
         EduClassifier.load(classifier.path, positive_label="__label__hq")
 
 
 def test_load_edu_classifier_is_cached_per_process(classifier):
     first = load_edu_classifier(classifier.path)
     assert load_edu_classifier(classifier.path) is first
-
-
-# --- metrics: checked against their definitions -------------------------------------------------
-
-def test_roc_auc_is_the_pairwise_win_rate():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 60)
-    s = np.round(rng.random(60), 1)  # many ties
-    pairs = [(p, n) for p, n in itertools.product(s[y == 1], s[y == 0])]
-    expected = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs])
-    assert roc_auc(y, s) == pytest.approx(expected)
-
-
-def test_average_precision_and_spearman_on_known_cases():
-    y = np.array([1, 0, 1, 0])
-    s = np.array([0.9, 0.8, 0.7, 0.1])
-    assert average_precision(y, s) == pytest.approx((1.0 + 2 / 3) / 2)
-    assert spearman(np.array([1, 2, 3, 4.0]), np.array([10, 20, 30, 40.0])) == pytest.approx(1.0)
-    assert spearman(np.array([1, 2, 3, 4.0]), np.array([4, 3, 2, 1.0])) == pytest.approx(-1.0)
-    assert np.isnan(spearman(np.array([1, 1, 1.0]), np.array([1, 2, 3.0])))
-
-
-def test_evaluate_scores_reports_the_confusion_matrix_at_the_threshold():
-    m = evaluate_scores([1, 1, 0, 0, 1], [0.9, 0.4, 0.6, 0.1, 0.8], threshold=0.5, llm_scores=[5, 3, 2, 0, 4])
-    assert m["confusion_matrix"] == {"tn": 1, "fp": 1, "fn": 1, "tp": 2}
-    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
-    assert m["f1"] == pytest.approx(2 / 3)
-    assert m["roc_auc"] == pytest.approx(5 / 6)
-    assert m["spearman_vs_llm"] == pytest.approx(0.9)
-    one_class = evaluate_scores([1, 1], [0.2, 0.9])
-    assert one_class["roc_auc"] is None and one_class["best_f1"] is None
-
-
-# --- percentile thresholds ---------------------------------------------------------------------
-
-@pytest.mark.parametrize("keep_top", [0.01, 0.1, 0.25, 0.5, 0.9, 1.0])
-def test_percentile_threshold_keeps_the_top_fraction(keep_top):
-    scores = np.random.default_rng(1).random(10_000).astype(np.float32)
-    t = percentile_threshold(scores, keep_top)
-    assert (scores >= t).sum() == int(np.ceil(keep_top * scores.size))
-
-
-def test_percentile_threshold_edge_cases():
-    assert percentile_threshold([0.2, 0.9, 0.5, 0.7], 0.5) == pytest.approx(0.7)
-    assert percentile_threshold([0.3, 0.1], 1.0) == pytest.approx(0.1)
-    assert percentile_threshold([0.4, 0.4, 0.4, 0.1], 0.25) == pytest.approx(0.4)  # ties keep more
-    assert percentile_threshold([float("nan"), 0.8, 0.2], 0.5) == pytest.approx(0.8)  # NaN ignored
-    assert percentile_threshold(iter([0.1, 0.6]), 0.5) == pytest.approx(0.6)
-    assert percentile_threshold([], 0.3) == float("inf")
-    for bad in (0, -0.1, 1.5):
-        with pytest.raises(ClassifierError, match="keep_top"):
-            percentile_threshold([0.5], bad)

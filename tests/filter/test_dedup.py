@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from filters import shuffle
-from filters.dedup import connected_components, exact_dedup, exact_hashes, keep_best, minhash_dedup
-from filters.minhash import shingle_hashes
+from filters.minhash import exact_hashes, shingle_hashes
 from pipeline.cluster import dask_client
 from pipeline.errors import FilterError
+from pipeline.filter import shuffle
+from pipeline.filter.dedup import exact_dedup, minhash_dedup
 
 SUBJECTS = ["the student", "a teacher", "the river", "our class", "the engine", "a farmer", "the planet",
             "my neighbour", "the library", "a young cat", "the committee", "the old bridge"]
@@ -76,9 +76,9 @@ def test_planted_near_duplicates_are_clustered_and_the_best_copy_kept(corpus):
         assert group["cluster_id"].nunique() == 1
         assert (group["cluster_id"] == group["id"].min()).all()
         assert (group["cluster_size"] == len(group)).all()
-        kept = group[~group["minhash_dup"]]
+        kept = group[~group["near_dup"]]
         assert len(kept) == 1 and kept["edu_score"].iloc[0] == group["edu_score"].max()
-    assert out["minhash_dup"].sum() == 20
+    assert out["near_dup"].sum() == 20
     assert stats["bands"] * stats["rows"] <= 128 and stats["clusters"] == 10 and stats["removed"] == 20
 
 
@@ -86,7 +86,7 @@ def test_distinct_documents_are_never_merged(corpus):
     rng = random.Random(11)
     distinct = pd.DataFrame({"id": range(60), "text": [document(rng) for _ in range(60)]})
     out = minhash_dedup(dd.from_pandas(distinct, npartitions=3)).compute()
-    assert not out["minhash_dup"].any() and (out["cluster_size"] == 1).all()
+    assert not out["near_dup"].any() and (out["cluster_size"] == 1).all()
     assert out["cluster_id"].tolist() == list(range(60))
 
 
@@ -97,24 +97,16 @@ def test_candidates_are_verified_on_their_exact_jaccard():
     similarity = jaccard(base, copy)
     assert 0.75 < similarity < 0.8, similarity
     frame = pd.DataFrame({"id": ["a", "b"], "text": [base, copy], "edu_score": [0.9, 0.1]})
-    assert minhash_dedup(frame, threshold=0.7)["minhash_dup"].tolist() == [False, True]
+    assert minhash_dedup(frame, threshold=0.7)["near_dup"].tolist() == [False, True]
     # the pair is an LSH candidate either way; only the verification threshold decides
     stats: dict = {}
     strict = minhash_dedup(frame, threshold=0.7, verify_threshold=similarity + 1e-9, stats=stats)
-    assert not strict["minhash_dup"].any() and strict["cluster_size"].tolist() == [1, 1]
+    assert not strict["near_dup"].any() and strict["cluster_size"].tolist() == [1, 1]
     assert stats["candidate_pairs"] == 1 and stats["verified_pairs"] == 0
     at = minhash_dedup(frame, threshold=0.7, verify_threshold=similarity)  # exact: equal passes
-    assert at["minhash_dup"].tolist() == [False, True]
+    assert at["near_dup"].tolist() == [False, True]
     unverified = minhash_dedup(frame, threshold=0.7, verify=False, verify_threshold=0.99)
-    assert unverified["minhash_dup"].tolist() == [False, True]
-
-
-def test_keep_rule_is_score_then_length_then_id():
-    members = pd.DataFrame({"doc": ["c", "b", "a", "d", "e", "f", "g"],
-                            "group": [1, 1, 1, 2, 2, 3, 3],
-                            "score": [0.9, 0.2, np.nan, 0.5, 0.5, 0.1, 0.1],
-                            "length": [10, 99, 99, 10, 20, 30, 30]})
-    assert keep_best(members, "group").tolist() == [True, False, False, False, True, True, False]
+    assert unverified["near_dup"].tolist() == [False, True]
 
 
 def test_keep_rule_without_a_score_column_prefers_longest_then_smallest_id():
@@ -125,7 +117,7 @@ def test_keep_rule_without_a_score_column_prefers_longest_then_smallest_id():
                                    base.replace("The", "the", 1)]})
     out = minhash_dedup(frame, threshold=0.7)  # pandas in, pandas out
     assert out["cluster_id"].tolist() == [1, 1, 1, 1]
-    assert out.loc[~out["minhash_dup"], "id"].tolist() == [3]
+    assert out.loc[~out["near_dup"], "id"].tolist() == [3]
     exact = exact_dedup(frame.iloc[[0, 2, 3]].assign(text=[base, base.upper(), f" {base}!"]))
     assert len(set(exact_hashes(exact["text"]))) == 1
     assert exact.loc[~exact["exact_dup"], "id"].tolist() == [1]
@@ -152,7 +144,7 @@ def test_empty_none_and_10mb_documents_do_not_crash():
     frame = pd.DataFrame({"id": ["a", "b", "c", "d", "e"], "text": ["", None, "", huge, "short"]})
     out = minhash_dedup(exact_dedup(dd.from_pandas(frame, npartitions=2))).compute().set_index("id")
     # empty texts have no shingles: they are exact duplicates, not near-duplicates
-    assert out["cluster_size"].tolist() == [1] * 5 and not out["minhash_dup"].any()
+    assert out["cluster_size"].tolist() == [1] * 5 and not out["near_dup"].any()
     assert out["exact_dup"].tolist() == [False, True, True, False, False]
 
 
@@ -165,17 +157,8 @@ def test_missing_column_or_bad_parameter_is_a_clear_error(corpus):
         minhash_dedup(dd.from_pandas(corpus, npartitions=2), ngram=13)
 
 
-def test_connected_components_follow_chains_to_the_smallest_id():
-    edges = pd.DataFrame({"src": [9, 8, 7, 6, 5, 21], "dst": [8, 7, 6, 5, 4, 20]})
-    got = connected_components(edges).set_index("node")["label"].sort_index()
-    assert got.to_dict() == {4: 4, 5: 4, 6: 4, 7: 4, 8: 4, 9: 4, 20: 20, 21: 20}
-    strings = connected_components(pd.DataFrame({"src": ["b", "c", "z"], "dst": ["c", "a", "y"]}))
-    assert dict(zip(strings["node"], strings["label"], strict=True)) == {"b": "a", "c": "a", "a": "a",
-                                                                         "z": "y", "y": "y"}
-
-
 def result(out: pd.DataFrame) -> pd.DataFrame:
-    return out.set_index("id").sort_index()[["cluster_id", "cluster_size", "minhash_dup", "exact_dup"]]
+    return out.set_index("id").sort_index()[["cluster_id", "cluster_size", "near_dup", "exact_dup"]]
 
 
 @pytest.mark.parametrize("single_stage_inputs", [shuffle.SINGLE_STAGE_INPUTS, 0], ids=["one-stage", "p2p"])
@@ -193,4 +176,4 @@ def test_results_do_not_depend_on_partitioning_or_workers(corpus, monkeypatch, s
         assert len(client.scheduler_info()["workers"]) == 1
         one_worker = run(2)
     pd.testing.assert_frame_equal(one_worker, two_workers)
-    assert one_worker["exact_dup"].sum() == 3 and one_worker["minhash_dup"].sum() == 23
+    assert one_worker["exact_dup"].sum() == 3 and one_worker["near_dup"].sum() == 23
