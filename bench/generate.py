@@ -74,12 +74,12 @@ def pipeline_run(base_url: str, n: int, concurrency: int, workers: int) -> tuple
             tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [f"generate.base_url={base_url}", "generate.model=stub-model",
                                  "generate.max_tokens=64", f"generate.concurrency={concurrency}",
-                                 f"generate.shard_size={max(1, n // (2 * workers))}",
-                                 f"scheduler={cluster.scheduler_address}"])
-        run_requests(cfg, requests(2 * concurrency, "warm"), Path(tmp) / "warm", stage="warmup")
+                                 f"generate.shard_size={max(1, n // (2 * workers))}"])
+        where = {"run_dir": tmp, "scheduler": cluster.scheduler_address}
+        run_requests(cfg.generate, requests(2 * concurrency, "warm"), Path(tmp) / "warm", stage="warmup", **where)
         before = sum(client.run(worker_cpu).values())
         cpu, start = time.process_time(), time.perf_counter()
-        summary = run_requests(cfg, requests(n, "r"), Path(tmp) / "out", stage="bench")
+        summary = run_requests(cfg.generate, requests(n, "r"), Path(tmp) / "out", stage="bench", **where)
         wall = time.perf_counter() - start
         driver = time.process_time() - cpu
         workers_cpu = sum(client.run(worker_cpu).values()) - before

@@ -22,13 +22,14 @@ import pandas as pd
 from pipeline.classify.config import AnnotateConfig
 from pipeline.config import Config, public_dict
 from pipeline.errors import ClassifierError
+from pipeline.generate.backends import Sampling
+from pipeline.generate.journal import journal_dir
 from pipeline.generate.render import PROMPTS_DIR, load_template
 from pipeline.generate.runner import run_requests
 from pipeline.io import (
     InputFile,
     expand_inputs,
     iter_batches,
-    list_shards,
     read_json,
     read_shards,
     stable_hash,
@@ -36,6 +37,7 @@ from pipeline.io import (
 )
 from pipeline.lineage import check_resume, file_digests, fingerprint, read_fingerprint
 from pipeline.progress import progress
+from pipeline.rundir import RunDir, list_shards, manifest_path
 
 # The whole last line, nothing else: "Educational score: 4" (markdown bold and a final period tolerated).
 _SCORE_LINE = re.compile(r"^\**\s*educational score\s*:\s*\**\s*([0-5])\s*\**\s*\.?\s*\**$", re.IGNORECASE)
@@ -142,21 +144,25 @@ def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
         raise ClassifierError(f"annotate.input: no non-empty '{a.text_column}' documents in "
                               f"{', '.join(a.input)}")
     requests, template = build_requests(cfg, docs)
+    gen = cfg.generate
     # Labelling wants the rubric's own budget and deterministic decoding, not generation's.
-    gen = cfg.generate.model_copy(update={"max_tokens": a.max_tokens, "temperature": a.temperature})
-    run_cfg = cfg.model_copy(update={"generate": gen})
-    out_dir = Path(cfg.run_dir) / "annotations"
+    sampling = Sampling(max_tokens=a.max_tokens, temperature=a.temperature, top_p=gen.top_p)
+    config = public_dict(cfg)  # what the manifest records: the sampling the requests ran with
+    config["generate"].update(max_tokens=sampling.max_tokens, temperature=sampling.temperature)
+    out_dir = RunDir(cfg.run_dir).annotations
     lineage = annotation_fingerprint(cfg, files, template.sha)
     manifest_fields = {"template": {"name": template.name, "sha": template.sha}, "sample": counts}
+    engine = {"stage": "annotate", "run_dir": cfg.run_dir, "seed": cfg.seed, "workers": cfg.workers,
+              "sampling": sampling, "config": config, "completion_column": "answer"}
 
-    stored = read_fingerprint(out_dir / STATE_NAME) or read_fingerprint(out_dir / "manifest.json")
+    stored = read_fingerprint(out_dir / STATE_NAME) or read_fingerprint(manifest_path(out_dir))
     # --restart discards the old answers (never mixed with new ones); otherwise they must match
     discard = out_dir.exists() and (restart or not check_resume("the annotation run", stored, lineage, False,
                                                                  out_dir))
     if dry_run:
         # what a run would send: everything when --restart would discard what is on disk
-        run_requests(run_cfg, requests, out_dir / ".discarded" if discard else out_dir, stage="annotate",
-                     completion_column="answer", dry_run=True)
+        run_requests(gen, requests, out_dir / ".discarded" if discard else out_dir, scheduler=cfg.scheduler,
+                     dry_run=True, **engine)
         print(f"first prompt:\n{requests['messages'].iloc[0][0]['content']}")
         return 0
     if discard:
@@ -165,11 +171,10 @@ def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
 
     stop_reason = None
     first = a.failure_min_answers
-    with shared_cluster(run_cfg, pending=has_pending(requests, out_dir)) as wave_cfg:
+    with shared_cluster(cfg.scheduler, cfg.workers, pending=has_pending(requests, out_dir)) as scheduler:
         for start, end in waves(requests, out_dir, gen.shard_size, first):
-            summary = run_requests(wave_cfg, requests.iloc[:end], out_dir, stage="annotate",
-                                   postprocess=annotation_columns, completion_column="answer",
-                                   manifest_fields=manifest_fields)
+            summary = run_requests(gen, requests.iloc[:end], out_dir, scheduler=scheduler,
+                                   postprocess=annotation_columns, manifest_fields=manifest_fields, **engine)
             # judged over at least `first` answers: a short wave is judged with the ones before it
             judged = requests["id"].iloc[max(0, min(start, end - first)):end]
             stop_reason = summary.stop_reason or failure_gate(out_dir, judged, a, end, len(requests))
@@ -184,16 +189,16 @@ def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     failed = int(scores.isna().sum())
     distribution = {str(int(k)): int(v) for k, v in sorted(Counter(scores.dropna()).items())}
     reasons = dict(Counter(rows["annotation_error"].dropna()))
-    manifest = read_json(out_dir / "manifest.json")
+    manifest = read_json(manifest_path(out_dir))
     # the engine saw one wave; the manifest describes the whole run
-    manifest["config"] = public_dict(run_cfg)
+    manifest["config"] = config
     manifest["totals"].update(requests=len(requests), complete=len(rows) == len(requests))
     manifest["stop_reason"] = stop_reason
     manifest["annotations"] = {"scored": len(rows) - failed, "failed": failed, "failure_reasons": reasons,
                                "score_distribution": distribution}
     manifest["lineage"] = lineage
     manifest["outputs"] = file_digests(list_shards(out_dir), cfg.run_dir)
-    write_json(manifest, out_dir / "manifest.json")
+    write_json(manifest, manifest_path(out_dir))
     print(f"annotate: {len(rows) - failed} scored, {failed} failed (unparseable, kept with score null); "
           f"scores {distribution}")
     if stop_reason and stop_reason.startswith(FAILURE_GATE):
@@ -225,21 +230,21 @@ def annotation_fingerprint(cfg: Config, files: list[InputFile], template_sha: st
 
 
 @contextmanager
-def shared_cluster(cfg: Config, pending: bool = True) -> Iterator[Config]:
-    """``cfg`` pointing at one cluster for every wave: a LocalCluster started once, not per wave
-    (and not at all when nothing is ``pending``: the engine then needs none)."""
-    if cfg.scheduler or not pending:
-        yield cfg
+def shared_cluster(scheduler: str | None, workers: int | None, pending: bool = True) -> Iterator[str | None]:
+    """The address of one cluster for every wave: ``scheduler``, or a LocalCluster of ``workers``
+    started once, not per wave (and not at all when nothing is ``pending``: the engine then needs none)."""
+    if scheduler or not pending:
+        yield scheduler
         return
     from pipeline.cluster import local_cluster
 
-    with local_cluster(cfg.workers) as cluster:
-        yield cfg.model_copy(update={"scheduler": cluster.scheduler_address})
+    with local_cluster(workers) as cluster:
+        yield cluster.scheduler_address
 
 
 def has_pending(requests: pd.DataFrame, out_dir: Path) -> bool:
     """Whether some request is not yet written (or a killed run left a journal to compact)."""
-    journal = out_dir / ".journal"
+    journal = journal_dir(out_dir)
     if journal.is_dir() and any(journal.iterdir()):
         return True
     return not set(requests["id"]) <= set(read_shards(out_dir, ["id"])["id"])

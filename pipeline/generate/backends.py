@@ -1,4 +1,5 @@
-"""Model backends: any OpenAI-compatible server (async, retried) or in-process transformers (batched).
+"""Model backends behind one async interface (:class:`Backend`), chosen by :func:`open_backend`:
+any OpenAI-compatible server (async, retried) or in-process transformers (batched).
 
 Both return ``Completion`` records; neither knows about shards, journals or Dask. Fatal answers
 (401/403/404/400) raise ``GenerateError`` at once with a one-line cause; transient ones (429, 5xx,
@@ -14,7 +15,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.cluster import close_at_exit, worker_cached
 from pipeline.errors import GenerateError
@@ -34,6 +35,45 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What every request asks for: the completion budget and the decoding (recorded on each row)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+
+    @classmethod
+    def of(cls, cfg: GenerateConfig) -> Sampling:
+        """The ``generate`` section's sampling."""
+        return cls(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+
+
+class Backend(Protocol):
+    """A model that completes chat requests, ``batch_size`` conversations per call.
+
+    ``remote``: the requests go to a server, so the run's cluster-wide concurrency lease and rate
+    limits apply and up to ``concurrency`` calls of one shard are in flight at once; an in-process
+    model runs one call at a time. ``seed`` makes a batch's sampling reproducible where the backend
+    can (in-process); a server's sampling is its own.
+    """
+
+    batch_size: int
+    concurrency: int
+    remote: bool
+
+    async def complete(self, batch: list[Messages], params: Sampling, seed: int) -> list[Completion]: ...
+
+    async def close(self) -> None: ...
+
+
+def open_backend(cfg: GenerateConfig) -> Backend:
+    """This worker's backend for ``cfg`` (``generate.backend``): built once, reused by every shard."""
+    if cfg.backend == "transformers":
+        return worker_cached(("transformers", cfg.model, cfg.device, cfg.batch_size), lambda: _load_quietly(cfg))
+    return OpenAIBackend(cfg, shared_openai_client(cfg))
 
 
 def resolve_endpoint(cfg: GenerateConfig) -> tuple[str | None, str]:
@@ -81,12 +121,22 @@ def shared_openai_client(cfg: GenerateConfig) -> Any:
 class OpenAIBackend:
     """Chat completions against an OpenAI-compatible server; the SDK's own retries are off."""
 
+    batch_size = 1  # the server batches; the shard keeps ``concurrency`` requests in flight
+    remote = True
+
     def __init__(self, cfg: GenerateConfig, client: Any | None = None) -> None:
         self.cfg = cfg
+        self.concurrency = cfg.concurrency
         self.where = resolve_endpoint(cfg)[0] or "api.openai.com"
         self.client = client if client is not None else openai_client(cfg)
 
-    async def complete(self, messages: Messages) -> Completion:
+    async def complete(self, batch: list[Messages], params: Sampling, seed: int = 0) -> list[Completion]:
+        if len(batch) == 1:
+            return [await self.complete_one(batch[0], params)]
+        return list(await asyncio.gather(*(self.complete_one(m, params) for m in batch)))
+
+    async def complete_one(self, messages: Messages, params: Sampling) -> Completion:
+        """One chat completion, retried on transient failures."""
         import openai
 
         cfg = self.cfg
@@ -98,8 +148,8 @@ class OpenAIBackend:
                 # headers, errors and timeouts, without the per-request walk of the typed-params
                 # transform and the response-model build, which cost more CPU than the HTTP itself
                 raw = await self.client.post("/chat/completions", body={
-                    "model": cfg.model, "messages": messages, "temperature": cfg.temperature,
-                    "top_p": cfg.top_p, "max_tokens": cfg.max_tokens}, cast_to=bytes)
+                    "model": cfg.model, "messages": messages, "temperature": params.temperature,
+                    "top_p": params.top_p, "max_tokens": params.max_tokens}, cast_to=bytes)
             except openai.APIStatusError as e:
                 fatal = self._fatal(e)
                 if fatal:
@@ -134,7 +184,7 @@ class OpenAIBackend:
         ceiling = min(_BACKOFF_CAP_S, self.cfg.retry_backoff_s * 2**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # equal jitter: spread, but never ~0
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         await self.client.close()
 
 
@@ -198,7 +248,10 @@ def _completion(raw: bytes, latency: float, where: str) -> Completion:
 class TransformersBackend:
     """In-process batched generation: a Hub id or local path, its chat template, left padding."""
 
-    def __init__(self, model: str, device: str | None = None) -> None:
+    concurrency = 1  # one forward pass at a time: a second would only compete for the same device
+    remote = False
+
+    def __init__(self, model: str, device: str | None = None, batch_size: int = 8) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -208,6 +261,7 @@ class TransformersBackend:
         except (OSError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise GenerateError(f"generate.model '{model}': cannot load with transformers ({first})") from None
+        self.batch_size = batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
@@ -219,8 +273,15 @@ class TransformersBackend:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
-    def complete_batch(self, batch: list[Messages], cfg: GenerateConfig, seed: int) -> list[Completion]:
+    async def complete(self, batch: list[Messages], params: Sampling, seed: int) -> list[Completion]:
         """Generate for a batch of conversations; ``seed`` makes sampling reproducible."""
+        # off the event loop: a forward pass blocks for as long as it computes
+        return await asyncio.to_thread(self._generate, batch, params, seed)
+
+    async def close(self) -> None:
+        return None  # the weights live as long as the worker, for its next shard
+
+    def _generate(self, batch: list[Messages], params: Sampling, seed: int) -> list[Completion]:
         import torch
 
         tok = self.tokenizer
@@ -228,10 +289,10 @@ class TransformersBackend:
         enc = tok([self._prompt(m) for m in batch], return_tensors="pt", padding=True,
                   add_special_tokens=False).to(self.device)
         torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} \
-            if cfg.temperature > 0 else {"do_sample": False}
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} \
+            if params.temperature > 0 else {"do_sample": False}
         with torch.no_grad():
-            out = self.model.generate(**enc, max_new_tokens=cfg.max_tokens, pad_token_id=tok.pad_token_id,
+            out = self.model.generate(**enc, max_new_tokens=params.max_tokens, pad_token_id=tok.pad_token_id,
                                       **sampling)
         latency = (time.perf_counter() - start) / len(batch)
         eos = {tok.eos_token_id, *([self.model.generation_config.eos_token_id]
@@ -247,3 +308,20 @@ class TransformersBackend:
                 prompt_tokens=int(mask.sum()), completion_tokens=len(kept) + (stop is not None),
                 latency_s=round(latency, 4)))
         return results
+
+
+def _load_quietly(cfg: GenerateConfig) -> TransformersBackend:
+    """Load the model on a worker without its progress bars and info messages.
+
+    A worker's stderr is the driver's terminal: its "Loading weights" bars and per-batch notices would
+    be drawn over the run's own progress bar (and flood a log with carriage-return frames). Errors
+    still reach the driver, as the task's exception.
+    """
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return TransformersBackend(cfg.model, cfg.device, cfg.batch_size)

@@ -9,15 +9,27 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 _WORD = re.compile(r"\w+(?:'\w+)?")
 
+GATE_MIN_ROWS = 50
+"""Rows a run completes before the opening gate may stop it: fewer say little about the mix."""
 
-def words(text: str) -> list[str]:
+
+def words_keeping_contractions(text: str) -> list[str]:
+    """Lower-cased words, a contraction kept whole ("don't" is one word, as a reader counts it).
+
+    Not ``filters.decontaminate``'s tokenisation, which splits at every non-word character so
+    that a benchmark item matches however its apostrophes were written.
+    """
     return _WORD.findall(text.lower())
+
+
+words = words_keeping_contractions  # the name ``pipeline.hub.diversity`` imports; to go once it switches
 
 
 def distinct_n(tokenized: Sequence[Sequence[str]], n: int) -> float:
@@ -29,7 +41,7 @@ def distinct_n(tokenized: Sequence[Sequence[str]], n: int) -> float:
 
 def opening(text: str, n: int = 3) -> str:
     """The first ``n`` words of ``text`` as the opening statistics count them ("" if it has fewer)."""
-    first = words(text[:40 * n])[:n]  # the head is enough: no need to tokenize a whole book
+    first = words_keeping_contractions(text[:40 * n])[:n]  # the head is enough: no need to tokenize a whole book
     return " ".join(first) if len(first) == n else ""
 
 
@@ -42,6 +54,26 @@ def opening_gate(counts: Counter[str], rows: int, max_share: float, min_rows: in
         return None
     return (f"opening {top!r} starts {count} of {rows} rows ({count / rows:.1%}), over "
             f"generate.diversity_max_opening_share={max_share:g}")
+
+
+@dataclass
+class OpeningGate:
+    """generate's gate on a run (``generate.diversity_gate=fail``): stop once one opening starts
+    more than ``max_share`` of the rows completed, judged after ``min_rows``."""
+
+    max_share: float
+    min_rows: int = GATE_MIN_ROWS
+    openings: Counter[str] = field(default_factory=Counter)
+    rows: int = 0
+
+    def key(self, text: str) -> str:
+        return opening(text)
+
+    def observe(self, keys: list[str]) -> str | None:
+        self.rows += len(keys)
+        self.openings.update(k for k in keys if k)
+        gate = opening_gate(self.openings, self.rows, self.max_share, self.min_rows)
+        return f"diversity gate (generate.diversity_gate=fail): {gate}" if gate else None
 
 
 def opening_share(tokenized: Sequence[Sequence[str]], n: int = 3) -> tuple[str, float]:
@@ -80,7 +112,7 @@ def near_duplicate_rate(texts: Sequence[str], threshold: float = 0.8, num_perm: 
 
 def diversity_report(texts: Sequence[str]) -> dict[str, Any]:
     """distinct-1/2/3, the top opening 3-gram and its share, and the MinHash near-duplicate rate (``threshold`` 0.8)."""
-    tokenized = [words(t) for t in texts]
+    tokenized = [words_keeping_contractions(t) for t in texts]
     opening, share = opening_share(tokenized)
     return {
         "texts": len(texts),

@@ -1,23 +1,32 @@
-"""Cluster-wide limits: requests/tokens per minute (token buckets), the shared cost ledger, the opening gate.
+"""Cluster-wide limits: requests/tokens per minute (token buckets), the shared cost ledger, the run's gate.
 
 One ``Coordinator`` lives as a Dask actor on one worker; every shard task, on any worker, asks it
 before each request (``reserve``: how long to wait) and tells it after (``record``: whether the
-budget is spent, or too many rows share one opening), so rate limits, ``max_cost_usd`` and the
-diversity gate hold for the whole cluster, not per worker.
+budget is spent, or the caller's :class:`CompletionGate` trips), so rate limits, ``max_cost_usd``
+and the gate hold for the whole cluster, not per worker.
 Concurrency is held by a ``distributed.Semaphore`` (its leases expire if a worker dies).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterable
+from typing import Protocol
 
-from pipeline.generate.diversity import opening_gate
 from pipeline.generate.ledger import Ledger
 
-GATE_MIN_ROWS = 50
-"""Rows a run completes before the opening gate may stop it: fewer say little about the mix."""
+
+class CompletionGate(Protocol):
+    """A check over a run's completions that stops it early (the caller's: e.g. generate's opening gate).
+
+    ``key`` runs on the worker, once per completion: the little the gate needs of the text (what
+    crosses the network to the coordinator). ``observe`` runs in the coordinator with the keys of
+    newly completed rows and returns the stop reason once the gate trips.
+    """
+
+    def key(self, text: str) -> str: ...
+
+    def observe(self, keys: list[str]) -> str | None: ...
 
 
 class TokenBucket:
@@ -45,13 +54,11 @@ class Coordinator:
     """Shared state of one run (a Dask actor): rate buckets, the ledger and the stop reason."""
 
     def __init__(self, ledger: Ledger, requests_per_minute: float | None = None,
-                 tokens_per_minute: float | None = None, max_opening_share: float | None = None) -> None:
+                 tokens_per_minute: float | None = None, gate: CompletionGate | None = None) -> None:
         self.ledger = ledger
         self.requests = TokenBucket(requests_per_minute) if requests_per_minute else None
         self.tokens = TokenBucket(tokens_per_minute) if tokens_per_minute else None
-        self.max_opening_share = max_opening_share
-        self.openings: Counter[str] = Counter()
-        self.rows = 0  # completed in this run: the rows whose openings are counted
+        self.gate = gate
         self.stop_reason: str | None = None
         self._check_budget()
 
@@ -67,18 +74,14 @@ class Coordinator:
         return wait
 
     def record(self, prompt_tokens: int, completion_tokens: int, requests: int = 1,
-               openings: Iterable[str] = ()) -> str | None:
-        """Add completions (and their openings) to the ledger; returns the stop reason once the
-        budget is spent or, with ``max_opening_share``, one opening starts too many rows."""
+               keys: Iterable[str] = ()) -> str | None:
+        """Add completions to the ledger (and their gate ``keys``, one per completion, to the gate);
+        returns the stop reason once the budget is spent or the gate trips."""
         self.ledger.add(prompt_tokens, completion_tokens, requests)
         self._check_budget()
-        if self.max_opening_share is not None:
-            self.rows += requests
-            self.openings.update(o for o in openings if o)
-            if self.stop_reason is None:
-                gate = opening_gate(self.openings, self.rows, self.max_opening_share, GATE_MIN_ROWS)
-                if gate:
-                    self.stop_reason = f"diversity gate (generate.diversity_gate=fail): {gate}"
+        if self.gate is not None:
+            reason = self.gate.observe(list(keys))
+            self.stop_reason = self.stop_reason or reason
         return self.stop_reason
 
     def stop(self) -> str | None:

@@ -19,11 +19,13 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
+from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
 from pipeline.errors import ConfigError, GenerateError
@@ -50,16 +52,21 @@ class Template:
             raise GenerateError(f"{self.path}: missing template variable '{missing[0]}' "
                                 f"(required: {', '.join(self.requires)})")
         try:
-            return _environment(self.path.parent).from_string(self.text).render(
-                {k: variables[k] for k in self.requires}).strip()
+            return _compiled(self.text).render({k: variables[k] for k in self.requires}).strip()
         except UndefinedError as e:
             raise GenerateError(f"{self.path}: {e.message}") from None
 
 
-def _environment(folder: Path) -> SandboxedEnvironment:
+def _environment() -> SandboxedEnvironment:
     # trim/lstrip so the header comment and block tags leave no stray blank lines in prompts
     return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True,
                                 lstrip_blocks=True, keep_trailing_newline=False)
+
+
+@lru_cache(maxsize=64)
+def _compiled(text: str) -> JinjaTemplate:
+    """A template's text compiled once: a plan renders it for thousands of rows."""
+    return _environment().from_string(text)
 
 
 def load_template(path: Path, known_variables: Iterable[str]) -> Template:
@@ -81,7 +88,7 @@ def load_template(path: Path, known_variables: Iterable[str]) -> Template:
         raise GenerateError(f"{path}: requires unknown seed variable '{unknown[0]}' "
                             f"(the sampler knows: {', '.join(sorted(known))})")
     try:
-        used = meta.find_undeclared_variables(_environment(path.parent).parse(text))
+        used = meta.find_undeclared_variables(_environment().parse(text))
     except TemplateSyntaxError as e:
         raise GenerateError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
     undeclared = sorted(used - set(requires))

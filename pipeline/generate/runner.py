@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,20 @@ from pydantic import SecretStr
 
 from pipeline.config import Config, public_dict
 from pipeline.errors import GenerateError
-from pipeline.generate.backends import resolve_endpoint
-from pipeline.generate.journal import EVENT, Journal, estimate_prompt_tokens, journal_path, unanswered
+from pipeline.generate.backends import Sampling, resolve_endpoint
+from pipeline.generate.config import GenerateConfig
+from pipeline.generate.journal import (
+    EVENT,
+    Journal,
+    estimate_prompt_tokens,
+    journal_dir,
+    journal_path,
+    unanswered,
+)
 from pipeline.generate.ledger import Ledger
-from pipeline.generate.limits import Coordinator
+from pipeline.generate.limits import CompletionGate, Coordinator
 from pipeline.generate.shard import COMPLETION_COLUMNS, ShardResult, ShardSpec, run_shard
-from pipeline.io import build_manifest, list_shards, read_json, read_parquet, write_json
+from pipeline.io import build_manifest, read_json, read_parquet, write_json
 from pipeline.lineage import (
     LineageError,
     check_resume,
@@ -36,6 +44,7 @@ from pipeline.lineage import (
     read_fingerprint,
 )
 from pipeline.progress import progress
+from pipeline.rundir import ID, MANIFEST, MESSAGES, TEXT, RunDir, list_shards, manifest_path
 
 
 @dataclass
@@ -57,12 +66,21 @@ class RunSummary:
         return self.rows == self.total
 
 
-def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: str,
+def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, stage: str, run_dir: Path,
+                 seed: int = 0, scheduler: str | None = None, workers: int | None = None,
+                 sampling: Sampling | None = None, gate: CompletionGate | None = None,
                  postprocess: Callable[[dict], dict] | None = None, dry_run: bool = False,
-                 manifest_fields: dict[str, Any] | None = None,
-                 completion_column: str = "text", lineage: dict[str, Any] | None = None,
+                 config: dict[str, Any] | None = None, manifest_fields: dict[str, Any] | None = None,
+                 completion_column: str = TEXT, lineage: dict[str, Any] | None = None,
                  restart: bool = False) -> RunSummary:
-    """Complete every request with ``cfg.generate``'s backend; write shards and a manifest to ``out_dir``.
+    """Complete every request with ``gen``'s backend; write shards and a manifest to ``out_dir``.
+
+    The engine takes its own section (``gen``: backend, limits, prices, shard size) and the few
+    shared keys it needs: ``run_dir`` (outputs are named relative to it), ``seed`` (batch sampling
+    seeds), ``scheduler`` or ``workers`` (where to run), ``config`` (the public config the manifest
+    records; the section alone when None). ``sampling`` is what each request asks for (the
+    section's when None); ``gate`` (a :class:`~pipeline.generate.limits.CompletionGate`) may stop
+    the run early, as ``generate``'s opening gate does.
 
     Contract (the ``annotate`` stage relies on it):
     - ``requests``: one row per request; ``id`` (unique str, the row key), ``messages`` (a list of
@@ -70,13 +88,13 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
       (a passthrough named like an output column is an error, never overwritten).
     - Output: ``out_dir/part-NNNNN.parquet`` (zstd, written atomically; row ``k*shard_size`` onwards in
       shard ``k``) with ``id``, the passthrough columns, the completion (in ``completion_column``),
-      ``model``, ``temperature``, ``max_tokens``, ``finish_reason``, ``prompt_tokens``,
+      ``model``, ``temperature``, ``max_tokens`` (of ``sampling``), ``finish_reason``, ``prompt_tokens``,
       ``completion_tokens``, ``latency_s``, ``flags`` (``truncated`` / ``empty`` / ``refusal``), plus
       what ``postprocess(row) -> dict`` returns for each completed row (it runs before the row is
       written; ``messages`` is not kept); and ``out_dir/manifest.json`` (public config, versions,
       git sha, totals, ledger, ``discarded_runs``, ``outputs`` = content digests of the parts named
-      relative to ``cfg.run_dir``, and ``lineage`` when given; ``manifest_fields`` win over these).
-    - Execution: one Dask task per shard (``cfg.scheduler`` or a LocalCluster of ``cfg.workers``);
+      relative to ``run_dir``, and ``lineage`` when given; ``manifest_fields`` win over these).
+    - Execution: one Dask task per shard (``scheduler`` or a LocalCluster of ``workers``);
       ``generate.concurrency`` in-flight requests and ``generate.requests_per_minute`` /
       ``tokens_per_minute`` hold across the cluster; transient errors are retried, fatal ones raise
       ``GenerateError`` with a one-line cause.
@@ -88,12 +106,12 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
       whose fingerprint differs, or whose parts hold rows it does not plan, raises ``LineageError``
       unless ``restart``, which discards the old rows (saying how many paid rows go) and starts over;
       the discarded runs' ledgers stay in the manifest's ``discarded_runs``.
-    - ``generate.max_cost_usd`` (counting rows already on disk) stops starting new requests; in-flight
-      ones finish and are written; ``RunSummary.stop_reason`` says why. ``dry_run`` calls no model
-      and returns the estimate of requests, tokens and cost.
+    - ``generate.max_cost_usd`` (counting rows already on disk), or the ``gate``, stops starting new
+      requests; in-flight ones finish and are written; ``RunSummary.stop_reason`` says why.
+      ``dry_run`` calls no model and returns the estimate of requests, tokens and cost.
     """
     start = time.perf_counter()
-    gen = cfg.generate
+    sampling = sampling or Sampling.of(gen)
     _check_requests(requests, completion_column)
     out_dir = Path(out_dir)
     shards = [requests.iloc[k:k + gen.shard_size] for k in range(0, len(requests), gen.shard_size)]
@@ -102,12 +120,12 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
                     requests=len(state.done) + len(state.lost),
                     prompt_tokens=state.prompt_tokens + sum(r["prompt_tokens"] for r in state.lost.values()),
                     completion_tokens=state.completion_tokens, lost_requests=len(state.lost))
-    pending = requests[~requests["id"].isin(state.done)]
+    pending = requests[~requests[ID].isin(state.done)]
     todo = [k for k, frame in enumerate(shards)
-            if not frame["id"].isin(state.done).all() or journal_path(out_dir, k).exists()]
+            if not frame[ID].isin(state.done).all() or journal_path(out_dir, k).exists()]
 
     if dry_run:
-        estimate = estimate_requests(pending, gen.max_tokens, ledger)
+        estimate = estimate_requests(pending, sampling.max_tokens, ledger)
         _print_estimate(stage, len(requests), len(state.done), estimate)
         return RunSummary(out_dir, len(requests), len(state.done), 0, ledger.as_dict(), dry_run=True,
                           elapsed_s=time.perf_counter() - start, estimate=estimate)
@@ -119,38 +137,40 @@ def run_requests(cfg: Config, requests: pd.DataFrame, out_dir: Path, *, stage: s
     results: list[ShardResult] = []
     snapshot = {**ledger.as_dict(), "stop_reason": None}
     if todo:
-        results, snapshot = _run_on_dask(cfg, shards, todo, out_dir, postprocess, ledger, stage,
-                                         completion_column, len(state.done))
+        specs = [ShardSpec(k, shards[k], out_dir, _resolved(gen), sampling, seed, postprocess,
+                           completion_column, gate) for k in todo]
+        results, snapshot = _run_on_dask(specs, gen, scheduler, workers, ledger, gate, stage,
+                                         sum(len(s) for s in shards), len(state.done))
     parts = list_shards(out_dir)
-    rows = sum(len(read_parquet(p, ["id"])) for p in parts)
-    if (out_dir / ".journal").is_dir() and not any((out_dir / ".journal").iterdir()):
-        (out_dir / ".journal").rmdir()
+    rows = sum(len(read_parquet(p, [ID])) for p in parts)
+    if journal_dir(out_dir).is_dir() and not any(journal_dir(out_dir).iterdir()):
+        journal_dir(out_dir).rmdir()
     stop_reason = snapshot.get("stop_reason") or next((r.stop_reason for r in results if r.stop_reason), None)
     summary = RunSummary(out_dir, len(requests), rows, sum(r.new_rows for r in results),
                          {k: v for k, v in snapshot.items() if k != "stop_reason"}, stop_reason,
                          elapsed_s=round(time.perf_counter() - start, 3))
     fields: dict[str, Any] = {"discarded_runs": state.discarded,
-                              "outputs": file_digests(parts, cfg.run_dir)}
+                              "outputs": file_digests(parts, run_dir)}
     if lineage is not None:
         fields["lineage"] = lineage
-    previous = read_json(out_dir / "manifest.json") if (out_dir / "manifest.json").exists() else {}
+    previous = read_json(manifest_path(out_dir)) if manifest_path(out_dir).exists() else {}
     if not todo and not state.lost and all(previous.get(k) == v for k, v in fields.items()):
         # nothing new: the manifest already says this, and rewriting it (a new timestamp) would change
         # the digest every downstream stage recorded as its parent
         _print_summary(stage, summary)
         return summary
-    manifest = build_manifest(stage, public_dict(cfg), totals={
+    manifest = build_manifest(stage, config if config is not None else {"generate": public_dict(gen)}, totals={
         "requests": len(requests), "rows": rows, "new_rows": summary.new_rows,
         "shards": len(parts), "complete": summary.complete, "elapsed_s": summary.elapsed_s},
         ledger=summary.ledger, stop_reason=stop_reason, **{**fields, **(manifest_fields or {})})
-    write_json(manifest, out_dir / "manifest.json")
+    write_json(manifest, manifest_path(out_dir))
     _print_summary(stage, summary)
     return summary
 
 
 def estimate_requests(pending: pd.DataFrame, max_tokens: int, ledger: Ledger) -> dict[str, Any]:
     """Requests still to send, their tokens (prompt ~ chars/4; completion at most max_tokens) and cost."""
-    prompt_tokens = int(sum(estimate_prompt_tokens(msgs) for msgs in pending["messages"]))
+    prompt_tokens = int(sum(estimate_prompt_tokens(msgs) for msgs in pending[MESSAGES]))
     completion_tokens = max_tokens * len(pending)
     return {"requests": len(pending), "prompt_tokens": prompt_tokens,
             "max_completion_tokens": completion_tokens,
@@ -159,17 +179,17 @@ def estimate_requests(pending: pd.DataFrame, max_tokens: int, ledger: Ledger) ->
 
 
 def _check_requests(requests: pd.DataFrame, completion_column: str) -> None:
-    for column in ("id", "messages"):
+    for column in (ID, MESSAGES):
         if column not in requests.columns:
             raise GenerateError(f"requests: missing column '{column}' (need id, messages)")
     clash = [c for c in (completion_column, *COMPLETION_COLUMNS) if c in requests.columns]
     if clash:
         raise GenerateError(f"requests: passthrough column {clash[0]!r} would be overwritten by the "
                             "completion's; rename it or choose another completion_column")
-    dup = requests["id"][requests["id"].duplicated()]
+    dup = requests[ID][requests[ID].duplicated()]
     if len(dup):
         raise GenerateError(f"requests: duplicate id {dup.iloc[0]!r}: ids are row keys and must be unique")
-    for i, msgs in enumerate(requests["messages"]):
+    for i, msgs in enumerate(requests[MESSAGES]):
         if not len(msgs) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in msgs):
             raise GenerateError(f"requests row {i}: 'messages' must be a non-empty list of "
                                 "{'role', 'content'} dicts")
@@ -201,8 +221,8 @@ class _Unplanned(Exception):
 def _resume(out_dir: Path, shards: list[pd.DataFrame], stage: str, lineage: dict[str, Any] | None,
             restart: bool, dry_run: bool, gen: Any) -> _State:
     """The state to resume from; stale state is refused, or with ``restart`` discarded (not in a dry run)."""
-    stored = read_fingerprint(out_dir / LINEAGE_FILE) or read_fingerprint(out_dir / "manifest.json")
-    has_rows = bool(list_shards(out_dir)) or any((out_dir / ".journal").glob("*.jsonl"))
+    stored = read_fingerprint(out_dir / LINEAGE_FILE) or read_fingerprint(manifest_path(out_dir))
+    has_rows = bool(list_shards(out_dir)) or any(journal_dir(out_dir).glob("*.jsonl"))
     what = f"{stage} output"
     change = None
     if has_rows and lineage is not None and not check_resume(what, stored, lineage, restart, out_dir):
@@ -241,8 +261,8 @@ def _resume(out_dir: Path, shards: list[pd.DataFrame], stage: str, lineage: dict
     _write_history(out_dir, {}, discarded)
     for part in list_shards(out_dir):
         part.unlink()
-    shutil.rmtree(out_dir / ".journal", ignore_errors=True)
-    for name in ("manifest.json", LINEAGE_FILE):
+    shutil.rmtree(journal_dir(out_dir), ignore_errors=True)
+    for name in (MANIFEST, LINEAGE_FILE):
         (out_dir / name).unlink(missing_ok=True)
     return _State(discarded=discarded)
 
@@ -265,22 +285,22 @@ def _scan(out_dir: Path, shards: list[pd.DataFrame] | None) -> _State:
     state = _State()
     for part in list_shards(out_dir):
         k = int(part.stem.split("-")[1])
-        table = read_parquet(part, ["id", "prompt_tokens", "completion_tokens"])
+        table = read_parquet(part, [ID, "prompt_tokens", "completion_tokens"])
         if shards is not None:
-            planned = set(shards[k]["id"]) if k < len(shards) else set()
-            if not set(table["id"]) <= planned:
+            planned = set(shards[k][ID]) if k < len(shards) else set()
+            if not set(table[ID]) <= planned:
                 raise _Unplanned(part)
-        state.done |= set(table["id"])
+        state.done |= set(table[ID])
         state.prompt_tokens += int(table["prompt_tokens"].sum())
         state.completion_tokens += int(table["completion_tokens"].sum())
     history = _read_history(out_dir)
     state.discarded = history.get("discarded_runs", [])
     state.lost = {r["request"]: r for r in history.get("lost", [])}
-    journals = sorted((out_dir / ".journal").glob("part-*.jsonl")) if (out_dir / ".journal").is_dir() else []
+    journals = sorted(journal_dir(out_dir).glob("part-*.jsonl")) if journal_dir(out_dir).is_dir() else []
     for path in journals:
         k = int(path.stem.split("-")[1])
         events = Journal(path).events()
-        planned = None if shards is None else set(shards[k]["id"]) if k < len(shards) else set()
+        planned = None if shards is None else set(shards[k][ID]) if k < len(shards) else set()
         for rec in events:
             if EVENT in rec or rec["id"] in state.done or (planned is not None and rec["id"] not in planned):
                 continue
@@ -303,32 +323,31 @@ def _write_history(out_dir: Path, lost: dict[str, dict[str, Any]], discarded: li
         write_json({"lost": list(lost.values()), "discarded_runs": discarded}, out_dir / LEDGER_FILE)
 
 
-def _run_on_dask(cfg: Config, shards: list[pd.DataFrame], todo: list[int], out_dir: Path,
-                 postprocess: Callable | None, ledger: Ledger, stage: str,
-                 completion_column: str, rows_done: int) -> tuple[list[ShardResult], dict[str, Any]]:
+def _resolved(gen: GenerateConfig) -> GenerateConfig:
+    """``gen`` with the endpoint and key resolved here: a remote cluster's workers lack the driver's
+    environment."""
+    if gen.backend != "openai":
+        return gen
+    base_url, key = resolve_endpoint(gen)
+    return gen.model_copy(update={"base_url": base_url, "api_key": SecretStr(key)})
+
+
+def _run_on_dask(specs: list[ShardSpec], gen: GenerateConfig, scheduler: str | None, workers: int | None,
+                 ledger: Ledger, gate: CompletionGate | None, stage: str, total: int,
+                 rows_done: int) -> tuple[list[ShardResult], dict[str, Any]]:
     from distributed import Semaphore, wait
 
     from pipeline.cluster import dask_client
 
-    gen = cfg.generate
-    if gen.backend == "openai":
-        # resolved here, not on the workers: a remote cluster's workers lack the driver's environment
-        base_url, key = resolve_endpoint(gen)
-        gen = gen.model_copy(update={"base_url": base_url, "api_key": SecretStr(key)})
-    total = sum(len(s) for s in shards)
-    with dask_client(cfg.scheduler, cfg.workers) as client:
+    with dask_client(scheduler, workers) as client:
         # keep the future: the actor lives only as long as a future refers to it
-        # the opening gate is the generate stage's (other stages' answers are labels, not prose)
-        max_opening_share = gen.diversity_max_opening_share \
-            if stage == "generate" and gen.diversity_gate == "fail" else None
         coordinator_future = client.submit(Coordinator, ledger, gen.requests_per_minute, gen.tokens_per_minute,
-                                           max_opening_share, actor=True)
+                                           gate, actor=True)
         coordinator = coordinator_future.result()
         semaphore = Semaphore(max_leases=gen.concurrency, name=f"{stage}-{uuid.uuid4().hex}")
-        futures = [client.submit(run_shard,
-                                 ShardSpec(k, shards[k], out_dir, gen, cfg.seed, postprocess, completion_column),
-                                 coordinator, semaphore, pure=False, key=f"{stage}-shard-{k}-{uuid.uuid4().hex}")
-                   for k in todo]
+        futures = [client.submit(run_shard, spec, coordinator, semaphore, pure=False,
+                                 key=f"{stage}-shard-{spec.index}-{uuid.uuid4().hex}")
+                   for spec in specs]
         first = ledger.requests
         # a bar on a terminal, one line per interval in a log (tqdm's frames would flood it)
         bar = progress(total=total, initial=rows_done, unit="row", desc=stage)
@@ -379,10 +398,6 @@ def _print_summary(stage: str, s: RunSummary) -> None:
           f"{led['completion_tokens']:,} completion tokens, ${led['cost_usd']:.4f}; {s.elapsed_s:.1f}s")
 
 
-def summary_dict(s: RunSummary) -> dict[str, Any]:
-    return {**asdict(s), "out_dir": str(s.out_dir)}
-
-
 def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any) -> int:
     """`textbook generate`: sample seeds, render prompts, complete them, report cost and diversity.
 
@@ -391,17 +406,20 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     only rows built from the same templates, seeds, web extracts and settings (``plan_lineage``);
     ``restart`` discards rows built from others.
     """
-    from pipeline.generate.diversity import diversity_report
+    from pipeline.generate.diversity import OpeningGate, diversity_report
     from pipeline.generate.plan import plan_lineage, plan_requests
     from pipeline.io import read_shards
 
     gen = cfg.generate
     requests, templates = plan_requests(cfg)
-    out_dir = Path(cfg.run_dir) / "generated"
+    out_dir = RunDir(cfg.run_dir).generated
     template_info = {name: {"sha": t.sha, "requires": list(t.requires), "about": t.about}
                      for name, t in templates.items()}
-    summary = run_requests(cfg, requests, out_dir, stage="generate", dry_run=dry_run,
-                           manifest_fields={"templates": template_info},
+    # the opening gate is generate's own (other stages' answers are labels, not prose)
+    gate = OpeningGate(gen.diversity_max_opening_share) if gen.diversity_gate == "fail" else None
+    summary = run_requests(gen, requests, out_dir, stage="generate", run_dir=cfg.run_dir, seed=cfg.seed,
+                           scheduler=cfg.scheduler, workers=cfg.workers, gate=gate, dry_run=dry_run,
+                           config=public_dict(cfg), manifest_fields={"templates": template_info},
                            lineage=plan_lineage(cfg, templates), restart=restart)
     if dry_run:
         print(f"first prompt ({requests['template'].iloc[0]}):\n{requests['prompt'].iloc[0]}"
@@ -409,26 +427,26 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
         return 0
     if summary.rows == 0:
         return 0
-    manifest = read_json(out_dir / "manifest.json")
+    manifest = read_json(manifest_path(out_dir))
     if summary.new_rows == 0 and "diversity" in manifest:  # same rows, same report: the manifest stays as it is
         report = {k: v for k, v in manifest["diversity"].items() if k != "gate"}
     else:
-        report = diversity_report(read_shards(out_dir, ["text"])["text"].tolist())
-    gate = _diversity_gate(report, gen.diversity_max_opening_share, gen.diversity_gate)
+        report = diversity_report(read_shards(out_dir, [TEXT])[TEXT].tolist())
+    verdict = _diversity_verdict(report, gen.diversity_max_opening_share, gen.diversity_gate)
     print(f"diversity: distinct-1/2/3 {report['distinct_1']:.3f}/{report['distinct_2']:.3f}/"
           f"{report['distinct_3']:.3f}; top opening {report['top_opening']!r} in "
           f"{report['top_opening_share']:.0%} of rows; near-duplicates {report['near_duplicate_rate']:.1%}")
-    if manifest.get("diversity") != {**report, "gate": gate}:
-        manifest["diversity"] = {**report, "gate": gate}
-        write_json(manifest, out_dir / "manifest.json")
-    if gate:
-        print(f"{'error' if gen.diversity_gate == 'fail' else 'warning'}: {gate}", file=sys.stderr)
+    if manifest.get("diversity") != {**report, "gate": verdict}:
+        manifest["diversity"] = {**report, "gate": verdict}
+        write_json(manifest, manifest_path(out_dir))
+    if verdict:
+        print(f"{'error' if gen.diversity_gate == 'fail' else 'warning'}: {verdict}", file=sys.stderr)
         if gen.diversity_gate == "fail":
             return 1
     return 0
 
 
-def _diversity_gate(report: dict[str, Any], max_share: float, mode: str) -> str | None:
+def _diversity_verdict(report: dict[str, Any], max_share: float, mode: str) -> str | None:
     if mode == "off" or report["texts"] < 10 or report["top_opening_share"] <= max_share:
         return None
     return (f"opening {report['top_opening']!r} starts {report['top_opening_share']:.0%} of rows, over "

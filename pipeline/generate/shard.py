@@ -1,16 +1,16 @@
 """One shard of a run, executed as one Dask task: request the missing rows, journal, compact.
 
-The task body is synchronous (what Dask runs); the OpenAI path runs its requests on the worker's
-long-lived event loop, whose client keeps its connections from one shard to the next, with a local
-cap on in-flight requests; each slot holds one lease of the run's cluster-wide
-``distributed.Semaphore`` while it works through the queue. Blocking Dask calls (semaphore,
-coordinator actor) go to a thread pool so they never stall the event loop.
+The task body is synchronous (what Dask runs); the requests run on the worker's long-lived event
+loop through the one :class:`~pipeline.generate.backends.Backend` interface: up to the backend's
+``concurrency`` slots, each sending ``batch_size`` conversations per call. A server's client keeps
+its connections from one shard to the next, and each of its slots holds one lease of the run's
+cluster-wide ``distributed.Semaphore`` while it works through the queue. Blocking Dask calls
+(semaphore, coordinator actor) go to a thread pool so they never stall the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -21,14 +21,15 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.cluster import run_on_worker_loop, worker_cached
+from pipeline.cluster import run_on_worker_loop
 from pipeline.errors import GenerateError
-from pipeline.generate.backends import Completion, OpenAIBackend, TransformersBackend, shared_openai_client
+from pipeline.generate.backends import Backend, Completion, Sampling, open_backend
 from pipeline.generate.config import GenerateConfig
-from pipeline.generate.diversity import opening
 from pipeline.generate.flags import completion_flags
 from pipeline.generate.journal import Journal, estimate_prompt_tokens, journal_path
-from pipeline.io import read_parquet, shard_path, stable_hash, write_parquet
+from pipeline.generate.limits import CompletionGate
+from pipeline.io import read_parquet, stable_hash, write_parquet
+from pipeline.rundir import ID, MESSAGES, TEXT, shard_path
 
 # Slots open this far apart (the whole ramp at most 1 s). Started together, their requests come back
 # together, queue on the event loop for as long as the burst takes to process, and stay bunched
@@ -43,21 +44,23 @@ COMPLETION_COLUMNS = ["model", "temperature", "max_tokens", "finish_reason", "pr
 
 @dataclass
 class ShardSpec:
-    """What one task needs: its rows (``id``, ``messages``, passthrough columns) and where they go."""
+    """What one task needs: its rows (``id``, ``messages``, passthrough columns), where they go, the
+    backend's section, the sampling asked for, and the run's gate (whose ``key`` runs here)."""
 
     index: int
     requests: pd.DataFrame
     out_dir: Path
     cfg: GenerateConfig
+    sampling: Sampling
     seed: int = 0
     postprocess: Callable[[dict], dict] | None = None
-    completion_column: str = "text"
+    completion_column: str = TEXT
+    gate: CompletionGate | None = None
 
 
 @dataclass
 class ShardResult:
     index: int
-    rows: int
     new_rows: int
     stop_reason: str | None = None
 
@@ -67,9 +70,9 @@ def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any) -> ShardResult:
     part = shard_path(spec.out_dir, spec.index)
     existing = read_parquet(part) if part.exists() else None
     journal = Journal(journal_path(spec.out_dir, spec.index))
-    done = set(existing["id"]) if existing is not None else set()
+    done = set(existing[ID]) if existing is not None else set()
     done |= {r["id"] for r in journal.read()}
-    todo = spec.requests[~spec.requests["id"].isin(done)]
+    todo = spec.requests[~spec.requests[ID].isin(done)]
     stop_reason = None
     try:
         if len(todo):
@@ -83,27 +86,23 @@ def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any) -> ShardResult:
         table = _compact(spec, existing, fresh)
         if len(table):
             write_parquet(table, part)
-        rows = len(table)
-    else:
-        rows = len(existing)
     journal.remove()
-    return ShardResult(spec.index, rows, len(fresh), stop_reason)
+    return ShardResult(spec.index, len(fresh), stop_reason)
 
 
 def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator: Any,
               semaphore: Any) -> str | None:
-    cfg = spec.cfg
+    cfg, sampling = spec.cfg, spec.sampling
 
     def record(row_id: str, c: Completion) -> None:
         journal.append({
-            "id": row_id, spec.completion_column: c.text, "model": cfg.model, "temperature": cfg.temperature,
-            "max_tokens": cfg.max_tokens, "finish_reason": c.finish_reason,
+            "id": row_id, spec.completion_column: c.text, "model": cfg.model, "temperature": sampling.temperature,
+            "max_tokens": sampling.max_tokens, "finish_reason": c.finish_reason,
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "latency_s": c.latency_s, "flags": completion_flags(c.text, c.finish_reason)})
 
-    if cfg.backend == "transformers":
-        return _complete_batched(spec, todo, journal, record, coordinator)
-    return run_on_worker_loop(_complete_async(cfg, todo, journal, record, coordinator, semaphore))
+    backend = open_backend(cfg)  # loads an in-process model here, in the task, not on the event loop
+    return run_on_worker_loop(_complete_async(spec, backend, todo, journal, record, coordinator, semaphore))
 
 
 def _send(journal: Journal, row_id: str, messages: list[dict]) -> str:
@@ -113,58 +112,24 @@ def _send(journal: Journal, row_id: str, messages: list[dict]) -> str:
     return nonce
 
 
-def _load_quietly(cfg: GenerateConfig) -> TransformersBackend:
-    """Load the model on a worker without its progress bars and info messages.
+async def _complete_async(spec: ShardSpec, backend: Backend, todo: pd.DataFrame, journal: Journal,
+                          record: Callable, coordinator: Any, semaphore: Any) -> str | None:
+    """Up to ``backend.concurrency`` slots, each taking ``backend.batch_size`` requests per call.
 
-    A worker's stderr is the driver's terminal: its "Loading weights" bars and per-batch notices would
-    be drawn over the run's own progress bar (and flood a log with carriage-return frames). Errors
-    still reach the driver, as the task's exception.
+    A server's slot holds one cluster-wide lease while it works through the queue: a lease per slot,
+    not per request, keeps Dask round trips off the per-request path. The coordinator is told about
+    every completion at once when a budget or rate limit needs it, or after every batch of an
+    in-process model (slow enough that the round trip costs nothing), and otherwise twice a second
+    (it then only feeds the progress bar).
     """
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    disable_progress_bars()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    return TransformersBackend(cfg.model, cfg.device)
-
-
-def _complete_batched(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, record: Callable,
-                      coordinator: Any) -> str | None:
-    cfg = spec.cfg
-    backend = worker_cached(("transformers", cfg.model, cfg.device), lambda: _load_quietly(cfg))
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo.iloc[start:start + cfg.batch_size]
-        seed = int(stable_hash([spec.seed, batch["id"].iloc[0]], 8), 16)
-        for row_id, messages in zip(batch["id"], batch["messages"], strict=True):
-            _send(journal, row_id, messages)
-        completions = backend.complete_batch(list(batch["messages"]), cfg, seed)
-        for row_id, c in zip(batch["id"], completions, strict=True):
-            record(row_id, c)
-        stop = coordinator.record(sum(c.prompt_tokens for c in completions),
-                                  sum(c.completion_tokens for c in completions), len(completions),
-                                  [opening(c.text) for c in completions]).result()
-        if stop:
-            return stop
-    return None
-
-
-async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, journal: Journal, record: Callable,
-                          coordinator: Any, semaphore: Any) -> str | None:
-    """Up to ``concurrency`` slots; each holds one cluster-wide lease while it works through the queue.
-
-    Holding a lease per slot, not per request, keeps Dask round trips off the per-request path. The
-    coordinator is told about every completion at once when a budget or rate limit needs it, and
-    otherwise twice a second (it then only feeds the progress bar).
-    """
-    backend = OpenAIBackend(cfg, shared_openai_client(cfg))
+    cfg, sampling, gate = spec.cfg, spec.sampling, spec.gate
     loop = asyncio.get_running_loop()
-    width = min(cfg.concurrency, len(todo))
+    size = backend.batch_size
+    width = min(backend.concurrency, -(-len(todo) // size))
     pool = ThreadPoolExecutor(max_workers=width + 2, thread_name_prefix="generate-limits")
-    queue = deque(zip(todo["id"], todo["messages"], strict=True))
+    queue = deque(zip(todo[ID], todo[MESSAGES], strict=True))
     exact = cfg.max_cost_usd is not None
-    limited = bool(cfg.requests_per_minute or cfg.tokens_per_minute)
+    limited = backend.remote and bool(cfg.requests_per_minute or cfg.tokens_per_minute)
     state: dict[str, Any] = {"stop": None, "error": None, "unsent": [0, 0, 0, []]}
 
     def blocking(fn: Callable, *args: Any) -> asyncio.Future:
@@ -176,48 +141,56 @@ async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, journal: Jour
         # one at a time: a slot that finds its completion already sent by the heartbeat must still
         # wait for that call's answer (the stop reason) before it starts another paid request
         async with syncing:
-            p, c, n, openings = state["unsent"]
+            p, c, n, keys = state["unsent"]
             if n:
                 state["unsent"] = [0, 0, 0, []]
-                reason = await blocking(lambda: coordinator.record(p, c, n, openings).result())
+                reason = await blocking(lambda: coordinator.record(p, c, n, keys).result())
                 state["stop"] = state["stop"] or reason
 
     stagger = min(SLOT_STAGGER_S, MAX_RAMP_S / width)
 
     async def slot(k: int) -> None:
         await asyncio.sleep(k * stagger)
-        await blocking(semaphore.acquire)
+        if backend.remote:
+            await blocking(semaphore.acquire)
         try:
             if exact:
                 # the lease may have taken a while: other shards may have spent the budget meanwhile
                 # (otherwise the heartbeat brings a stop reason within half a second)
                 state["stop"] = state["stop"] or await blocking(lambda: coordinator.stop().result())
             while queue and not (state["stop"] or state["error"]):
-                row_id, messages = queue.popleft()
+                batch = [queue.popleft() for _ in range(min(size, len(queue)))]
                 if limited:
-                    estimate = sum(len(m["content"]) for m in messages) / 4 + cfg.max_tokens
-                    wait = await blocking(lambda e=estimate: coordinator.reserve(e).result())
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                nonce = _send(journal, row_id, messages)
+                    for _, messages in batch:
+                        estimate = sum(len(m["content"]) for m in messages) / 4 + sampling.max_tokens
+                        wait = await blocking(lambda e=estimate: coordinator.reserve(e).result())
+                        if wait > 0:
+                            await asyncio.sleep(wait)
+                nonces = [_send(journal, row_id, messages) for row_id, messages in batch]
+                # one sampling seed per batch, from the run seed and the batch's first row
+                seed = int(stable_hash([spec.seed, batch[0][0]], 8), 16) if size > 1 else 0
                 try:
-                    completion = await backend.complete(messages)
+                    completions = await backend.complete([m for _, m in batch], sampling, seed)
                 except GenerateError:
-                    journal.failed(nonce, row_id)  # an error answer is not a billed completion
+                    for nonce, (row_id, _) in zip(nonces, batch, strict=True):
+                        journal.failed(nonce, row_id)  # an error answer is not a billed completion
                     raise
-                record(row_id, completion)
                 unsent = state["unsent"]
-                unsent[0] += completion.prompt_tokens
-                unsent[1] += completion.completion_tokens
-                unsent[2] += 1
-                unsent[3].append(opening(completion.text))
-                if exact:
+                for (row_id, _), completion in zip(batch, completions, strict=True):
+                    record(row_id, completion)
+                    unsent[0] += completion.prompt_tokens
+                    unsent[1] += completion.completion_tokens
+                    unsent[2] += 1
+                    if gate is not None:
+                        unsent[3].append(gate.key(completion.text))
+                if exact or size > 1:
                     await sync_ledger()
         except GenerateError as e:
             # stop starting new requests; those in flight still finish and are journaled
             state["error"] = state["error"] or e
         finally:
-            await blocking(semaphore.release)
+            if backend.remote:
+                await blocking(semaphore.release)
 
     async def heartbeat() -> None:
         while True:
@@ -239,16 +212,16 @@ async def _complete_async(cfg: GenerateConfig, todo: pd.DataFrame, journal: Jour
 def _compact(spec: ShardSpec, existing: pd.DataFrame | None, fresh: list[dict]) -> pd.DataFrame:
     """Old part + journaled rows (postprocessed, joined to their passthrough columns), in request order."""
     requests = spec.requests
-    passthrough = requests.drop(columns=["messages"]).set_index("id")
+    passthrough = requests.drop(columns=[MESSAGES]).set_index(ID)
     records = {}
-    seen = set(existing["id"]) if existing is not None else set()
+    seen = set(existing[ID]) if existing is not None else set()
     for rec in fresh:
         if rec["id"] not in seen and rec["id"] in passthrough.index:
             seen.add(rec["id"])
             records[rec["id"]] = rec
     # one join for the whole shard: a per-row ``.loc`` lookup costs more than the row's request
     new_rows = pd.concat([passthrough.loc[list(records)].reset_index(),
-                          pd.DataFrame(list(records.values())).drop(columns="id", errors="ignore")],
+                          pd.DataFrame(list(records.values())).drop(columns=ID, errors="ignore")],
                          axis=1) if records else pd.DataFrame()
     if spec.postprocess is not None and len(new_rows):
         new_rows = pd.DataFrame([{**row, **spec.postprocess(dict(row))}
@@ -257,5 +230,5 @@ def _compact(spec: ShardSpec, existing: pd.DataFrame | None, fresh: list[dict]) 
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)
-    order = {row_id: i for i, row_id in enumerate(requests["id"])}
-    return table.sort_values("id", key=lambda s: s.map(order)).reset_index(drop=True)
+    order = {row_id: i for i, row_id in enumerate(requests[ID])}
+    return table.sort_values(ID, key=lambda s: s.map(order)).reset_index(drop=True)

@@ -120,7 +120,8 @@ def test_an_engine_column_never_overwrites_a_passthrough(tmp_path):
     requests = pd.DataFrame({"id": ["a"], "messages": [[{"role": "user", "content": "hi"}]], "answer": ["doc"]})
     cfg = load_config(None, [f"run_dir={tmp_path}"])
     with pytest.raises(GenerateError, match="passthrough column 'answer' would be overwritten"):
-        run_requests(cfg, requests, tmp_path / "out", stage="annotate", completion_column="answer")
+        run_requests(cfg.generate, requests, tmp_path / "out", stage="annotate", run_dir=cfg.run_dir,
+                     completion_column="answer")
     assert not (tmp_path / "out").exists()
 
 

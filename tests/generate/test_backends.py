@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import GenerateError
-from pipeline.generate.backends import OpenAIBackend, retry_after
+from pipeline.generate.backends import OpenAIBackend, Sampling, retry_after
 from pipeline.generate.flags import completion_flags
 from pipeline.generate.stub_server import Fault, StubServer
 
@@ -23,9 +23,9 @@ def complete(srv: StubServer, *overrides: str, api_key: str = "sk-test"):
     async def go():
         backend = OpenAIBackend(cfg.generate)
         try:
-            return await backend.complete(MESSAGES)
+            return await backend.complete_one(MESSAGES, Sampling.of(cfg.generate))
         finally:
-            await backend.aclose()
+            await backend.close()
 
     return asyncio.run(go())
 
@@ -117,9 +117,9 @@ def test_unreachable_server_is_a_one_line_error(http_client):
     async def go():
         backend = OpenAIBackend(cfg.generate)
         try:
-            await backend.complete(MESSAGES)
+            await backend.complete_one(MESSAGES, Sampling.of(cfg.generate))
         finally:
-            await backend.aclose()
+            await backend.close()
 
     # a refused connection is not a timeout (aiohttp's transport maps it to ConnectTimeout)
     with pytest.raises(GenerateError, match=r"127.0.0.1:9/v1: giving up after 2 attempts \(last: connection error"):
@@ -169,9 +169,9 @@ def test_a_200_that_is_not_a_chat_completion_is_a_one_line_error():
         cfg = load_config(None, [f"generate.base_url=http://127.0.0.1:{port}/v1", "generate.api_key=sk-test"])
         backend = OpenAIBackend(cfg.generate)
         try:
-            return await backend.complete(MESSAGES)
+            return await backend.complete_one(MESSAGES, Sampling.of(cfg.generate))
         finally:
-            await backend.aclose()
+            await backend.close()
             server.close()
 
     with pytest.raises(GenerateError, match=r"not a chat completion answer \(KeyError: 'choices'\)") as err:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 
 from pipeline.generate.diversity import (
+    GATE_MIN_ROWS,
+    OpeningGate,
     distinct_n,
     diversity_report,
     near_duplicate_rate,
     opening,
     opening_share,
-    words,
+    words_keeping_contractions,
 )
 from pipeline.generate.journal import Journal
 from pipeline.generate.ledger import Ledger
-from pipeline.generate.limits import GATE_MIN_ROWS, Coordinator, TokenBucket
+from pipeline.generate.limits import Coordinator, TokenBucket
 
 
 def test_ledger_prices_tokens_per_million():
@@ -39,7 +41,7 @@ def test_coordinator_starts_stopped_when_earlier_rows_spent_the_budget():
 
 
 def test_coordinator_opening_gate_stops_only_after_enough_rows_share_one_opening():
-    coordinator = Coordinator(Ledger(0, 0), max_opening_share=0.5)
+    coordinator = Coordinator(Ledger(0, 0), gate=OpeningGate(0.5))
     varied = [f"Topic {i} opens here." for i in range(GATE_MIN_ROWS)]
     assert coordinator.record(0, 0, 10, ["once upon a"] * 10) is None  # 100%, but too few rows to judge
     assert coordinator.record(0, 0, GATE_MIN_ROWS, [opening(t) for t in varied]) is None  # 10 of 60
@@ -87,11 +89,11 @@ def test_diversity_measures_collapse_of_openings_and_duplicates():
                                            ("fox", "hide", "forest")]]
     varied = ["Tides follow the Moon.", "Bees dance to share food.", "Prime numbers have two divisors.",
               "Rust protects iron badly."]
-    tokenized = [words(t) for t in stories]
+    tokenized = [words_keeping_contractions(t) for t in stories]
     assert opening_share(tokenized) == ("once upon a", 1.0)
-    assert opening_share([words(t) for t in varied])[1] == 0.25
-    assert distinct_n([words(t) for t in varied], 1) == 1.0
-    assert distinct_n(tokenized, 3) < distinct_n([words(t) for t in varied], 3)
+    assert opening_share([words_keeping_contractions(t) for t in varied])[1] == 0.25
+    assert distinct_n([words_keeping_contractions(t) for t in varied], 1) == 1.0
+    assert distinct_n(tokenized, 3) < distinct_n([words_keeping_contractions(t) for t in varied], 3)
     long = " ".join(f"word{i}" for i in range(60))
     assert near_duplicate_rate([long, long + " end", varied[0] * 3]) == pytest.approx(2 / 3)
     assert near_duplicate_rate([f"{long} {i} " + " ".join(f"tail{i}x{j}" for j in range(60)) for i in range(9)]) == 0

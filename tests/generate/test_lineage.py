@@ -90,7 +90,7 @@ def test_workers_load_the_model_without_bars_over_the_drivers(tiny_llama, capfd)
     from transformers.utils import logging as hf_logging
 
     from pipeline.config import load_config
-    from pipeline.generate.shard import _load_quietly
+    from pipeline.generate.backends import _load_quietly
 
     gen = load_config(None, [f"generate.model={tiny_llama}", "generate.device=cpu"]).generate
     verbosity, hub_bars = hf_logging.get_verbosity(), os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,9 +17,9 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.generate.backends import TransformersBackend
+from pipeline.generate.backends import Sampling, TransformersBackend
+from pipeline.generate.diversity import GATE_MIN_ROWS
 from pipeline.generate.journal import Journal
-from pipeline.generate.limits import GATE_MIN_ROWS
 from pipeline.generate.plan import plan_requests
 from pipeline.generate.runner import run_requests
 from pipeline.generate.stub_server import StubServer, textbook_responder
@@ -41,6 +42,12 @@ def config(srv: StubServer, tmp_path: Path, scheduler: str, *overrides: str):
                               "generate.retry_backoff_s=0.05", f"scheduler={scheduler}", *overrides])
 
 
+def run(cfg, requests: pd.DataFrame, out_dir: Path, **kwargs):
+    """``run_requests`` with the generate section and the shared keys of a root config."""
+    return run_requests(cfg.generate, requests, out_dir, run_dir=cfg.run_dir, seed=cfg.seed,
+                        scheduler=cfg.scheduler, workers=cfg.workers, **kwargs)
+
+
 def test_run_requests_contract_postprocess_and_resume(tmp_path, scheduler):
     """Passthrough + completion + postprocess columns; a rerun sends nothing and changes nothing."""
     def score(row: dict) -> dict:
@@ -50,9 +57,9 @@ def test_run_requests_contract_postprocess_and_resume(tmp_path, scheduler):
     with StubServer(faults=["429", "500"], api_key="sk-test") as srv:
         cfg = config(srv, tmp_path, scheduler, "generate.shard_size=7", "generate.max_tokens=12",
                      "generate.price_input_per_million=2", "generate.price_output_per_million=10")
-        first = run_requests(cfg, requests_frame(20), out, stage="annotate", postprocess=score)
+        first = run(cfg, requests_frame(20), out, stage="annotate", postprocess=score)
         sent = len(srv.requests)
-        second = run_requests(cfg, requests_frame(20), out, stage="annotate", postprocess=score)
+        second = run(cfg, requests_frame(20), out, stage="annotate", postprocess=score)
         assert len(srv.requests) == sent  # resume: nothing requested again
     assert first.complete and first.new_rows == 20 and second.new_rows == 0
     assert len(srv.completed()) == 20 and sent == 22
@@ -77,7 +84,7 @@ def test_run_requests_contract_postprocess_and_resume(tmp_path, scheduler):
 def test_concurrency_holds_across_a_two_worker_cluster(tmp_path, scheduler):
     with StubServer(latency_s=0.15, api_key="sk-test") as srv:
         cfg = config(srv, tmp_path, scheduler, "generate.shard_size=6", "generate.concurrency=3")
-        summary = run_requests(cfg, requests_frame(24), tmp_path / "out", stage="generate")
+        summary = run(cfg, requests_frame(24), tmp_path / "out", stage="generate")
     assert summary.complete
     assert 2 <= srv.max_in_flight <= 3  # per-worker limits would let 6 through
 
@@ -86,10 +93,10 @@ def test_workers_keep_their_connections_from_shard_to_shard(tmp_path, scheduler)
     """Each worker's client outlives its shards: 8 shards on 2 workers open a few connections, not 8 x 2."""
     with StubServer(api_key="sk-test", latency_s=0.02) as srv:
         cfg = config(srv, tmp_path, scheduler, "generate.shard_size=4", "generate.concurrency=2")
-        first = run_requests(cfg, requests_frame(32), tmp_path / "out", stage="generate")
+        first = run(cfg, requests_frame(32), tmp_path / "out", stage="generate")
         opened = srv.connections
         cfg = config(srv, tmp_path, scheduler, "generate.shard_size=4", "generate.concurrency=2")
-        again = run_requests(cfg, requests_frame(32).assign(id=lambda f: "again-" + f["id"]), tmp_path / "again",
+        again = run(cfg, requests_frame(32).assign(id=lambda f: "again-" + f["id"]), tmp_path / "again",
                              stage="generate")
     assert first.complete and again.complete and len(srv.completed()) == 64
     assert opened <= 2 * 2  # at most one per slot per worker
@@ -101,7 +108,7 @@ def test_max_cost_stops_cleanly_and_keeps_what_was_paid_for(tmp_path, scheduler)
     with StubServer(latency_s=0.05, api_key="sk-test") as srv:
         cfg = config(srv, tmp_path, scheduler, "generate.concurrency=2", "generate.shard_size=10", "generate.max_tokens=10",
                      "generate.price_output_per_million=1000000", "generate.max_cost_usd=45")
-        summary = run_requests(cfg, requests_frame(30), tmp_path / "out", stage="generate")
+        summary = run(cfg, requests_frame(30), tmp_path / "out", stage="generate")
         rows = read_shards(tmp_path / "out")
         assert "generate.max_cost_usd reached" in summary.stop_reason
         assert 5 <= len(rows) <= 6 and len(srv.completed()) == len(rows)
@@ -109,7 +116,7 @@ def test_max_cost_stops_cleanly_and_keeps_what_was_paid_for(tmp_path, scheduler)
         # a higher budget resumes without asking for the paid rows again
         cfg = config(srv, tmp_path, scheduler, "generate.concurrency=2", "generate.shard_size=10", "generate.max_tokens=10",
                      "generate.price_output_per_million=1000000", "generate.max_cost_usd=10000")
-        again = run_requests(cfg, requests_frame(30), tmp_path / "out", stage="generate")
+        again = run(cfg, requests_frame(30), tmp_path / "out", stage="generate")
     assert again.complete and again.stop_reason is None
     prompts = [r["messages"][0]["content"] for r in srv.completed()]
     assert len(prompts) == len(set(prompts)) == 30
@@ -295,7 +302,7 @@ def test_transformers_sampling_is_seeded(tiny_llama):
     gen = load_config(None, ["generate.max_tokens=8", "generate.temperature=0.8"]).generate
     backend = TransformersBackend(str(tiny_llama), "cpu")
     batch = [[{"role": "user", "content": f"Tell a story about a {w}."}] for w in ("fox", "bee", "owl")]
-    first, again, other = (backend.complete_batch(batch, gen, seed) for seed in (7, 7, 8))
+    first, again, other = (asyncio.run(backend.complete(batch, Sampling.of(gen), seed)) for seed in (7, 7, 8))
     assert [c.text for c in first] == [c.text for c in again]
     assert [c.text for c in first] != [c.text for c in other]
 
@@ -306,8 +313,8 @@ def test_existing_scheduler_runs_and_resumes(tmp_path, scheduler):
 
     with StubServer(api_key="sk-test") as srv:
         cfg = config(srv, tmp_path, scheduler, "generate.shard_size=4")
-        first = run_requests(cfg, requests_frame(10), tmp_path / "out", stage="generate")
-        second = run_requests(cfg, requests_frame(10), tmp_path / "out", stage="generate")
+        first = run(cfg, requests_frame(10), tmp_path / "out", stage="generate")
+        second = run(cfg, requests_frame(10), tmp_path / "out", stage="generate")
     with Client(scheduler) as client:
         assert len(client.scheduler_info()["workers"]) == 2
     assert first.complete and first.new_rows == 10 and second.new_rows == 0
