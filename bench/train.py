@@ -30,18 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.io import shard_path, write_parquet  # noqa: E402
+from pipeline.rundir import EDU_SCORE, ID, METRICS, SOURCE, TEXT, RunDir  # noqa: E402
 from pipeline.train.data import MixtureSampler  # noqa: E402
 from pipeline.train.loop import PhasePlan, run_phase  # noqa: E402
-from pipeline.train.model import build_model, flops_per_token, peak_flops  # noqa: E402
+from pipeline.train.model import MODEL_PRESETS, build_model, flops_per_token, peak_flops  # noqa: E402
 
 
 def corpus(run_dir: Path, repeat: int) -> None:
     from pydoc_data.topics import topics
 
     texts = [t for t in topics.values() if len(t) > 200] * repeat
-    df = pd.DataFrame({"id": [f"doc-{i}" for i in range(len(texts))], "text": texts,
-                       "source": ["pydoc"] * len(texts), "edu_score": [3.0] * len(texts)})
-    write_parquet(df, shard_path(run_dir / "filtered", 0))
+    df = pd.DataFrame({ID: [f"doc-{i}" for i in range(len(texts))], TEXT: texts,
+                       SOURCE: ["pydoc"] * len(texts), EDU_SCORE: [3.0] * len(texts)})
+    write_parquet(df, shard_path(RunDir(run_dir).filtered, 0))
 
 
 def plain_baseline(cfg, tok, rows: MixtureSampler, steps: int, batch: int, device: torch.device,
@@ -71,7 +72,7 @@ def plain_baseline(cfg, tok, rows: MixtureSampler, steps: int, batch: int, devic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--preset", default="tiny", choices=["tiny", "small", "100m"])
+    ap.add_argument("--preset", default="tiny", choices=list(MODEL_PRESETS))
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=40)
@@ -105,7 +106,7 @@ def measure(args: argparse.Namespace, run_dir: Path) -> None:
     from pipeline.train.loop import ensure_tokenizer, init_distributed, tokenizer_id
 
     tok = ensure_tokenizer(cfg, init_distributed(args.device))
-    src = packed_source("web", cfg.train.sources["web"], run_dir, tok, tokenizer_id(run_dir / "tokenizer"),
+    src = packed_source("web", cfg.train.sources["web"], run_dir, tok, tokenizer_id(RunDir(run_dir).tokenizer),
                         args.seq_len, cfg.train.val_fraction)
     sampler = MixtureSampler({"web": src.train}, {"web": 1.0}, args.steps * args.batch_size, cfg.seed)
     device = torch.device(args.device)
@@ -117,9 +118,9 @@ def measure(args: argparse.Namespace, run_dir: Path) -> None:
         base_rates = plain_baseline(cfg, tok, sampler, args.steps, args.batch_size, device,
                                     compile_=device.type == "cuda" and cfg.train.compile)
         base_tps = max(base_tps, statistics.median(base_rates[warm:]))
-        out = run_dir / "checkpoints" / f"round-{i}"
+        out = RunDir(run_dir).checkpoint(f"round-{i}")
         ours = run_phase(cfg, PhasePlan("phase1", out, None, cfg.train.phase1))
-        ours_rates = [r["tokens_per_s"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        ours_rates = [r["tokens_per_s"] for r in map(json.loads, (out / METRICS).read_text().splitlines())
                       if r["kind"] == "train"]
         ours_tps = max(ours_tps, statistics.median(ours_rates[warm:]))
     model = build_model(cfg.train.model, tok, 0)

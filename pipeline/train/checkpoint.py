@@ -17,6 +17,8 @@ import torch
 from pipeline.errors import TrainError
 from pipeline.io import atomic_dir
 
+STATE = "state"
+"""In a phase folder: the resumable states ``step-NNNNNN/`` and their ``lineage.json``."""
 LINEAGE = "lineage.json"
 """In the state folder: ``{"lineage": fingerprint}`` of the run its states belong to."""
 

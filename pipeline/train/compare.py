@@ -24,7 +24,13 @@ from pipeline.config import Config
 from pipeline.errors import TrainError
 from pipeline.io import read_json, write_json, write_png, write_text
 from pipeline.lineage import describe_change, fingerprint, manifest_ref
+from pipeline.rundir import TRAIN_SUMMARY, RunDir, manifest_path
 from pipeline.train.loop import PhasePlan, run_phase
+
+TABLE, MARKDOWN, FIGURE = "compare.json", "compare.md", "compare.png"
+"""In RUN_DIR/compare/: the table, its Markdown rendering and the figure."""
+ARM_EVAL = "eval.json"
+"""In an arm x seed folder: its ``textbook eval`` result."""
 
 
 def compare(cfg: Config, restart: bool = False) -> int:
@@ -38,17 +44,18 @@ def compare(cfg: Config, restart: bool = False) -> int:
     arms = c.resolved_arms()
     if len(arms) < 2:
         raise TrainError("config key 'train.compare.arms': need at least two arms to compare")
-    phase1 = cfg.run_dir / "checkpoints" / "phase1"
-    if not (phase1 / "train_summary.json").exists():  # written after the final weights
+    run = RunDir(cfg.run_dir)
+    phase1 = run.checkpoint("phase1")
+    if not (phase1 / TRAIN_SUMMARY).exists():  # written after the final weights
         raise TrainError(f"{phase1}: no phase-1 checkpoint; run `textbook train --phase 1` first")
-    out = cfg.run_dir / "compare"
+    out = run.compare
     runs: dict[str, list[dict[str, Any]]] = {}
     for arm, mixture in arms.items():
         runs[arm] = []
         for k in range(c.seeds):
             seeded = cfg.model_copy(update={"seed": cfg.seed + k})
             schedule = cfg.train.phase2.model_copy(update={"mixture": mixture})
-            plan = PhasePlan(f"phase2-{arm}-seed{k}", out / arm / f"seed-{k}", phase1, schedule,
+            plan = PhasePlan(f"phase2-{arm}-seed{k}", run.compare_arm(arm, k), phase1, schedule,
                              key="train.phase2", mixture_key=f"train.compare.arms.{arm}")
             summary = run_phase(seeded, plan, restart)
             if summary.get("stopped_early"):
@@ -57,14 +64,14 @@ def compare(cfg: Config, restart: bool = False) -> int:
             runs[arm].append({"seed": cfg.seed + k, "summary": summary,
                               "eval": arm_eval(cfg, plan.out_dir) if cfg.eval.tasks else None})
     table = compare_table(runs, {a: arms[a] for a in runs})
+    folders = [run.compare_arm(arm, k) for arm in arms for k in range(c.seeds)]
     table["lineage"] = fingerprint(
         {"train.compare": c.model_dump(mode="json")},
-        parents={f"{arm}/seed-{k}": manifest_ref(out / arm / f"seed-{k}" / "manifest.json", cfg.run_dir)
-                 for arm in arms for k in range(c.seeds)})
-    write_json(table, out / "compare.json")
+        parents={f.relative_to(out).as_posix(): manifest_ref(manifest_path(f), cfg.run_dir) for f in folders})
+    write_json(table, out / TABLE)
     markdown = render_markdown(table)
-    write_text(markdown, out / "compare.md")
-    plot_compare(table, out / "compare.png")
+    write_text(markdown, out / MARKDOWN)
+    plot_compare(table, out / FIGURE)
     print(markdown)
     return 0
 
@@ -72,16 +79,17 @@ def compare(cfg: Config, restart: bool = False) -> int:
 def arm_eval(cfg: Config, checkpoint: Path) -> dict[str, Any]:
     """``textbook eval`` of one arm x seed, kept in its folder and reused while its lineage (the
     checkpoint's manifest, the task bundle) is the same."""
-    from pipeline.eval.run import eval_lineage, evaluate_checkpoint
+    from pipeline.eval.run import checkpoint_lineage, score_checkpoint
     from pipeline.eval.tasks import load_task
 
-    path = checkpoint / "eval.json"
+    path = checkpoint / ARM_EVAL
     if path.exists():
         stored = read_json(path)
-        current = eval_lineage(cfg, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks], str(checkpoint))
+        current = checkpoint_lineage(cfg.eval, cfg.run_dir, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks],
+                                     str(checkpoint))
         if describe_change(stored.get("lineage", {}), current) is None:
             return stored
-    result = evaluate_checkpoint(str(checkpoint), cfg, checkpoint.name)
+    result = score_checkpoint(str(checkpoint), cfg.eval, cfg.run_dir, cfg.train)
     write_json(result, path)
     return result
 

@@ -1,7 +1,8 @@
 """The `train` section: tokenizer, model, sources, phases with their mixtures, checkpoints and evals.
 
-A *source* is a set of Parquet paths (``{run_dir}`` is substituted) with optional row filters; a
-*phase* draws fixed-length token sequences from its sources by weight until its token budget is spent.
+A *source* is a set of Parquet paths (``{run_dir}`` is substituted) with optional row conditions
+(YAML key ``filters``); a *phase* draws fixed-length token sequences from its sources by weight until
+its token budget is spent.
 """
 
 from __future__ import annotations
@@ -10,11 +11,23 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from pipeline.rundir import (
+    CONVERSATION,
+    EDU_SCORE,
+    GENERATED_SOURCE,
+    ID,
+    SHARD_GLOB,
+    SOURCE,
+    TEMPLATE,
+    TEXT,
+    RunDir,
+)
 from pipeline.settings import Section
 
 
-class RowFilter(Section):
-    """Keep rows where ``column op value``; ``percentile`` sets ``value`` to that percentile of the column."""
+class RowCondition(Section):
+    """Keep a source's rows where ``column op value``; ``percentile`` sets ``value`` to that percentile
+    of the column. A source lists its conditions under the YAML key ``filters``."""
 
     column: str
     op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not in"] = "=="
@@ -24,9 +37,9 @@ class RowFilter(Section):
 
 class SourceConfig(Section):
     paths: list[str] = []
-    text_column: str = "text"
-    id_column: str = "id"
-    filters: list[RowFilter] = []
+    text_column: str = TEXT
+    id_column: str = ID
+    filters: list[RowCondition] = []
     max_docs: int | None = None
     """Read at most this many documents (after filtering), in file order."""
 
@@ -80,23 +93,24 @@ class Phase2Config(PhaseConfig):
     schedule: Literal["cosine", "wsd"] = "wsd"
 
 
-def _src(path: str, *filters: dict[str, Any]) -> SourceConfig:
-    return SourceConfig(paths=[path], filters=[RowFilter(**f) for f in filters])
+def _src(path: str, *conditions: dict[str, Any]) -> SourceConfig:
+    return SourceConfig(paths=[path], filters=[RowCondition(**c) for c in conditions])
 
 
-_FILTERED = "{run_dir}/filtered/part-*.parquet"
-_GENERATED = "{run_dir}/generated/part-*.parquet"
-_NOT_GENERATED = {"column": "source", "op": "!=", "value": "generated"}
-_NOT_CHAT = {"column": "template", "op": "!=", "value": "conversation"}
+_RUN = RunDir("{run_dir}")  # the default paths keep ``{run_dir}`` for source_files to substitute
+_FILTERED = str(_RUN.filtered / SHARD_GLOB)  # "{run_dir}/filtered/part-*.parquet"
+_GENERATED = str(_RUN.generated / SHARD_GLOB)  # "{run_dir}/generated/part-*.parquet"
+_NOT_GENERATED = {"column": SOURCE, "op": "!=", "value": GENERATED_SOURCE}
+_NOT_CHAT = {"column": TEMPLATE, "op": "!=", "value": CONVERSATION}
 
 
 def _default_sources() -> dict[str, SourceConfig]:
     return {
         "web": _src(_FILTERED, _NOT_GENERATED),
-        "web_top_edu": _src(_FILTERED, _NOT_GENERATED, {"column": "edu_score", "op": ">=", "percentile": 50}),
+        "web_top_edu": _src(_FILTERED, _NOT_GENERATED, {"column": EDU_SCORE, "op": ">=", "percentile": 50}),
         "synthetic": _src(_GENERATED, _NOT_CHAT),
-        "textbook": _src(_GENERATED, {"column": "template", "op": "in", "value": ["textbook", "exercises"]}),
-        "chat": _src(_GENERATED, {"column": "template", "op": "==", "value": "conversation"}),
+        "textbook": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": ["textbook", "exercises"]}),
+        "chat": _src(_GENERATED, {"column": TEMPLATE, "op": "==", "value": CONVERSATION}),
         "held_out": SourceConfig(),
     }
 

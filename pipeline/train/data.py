@@ -22,7 +22,8 @@ from pipeline.errors import EmptySourceError, PipelineError, TrainError
 from pipeline.io import atomic_path, expand_inputs, read_json, read_parquet, stable_hash, write_json
 from pipeline.lineage import file_digests
 from pipeline.progress import progress
-from pipeline.train.config import RowFilter, SourceConfig
+from pipeline.rundir import ID, TEXT, RunDir, manifest_path
+from pipeline.train.config import RowCondition, SourceConfig
 
 _OPS: dict[str, Callable[[pd.Series, object], pd.Series]] = {
     "==": lambda s, v: s == v, "!=": lambda s, v: s != v, ">": lambda s, v: s > v,
@@ -43,7 +44,7 @@ def source_files(name: str, spec: SourceConfig, run_dir: Path) -> list[str]:
 
 
 def read_source(name: str, spec: SourceConfig, run_dir: Path) -> pd.DataFrame:
-    """All documents of a source after its filters, as columns ``id`` and ``text``, in file order."""
+    """All documents of a source after its row conditions, as columns ``id`` and ``text``, in file order."""
     files = source_files(name, spec, run_dir)
     columns = list(dict.fromkeys([spec.text_column, *(f.column for f in spec.filters)]))
     frames = []
@@ -54,21 +55,21 @@ def read_source(name: str, spec: SourceConfig, run_dir: Path) -> pd.DataFrame:
             raise TrainError(f"{path}: source {name!r} needs column {missing[0]!r} (has: {', '.join(df.columns)})")
         ids = df[spec.id_column].astype(str) if spec.id_column in df.columns else (
             pd.Series([f"{path}:{i}" for i in range(len(df))], index=df.index))
-        frames.append(df[columns].assign(id=ids.values))
+        frames.append(df[columns].assign(**{ID: ids.values}))
     rows = pd.concat(frames, ignore_index=True)
     total = len(rows)
     for f in spec.filters:
-        rows = rows[_filter_mask(rows, f)]
+        rows = rows[_condition_mask(rows, f)]
     rows = rows[rows[spec.text_column].fillna("").astype(str).str.strip() != ""]
     if spec.max_docs is not None:
         rows = rows.iloc[: spec.max_docs]
     if rows.empty:
         raise EmptySourceError(f"train.sources.{name}: no documents left ({total} rows in {len(files)} files "
                          f"before filters {[f.model_dump(exclude_none=True) for f in spec.filters]})")
-    return pd.DataFrame({"id": rows["id"].values, "text": rows[spec.text_column].astype(str).values})
+    return pd.DataFrame({ID: rows[ID].values, TEXT: rows[spec.text_column].astype(str).values})
 
 
-def _filter_mask(rows: pd.DataFrame, f: RowFilter) -> pd.Series:
+def _condition_mask(rows: pd.DataFrame, f: RowCondition) -> pd.Series:
     col = rows[f.column]
     value = f.value
     if f.percentile is not None:
@@ -145,9 +146,9 @@ def cached_arrays(folder: Path, key: dict, build: Callable[[], tuple[dict[str, n
     """Arrays under ``folder/<hash of key>/`` built once; the manifest is written last, so a torn
     cache is rebuilt rather than read."""
     where = folder / stable_hash(key)
-    manifest_path = where / "manifest.json"
-    if manifest_path.exists():
-        manifest = read_json(manifest_path)
+    manifest_file = manifest_path(where)
+    if manifest_file.exists():
+        manifest = read_json(manifest_file)
         try:
             return {n: np.load(where / f"{n}.npy") for n in manifest["arrays"]}, manifest
         except (OSError, ValueError):
@@ -156,7 +157,7 @@ def cached_arrays(folder: Path, key: dict, build: Callable[[], tuple[dict[str, n
     for n, arr in arrays.items():
         save_array(arr, where / f"{n}.npy")
     manifest = {"key": key, "arrays": sorted(arrays), **info}
-    write_json(manifest, manifest_path)
+    write_json(manifest, manifest_file)
     return arrays, manifest
 
 
@@ -180,9 +181,9 @@ def packed_source(name: str, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
 
     def build() -> tuple[dict[str, np.ndarray], dict]:
         docs = read_source(name, spec, run_dir)
-        is_val = validation_mask(docs["id"].tolist(), val_fraction)
+        is_val = validation_mask(docs[ID].tolist(), val_fraction)
         dtype = token_dtype(len(tok))
-        ids = tokenize_documents(tok, docs["text"].tolist(), dtype, desc=f"tokenize {name}")
+        ids = tokenize_documents(tok, docs[TEXT].tolist(), dtype, desc=f"tokenize {name}")
         train_docs = [d for d, v in zip(ids, is_val, strict=True) if not v]
         val_docs = [d for d, v in zip(ids, is_val, strict=True) if v]
         train = pack_sequences(train_docs, seq_len, tok.bos_token_id, tok.eos_token_id, dtype=dtype)
@@ -190,10 +191,10 @@ def packed_source(name: str, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
                              dtype=dtype)
         info = {"name": name, "docs": len(docs), "val_docs": int(is_val.sum()),
                 "tokens": int(sum(len(d) + 2 for d in ids)), "train_rows": len(train), "val_rows": len(val),
-                "bytes": int(docs["text"].str.len().sum())}
+                "bytes": int(docs[TEXT].str.len().sum())}
         return {"train": train, "val": val}, info
 
-    arrays, manifest = cached_arrays(run_dir / "tokens" / name, key, build)
+    arrays, manifest = cached_arrays(RunDir(run_dir).tokens / name, key, build)
     return PackedSource(name, arrays["train"], arrays["val"], manifest)
 
 

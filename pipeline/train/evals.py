@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.io import write_png
+from pipeline.rundir import METRICS
 
 IGNORE = -100
+TENSORBOARD = "tensorboard"
+"""Beside metrics.jsonl in a phase folder: the TensorBoard event files."""
 
 
 def batch_targets(rows: torch.Tensor, mask: torch.Tensor | None, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +73,7 @@ class MetricsLog:
     """``metrics.jsonl`` (one JSON object per line, ``kind`` train|eval) mirrored to TensorBoard."""
 
     def __init__(self, folder: Path, resume_step: int, enabled: bool = True):
-        self.path = folder / "metrics.jsonl"
+        self.path = folder / METRICS
         self.enabled = enabled
         self.writer = None
         if not enabled:
@@ -81,7 +84,7 @@ class MetricsLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(folder / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        self.writer = SummaryWriter(str(folder / TENSORBOARD), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, row: dict) -> None:
         if not self.enabled:

@@ -1,8 +1,10 @@
 """`textbook train --phase 1|2|sft`: one explicit PyTorch loop for pretraining and SFT (nanochat style).
 
-    prepare (validate config, tokenizer, token shards, model; every error before step 0)
-      -> resume from the latest state -> steps of grad-accumulated AdamW under a warmup+cosine/WSD
-      schedule -> periodic eval + checkpoints -> save_pretrained + metrics + loss.png + summary.
+    prepare(cfg, plan) -> Run  check the config and inputs, get the tokenizer, token shards and model,
+                               resume the optimizer from the latest state (every error before step 0)
+    train_loop(run)            steps of grad-accumulated AdamW under a warmup+cosine/WSD schedule,
+                               periodic eval, resumable states
+    finish(run) -> summary     save_pretrained + metrics + loss.png + manifest + train_summary.json
 
 Phase 2 starts from phase 1's final weights and SFT from phase 2's, each with its own schedule.
 Under ``torchrun --nproc_per_node N`` the same code runs with DDP; each rank reads its own slice of
@@ -24,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,17 @@ from pipeline.lineage import (
     relative_name,
 )
 from pipeline.progress import interactive, progress
-from pipeline.train.checkpoint import LINEAGE, list_states, load_latest, save_state
+from pipeline.rundir import (
+    LOSS_FIGURE,
+    MANIFEST,
+    METRICS,
+    PHASES,
+    TEXT,
+    TRAIN_SUMMARY,
+    RunDir,
+    manifest_path,
+)
+from pipeline.train.checkpoint import LINEAGE, STATE, list_states, load_latest, save_state
 from pipeline.train.config import PhaseConfig, TrainConfig
 from pipeline.train.data import MixtureSampler, packed_source, read_source, source_files
 from pipeline.train.evals import (
@@ -59,9 +71,10 @@ from pipeline.train.evals import (
 )
 from pipeline.train.model import build_model, flops_per_token, model_shape, peak_flops
 from pipeline.train.sft import conversation_parser, sft_data
-from pipeline.train.tokenizer import check_vocab_size, load_pretrained, token_bytes, train_bpe
+from pipeline.train.tokenizer import IM_END, check_vocab_size, load_pretrained, token_bytes, train_bpe
 
-PHASES = {"1": "phase1", "2": "phase2", "sft": "sft"}
+PHASE_ARGS = dict(zip(("1", "2", "sft"), PHASES, strict=True))
+"""``textbook train --phase`` -> the phase's name (and folder under checkpoints/)."""
 
 
 @dataclass
@@ -97,7 +110,7 @@ class Dist:
 
 def train(cfg: Config, phase: str, restart: bool = False) -> int:
     """CLI entry: run ``phase`` ("1", "2" or "sft") into RUN_DIR/checkpoints/<phase>/."""
-    if phase not in PHASES:
+    if phase not in PHASE_ARGS:
         raise TrainError(f"unknown phase {phase!r} (expected 1, 2 or sft)")
     plan = phase_plan(cfg, phase)
     summary = run_phase(cfg, plan, restart)
@@ -123,15 +136,16 @@ def summary_text(summary: dict[str, Any], out_dir: Path) -> str:
 
 
 def phase_plan(cfg: Config, phase: str) -> PhasePlan:
-    t, ckpt = cfg.train, cfg.run_dir / "checkpoints"
+    t, run = cfg.train, RunDir(cfg.run_dir)
+    phase1, phase2, sft = PHASES
     if phase == "1":
-        return PhasePlan("phase1", ckpt / "phase1", None, t.phase1)
+        return PhasePlan(phase1, run.checkpoint(phase1), None, t.phase1)
     if phase == "2":
-        return PhasePlan("phase2", ckpt / "phase2", ckpt / "phase1", t.phase2)
+        return PhasePlan(phase2, run.checkpoint(phase2), run.checkpoint(phase1), t.phase2)
     s = t.sft
     schedule = PhaseConfig(mixture={s.source: 1.0}, tokens=s.tokens, lr=s.lr, min_lr_ratio=s.min_lr_ratio,
                            warmup_steps=s.warmup_steps, batch_size=s.batch_size, grad_accum=s.grad_accum)
-    return PhasePlan("sft", ckpt / "sft", ckpt / "phase2", schedule, sft=True)
+    return PhasePlan(sft, run.checkpoint(sft), run.checkpoint(phase2), schedule, sft=True)
 
 
 def lr_at(step: int, total: int, p: PhaseConfig) -> float:
@@ -201,9 +215,9 @@ def ensure_tokenizer(cfg: Config, d: Dist, restart: bool = False):
     """
     from transformers import AutoTokenizer
 
-    t, folder = cfg.train, cfg.run_dir / "tokenizer"
+    t, folder = cfg.train, RunDir(cfg.run_dir).tokenizer
     current = tokenizer_fingerprint(cfg)
-    manifest = folder / "manifest.json"
+    manifest = manifest_path(folder)
     reuse = (folder / "tokenizer_config.json").exists() and (
         not manifest.exists() or check_resume("the tokenizer", read_fingerprint(manifest), current, restart, folder))
     barrier(d)  # every rank has read the old manifest before rank 0 replaces the folder
@@ -215,7 +229,7 @@ def ensure_tokenizer(cfg: Config, d: Dist, restart: bool = False):
         with atomic_dir(folder) as tmp:  # a crash leaves the old folder or none, never half of one
             tok.save_pretrained(tmp)
             write_json(build_manifest("tokenizer", public_dict(cfg), tokenizer=t.tokenizer.model_dump(),
-                                      vocab=len(tok), lineage=current), tmp / "manifest.json")
+                                      vocab=len(tok), lineage=current), manifest_path(tmp))
     barrier(d)
     return AutoTokenizer.from_pretrained(folder)
 
@@ -249,7 +263,7 @@ def source_parents(files: Iterable[str], run_dir: Path) -> dict[str, dict[str, s
     """``{folder: manifest_ref}`` of the stage manifests (filtered/, generated/, ...) beside the files read."""
     parents: dict[str, dict[str, str]] = {}
     for folder in sorted({Path(f).parent for f in files}):
-        ref = manifest_ref(folder / "manifest.json", run_dir)
+        ref = manifest_ref(manifest_path(folder), run_dir)
         if ref is not None:
             parents[relative_name(folder, run_dir)] = ref
     return parents
@@ -271,7 +285,7 @@ def tokenizer_sample(cfg: Config) -> list[str]:
             continue
         rng = np.random.default_rng([cfg.seed, i])
         pick = rng.permutation(len(docs))[:per_source]
-        texts.extend(docs["text"].iloc[np.sort(pick)].tolist())
+        texts.extend(docs[TEXT].iloc[np.sort(pick)].tolist())
     return texts
 
 
@@ -307,7 +321,7 @@ def check_inputs(cfg: Config, plan: PhasePlan, mixture: dict[str, float]) -> Non
             check_vocab_size(t.tokenizer.vocab_size)
         max_pos = model_shape(t.model)["max_position_embeddings"]
     else:
-        if not (plan.init_from / "train_summary.json").exists():  # written after the final weights
+        if not (plan.init_from / TRAIN_SUMMARY).exists():  # written after the final weights
             previous = "2" if plan.sft else "1"
             raise TrainError(f"{plan.init_from}: no final checkpoint to start {plan.name} from; run "
                              f"`textbook train --phase {previous}` first")
@@ -338,9 +352,10 @@ def phase_fingerprint(cfg: Config, plan: PhasePlan, mixture: dict[str, float], w
     parents: dict[str, Any] = source_parents(files, run_dir)
     if plan.init_from is None:
         config["train.model"] = t.model.model_dump()
-        parents["tokenizer"] = manifest_ref(run_dir / "tokenizer" / "manifest.json", run_dir)
+        tokenizer = RunDir(run_dir).tokenizer
+        parents[tokenizer.name] = manifest_ref(manifest_path(tokenizer), run_dir)
     else:
-        parents[relative_name(plan.init_from, run_dir)] = manifest_ref(plan.init_from / "manifest.json", run_dir)
+        parents[relative_name(plan.init_from, run_dir)] = manifest_ref(manifest_path(plan.init_from), run_dir)
     return fingerprint(config, file_digests(files, run_dir), {k: v for k, v in parents.items() if v is not None})
 
 
@@ -351,11 +366,11 @@ def reuse_or_discard(plan: PhasePlan, current: dict[str, Any], restart: bool, d:
     to do), None when training should start or resume. A mismatch raises LineageError, or with
     ``restart`` deletes the phase folder (state and final outputs) so training starts from scratch.
     """
-    summary_path = plan.out_dir / "train_summary.json"  # written last: the phase is complete
-    state_dir = plan.out_dir / "state"
+    summary_path = plan.out_dir / TRAIN_SUMMARY  # written last: the phase is complete
+    state_dir = plan.out_dir / STATE
     fresh = True
     if summary_path.exists():
-        fresh = check_resume(f"the {plan.name} checkpoint", read_fingerprint(plan.out_dir / "manifest.json"),
+        fresh = check_resume(f"the {plan.name} checkpoint", read_fingerprint(manifest_path(plan.out_dir)),
                              current, restart, plan.out_dir)
     if fresh and list_states(state_dir):
         fresh = check_resume(f"the saved {plan.name} training state", read_fingerprint(state_dir / LINEAGE),
@@ -429,16 +444,60 @@ def load_data(cfg: Config, plan: PhasePlan, tok, tok_id: str, total_rows: int, m
     return PhaseData(sampler, masks, eval_sets, sources)
 
 
-# --- the loop ---------------------------------------------------------------------------------
+# --- prepare: everything the loop needs, every error before step 0 ----------------------------
+
+@dataclass
+class Run:
+    """One run of the loop, built by :func:`prepare`: what it trains, on what, with what, from where."""
+
+    cfg: Config
+    plan: PhasePlan
+    dist: Dist
+    tok: Any
+    tok_id: str
+    """:func:`tokenizer_id` of the tokenizer (keys the token-shard cache; in the manifest)."""
+    mixture: dict[str, float]
+    lineage: dict[str, Any]
+    steps: int
+    """Steps of the whole schedule."""
+    start: int
+    """The step resumed from (0 on a fresh start)."""
+    stop: int
+    """Where this run stops: ``steps``, or ``train.stop_at_step`` when that comes first."""
+    tokens_per_step: int
+    rows_per_step: int
+    model: torch.nn.Module
+    fwd: torch.nn.Module
+    """What the forward pass calls: the model, compiled on CUDA and wrapped in DDP under torchrun."""
+    optimizer: torch.optim.Optimizer
+    data: PhaseData
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    log: MetricsLog
+    bytes_table: np.ndarray
+    """UTF-8 bytes of every token id: the denominator of bits per byte."""
+    flops_per_token: float
+    peak: float | None
+    elapsed_before: float
+    """Training seconds of the runs before the resumed state."""
+    train_time: float = 0.0
+    """Training seconds of this run."""
+
+    @property
+    def state_dir(self) -> Path:
+        return self.plan.out_dir / STATE
+
 
 def run_phase(cfg: Config, plan: PhasePlan, restart: bool = False) -> dict[str, Any]:
     """Train one phase to completion (or ``stop_at_step``), resuming from its latest state when
     that was built from the same inputs (``restart``: discard it when not)."""
-    t, p = cfg.train, plan.schedule
-    d = init_distributed(t.device)
+    d = init_distributed(cfg.train.device)
     try:
         with library_bars_off():
-            return _run(cfg, plan, t, p, d, restart)
+            run = prepare(cfg, plan, d, restart)
+            if not isinstance(run, Run):
+                return run  # already trained on exactly these inputs: its summary
+            train_loop(run)
+            return finish(run)
     finally:
         if d.initialized_here:
             torch.distributed.destroy_process_group()
@@ -460,49 +519,71 @@ def library_bars_off():
         hf_logging.enable_progress_bar()
 
 
-def _run(cfg: Config, plan: PhasePlan, t: TrainConfig, p: PhaseConfig, d: Dist, restart: bool) -> dict[str, Any]:
-    key = plan.key
+def prepare(cfg: Config, plan: PhasePlan, d: Dist, restart: bool) -> Run | dict[str, Any]:
+    """Check the mixture, budget and inputs; get the tokenizer; check the lineage (and return the
+    phase's summary instead when it is already trained on exactly these inputs); then load the
+    model and data, resume the optimizer from the latest state, and compile / wrap for DDP."""
+    t, p = cfg.train, plan.schedule
     mixture = check_mixture(t, plan.mixture_key, p.mixture)
     tokens_per_step = p.batch_size * p.grad_accum * t.seq_len * d.world
     steps = p.tokens // tokens_per_step
     if steps < 1:
-        raise TrainError(f"config key '{key}.tokens': budget {p.tokens} is less than one step of "
+        raise TrainError(f"config key '{plan.key}.tokens': budget {p.tokens} is less than one step of "
                          f"{tokens_per_step} tokens (batch_size x grad_accum x seq_len x world_size)")
     check_inputs(cfg, plan, mixture)
-    if plan.init_from is None:
-        tok = ensure_tokenizer(cfg, d, restart)
-    else:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(plan.init_from)  # the previous phase's, saved with its weights
+    tok = phase_tokenizer(cfg, plan, d, restart)
     lineage = phase_fingerprint(cfg, plan, mixture, d.world)
     finished = reuse_or_discard(plan, lineage, restart, d)
     if finished is not None:
         return finished
     model = load_model(cfg, plan, tok)
-    tok_id = tokenizer_id(cfg.run_dir / "tokenizer" if plan.init_from is None else plan.init_from)
+    tok_id = tokenizer_id(RunDir(cfg.run_dir).tokenizer if plan.init_from is None else plan.init_from)
     rows_per_step = p.batch_size * p.grad_accum * d.world
-    if d.main:
-        data = load_data(cfg, plan, tok, tok_id, steps * rows_per_step, mixture)
+    data = load_data(cfg, plan, tok, tok_id, steps * rows_per_step, mixture) if d.main else None
     barrier(d)  # rank 0 built the token shards; the others read the cache
-    if not d.main:
+    if data is None:
         data = load_data(cfg, plan, tok, tok_id, steps * rows_per_step, mixture)
 
     model.to(d.device)
-    decay = [q for q in model.parameters() if q.ndim >= 2]
-    no_decay = [q for q in model.parameters() if q.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=p.lr, betas=t.betas, fused=d.device.type == "cuda")
-    state_dir = plan.out_dir / "state"
+    optimizer = adamw(model, t, p, d.device)
+    state_dir = plan.out_dir / STATE
     state = load_latest(state_dir, model, optimizer)
     if d.main:  # beside the states it vouches for, before the first of them is saved
         write_json({"lineage": lineage}, state_dir / LINEAGE)
     start = state["step"] if state else 0
-    elapsed_before = state.get("elapsed_s", 0.0) if state else 0.0
+    return Run(
+        cfg=cfg, plan=plan, dist=d, tok=tok, tok_id=tok_id, mixture=mixture, lineage=lineage,
+        steps=steps, start=start, stop=min(steps, t.stop_at_step) if t.stop_at_step else steps,
+        tokens_per_step=tokens_per_step, rows_per_step=rows_per_step,
+        model=model, fwd=forward_fn(model, t, d), optimizer=optimizer, data=data,
+        autocast=autocast_for(d.device), log=MetricsLog(plan.out_dir, start, enabled=d.main),
+        bytes_table=token_bytes(tok), flops_per_token=flops_per_token(model, t.seq_len),
+        peak=peak_flops(d.device), elapsed_before=state.get("elapsed_s", 0.0) if state else 0.0,
+    )
 
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if d.device.type == "cuda" \
-        else contextlib.nullcontext
+
+def phase_tokenizer(cfg: Config, plan: PhasePlan, d: Dist, restart: bool):
+    """Phase 1: RUN_DIR/tokenizer/ (trained unless it exists); later phases: the previous phase's,
+    saved with its weights."""
+    if plan.init_from is None:
+        return ensure_tokenizer(cfg, d, restart)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(plan.init_from)
+
+
+def adamw(model: torch.nn.Module, t: TrainConfig, p: PhaseConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (not on norms and biases); fused on CUDA."""
+    decay = [q for q in model.parameters() if q.ndim >= 2]
+    no_decay = [q for q in model.parameters() if q.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=p.lr, betas=t.betas, fused=device.type == "cuda")
+
+
+def forward_fn(model: torch.nn.Module, t: TrainConfig, d: Dist) -> torch.nn.Module:
+    """The model as the training step calls it: ``torch.compile`` on CUDA (``train.compile``), then
+    DistributedDataParallel when launched by torchrun."""
     fwd = model
     if d.device.type == "cuda" and t.compile:
         fwd = torch.compile(model)
@@ -510,91 +591,67 @@ def _run(cfg: Config, plan: PhasePlan, t: TrainConfig, p: PhaseConfig, d: Dist, 
         from torch.nn.parallel import DistributedDataParallel
 
         fwd = DistributedDataParallel(fwd, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    fpt = flops_per_token(model, t.seq_len)
-    peak = peak_flops(d.device)
-    bytes_table = token_bytes(tok)
-    log = MetricsLog(plan.out_dir, start, enabled=d.main)
-    stop = min(steps, t.stop_at_step) if t.stop_at_step else steps
+    return fwd
 
-    def run_eval(step: int) -> dict[str, dict[str, float]]:
-        results = evaluate(model, data.eval_sets, bytes_table, d.device, p.batch_size, tok.pad_token_id, autocast)
-        for domain, r in results.items():
-            log.log({"kind": "eval", "step": step, "tokens": step * tokens_per_step, "domain": domain, **r})
-        return results
 
-    model.train()
-    train_time = 0.0
-    bar = progress(total=stop, initial=start, desc=plan.name, unit="step", disable=not d.main)
-    for step in range(start, stop):
-        if d.main and t.eval_every and step % t.eval_every == 0 and (step > start or step == 0):
-            run_eval(step)
+def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA; nothing on CPU."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+def train_loop(run: Run) -> None:
+    """Steps ``start .. stop``: an eval every ``eval_every`` steps, one grad-accumulated AdamW step
+    at the scheduled learning rate, a metrics row every ``log_every``, a resumable state every
+    ``checkpoint_every`` and at the stop."""
+    t, p, d = run.cfg.train, run.plan.schedule, run.dist
+    run.model.train()
+    bar = progress(total=run.stop, initial=run.start, desc=run.plan.name, unit="step", disable=not d.main)
+    for step in range(run.start, run.stop):
+        if d.main and t.eval_every and step % t.eval_every == 0 and (step > run.start or step == 0):
+            run_eval(run, step)
         t0 = time.perf_counter()
-        lr = lr_at(step, steps, p)
-        for group in optimizer.param_groups:
+        lr = lr_at(step, run.steps, p)
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        batches = []
-        for m in range(p.grad_accum):
-            offset = ((step * p.grad_accum + m) * d.world + d.rank) * p.batch_size
-            rows = torch.from_numpy(data.sampler.rows(offset, p.batch_size))
-            mask = torch.from_numpy(data.masks.rows(offset, p.batch_size)).bool() if data.masks else None
-            inputs, targets = batch_targets(rows, mask, tok.pad_token_id)
-            batches.append((inputs.to(d.device), targets.to(d.device)))
-        step_loss, grad_norm = train_step(fwd, model, optimizer, batches, d, t.grad_clip, autocast)
+        step_loss, grad_norm = train_step(run.fwd, run.model, run.optimizer, micro_batches(run, step), d,
+                                          t.grad_clip, run.autocast)
         if d.world > 1:
             torch.distributed.all_reduce(step_loss)
-        loss_value = float(step_loss) / d.world
-        if not math.isfinite(loss_value):
-            raise TrainError(f"{plan.name}: loss is {loss_value} at step {step}; lower {key}.lr")
+        loss = float(step_loss) / d.world
+        if not math.isfinite(loss):
+            raise TrainError(f"{run.plan.name}: loss is {loss} at step {step}; lower {run.plan.key}.lr")
         dt = time.perf_counter() - t0
-        train_time += dt
+        run.train_time += dt
         done = step + 1
-        if d.main and (done % t.log_every == 0 or done == stop):
-            tps = tokens_per_step / dt
-            log.log({"kind": "train", "step": done, "tokens": done * tokens_per_step, "loss": loss_value, "lr": lr,
-                     "grad_norm": float(grad_norm), "tokens_per_s": tps,
-                     "mfu": fpt * tps / (peak * d.world) if peak else None})
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tps:,.0f}")
+        if d.main and (done % t.log_every == 0 or done == run.stop):
+            tokens_per_s = log_step(run, done, loss, lr, float(grad_norm), dt)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
         bar.update(1)
-        if done % t.checkpoint_every == 0 or done == stop:
+        if done % t.checkpoint_every == 0 or done == run.stop:
             if d.main:
-                save_state(state_dir, done, model, optimizer, done * rows_per_step,
-                           {"elapsed_s": elapsed_before + train_time, "steps": steps}, t.keep_checkpoints)
+                save_state(run.state_dir, done, run.model, run.optimizer, done * run.rows_per_step,
+                           {"elapsed_s": run.elapsed_before + run.train_time, "steps": run.steps},
+                           t.keep_checkpoints)
             barrier(d)
     bar.close()
 
-    done = max(start, stop)
-    summary: dict[str, Any] = {"phase": plan.name, "steps": steps, "steps_done": done, "stopped_early": done < steps}
-    if d.main and done == steps:
-        final_val = run_eval(steps) if data.eval_sets else {}
-        model.save_pretrained(plan.out_dir)
-        tok.save_pretrained(plan.out_dir)
-        if plan.sft:
-            model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
-            model.generation_config.save_pretrained(plan.out_dir)
-        follow_umask(plan.out_dir)
-        metrics = read_metrics(log.path)
-        plot_losses(metrics, plan.out_dir / "loss.png", f"{plan.name} ({cfg.run_dir.name})")
-        summary.update(phase_summary(cfg, plan, model, data, steps, tokens_per_step, rows_per_step, metrics,
-                                     final_val, d, fpt, peak, mixture))
-        outputs = file_digests((f for f in plan.out_dir.iterdir() if f.is_file() and f.name not in
-                                ("manifest.json", "metrics.jsonl", "train_summary.json")), cfg.run_dir)
-        write_json(build_manifest("train", public_dict(cfg), phase=plan.name,
-                                  init_from=relative_name(plan.init_from, cfg.run_dir) if plan.init_from else None,
-                                  sources=data.sources, tokenizer=tok_id, lineage=lineage, outputs=outputs),
-                   plan.out_dir / "manifest.json")
-        write_json(summary, plan.out_dir / "train_summary.json")  # last: it marks the phase complete
-    log.close()
-    barrier(d)
-    return summary
 
-
-def follow_umask(folder: Path) -> None:
-    """Give the files directly in ``folder`` the mode an ordinary ``open`` would: safetensors writes
-    ``model.safetensors`` through a 0600 temporary file, whatever the umask."""
-    mode = 0o666 & ~current_umask()
-    for f in folder.iterdir():
-        if f.is_file():
-            os.chmod(f, mode)
+def micro_batches(run: Run, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) of each micro-batch of ``step`` on this rank, on its device: rank r reads
+    its own rows of the mixture plan, so the data position is a function of the step alone."""
+    p, d = run.plan.schedule, run.dist
+    batches = []
+    for m in range(p.grad_accum):
+        offset = ((step * p.grad_accum + m) * d.world + d.rank) * p.batch_size
+        rows = torch.from_numpy(run.data.sampler.rows(offset, p.batch_size))
+        mask = torch.from_numpy(run.data.masks.rows(offset, p.batch_size)).bool() if run.data.masks else None
+        inputs, targets = batch_targets(rows, mask, run.tok.pad_token_id)
+        batches.append((inputs.to(d.device), targets.to(d.device)))
+    return batches
 
 
 def train_step(fwd, model, optimizer, batches: list[tuple[torch.Tensor, torch.Tensor]], d: Dist, clip: float,
@@ -621,34 +678,107 @@ def train_step(fwd, model, optimizer, batches: list[tuple[torch.Tensor, torch.Te
     return step_loss, grad_norm
 
 
-def phase_summary(cfg, plan, model, data, steps, tokens_per_step, rows_per_step, metrics, final_val, d,
-                  fpt, peak, mixture) -> dict[str, Any]:
-    """What the model card reads: budget, per-source tokens, final per-domain val loss/bpb, speed."""
-    t = cfg.train
-    rows = data.sampler.counts(steps * rows_per_step)
+def run_eval(run: Run, step: int) -> dict[str, dict[str, float]]:
+    """Validation loss and bits per byte of every eval domain, logged at ``step``."""
+    results = evaluate(run.model, run.data.eval_sets, run.bytes_table, run.dist.device, run.plan.schedule.batch_size,
+                       run.tok.pad_token_id, run.autocast)
+    for domain, r in results.items():
+        run.log.log({"kind": "eval", "step": step, "tokens": step * run.tokens_per_step, "domain": domain, **r})
+    return results
+
+
+def log_step(run: Run, done: int, loss: float, lr: float, grad_norm: float, seconds: float) -> float:
+    """The metrics row of a step (speed and MFU from its wall time); returns its tokens/s."""
+    tokens_per_s = run.tokens_per_step / seconds
+    run.log.log({"kind": "train", "step": done, "tokens": done * run.tokens_per_step, "loss": loss, "lr": lr,
+                 "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+                 "mfu": run.flops_per_token * tokens_per_s / (run.peak * run.dist.world) if run.peak else None})
+    return tokens_per_s
+
+
+# --- finish -----------------------------------------------------------------------------------
+
+def finish(run: Run) -> dict[str, Any]:
+    """The run's summary; at the end of the schedule (rank 0) also a final eval, the
+    ``save_pretrained`` checkpoint, loss.png, the manifest and train_summary.json (written last:
+    it marks the phase complete)."""
+    cfg, plan, d = run.cfg, run.plan, run.dist
+    done = max(run.start, run.stop)
+    summary: dict[str, Any] = {"phase": plan.name, "steps": run.steps, "steps_done": done,
+                               "stopped_early": done < run.steps}
+    if d.main and done == run.steps:
+        final_val = run_eval(run, run.steps) if run.data.eval_sets else {}
+        save_final(run)
+        metrics = read_metrics(run.log.path)
+        plot_losses(metrics, plan.out_dir / LOSS_FIGURE, f"{plan.name} ({cfg.run_dir.name})")
+        summary.update(phase_summary(run, metrics, final_val))
+        write_json(phase_manifest(run), manifest_path(plan.out_dir))
+        write_json(summary, plan.out_dir / TRAIN_SUMMARY)  # last: it marks the phase complete
+    run.log.close()
+    barrier(d)
+    return summary
+
+
+def save_final(run: Run) -> None:
+    """The final weights and tokenizer as ``from_pretrained`` reads them (SFT: stopping at <|im_end|> too)."""
+    out, model, tok = run.plan.out_dir, run.model, run.tok
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if run.plan.sft:
+        model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)]
+        model.generation_config.save_pretrained(out)
+    follow_umask(out)
+
+
+def follow_umask(folder: Path) -> None:
+    """Give the files directly in ``folder`` the mode an ordinary ``open`` would: safetensors writes
+    ``model.safetensors`` through a 0600 temporary file, whatever the umask."""
+    mode = 0o666 & ~current_umask()
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, mode)
+
+
+def phase_manifest(run: Run) -> dict[str, Any]:
+    """The phase's manifest: config, init_from, sources, tokenizer, lineage and the digests of its files."""
+    cfg, plan = run.cfg, run.plan
+    outputs = file_digests((f for f in plan.out_dir.iterdir() if f.is_file() and f.name not in
+                            (MANIFEST, METRICS, TRAIN_SUMMARY)), cfg.run_dir)
+    return build_manifest("train", public_dict(cfg), phase=plan.name,
+                          init_from=relative_name(plan.init_from, cfg.run_dir) if plan.init_from else None,
+                          sources=run.data.sources, tokenizer=run.tok_id, lineage=run.lineage, outputs=outputs)
+
+
+def phase_summary(run: Run, metrics: list[dict[str, Any]], final_val: dict[str, dict[str, float]]
+                  ) -> dict[str, Any]:
+    """What the model card reads (train_summary.json): budget, per-source tokens, final per-domain
+    val loss/bpb, speed. (``pipeline.hub.checkpoints.phase_summary`` is the card's reading of it.)"""
+    t, plan, d, mixture = run.cfg.train, run.plan, run.dist, run.mixture
+    rows = run.data.sampler.counts(run.steps * run.rows_per_step)
     train_rows = [r for r in metrics if r["kind"] == "train"]
     # steady-state speed: skip the first steps (allocation, compilation)
     tps = pd.Series([r["tokens_per_s"] for r in train_rows[len(train_rows) // 5:]], dtype=float)
     tokens_per_s = float(tps.median()) if len(tps) else None
+    fpt, peak = run.flops_per_token, run.peak
     return {
         "init_from": str(plan.init_from) if plan.init_from else None,
-        "tokens": steps * tokens_per_step,
-        "tokens_per_step": tokens_per_step,
+        "tokens": run.steps * run.tokens_per_step,
+        "tokens_per_step": run.tokens_per_step,
         "seq_len": t.seq_len,
         "mixture": {n: w / sum(mixture.values()) for n, w in mixture.items()},
         "tokens_per_source": {n: c * t.seq_len for n, c in rows.items()},
         "token_shares": {n: c / max(1, sum(rows.values())) for n, c in rows.items()},
         "sequences_per_source": rows,
         "source_stats": {n: {k: v for k, v in info.items() if k not in ("key", "arrays")}
-                         for n, info in data.sources.items()},
+                         for n, info in run.data.sources.items()},
         "final_train_loss": train_rows[-1]["loss"] if train_rows else None,
         "final_val": final_val,
         "tokens_per_s": tokens_per_s,
         "mfu": fpt * tokens_per_s / (peak * d.world) if peak and tokens_per_s else None,
         "flops_per_token": fpt,
-        "parameters": sum(q.numel() for q in model.parameters()),
+        "parameters": sum(q.numel() for q in run.model.parameters()),
         "device": str(d.device) if d.device.type == "cpu" else torch.cuda.get_device_name(d.device),
         "world_size": d.world,
-        "train_time_s": sum(tokens_per_step / r["tokens_per_s"] for r in train_rows),
-        "checkpoints": [p.name for p in list_states(plan.out_dir / "state")],
+        "train_time_s": sum(run.tokens_per_step / r["tokens_per_s"] for r in train_rows),
+        "checkpoints": [s.name for s in list_states(run.state_dir)],
     }

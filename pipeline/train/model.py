@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from pipeline.train.config import ModelConfig
 
-PRESETS: dict[str, dict[str, int]] = {
+MODEL_PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 128,
              "max_position_embeddings": 1024},
     "small": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 704,
@@ -27,7 +27,7 @@ PEAK_FLOPS: list[tuple[str, float]] = [
 
 
 def model_shape(cfg: ModelConfig) -> dict[str, int]:
-    shape = dict(PRESETS[cfg.preset])
+    shape = dict(MODEL_PRESETS[cfg.preset])
     for k in shape:
         if getattr(cfg, k) is not None:
             shape[k] = getattr(cfg, k)

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.errors import EmptySourceError, TrainError
 from pipeline.lineage import file_digests
+from pipeline.rundir import ID, TEXT, RunDir
 from pipeline.train.config import SFTConfig, SourceConfig
 from pipeline.train.data import cached_arrays, read_source, source_files, token_dtype, validation_mask
 
@@ -95,7 +96,7 @@ def sft_data(cfg: SFTConfig, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
         parse = conversation_parser(cfg.parser)
         docs = read_source(cfg.source, spec, run_dir)
         chats, ids, skipped = [], [], 0
-        for doc_id, text in zip(docs["id"], docs["text"], strict=True):
+        for doc_id, text in zip(docs[ID], docs[TEXT], strict=True):
             messages = parse(text)
             if not any(m.get("role") == "assistant" for m in messages):
                 skipped += 1
@@ -118,4 +119,4 @@ def sft_data(cfg: SFTConfig, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
                 "assistant_tokens": int(out["train_mask"].sum())}
         return out, info
 
-    return cached_arrays(run_dir / "tokens" / f"sft-{cfg.source}", key, build)
+    return cached_arrays(RunDir(run_dir).tokens / f"sft-{cfg.source}", key, build)

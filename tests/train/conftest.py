@@ -12,6 +12,7 @@ import torch
 
 from pipeline.config import Config, load_config
 from pipeline.io import shard_path, write_parquet
+from pipeline.rundir import RunDir
 from tests.conftest import SENTENCES
 
 QUESTIONS = [
@@ -40,8 +41,9 @@ def write_run(run_dir: Path, n_web: int = 160, n_gen: int = 90, seed: int = 0) -
         "source": ["crawl.parquet"] * n_web,
         "edu_score": [rng.uniform(0, 5) for _ in range(n_web)],
     })
-    write_parquet(web.iloc[: n_web // 2], shard_path(run_dir / "filtered", 0))
-    write_parquet(web.iloc[n_web // 2:], shard_path(run_dir / "filtered", 1))
+    run = RunDir(run_dir)
+    write_parquet(web.iloc[: n_web // 2], shard_path(run.filtered, 0))
+    write_parquet(web.iloc[n_web // 2:], shard_path(run.filtered, 1))
     templates = ["textbook", "exercises", "story", "conversation", "wikihow"]
     gen_templates = [templates[i % len(templates)] for i in range(n_gen)]
     gen = pd.DataFrame({
@@ -50,7 +52,7 @@ def write_run(run_dir: Path, n_web: int = 160, n_gen: int = 90, seed: int = 0) -
                  for t in gen_templates],
         "template": gen_templates,
     })
-    write_parquet(gen, shard_path(run_dir / "generated", 0))
+    write_parquet(gen, shard_path(run.generated, 0))
     return run_dir
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import TrainError
-from pipeline.train.config import RowFilter, SourceConfig
+from pipeline.train.config import RowCondition, SourceConfig
 from pipeline.train.data import MixtureSampler, interleave, pack_sequences, read_source, validation_mask
 
 
@@ -72,9 +72,9 @@ def test_validation_split_is_stable_and_never_everything():
 
 def test_source_filters_select_rows(run_dir):
     top = SourceConfig(paths=["{run_dir}/filtered/part-*.parquet"],
-                       filters=[RowFilter(column="edu_score", op=">=", percentile=75)])
+                       filters=[RowCondition(column="edu_score", op=">=", percentile=75)])
     chat = SourceConfig(paths=["{run_dir}/generated/*.parquet"],
-                        filters=[RowFilter(column="template", op="==", value="conversation")])
+                        filters=[RowCondition(column="template", op="==", value="conversation")])
     assert len(read_source("top", top, run_dir)) == 40  # top quarter of 160 web rows
     chats = read_source("chat", chat, run_dir)
     assert len(chats) == 18 and chats["text"].str.startswith("Student:").all()
@@ -86,9 +86,9 @@ def test_empty_and_missing_sources_are_named(run_dir):
     with pytest.raises(TrainError, match=r"train.sources.web: .*nowhere/part-\*.parquet: no input files"):
         read_source("web", SourceConfig(paths=["{run_dir}/nowhere/part-*.parquet"]), run_dir)
     none_left = SourceConfig(paths=["{run_dir}/generated/*.parquet"],
-                             filters=[RowFilter(column="template", op="==", value="poem")])
+                             filters=[RowCondition(column="template", op="==", value="poem")])
     with pytest.raises(TrainError, match="train.sources.poems: no documents left"):
         read_source("poems", none_left, run_dir)
     with pytest.raises(TrainError, match="needs column 'edu_score'"):
         read_source("x", SourceConfig(paths=["{run_dir}/generated/*.parquet"],
-                                      filters=[RowFilter(column="edu_score", op=">", value=1)]), run_dir)
+                                      filters=[RowCondition(column="edu_score", op=">", value=1)]), run_dir)

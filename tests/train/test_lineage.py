@@ -188,7 +188,7 @@ def test_token_cache_is_keyed_by_content_not_mtime(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.train.config import RowFilter, SourceConfig
+    from pipeline.train.config import RowCondition, SourceConfig
     from pipeline.train.data import packed_source
     from pipeline.train.tokenizer import train_bpe
     from tests.conftest import SENTENCES
@@ -204,7 +204,7 @@ def test_token_cache_is_keyed_by_content_not_mtime(tmp_path):
 
     write(docs)
     st = path.stat()
-    spec = SourceConfig(paths=[str(path)], filters=[RowFilter(column="id", op="==", value="b")])  # no filler
+    spec = SourceConfig(paths=[str(path)], filters=[RowCondition(column="id", op="==", value="b")])  # no filler
     before = packed_source("web", spec, tmp_path, tok, "bpe", 32, 0.3)
     write([filler, docs[1].replace("Photosynthesis", "Chlorophyllous"), filler])
     assert path.stat().st_size == st.st_size
