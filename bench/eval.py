@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.eval.run import evaluate_checkpoint, load_model  # noqa: E402
+from pipeline.eval.run import load_model, score_checkpoint  # noqa: E402
 from pipeline.eval.score import encode_pair  # noqa: E402
 from pipeline.train.model import build_model  # noqa: E402
 from pipeline.train.tokenizer import train_bpe  # noqa: E402
@@ -91,7 +91,7 @@ def ensure_lm_eval() -> Path:
         print(f"installing lm-eval into {LMEVAL_VENV} (once)", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(LMEVAL_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "lm_eval", "transformers"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "lm_eval", "transformers", "accelerate"], check=True)
     return python
 
 
@@ -141,7 +141,7 @@ def main() -> None:
         cfg = load_config(None, [f"run_dir={work / 'run'}", f"eval.tasks={tasks}",
                                  f"eval.batch_size={args.batch_size}", f"eval.device={args.device}"])
         start = time.perf_counter()
-        ours = evaluate_checkpoint(str(ckpt), cfg, "bench")
+        ours = score_checkpoint(str(ckpt), cfg.eval, cfg.run_dir, cfg.train)
         ours_s = time.perf_counter() - start
         o = ours["tasks"]["mmlu_cloze"]
         rows = [("textbook eval (batched)", ours_s, o["accuracy"], o["accuracy_norm"])]

@@ -18,7 +18,7 @@ from pipeline.config import Config, load_config, public_dict, reference_markdown
 from pipeline.errors import PipelineError
 
 # subcommand -> (module:function, help). The function takes (cfg, **options) and returns an exit code.
-STAGES: dict[str, tuple[str, str]] = {
+COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pipeline.generate.runner:generate", "generate synthetic textbook data"),
     "annotate": ("pipeline.classify.annotate:annotate", "label web text for educational value with an LLM"),
     "train-classifier": ("pipeline.classify.train:train_classifier", "train the fastText edu classifier"),
@@ -52,7 +52,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="textbook", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-    for name, (_, help_text) in STAGES.items():
+    for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("-c", "--config", help="YAML config (default: built-in defaults)")
         p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.scheduler:
             overrides.append(f"scheduler={args.scheduler}")
         cfg = load_config(args.config, overrides)
-        module_name, func_name = STAGES[args.command][0].split(":")
+        module_name, func_name = COMMANDS[args.command][0].split(":")
         stage = getattr(importlib.import_module(module_name), func_name)
         options = {k: v for k, v in vars(args).items() if k not in _COMMON}
         code = stage(cfg, **options)

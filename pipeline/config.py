@@ -166,9 +166,6 @@ def public_dict(cfg: BaseModel) -> dict[str, Any]:
     return _strip_secrets(cfg.model_dump(mode="json"))
 
 
-_SECRET_KEYS = ("api_key", "token", "password", "secret")
-
-
 def _strip_secrets(node: Any) -> Any:
     if isinstance(node, dict):
         return {

@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.errors import ConfigError, EmptySourceError, HubError
 from pipeline.io import expand_inputs, iter_batches, write_parquet
+from pipeline.rundir import MODEL_CONFIG, SHARD_GLOB, RunDir, shard_path
 
 OFFLINE_HINT = "run it offline on local files: make demo MODEL=/path/to/model WEB=/path/to/web.parquet"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -43,26 +44,28 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
     from pipeline.filter.runner import run_filter
     from pipeline.generate.runner import generate
     from pipeline.hub.card import write_card
+    from pipeline.hub.layout import CARD_FILE
     from pipeline.hub.push import push
     from pipeline.train.loop import train
 
+    run = RunDir(run_dir)
     cfg.filter.input = web_sample(cfg.filter.input, run_dir, cfg.filter.limit or 1000, cfg.filter.text_column)
-    generated = str(run_dir / "generated" / "part-*.parquet")
+    generated = str(run.generated / SHARD_GLOB)
     cfg.classifier.positives = cfg.classifier.positives or [generated]
     cfg.classifier.negatives = cfg.classifier.negatives or list(cfg.filter.input)
 
-    steps: list[tuple[str, Callable[[], object], str]] = [
-        ("generate", lambda: generate(cfg, restart=restart), "generated/"),
-        ("train-classifier", lambda: train_classifier(cfg, restart=restart), "classifier/report.json"),
-        ("filter", lambda: run_filter(cfg, restart=restart), "filtered/stats.json"),
-        ("train phase 1", lambda: train(cfg, phase="1", restart=restart), "checkpoints/phase1/"),
-        ("train phase 2", lambda: train(cfg, phase="2", restart=restart), "checkpoints/phase2/"),
-        ("sft", lambda: _sft(train, cfg, restart), "checkpoints/sft/"),
-        ("card", lambda: write_card(cfg, restart=restart), "card/README.md"),
-        ("push --dry-run", lambda: push(cfg, dry_run=True, restart=restart), "push/"),
+    steps: list[tuple[str, Callable[[], object], Path]] = [
+        ("generate", lambda: generate(cfg, restart=restart), run.generated),
+        ("train-classifier", lambda: train_classifier(cfg, restart=restart), run.classifier_report),
+        ("filter", lambda: run_filter(cfg, restart=restart), run.filter_stats),
+        ("train phase 1", lambda: train(cfg, phase="1", restart=restart), run.checkpoint("phase1")),
+        ("train phase 2", lambda: train(cfg, phase="2", restart=restart), run.checkpoint("phase2")),
+        ("sft", lambda: _sft(train, cfg, restart), run.checkpoint("sft")),
+        ("card", lambda: write_card(cfg, restart=restart), run.card / CARD_FILE),
+        ("push --dry-run", lambda: push(cfg, dry_run=True, restart=restart), run.push),
     ]
     timings: list[tuple[str, float, str]] = []
-    for name, step, artifact in steps:
+    for name, step, made in steps:
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
         code = step()
@@ -72,7 +75,7 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
             print(f"demo: stage {name!r} failed with exit code {code}")
             return int(code)
         else:
-            artifact = str(run_dir / artifact)
+            artifact = str(made)
         timings.append((name, time.perf_counter() - start, artifact))
 
     width = max(len(n) for n, _, _ in timings)
@@ -96,7 +99,7 @@ def hub_needs(cfg: Config, run_dir: Path) -> list[str]:
     if cfg.generate.backend == "transformers" and model and not Path(model).expanduser().exists() \
             and not _cached_model(model):
         needs.append(f"generate.model={model}")
-    if not (run_dir / "web_sample" / "part-00000.parquet").exists():
+    if not shard_path(RunDir(run_dir).web_sample, 0).exists():
         needs += [f"filter.input={p}" for p in map(str, cfg.filter.input) if _on_hub(p)]
     return needs
 
@@ -132,7 +135,7 @@ def _cached_model(model: str) -> bool:
 
     if not _HUB_ID.match(model):
         return False
-    found = try_to_load_from_cache(model, "config.json", cache_dir=constants.HF_HUB_CACHE)
+    found = try_to_load_from_cache(model, MODEL_CONFIG, cache_dir=constants.HF_HUB_CACHE)
     return isinstance(found, str)
 
 
@@ -152,7 +155,7 @@ def web_sample(inputs: list[str], run_dir: Path, limit: int, text_column: str) -
     sources = expand_inputs(inputs)
     if not any(s.kind == "hf_dataset" or s.path.startswith("hf://") for s in sources):
         return list(inputs)
-    out = run_dir / "web_sample" / "part-00000.parquet"
+    out = shard_path(RunDir(run_dir).web_sample, 0)
     if not out.exists():
         frames, remaining = [], limit
         for source in sources:

@@ -107,6 +107,14 @@ def write_text(text: str, path: Path) -> Path:
     return Path(path)
 
 
+def copy_file(source: Path, target: Path) -> Path:
+    """Copy ``source`` to ``target`` atomically, with the umask's mode (``shutil.copy2`` would carry a
+    0600 source's mode into a shared folder)."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)
+
+
 def write_png(fig: Any, path: Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure atomically as PNG and close it (figures are built per report)."""
     import matplotlib.pyplot as plt
@@ -129,6 +137,16 @@ def read_shards(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
     if not shards:
         return pd.DataFrame(columns=columns or [])
     return pd.concat([read_parquet(p, columns) for p in shards], ignore_index=True)
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file as an Arrow table (its schema as written); errors name the file."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: cannot read Parquet: {_first_line(e)}") from None
+    except KeyError as e:
+        raise DataError(f"{path}: missing column {e}") from None
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -175,19 +193,6 @@ def build_manifest(stage: str, config: dict[str, Any], **fields: Any) -> dict[st
         "config": config,
         **fields,
     }
-
-
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """Cheap identity of an input file: size, mtime and the sha1 of its first and last MiB."""
-    path = Path(path)
-    st = path.stat()
-    h = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(chunk))
-        if st.st_size > 2 * chunk:
-            f.seek(-chunk, os.SEEK_END)
-            h.update(f.read(chunk))
-    return h.hexdigest()
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

@@ -59,6 +59,8 @@ EDU_SCORE = "edu_score"
 TEMPLATE = "template"
 MESSAGES = "messages"
 """A conversation as ``[{role, content}]`` (the TRL convention)."""
+CONVERSATION = "conversation"
+"""The ``template`` of generated Student/Teacher conversations (the chat source of SFT, the card's chats)."""
 
 # --- the run directory ------------------------------------------------------------------------
 
@@ -98,6 +100,10 @@ class RunDir:
         return self.classifier / "report.json"
 
     @property
+    def classifier_figure(self) -> Path:
+        return self.classifier / "report.png"
+
+    @property
     def classifier_rejected(self) -> Path:
         return self.classifier / "rejected"
 
@@ -117,6 +123,10 @@ class RunDir:
     @property
     def filter_stats(self) -> Path:
         return self.filtered / "stats.json"
+
+    @property
+    def filter_report(self) -> Path:
+        return self.filtered / "report.png"
 
     # train
     @property
@@ -175,3 +185,6 @@ class RunDir:
 # Files inside a checkpoint folder.
 TRAIN_SUMMARY = "train_summary.json"
 METRICS = "metrics.jsonl"
+LOSS_FIGURE = "loss.png"
+MODEL_CONFIG = "config.json"
+"""The model config ``save_pretrained`` writes: a checkpoint folder that has it holds a trained model."""

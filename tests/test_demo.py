@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.generate.stub_server import StubServer, textbook_responder
-from tests.filter.corpus import SPAM, documents
+from tests.filters.corpus import SPAM, documents
 
 
 def run_demo(tmp_path: Path, server: StubServer) -> tuple[int, Path]:

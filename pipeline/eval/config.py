@@ -8,8 +8,6 @@ from pydantic import Field, model_validator
 
 from pipeline.settings import Section
 
-FORMATS = ("mc_jsonl", "mmlu_csv", "mmlu", "arc", "hellaswag", "piqa", "openbookqa", "commonsenseqa")
-
 
 class TaskConfig(Section):
     """One task: a local file (``path``) or a Hugging Face dataset (``hf``), in one of the known layouts."""

@@ -28,17 +28,18 @@ from pipeline.eval.tasks import NORMALISED, EvalError, Task, load_task
 from pipeline.io import write_json
 from pipeline.lineage import data_digest, fingerprint, manifest_ref, relative_name
 from pipeline.progress import progress
+from pipeline.rundir import ID, MODEL_CONFIG, PHASES, TEXT, RunDir, manifest_path
+from pipeline.train.config import TrainConfig
 
-PHASES = ("phase1", "phase2", "sft")
 # Bumped whenever rendering or scoring changes, so old and new scores never share a digest.
 PROMPT_FORMAT = "v1: lm-eval cloze/mc, few-shot joined by a blank line, continuation delimiter ' '"
 
 
-def evaluate(cfg: Config, checkpoint: str | None = None, **_: Any) -> int:
+def evaluate(cfg: Config, checkpoint: str | None = None) -> int:
     """CLI entry: write ``RUN_DIR/eval/<name>.json`` for ``checkpoint`` and print its table."""
     path, name = resolve_checkpoint(cfg.run_dir, checkpoint)
-    result = evaluate_checkpoint(path, cfg, name)
-    out = write_json(result, cfg.run_dir / "eval" / f"{name}.json")
+    result = score_checkpoint(path, cfg.eval, cfg.run_dir, cfg.train)
+    out = write_json(result, RunDir(cfg.run_dir).eval_result(name))
     print(format_table(result))
     print(f"wrote {out}")
     return 0
@@ -46,21 +47,21 @@ def evaluate(cfg: Config, checkpoint: str | None = None, **_: Any) -> int:
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> tuple[str, str]:
     """(path or Hub id, name): a phase of this run (default: the last one trained), a folder, or a Hub id."""
-    ckpts = Path(run_dir) / "checkpoints"
+    run = RunDir(run_dir)
     if checkpoint is None:
-        trained = [p for p in PHASES if (ckpts / p / "config.json").exists()]
+        trained = [p for p in PHASES if (run.checkpoint(p) / MODEL_CONFIG).exists()]
         if not trained:
-            raise EvalError(f"{ckpts}: no trained checkpoint; run textbook train, or pass --checkpoint PATH")
+            raise EvalError(f"{run.checkpoints}: no trained checkpoint; run textbook train, or pass --checkpoint PATH")
         checkpoint = trained[-1]
     if checkpoint in PHASES:
-        folder = ckpts / checkpoint
-        if not (folder / "config.json").exists():
+        folder = run.checkpoint(checkpoint)
+        if not (folder / MODEL_CONFIG).exists():
             raise EvalError(f"{folder}: no final {checkpoint} checkpoint; run textbook train --phase "
                             f"{checkpoint.removeprefix('phase')}")
         return str(folder), checkpoint
     local = Path(checkpoint).expanduser()
     if local.exists():
-        if not (local / "config.json").exists():
+        if not (local / MODEL_CONFIG).exists():
             raise EvalError(f"{local}: not a save_pretrained folder (no config.json)")
         return str(local), local.resolve().name
     return checkpoint, checkpoint.replace("/", "__")
@@ -81,9 +82,11 @@ def load_model(path: str, device_choice: str):
     return model.to(device).eval(), tok, device
 
 
-def evaluate_checkpoint(path: str, cfg: Config, name: str) -> dict[str, Any]:
-    """The result file's content: per-task scores, the mean centered score, bpb per domain, the bundle."""
-    e = cfg.eval
+def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, train: TrainConfig) -> dict[str, Any]:
+    """The result file's content: per-task scores, the mean centered score, bpb per domain, the bundle.
+
+    ``train`` gives the bpb documents: the held-out part of each source ``e.bpb_domains`` names.
+    """
     tasks = [load_task(t, e.seed) for t in e.tasks]
     bundle = bundle_of(e, tasks)
     model, tok, device = load_model(path, e.device)
@@ -93,24 +96,24 @@ def evaluate_checkpoint(path: str, cfg: Config, name: str) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     items = sum(s["items"] for s in scores.values())
     result: dict[str, Any] = {
-        "checkpoint": relative_name(path, cfg.run_dir) if Path(path).exists() else path,
+        "checkpoint": relative_name(path, run_dir) if Path(path).exists() else path,
         "tasks": scores,
         "score": float(np.mean([s["centered"] for s in scores.values()])) if scores else float("nan"),
-        "bpb": domain_bpb(model, tok, cfg, max_length, device),
+        "bpb": domain_bpb(model, tok, e, run_dir, train, max_length, device),
         "bundle_digest": data_digest(bundle),
         "bundle": bundle,
         "items_per_s": items / seconds if seconds > 0 else None,
         "seconds": round(seconds, 2),
         "device": str(device),
     }
-    result["lineage"] = eval_lineage(cfg, tasks, path)
+    result["lineage"] = checkpoint_lineage(e, run_dir, tasks, path)
     return result
 
 
-def eval_lineage(cfg: Config, tasks: list[Task], path: str) -> dict[str, Any]:
+def checkpoint_lineage(e: EvalConfig, run_dir: Path, tasks: list[Task], path: str) -> dict[str, Any]:
     """What a score is a function of: the eval section, the task files and the checkpoint's manifest."""
-    parent = manifest_ref(Path(path) / "manifest.json", cfg.run_dir) if Path(path).exists() else None
-    return fingerprint(config=cfg.eval.model_dump(mode="json"),
+    parent = manifest_ref(manifest_path(Path(path)), run_dir) if Path(path).exists() else None
+    return fingerprint(config=e.model_dump(mode="json"),
                        inputs={k: v for t in tasks for k, v in t.source_digest.items()},
                        parents={"checkpoint": parent} if parent else {})
 
@@ -137,7 +140,8 @@ def score_task(model, tok, task: Task, e: EvalConfig, max_length: int, device: t
     for (_, _, conts), item in zip(requests, task.items, strict=True):
         ll = np.array(lls[k:k + len(conts)])
         k += len(conts)
-        lengths = np.array([max(len(c), 1) for c in conts], dtype=float)
+        # lm-eval's acc_norm: the choice's own length in characters, without the delimiter space
+        lengths = np.array([max(len(c.removeprefix(" ")), 1) for c in conts], dtype=float)
         correct += float(np.argmax(ll) == item.gold)
         correct_norm += float(np.argmax(ll / lengths) == item.gold)
         chance += 1.0 / len(conts)
@@ -150,24 +154,25 @@ def score_task(model, tok, task: Task, e: EvalConfig, max_length: int, device: t
             "num_fewshot": task.config.num_fewshot, "form": task.config.form}
 
 
-def domain_bpb(model, tok, cfg: Config, max_length: int, device: torch.device) -> dict[str, float]:
+def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, train: TrainConfig, max_length: int,
+               device: torch.device) -> dict[str, float]:
     """Bits per byte on each domain's held-out documents (the ones training never saw)."""
     from pipeline.train.data import read_source, validation_mask
 
-    e, out = cfg.eval, {}
+    out = {}
     for domain, source in e.bpb_domains.items():
-        spec = cfg.train.sources.get(source)
+        spec = train.sources.get(source)
         if spec is None or not spec.paths or e.bpb_docs == 0:
             continue
         try:
-            docs = read_source(source, spec, cfg.run_dir)
+            docs = read_source(source, spec, run_dir)
         except PipelineError as err:
             print(f"eval: bpb skips domain {domain!r}: {err}", file=sys.stderr)
             continue
-        held = docs[validation_mask(docs["id"].tolist(), cfg.train.val_fraction)]
+        held = docs[validation_mask(docs[ID].tolist(), train.val_fraction)]
         if held.empty:
             continue
-        out[domain] = bits_per_byte(model, tok, held["text"].tolist()[: e.bpb_docs], max_length, device,
+        out[domain] = bits_per_byte(model, tok, held[TEXT].tolist()[: e.bpb_docs], max_length, device,
                                     e.batch_size)
     return out
 

@@ -15,11 +15,21 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipeline.io import list_shards, read_json
-
-CHECKPOINT_PHASES = ("phase1", "phase2", "sft")
+from pipeline.rundir import (
+    ID,
+    MANIFEST,
+    MODEL_CONFIG,
+    PHASES,
+    SHARD_GLOB,
+    TEMPLATE,
+    TEXT,
+    TRAIN_SUMMARY,
+    RunDir,
+    manifest_path,
+)
 
 # The generated columns the card reads (all written by `textbook generate`); others are left on disk.
-GENERATED_COLUMNS = ("id", "text", "template", "template_sha", "subject", "topic", "subtopic", "audience", "style",
+GENERATED_COLUMNS = (ID, TEXT, TEMPLATE, "template_sha", "subject", "topic", "subtopic", "audience", "style",
                      "model", "temperature", "max_tokens", "finish_reason", "prompt_tokens",
                      "completion_tokens", "latency_s", "flags")
 
@@ -40,14 +50,20 @@ class RunArtifacts:
     """phase -> {"path", "config" (config.json), "summary" (train_summary.json), "manifest"}."""
     notes: list[str] = field(default_factory=list)
 
-    def path(self, *parts: str) -> Path:
-        return self.run_dir.joinpath(*parts)
+    @property
+    def layout(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    def relative(self, path: Path) -> str:
+        """``path`` as the card's notes name it: relative to the run directory."""
+        return path.relative_to(self.run_dir).as_posix()
 
     @property
     def classifier_figure(self) -> Path | None:
-        rejected = (self.classifier_report or {}).get("verdict") not in (None, "accepted")
-        path = self.path("classifier", *(("rejected",) if rejected else ()), "report.png")
-        return path if path.exists() else None
+        figure = self.layout.classifier_figure
+        if (self.classifier_report or {}).get("verdict") not in (None, "accepted"):
+            figure = self.layout.classifier_rejected / figure.name  # a rejected model keeps its report there
+        return figure if figure.exists() else None
 
     @property
     def manifests(self) -> dict[str, dict[str, Any]]:
@@ -62,33 +78,35 @@ class RunArtifacts:
 def load_artifacts(run_dir: Path, max_rows: int = 20_000, seed: int = 0) -> RunArtifacts:
     """Read what exists under ``run_dir``; generated rows above ``max_rows`` are a seeded sample."""
     art = RunArtifacts(run_dir=Path(run_dir))
-    art.generated_manifest = _json(art, "generated/manifest.json", "textbook generate")
+    run = art.layout
+    art.generated_manifest = _json(art, manifest_path(run.generated), "textbook generate")
     art.generated, art.generated_rows = _generated(art, max_rows, seed)
-    art.annotations_manifest = _json(art, "annotations/manifest.json", "textbook annotate", required=False)
-    art.classifier_report = _json(art, "classifier/report.json", "textbook train-classifier", required=False)
+    art.annotations_manifest = _json(art, manifest_path(run.annotations), "textbook annotate", required=False)
+    art.classifier_report = _json(art, run.classifier_report, "textbook train-classifier", required=False)
     if art.classifier_report is None:  # a model that failed its quality gate keeps its report here
-        art.classifier_report = _json(art, "classifier/rejected/report.json", "", required=False)
+        art.classifier_report = _json(art, run.classifier_rejected / run.classifier_report.name, "",
+                                      required=False)
     if art.classifier_report is None:
-        art.notes.append("classifier/report.json: missing (run `textbook train-classifier`)")
-    art.filter_stats = _json(art, "filtered/stats.json", "textbook filter")
-    art.filter_manifest = _json(art, "filtered/manifest.json", "textbook filter", required=False)
-    for phase in CHECKPOINT_PHASES:
-        folder = art.path("checkpoints", phase)
-        if not (folder / "config.json").exists():
+        art.notes.append(f"{art.relative(run.classifier_report)}: missing (run `textbook train-classifier`)")
+    art.filter_stats = _json(art, run.filter_stats, "textbook filter")
+    art.filter_manifest = _json(art, manifest_path(run.filtered), "textbook filter", required=False)
+    for phase in PHASES:
+        folder = run.checkpoint(phase)
+        if not (folder / MODEL_CONFIG).exists():
             continue
         art.checkpoints[phase] = {
             "path": folder,
-            "config": _json(art, f"checkpoints/{phase}/config.json", "textbook train"),
-            "summary": _json(art, f"checkpoints/{phase}/train_summary.json", "textbook train"),
-            "manifest": _json(art, f"checkpoints/{phase}/manifest.json", "textbook train", required=False),
+            "config": _json(art, folder / MODEL_CONFIG, "textbook train"),
+            "summary": _json(art, folder / TRAIN_SUMMARY, "textbook train"),
+            "manifest": _json(art, folder / MANIFEST, "textbook train", required=False),
         }
     if not art.checkpoints:
-        art.notes.append("checkpoints/: no trained checkpoint (run `textbook train --phase 1`)")
+        art.notes.append(f"{art.relative(run.checkpoints)}/: no trained checkpoint (run `textbook train --phase 1`)")
     return art
 
 
-def _json(art: RunArtifacts, rel: str, command: str, required: bool = True) -> dict[str, Any] | None:
-    path = art.path(rel)
+def _json(art: RunArtifacts, path: Path, command: str, required: bool = True) -> dict[str, Any] | None:
+    rel = art.relative(path)
     if not path.exists():
         if required:
             art.notes.append(f"{rel}: missing (run `{command}`)")
@@ -105,9 +123,10 @@ def _json(art: RunArtifacts, rel: str, command: str, required: bool = True) -> d
 
 
 def _generated(art: RunArtifacts, max_rows: int, seed: int) -> tuple[pd.DataFrame | None, int]:
-    shards = list_shards(art.path("generated"))
+    generated = art.layout.generated
+    shards = list_shards(generated)
     if not shards:
-        art.notes.append("generated/part-*.parquet: no shards (run `textbook generate`)")
+        art.notes.append(f"{art.relative(generated)}/{SHARD_GLOB}: no shards (run `textbook generate`)")
         return None, 0
     frames, total = [], 0
     for shard in shards:
@@ -115,10 +134,10 @@ def _generated(art: RunArtifacts, max_rows: int, seed: int) -> tuple[pd.DataFram
             missing = [c for c in GENERATED_COLUMNS if c not in pq.read_schema(shard).names]
             frame = None if missing else pq.read_table(shard, columns=list(GENERATED_COLUMNS)).to_pandas()
         except (OSError, ValueError) as e:
-            art.notes.append(f"generated/{shard.name}: unreadable ({str(e).splitlines()[0][:80]}); skipped")
+            art.notes.append(f"{art.relative(shard)}: unreadable ({str(e).splitlines()[0][:80]}); skipped")
             continue
         if frame is None:
-            art.notes.append(f"generated/{shard.name}: lacks column(s) {', '.join(missing)}; skipped")
+            art.notes.append(f"{art.relative(shard)}: lacks column(s) {', '.join(missing)}; skipped")
             continue
         total += len(frame)
         frames.append(frame)
@@ -126,6 +145,7 @@ def _generated(art: RunArtifacts, max_rows: int, seed: int) -> tuple[pd.DataFram
         return None, 0
     df = pd.concat(frames, ignore_index=True)
     if len(df) > max_rows:
-        art.notes.append(f"generated: statistics use a seeded sample of {max_rows:,} of {len(df):,} rows")
+        art.notes.append(f"{art.relative(generated)}: statistics use a seeded sample of {max_rows:,} of "
+                         f"{len(df):,} rows")
         df = df.sample(n=max_rows, random_state=seed).reset_index(drop=True)
     return df, total

@@ -8,7 +8,6 @@ validate with ``huggingface_hub.DatasetCard`` / ``ModelCard`` → write ``RUN_DI
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,21 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pipeline.config import Config, public_dict
 from pipeline.errors import HubError
 from pipeline.hub import checkpoints, datasheet
-from pipeline.hub.artifacts import CHECKPOINT_PHASES, RunArtifacts, load_artifacts
+from pipeline.hub.artifacts import RunArtifacts, load_artifacts
+from pipeline.hub.config import HubConfig
 from pipeline.hub.figures import seed_figures
-from pipeline.hub.layout import DataConfig, data_configs
-from pipeline.hub.provenance import CARD_RECORD, card_lineage, lineage_chain, verify_outputs
+from pipeline.hub.layout import (
+    CARD_FILE,
+    FIGURES_DIR,
+    MODEL_CARD_DIR,
+    ConversationParser,
+    DataConfig,
+    data_configs,
+)
+from pipeline.hub.provenance import card_lineage, lineage_chain, verify_outputs
 from pipeline.hub.reproduce import reproduce_section, write_reproduce_configs
-from pipeline.io import atomic_dir, atomic_path, build_manifest, read_json, write_json, write_text
+from pipeline.io import atomic_dir, build_manifest, copy_file, read_json, write_json, write_text
+from pipeline.rundir import LOSS_FIGURE, PHASES, SHARD_GLOB, RunDir, manifest_path
 
 REQUIRED_METADATA = ("license", "language", "task_categories", "size_categories", "tags", "configs")
 
@@ -33,56 +41,62 @@ def write_card(cfg: Config, restart: bool = False) -> int:
 
     The shards must still match the manifests that list them (:func:`verify_outputs`), and
     ``card/manifest.json`` records the digests of the manifests read, so ``push`` can tell a stale card.
-    ``card/`` is replaced whole: a failure leaves the previous card as it was.
+    ``card/`` is replaced whole: a failure leaves the previous card as it was (so ``restart``, which
+    every stage accepts, has nothing to discard).
     """
-    run_dir = require_run_dir(cfg)
+    run_dir = require_run_dir(cfg.run_dir)
     verify_outputs(run_dir)
     art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)
-    configs = data_configs(run_dir, sft_parser(cfg))
-    out = run_dir / "card"
+    configs = data_configs(run_dir, sft_parser(cfg.train.sft.parser))
+    out = RunDir(run_dir).card
     with atomic_dir(out) as tmp:
-        build_dataset_card(cfg, art, configs, tmp)
-        model_readme = build_model_card(cfg, art, tmp / "model")
+        build_dataset_card(cfg.hub, art, configs, tmp, cfg.seed)
+        model_readme = build_model_card(cfg.hub, art, tmp / MODEL_CARD_DIR)
         hub = public_dict(cfg.hub)
         write_json(build_manifest("card", {"hub": hub}, lineage=card_lineage(run_dir, {"hub": hub})),
-                   tmp / Path(CARD_RECORD).name)
-    print(f"dataset card: {out / 'README.md'}")
-    print(f"model card:   {out / 'model' / 'README.md'}" if model_readme else "model card:   skipped (no checkpoint)")
+                   manifest_path(tmp))
+    print(f"dataset card: {out / CARD_FILE}")
+    print(f"model card:   {out / MODEL_CARD_DIR / CARD_FILE}" if model_readme
+          else "model card:   skipped (no checkpoint)")
     for note in art.notes:
         print(f"  missing: {note}")
     return 0
 
 
-def build_dataset_card(cfg: Config, art: RunArtifacts, configs: list[DataConfig], folder: Path) -> Path:
-    """Render and validate the dataset card into ``folder`` (README.md, figures/, reproduce/)."""
+def build_dataset_card(hub: HubConfig, art: RunArtifacts, configs: list[DataConfig], folder: Path,
+                       seed: int) -> Path:
+    """Render and validate the dataset card into ``folder`` (README.md, figures/, reproduce/);
+    ``seed`` draws the samples of the diversity metrics."""
     folder.mkdir(parents=True, exist_ok=True)
-    figures = folder / "figures"
-    seeds = section(art, "generated/part-*.parquet", datasheet.seed_section)
+    figures = folder / FIGURES_DIR
+    run = art.layout
+    generated_manifest = art.relative(manifest_path(run.generated))
+    seeds = section(art, f"{art.relative(run.generated)}/{SHARD_GLOB}", datasheet.seed_section)
     context = {
-        "title": cfg.hub.pretty_name or _title(cfg),
-        "repo_id": cfg.hub.repo_id or f"ORG/{art.run_dir.name}",
+        "title": hub.pretty_name or _title(hub, art.run_dir),
+        "repo_id": hub.repo_id or f"ORG/{art.run_dir.name}",
         "repo_type": "dataset",
-        "code_url": cfg.hub.code_url,
+        "code_url": hub.code_url,
         "configs": configs,
-        "generation": section(art, "generated/manifest.json", datasheet.generation_section),
+        "generation": section(art, generated_manifest, datasheet.generation_section),
         "seeds": seeds,
         "seed_figures": seed_figures(seeds, figures),
-        "diversity": section(art, "generated/manifest.json", datasheet.diversity_section, cfg.seed),
-        "classifier": section(art, "classifier/report.json", datasheet.classifier_section),
+        "diversity": section(art, generated_manifest, datasheet.diversity_section, seed),
+        "classifier": section(art, art.relative(run.classifier_report), datasheet.classifier_section),
         "classifier_figure": _copy_figure(art.classifier_figure, figures, "classifier_report.png"),
-        "filter": section(art, "filtered/stats.json", datasheet.filter_section),
-        "filter_figure": _copy_figure(art.path("filtered", "report.png"), figures, "filter_report.png"),
+        "filter": section(art, art.relative(run.filter_stats), datasheet.filter_section),
+        "filter_figure": _copy_figure(run.filter_report, figures, "filter_report.png"),
         "training": checkpoints.training_section(art),
-        "untrained": [p for p in CHECKPOINT_PHASES if p not in art.checkpoints],
+        "untrained": [p for p in PHASES if p not in art.checkpoints],
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir),
         "notes": art.notes,
     }
-    context["metadata_yaml"] = _yaml(dataset_metadata(cfg, configs))
+    context["metadata_yaml"] = _yaml(dataset_metadata(hub, configs, art.run_dir))
     text = render("dataset_card.md.j2", context, _missing_note(art))
     validate_dataset_card(text, configs)
     write_reproduce_configs(context["reproduce"], folder)
-    return write_text(text, folder / "README.md")
+    return write_text(text, folder / CARD_FILE)
 
 
 def section(art: RunArtifacts, source: str, build: Any, *args: Any) -> Any:
@@ -94,16 +108,16 @@ def section(art: RunArtifacts, source: str, build: Any, *args: Any) -> Any:
         return None
 
 
-def dataset_metadata(cfg: Config, configs: list[DataConfig]) -> dict[str, Any]:
+def dataset_metadata(hub: HubConfig, configs: list[DataConfig], run_dir: Path) -> dict[str, Any]:
     """The card's YAML header: license, language, task categories, size, tags, and one config per data split."""
     largest = max((c.rows for c in configs), default=0)
     return {
-        "license": cfg.hub.license,
-        "language": list(cfg.hub.language),
-        "pretty_name": cfg.hub.pretty_name or _title(cfg),
+        "license": hub.license,
+        "language": list(hub.language),
+        "pretty_name": hub.pretty_name or _title(hub, run_dir),
         "task_categories": ["text-generation"],
         "size_categories": [size_category(largest)],
-        "tags": sorted({"synthetic", *cfg.hub.tags}),
+        "tags": sorted({"synthetic", *hub.tags}),
         "configs": [
             {"config_name": c.name, "data_files": [{"split": c.split, "path": c.pattern}],
              **({"default": True} if i == 0 else {})}
@@ -141,38 +155,38 @@ def validate_dataset_card(text: str, configs: list[DataConfig]) -> Any:
     return card
 
 
-def build_model_card(cfg: Config, art: RunArtifacts, folder: Path) -> Path | None:
+def build_model_card(hub: HubConfig, art: RunArtifacts, folder: Path) -> Path | None:
     """Render and validate the model card of the final checkpoint into ``folder/README.md`` (None if no checkpoint)."""
     from huggingface_hub import ModelCard
 
-    phase = checkpoints.final_checkpoint(art, cfg.hub.model_checkpoint)
+    phase = checkpoints.final_checkpoint(art, hub.model_checkpoint)
     if phase is None:
-        if cfg.hub.model_checkpoint:
+        if hub.model_checkpoint:
             raise HubError(f"config key 'hub.model_checkpoint': no checkpoint at "
-                           f"{art.path('checkpoints', cfg.hub.model_checkpoint)}")
+                           f"{art.layout.checkpoint(hub.model_checkpoint)}")
         return None
     ckpt = art.checkpoints[phase]
     metadata = {
-        "license": cfg.hub.license,
-        "language": list(cfg.hub.language),
+        "license": hub.license,
+        "language": list(hub.language),
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        "tags": sorted({"synthetic-data", "textbooks", "small-lm", *cfg.hub.tags} - {"synthetic"}),
-        **({"datasets": [dataset_repo]} if (dataset_repo := dataset_repo_id(cfg)) else {}),
+        "tags": sorted({"synthetic-data", "textbooks", "small-lm", *hub.tags} - {"synthetic"}),
+        **({"datasets": [dataset_repo]} if (dataset_repo := dataset_repo_id(hub, art.run_dir)) else {}),
     }
     context = {
-        "title": f"{cfg.hub.pretty_name or _title(cfg)} ({phase} checkpoint)",
+        "title": f"{hub.pretty_name or _title(hub, art.run_dir)} ({phase} checkpoint)",
         "phase": phase,
-        "repo_id": model_repo_id(cfg),
+        "repo_id": model_repo_id(hub),
         "repo_type": "model",
-        "code_url": cfg.hub.code_url,
+        "code_url": hub.code_url,
         "dataset_repo_id": dataset_repo,
         "architecture": checkpoints.architecture(ckpt.get("config")),
         "parameters": checkpoints.count_parameters(ckpt["path"]) or (ckpt.get("summary") or {}).get("parameters"),
         "phases": checkpoints.training_section(art),
-        "loss_figure": _copy_figure(ckpt["path"] / "loss.png", folder, "loss.png"),
+        "loss_figure": _copy_figure(ckpt["path"] / LOSS_FIGURE, folder, LOSS_FIGURE),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
-        "lineage": lineage_chain(art.run_dir, start=ckpt["path"] / "manifest.json"),
+        "lineage": lineage_chain(art.run_dir, start=manifest_path(ckpt["path"])),
         "metadata_yaml": _yaml(metadata),
     }
     text = render("model_card.md.j2", context, _missing_note(art))
@@ -183,18 +197,15 @@ def build_model_card(cfg: Config, art: RunArtifacts, folder: Path) -> Path | Non
     if card.data.to_dict().get("pipeline_tag") != "text-generation":
         raise HubError("model card: metadata did not parse back")
     write_reproduce_configs(context["reproduce"], folder)
-    return write_text(text, folder / "README.md")
+    return write_text(text, folder / CARD_FILE)
 
 
-PUSHED = "pushed.json"
-"""``RUN_DIR/pushed.json``: the repo ids a real push published to, so a later model card links its dataset."""
-
-
-def dataset_repo_id(cfg: Config) -> str | None:
-    """The dataset repo the model was trained on: ``hub.repo_id``, else the one this run was last pushed to."""
-    if cfg.hub.repo_id:
-        return cfg.hub.repo_id
-    record = Path(cfg.run_dir) / PUSHED
+def dataset_repo_id(hub: HubConfig, run_dir: Path) -> str | None:
+    """The dataset repo the model was trained on: ``hub.repo_id``, else the one this run was last pushed
+    to (``RUN_DIR/pushed.json``, written by a real push)."""
+    if hub.repo_id:
+        return hub.repo_id
+    record = RunDir(run_dir).pushed
     try:
         repo = read_json(record).get("dataset") if record.is_file() else None
     except (OSError, ValueError, AttributeError):
@@ -202,17 +213,18 @@ def dataset_repo_id(cfg: Config) -> str | None:
     return repo if isinstance(repo, str) else None
 
 
-def model_repo_id(cfg: Config) -> str | None:
-    if cfg.hub.model_repo_id:
-        return cfg.hub.model_repo_id
-    return f"{cfg.hub.repo_id}-model" if cfg.hub.repo_id else None
+def model_repo_id(hub: HubConfig) -> str | None:
+    if hub.model_repo_id:
+        return hub.model_repo_id
+    return f"{hub.repo_id}-model" if hub.repo_id else None
 
 
-def sft_parser(cfg: Config) -> Any:
-    """The conversation parser SFT training uses, so the card's ``sft`` config matches what was trained on."""
+def sft_parser(name: str) -> ConversationParser:
+    """The conversation parser SFT training uses (``train.sft.parser``), so the card's ``sft`` config
+    matches what was trained on."""
     from pipeline.train.sft import conversation_parser
 
-    return conversation_parser(cfg.train.sft.parser)
+    return conversation_parser(name)
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -265,21 +277,20 @@ def _yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def _title(cfg: Config) -> str:
-    name = (cfg.hub.repo_id or "").split("/")[-1] or Path(cfg.run_dir).name
+def _title(hub: HubConfig, run_dir: Path) -> str:
+    name = (hub.repo_id or "").split("/")[-1] or Path(run_dir).name
     return f"Synthetic textbooks: {name}"
 
 
 def _copy_figure(source: Path | None, folder: Path, name: str) -> str | None:
     if source is None or not Path(source).exists():
         return None
-    with atomic_path(folder / name) as tmp:  # the copy gets the umask's mode, not the source's
-        shutil.copyfile(source, tmp)
+    copy_file(source, folder / name)  # with the umask's mode, not the source's
     return name
 
 
-def require_run_dir(cfg: Config) -> Path:
-    run_dir = Path(cfg.run_dir)
+def require_run_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise HubError(f"run_dir {run_dir}: no such run directory (set run_dir=... or run the stages first)")
     return run_dir

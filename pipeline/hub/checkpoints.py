@@ -11,7 +11,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from pipeline.hub.artifacts import CHECKPOINT_PHASES, RunArtifacts
+from pipeline.hub.artifacts import RunArtifacts
+from pipeline.rundir import PHASES
 
 ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
@@ -41,7 +42,7 @@ def architecture(config: dict[str, Any] | None) -> dict[str, Any]:
     return arch
 
 
-def phase_summary(phase: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_summary(phase: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Steps, tokens (total and per source) and final validation loss / bits per byte per domain.
 
     Reads the fields ``pipeline.train`` writes to ``train_summary.json``.
@@ -67,14 +68,14 @@ def phase_summary(phase: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def training_section(art: RunArtifacts) -> list[dict[str, Any]]:
-    return [phase_summary(p, art.checkpoints[p]) for p in CHECKPOINT_PHASES if p in art.checkpoints]
+    return [checkpoint_summary(p, art.checkpoints[p]) for p in PHASES if p in art.checkpoints]
 
 
 def final_checkpoint(art: RunArtifacts, name: str | None = None) -> str | None:
     """``name`` if given, else the last phase that has a checkpoint (sft, then phase2, then phase1)."""
     if name:
         return name if name in art.checkpoints else None
-    return next((p for p in reversed(CHECKPOINT_PHASES) if p in art.checkpoints), None)
+    return next((p for p in reversed(PHASES) if p in art.checkpoints), None)
 
 
 def _f(value: Any) -> str:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.hub.artifacts import RunArtifacts
-from pipeline.hub.diversity import card_metrics, full_report
 from pipeline.hub.provenance import public_path
+from pipeline.hub.text_stats import card_metrics, full_report
+from pipeline.rundir import TEMPLATE, TEXT
 
 # the seed columns the generate stage writes (None where a row's template does not use one)
 SEED_FIELDS = ("subject", "topic", "subtopic", "audience", "style")
@@ -52,7 +53,7 @@ def generation_section(art: RunArtifacts) -> dict[str, Any] | None:
         "finish_reasons": _shares(df["finish_reason"].fillna("unknown")),
         "flags": [{"flag": f, "rows": n, "share": n / len(df)} for f, n in flags.most_common()],
         "truncation_rate": float(truncated.mean()),
-        "empty_rate": float((df["text"].fillna("").str.strip() == "").mean()),
+        "empty_rate": float((df[TEXT].fillna("").str.strip() == "").mean()),
         # planned requests that left no row: failed for good, or not started once the budget was spent
         "rows_not_written": totals["requests"] - totals["rows"] if totals else None,
         "stop_reason": manifest.get("stop_reason"),
@@ -67,7 +68,7 @@ def _distinct(values: pd.Series) -> list[Any]:
 def _templates(df: pd.DataFrame, info: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows, share, tokens and truncation per template, with its sha(s) and what it asks for (from the manifest)."""
     out = []
-    for name, group in df.groupby("template", sort=True):
+    for name, group in df.groupby(TEMPLATE, sort=True):
         out.append({
             "template": name,
             "about": (info.get(name) or {}).get("about") or "",
@@ -86,7 +87,7 @@ def _tokens(df: pd.DataFrame, total_rows: int) -> dict[str, Any]:
         "prompt": float(df["prompt_tokens"].fillna(0).sum()) * scale,
         "completion": float(df["completion_tokens"].fillna(0).sum()) * scale,
         "mean_completion": float(df["completion_tokens"].mean()),
-        "words": float(df["text"].fillna("").str.split().str.len().sum()) * scale,
+        "words": float(df[TEXT].fillna("").str.split().str.len().sum()) * scale,
         "extrapolated": scale != 1.0,
     }
 
@@ -135,11 +136,11 @@ def diversity_section(art: RunArtifacts, seed: int = 0) -> dict[str, Any] | None
     df = art.generated
     if df is None or df.empty:
         return None
-    texts = df["text"].fillna("").astype(str)
+    texts = df[TEXT].fillna("").astype(str)
     stored = (art.generated_manifest or {}).get("diversity")
     overall = {**stored, **card_metrics(list(texts), seed=seed)} if stored else full_report(list(texts), seed=seed)
     per_template = [{"template": name, **full_report(list(group), self_bleu_sample=500, seed=seed)}
-                    for name, group in texts.groupby(df["template"], sort=True)]
+                    for name, group in texts.groupby(df[TEMPLATE], sort=True)]
     return {"overall": overall, "per_template": per_template, "stored": bool(stored),
             "gate": (stored or {}).get("gate")}
 

@@ -21,8 +21,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import HubError
-from pipeline.io import atomic_path, current_umask, list_shards, write_parquet
+from pipeline.io import copy_file, current_umask, list_shards, read_table, write_parquet
+from pipeline.rundir import CONVERSATION, GENERATED_SOURCE, ID, MESSAGES, SOURCE, TEMPLATE, TEXT, RunDir
+
+# The upload folder, which is the published repo's layout (a contract of its own: the card links
+# these paths and readers download them), apart from the run directory's (pipeline.rundir).
+CARD_FILE = "README.md"
+MODEL_CARD_DIR = "model"  # card/model/README.md: the model card beside the dataset card
+DATA_DIR = "data"
+FIGURES_DIR = "figures"
+MANIFESTS_DIR = "manifests"
+CLASSIFIER_DIR = "classifier"
+REPRODUCE_DIR = "reproduce"
 
 Transform = Callable[[pa.Table], pa.Table]
 ConversationParser = Callable[[str], list[dict[str, str]]]
@@ -43,7 +53,7 @@ class DataConfig:
 
     @property
     def folder(self) -> str:
-        return f"data/{self.name}"
+        return f"{DATA_DIR}/{self.name}"
 
     @property
     def pattern(self) -> str:
@@ -53,10 +63,7 @@ class DataConfig:
     def tables(self) -> Iterator[pa.Table]:
         """The selected rows, one Arrow table per source shard (memory stays at one shard)."""
         for source in self.sources:
-            try:
-                table = pq.read_table(source)
-            except (OSError, pa.ArrowInvalid) as e:
-                raise HubError(f"{source}: cannot read Parquet: {str(e).splitlines()[0]}") from None
+            table = read_table(source)
             table = self.transform(table) if self.transform else table
             if table.num_rows:
                 yield table
@@ -64,15 +71,15 @@ class DataConfig:
 
 def data_configs(run_dir: Path, conversation_parser: ConversationParser | None = None) -> list[DataConfig]:
     """The configs a run can publish, with their row counts; configs without rows are left out."""
-    run_dir = Path(run_dir)
-    generated = list_shards(run_dir / "generated")
+    run = RunDir(run_dir)
+    generated = list_shards(run.generated)
     candidates = [
         DataConfig("generated", "train",
                    "Synthetic textbooks, exercises, stories, conversations and explainers, one row per completion.",
                    generated),
         DataConfig("filtered_web", "train",
                    "Web text kept by the filter (heuristics, edu score, dedup, decontamination).",
-                   list_shards(run_dir / "filtered"), _web_rows),
+                   list_shards(run.filtered), _web_rows),
     ]
     if conversation_parser is not None:
         candidates.append(DataConfig(
@@ -114,8 +121,6 @@ def _count(config: DataConfig) -> int:
 def _link_or_copy(source: Path, target: Path) -> None:
     """Hard-link an unchanged shard (no copy of a large run); copy it across file systems, or when its
     mode is not the umask's (a link shares the source's mode: a 0600 shard would stay 0600)."""
-    import shutil
-
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()
@@ -125,31 +130,30 @@ def _link_or_copy(source: Path, target: Path) -> None:
             return
         except OSError:
             pass
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
+    copy_file(source, target)
 
 
 def _web_rows(table: pa.Table) -> pa.Table:
-    if "source" not in table.column_names:
+    if SOURCE not in table.column_names:
         return table
-    return table.filter(pc.fill_null(pc.not_equal(table["source"], "generated"), True))
+    return table.filter(pc.fill_null(pc.not_equal(table[SOURCE], GENERATED_SOURCE), True))
 
 
 def _sft_rows(parse: ConversationParser) -> Transform:
     def transform(table: pa.Table) -> pa.Table:
-        if "template" not in table.column_names:
+        if TEMPLATE not in table.column_names:
             return table.slice(0, 0).select([])
-        chats = table.filter(pc.fill_null(pc.equal(table["template"], "conversation"), False))
+        chats = table.filter(pc.fill_null(pc.equal(table[TEMPLATE], CONVERSATION), False))
         flags = chats.column("flags").to_pylist() if "flags" in chats.column_names else [None] * chats.num_rows
-        rows: dict[str, list[Any]] = {"id": [], "messages": [], "topic": [], "audience": []}
+        rows: dict[str, list[Any]] = {ID: [], MESSAGES: [], "topic": [], "audience": []}
         for row, row_flags in zip(chats.to_pylist(), flags, strict=True):
             if set(row_flags or ()) & {"truncated", "empty", "refusal"}:
                 continue  # a cut-off or refused dialogue teaches the wrong turn-taking
-            messages = parse(row.get("text") or "")
+            messages = parse(row.get(TEXT) or "")
             if len(messages) < 2:
                 continue
-            rows["id"].append(row.get("id"))
-            rows["messages"].append(messages)
+            rows[ID].append(row.get(ID))
+            rows[MESSAGES].append(messages)
             rows["topic"].append(row.get("topic"))
             rows["audience"].append(row.get("audience"))
         return pa.table(rows, schema=_SFT_SCHEMA)
@@ -158,8 +162,8 @@ def _sft_rows(parse: ConversationParser) -> Transform:
 
 
 _SFT_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    (ID, pa.string()),
+    (MESSAGES, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
     ("topic", pa.string()),
     ("audience", pa.string()),
 ])

@@ -13,25 +13,25 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path, PurePath
 from typing import Any
 
-from pipeline.io import SHARD_GLOB, list_shards
+from pipeline.io import read_json
 from pipeline.lineage import LineageError, content_digest, fingerprint, manifest_ref, relative_name
+from pipeline.rundir import MANIFEST, PHASES, SHARD_GLOB, TRAIN_SUMMARY, RunDir, list_shards, manifest_path
 
 SHORT = 8  # digest characters a card shows: enough to tell manifests apart by eye
-CARD_RECORD = "card/manifest.json"
+_RUN = RunDir(Path())  # the run directory's layout, relative to its root
 # folders of the run directory that are built from the manifests, not manifests of their own
-_BUILT = {"card", "push", "push_model"}
+_BUILT = {_RUN.card.name, _RUN.push.name, _RUN.push_model.name}
 # the run directory in pipeline order: a manifest's rank is the first prefix it starts with
-_ORDER = ("generated/", "annotations/", "classifier/", "filtered/", "tokenizer/", "checkpoints/phase1/",
-          "checkpoints/phase2/", "checkpoints/sft/", "eval/", "compare/")
+_ORDER = tuple(f"{folder.as_posix()}/" for folder in (
+    _RUN.generated, _RUN.annotations, _RUN.classifier, _RUN.filtered, _RUN.tokenizer,
+    *(_RUN.checkpoint(p) for p in PHASES), _RUN.eval, _RUN.compare))
 # reports the card reads besides the manifests (a stage rewrites them with its manifest)
-_REPORTS = ("classifier/report.json", "classifier/rejected/report.json", "filtered/stats.json",
-            "checkpoints/phase1/train_summary.json", "checkpoints/phase2/train_summary.json",
-            "checkpoints/sft/train_summary.json")
+_REPORTS = (_RUN.classifier_report, _RUN.classifier_rejected / _RUN.classifier_report.name, _RUN.filter_stats,
+            *(_RUN.checkpoint(p) / TRAIN_SUMMARY for p in PHASES))
 _STAGE_COMMANDS = {"generate": "textbook generate", "annotate": "textbook annotate",
                    "train-classifier": "textbook train-classifier", "filter": "textbook filter"}
 
@@ -39,10 +39,10 @@ _STAGE_COMMANDS = {"generate": "textbook generate", "annotate": "textbook annota
 def stage_manifests(run_dir: Path) -> list[Path]:
     """The run's stage manifests (``*/manifest.json``, ``*/*/manifest.json``, else the classifier's
     ``report.json``), in pipeline order; the card and push folders are not stages."""
-    run_dir = Path(run_dir)
-    found = [*run_dir.glob("*/manifest.json"), *run_dir.glob("*/*/manifest.json")]
-    if not (run_dir / "classifier" / "manifest.json").is_file() and (run_dir / "classifier" / "report.json").is_file():
-        found.append(run_dir / "classifier" / "report.json")  # the classifier's manifest before it had its own
+    run_dir, run = Path(run_dir), RunDir(run_dir)
+    found = [*run_dir.glob(f"*/{MANIFEST}"), *run_dir.glob(f"*/*/{MANIFEST}")]
+    if not manifest_path(run.classifier).is_file() and run.classifier_report.is_file():
+        found.append(run.classifier_report)  # the classifier's manifest before it had its own
     found = [p for p in found
              if p.relative_to(run_dir).parts[0] not in _BUILT
              and not any(part.startswith(".") for part in p.relative_to(run_dir).parts)]
@@ -55,7 +55,7 @@ def _rank(rel: str) -> tuple[int, str]:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, ValueError):
         return {}  # the card names unreadable manifests itself (pipeline.hub.artifacts)
     return data if isinstance(data, dict) else {}
@@ -137,7 +137,7 @@ def check_card_fresh(run_dir: Path) -> None:
     push folder's card is rebuilt from the run as it is now.
     """
     run_dir = Path(run_dir)
-    stored = (_read(run_dir / CARD_RECORD).get("lineage") or {}).get("parents")
+    stored = (_read(manifest_path(RunDir(run_dir).card)).get("lineage") or {}).get("parents")
     if not isinstance(stored, dict):
         return
     current = card_parents(run_dir)

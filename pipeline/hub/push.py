@@ -13,41 +13,45 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
 from pipeline.config import Config, public_dict
 from pipeline.errors import HubError
-from pipeline.hub.artifacts import CHECKPOINT_PHASES, load_artifacts
-from pipeline.hub.card import (
-    PUSHED,
-    build_dataset_card,
-    build_model_card,
-    model_repo_id,
-    require_run_dir,
-    sft_parser,
-)
+from pipeline.hub.artifacts import load_artifacts
+from pipeline.hub.card import build_dataset_card, build_model_card, model_repo_id, require_run_dir, sft_parser
 from pipeline.hub.checkpoints import final_checkpoint
-from pipeline.hub.layout import data_configs, write_data
+from pipeline.hub.config import HubConfig
+from pipeline.hub.layout import (
+    CARD_FILE,
+    CLASSIFIER_DIR,
+    DATA_DIR,
+    FIGURES_DIR,
+    MANIFESTS_DIR,
+    ConversationParser,
+    data_configs,
+    write_data,
+)
 from pipeline.hub.provenance import check_card_fresh, public_data, verify_outputs
-from pipeline.io import atomic_dir, atomic_path, read_json, write_json
+from pipeline.io import atomic_dir, copy_file, read_json, write_json
+from pipeline.rundir import PHASES, TRAIN_SUMMARY, RunDir, manifest_path
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
+_RUN = RunDir(Path())  # the run directory's layout, relative to its root
 # run-dir file -> path in the dataset repo: the provenance a reader of the card can check
 PROVENANCE = {
-    "generated/manifest.json": "manifests/generate.json",
-    "annotations/manifest.json": "manifests/annotate.json",
-    "filtered/manifest.json": "manifests/filter.json",
-    "filtered/stats.json": "manifests/filter_stats.json",
-    "classifier/report.json": "classifier/report.json",
-    "classifier/report.png": "classifier/report.png",
-    **{f"checkpoints/{p}/train_summary.json": f"manifests/train_{p}.json" for p in CHECKPOINT_PHASES},
+    manifest_path(_RUN.generated).as_posix(): f"{MANIFESTS_DIR}/generate.json",
+    manifest_path(_RUN.annotations).as_posix(): f"{MANIFESTS_DIR}/annotate.json",
+    manifest_path(_RUN.filtered).as_posix(): f"{MANIFESTS_DIR}/filter.json",
+    _RUN.filter_stats.as_posix(): f"{MANIFESTS_DIR}/filter_stats.json",
+    _RUN.classifier_report.as_posix(): f"{CLASSIFIER_DIR}/report.json",
+    _RUN.classifier_figure.as_posix(): f"{CLASSIFIER_DIR}/report.png",
+    **{(_RUN.checkpoint(p) / TRAIN_SUMMARY).as_posix(): f"{MANIFESTS_DIR}/train_{p}.json" for p in PHASES},
 }
 # files of a save_pretrained checkpoint folder that belong on the Hub (not state/, tensorboard/)
-_MODEL_SKIP = {"README.md"}
+_MODEL_SKIP = {CARD_FILE}
 # a configured secret shorter than this ("EMPTY", "none" for a local server) is not a credential
 _MIN_SECRET = 12
 
@@ -57,23 +61,26 @@ def push(cfg: Config, repo_id: str | None = None, private: bool = False, dry_run
     """Assemble the upload folder and push it (``model=True``: the final checkpoint with its model card).
 
     A dry run runs every check a real push runs; it only skips asking for a token and uploading.
+    The upload folder is rebuilt whole each time (so ``restart``, which every stage accepts, has
+    nothing to discard).
     """
-    run_dir = require_run_dir(cfg)
-    repo_id = repo_id or (model_repo_id(cfg) if model else cfg.hub.repo_id)
+    run_dir = require_run_dir(cfg.run_dir)
+    hub = cfg.hub
+    repo_id = repo_id or (model_repo_id(hub) if model else hub.repo_id)
     if repo_id is None and not dry_run:
         raise HubError("no repo id: pass --repo-id ORG/NAME or set hub.repo_id")
     if repo_id is not None:
         check_repo_id(repo_id)
     if repo_id and not model:
-        cfg = cfg.model_copy(update={"hub": cfg.hub.model_copy(update={"repo_id": repo_id})})
+        hub = hub.model_copy(update={"repo_id": repo_id})
     token = known_token() if dry_run else resolve_token()
-    dest = run_dir / ("push_model" if model else "push")
+    dest = RunDir(run_dir).push_model if model else RunDir(run_dir).push
     with atomic_dir(dest) as folder:
         if model:
-            assemble_model(cfg, folder)
+            assemble_model(hub, run_dir, folder, cfg.seed)
         else:
-            assemble_dataset(cfg, folder)
-        check_upload(cfg, folder, token, shown_as=dest.name)
+            assemble_dataset(hub, run_dir, folder, cfg.seed, sft_parser(cfg.train.sft.parser))
+        check_upload(run_dir, folder, upload_secrets(cfg, token), shown_as=dest.name)
     total = print_listing(dest)
     if dry_run:
         print(f"dry run: nothing uploaded; {dest} is exactly what would be pushed"
@@ -81,8 +88,8 @@ def push(cfg: Config, repo_id: str | None = None, private: bool = False, dry_run
         return 0
     assert repo_id is not None and token is not None
     url = upload(dest, repo_id, token, repo_type="model" if model else "dataset",
-                 private=private or cfg.hub.private, endpoint=cfg.hub.endpoint,
-                 large=total > cfg.hub.large_folder_gb * 1e9)
+                 private=private or hub.private, endpoint=hub.endpoint,
+                 large=total > hub.large_folder_gb * 1e9)
     _record_push(run_dir, "model" if model else "dataset", repo_id)
     print(f"pushed {dest} to {url}")
     return 0
@@ -95,21 +102,28 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def check_upload(cfg: Config, folder: Path, token: str | None, shown_as: str = "push") -> None:
+def check_upload(run_dir: Path, folder: Path, secrets: dict[str, str], shown_as: str = "push") -> None:
     """Every check an upload folder must pass, for a dry run and a real push alike.
 
     The run's shards still match the manifests that list them, ``card/`` was built from the
-    manifests as they are now, and no file holds the Hugging Face token or a configured secret.
-    ``shown_as`` names the folder in messages (``folder`` may be its temporary stand-in).
+    manifests as they are now, and no file holds one of ``secrets`` ({what: value}, see
+    :func:`upload_secrets`). ``shown_as`` names the folder in messages (``folder`` may be its
+    temporary stand-in).
     """
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(run_dir)
     verify_outputs(run_dir)
     check_card_fresh(run_dir)
+    for name, value in secrets.items():
+        assert_no_secret(folder, value, name, shown_as)
+
+
+def upload_secrets(cfg: Config, token: str | None) -> dict[str, str]:
+    """{what: value} no uploaded file may hold: the configured secrets long enough to be credentials
+    (:func:`configured_secrets`, which walks the whole config), then the Hugging Face token."""
     secrets = {name: value for name, value in configured_secrets(cfg).items() if len(value) >= _MIN_SECRET}
     if token:
         secrets["the Hugging Face token"] = token
-    for name, value in secrets.items():
-        assert_no_secret(folder, value, name, shown_as)
+    return secrets
 
 
 def configured_secrets(cfg: Config) -> dict[str, str]:
@@ -135,14 +149,14 @@ def configured_secrets(cfg: Config) -> dict[str, str]:
 
 # --- assembling ----------------------------------------------------------------------------------
 
-def assemble_dataset(cfg: Config, folder: Path) -> Path:
+def assemble_dataset(hub: HubConfig, run_dir: Path, folder: Path, seed: int,
+                     conversation_parser: ConversationParser) -> Path:
     """Write the dataset upload files into ``folder``: README.md, figures/, reproduce/, data/, manifests/.
 
     The published manifests have their local paths made public, as the card shows them.
     """
-    run_dir = Path(cfg.run_dir)
-    art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)
-    configs = data_configs(run_dir, sft_parser(cfg))
+    art = load_artifacts(run_dir, hub.max_card_rows, seed)
+    configs = data_configs(run_dir, conversation_parser)
     if not configs:
         raise HubError(f"{run_dir}: no data to publish (no generated or filtered shards); run the stages first")
     write_data(configs, folder)
@@ -152,35 +166,29 @@ def assemble_dataset(cfg: Config, folder: Path) -> Path:
         if source.endswith(".json"):
             write_json(public_data(read_json(run_dir / source), run_dir), folder / target)
         else:
-            _copy(run_dir / source, folder / target)
-    build_dataset_card(cfg, art, configs, folder)
+            copy_file(run_dir / source, folder / target)
+    build_dataset_card(hub, art, configs, folder, seed)
     return folder
 
 
-def assemble_model(cfg: Config, folder: Path) -> Path:
+def assemble_model(hub: HubConfig, run_dir: Path, folder: Path, seed: int) -> Path:
     """Write the model upload files into ``folder``: the final checkpoint's files plus its model card."""
-    art = load_artifacts(Path(cfg.run_dir), cfg.hub.max_card_rows, cfg.seed)
-    phase = final_checkpoint(art, cfg.hub.model_checkpoint)
+    art = load_artifacts(run_dir, hub.max_card_rows, seed)
+    phase = final_checkpoint(art, hub.model_checkpoint)
     if phase is None:
-        raise HubError(f"{Path(cfg.run_dir) / 'checkpoints'}: no trained checkpoint to push "
+        raise HubError(f"{RunDir(run_dir).checkpoints}: no trained checkpoint to push "
                        "(run `textbook train --phase 1` first)")
     source = art.checkpoints[phase]["path"]
     for path in sorted(source.iterdir()):
         if path.is_file() and path.name not in _MODEL_SKIP and not path.name.startswith("."):
-            _copy(path, folder / path.name)
-    build_model_card(cfg, art, folder)
+            copy_file(path, folder / path.name)
+    build_model_card(hub, art, folder)
     return folder
-
-
-def _copy(source: Path, target: Path) -> None:
-    """Copy with the umask's mode (``copy2`` would carry a 0600 source's mode into a shared folder)."""
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
 
 
 def _record_push(run_dir: Path, kind: str, repo_id: str) -> None:
     """Remember the repo a real push published to (``RUN_DIR/pushed.json``): the model card links the dataset."""
-    path = run_dir / PUSHED
+    path = RunDir(run_dir).pushed
     try:
         record = read_json(path) if path.is_file() else {}
     except (OSError, ValueError):
@@ -260,7 +268,7 @@ def upload(folder: Path, repo_id: str, token: str, repo_type: str, private: bool
             # stale shards from an earlier, larger push would silently join the dataset: replace data/
             api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type,
                               commit_message=f"textbook push: {folder.name}",
-                              delete_patterns=["data/**", "figures/**"] if repo_type == "dataset" else None)
+                              delete_patterns=[f"{DATA_DIR}/**", f"{FIGURES_DIR}/**"] if repo_type == "dataset" else None)
     except OfflineModeIsEnabled:
         raise HubError("HF_HUB_OFFLINE=1 is set: unset it to push to the Hub") from None
     except HfHubHTTPError as e:

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.hub.layout import REPRODUCE_DIR
 from pipeline.hub.provenance import public_data, public_run_dir
 from pipeline.io import stable_hash, write_text
 
@@ -40,7 +41,7 @@ def reproduce_section(manifests: dict[str, dict[str, Any]], run_dir: Path | str)
             by_hash.setdefault(stable_hash(config), config)
     files: dict[str, str] = {}  # config hash -> file name
     for i, key in enumerate(by_hash):
-        files[key] = "reproduce/config.yaml" if len(by_hash) == 1 else f"reproduce/config-{i + 1}.yaml"
+        files[key] = f"{REPRODUCE_DIR}/config.yaml" if len(by_hash) == 1 else f"{REPRODUCE_DIR}/config-{i + 1}.yaml"
     commands = []
     for stage, manifest in ran:
         config = manifest.get("config")

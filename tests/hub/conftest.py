@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from filters.quality import evaluate_scores
+from pipeline.classify.report import evaluate_scores
 from pipeline.classify.train import describe_labels
 from pipeline.config import public_dict, validate
 from pipeline.filter.report import decontamination_report, stage_table
@@ -26,6 +26,7 @@ from pipeline.generate.sampler import SEED_VARIABLES
 from pipeline.generate.shard import COMPLETION_COLUMNS
 from pipeline.io import build_manifest, list_shards, read_json, shard_path, write_json, write_parquet
 from pipeline.lineage import file_digests, fingerprint, manifest_ref
+from pipeline.rundir import LOSS_FIGURE, SHARD_GLOB, TRAIN_SUMMARY, RunDir, manifest_path
 from tests.conftest import SENTENCES
 
 # a 1x1 PNG: the stages' report figures are copied, not drawn, by the card
@@ -88,14 +89,14 @@ def build_run(run: Path, tiny_llama: Path | None = None, secret: str = "sk-test-
     except the classifier's report, which stands for a stage that does not record it yet."""
     cfg = validate({"run_dir": str(run),
                     "generate": {"api_key": secret, "price_input_per_million": 0.15, "price_output_per_million": 0.6},
-                    "classifier": {"positives": [str(run / "generated" / "part-*.parquet")],
+                    "classifier": {"positives": [str(RunDir(run).generated / SHARD_GLOB)],
                                    "negatives": [WEB_INPUT]},  # DCLM style, as the demo trains it
                     "filter": {"input": [WEB_INPUT],
                                "decontaminate": {"benchmarks": [{"name": "gsm8k"}, {"name": "mmlu"}]}}})
     config = public_dict(cfg)
     df = generated_frame()
-    write_parquet(df.iloc[:30], shard_path(run / "generated", 0))
-    write_parquet(df.iloc[30:], shard_path(run / "generated", 1))
+    write_parquet(df.iloc[:30], shard_path(RunDir(run).generated, 0))
+    write_parquet(df.iloc[30:], shard_path(RunDir(run).generated, 1))
     _generate_manifest(run, config, df)
     _filter_outputs(run, config, df)
     _classifier_report(run, cfg, config)
@@ -115,15 +116,15 @@ def _generate_manifest(run: Path, config: dict, df: pd.DataFrame) -> None:
         ledger=ledger.as_dict(), stop_reason=None, templates=templates)
     manifest["diversity"] = {**diversity_report(df["text"].tolist()), "gate": GATE}
     manifest["lineage"] = fingerprint(config=config["generate"])
-    write_json(manifest, run / "generated" / "manifest.json")
+    write_json(manifest, manifest_path(RunDir(run).generated))
     record_outputs(run, "generated")
 
 
 def record_outputs(run: Path, folder: str) -> None:
     """Set ``outputs`` of ``folder/manifest.json`` to the shards now in the folder, as the stage writes it."""
-    manifest = read_json(run / folder / "manifest.json")
+    manifest = read_json(manifest_path(run / folder))
     manifest["outputs"] = file_digests([*list_shards(run / folder), *list_shards(run / folder / "rejected")], run)
-    write_json(manifest, run / folder / "manifest.json")
+    write_json(manifest, manifest_path(run / folder))
 
 
 def _filter_outputs(run: Path, config: dict, df: pd.DataFrame) -> None:
@@ -131,8 +132,8 @@ def _filter_outputs(run: Path, config: dict, df: pd.DataFrame) -> None:
     web = pd.DataFrame({"id": [f"w{i}" for i in range(40)], "text": [SENTENCES[i % 12] * 2 for i in range(40)],
                         "source": ["web.parquet"] * 40, "edu_score": [i / 40 for i in range(40)]})
     kept_generated = df.iloc[:10][["id", "text"]].assign(source="generated", edu_score=0.9)
-    write_parquet(pd.concat([web, kept_generated], ignore_index=True), shard_path(run / "filtered", 0))
-    write_parquet(web.iloc[:5].assign(filter_reason="near_dup"), shard_path(run / "filtered" / "rejected", 0))
+    write_parquet(pd.concat([web, kept_generated], ignore_index=True), shard_path(RunDir(run).filtered, 0))
+    write_parquet(web.iloc[:5].assign(filter_reason="near_dup"), shard_path(RunDir(run).rejected, 0))
     removed = {"gopher:word_count": [20, 6_000], "quality": [20, 6_000], "exact_dup": [10, 3_000],
                "near_dup": [10, 3_000], "decontam:gsm8k": [10, 3_000]}
     matches = ["gsm8k:0", "gsm8k:1", "gsm8k:2", "gsm8k:3", "gsm8k:4", "gsm8k:0", "gsm8k:1",
@@ -152,15 +153,15 @@ def _filter_outputs(run: Path, config: dict, df: pd.DataFrame) -> None:
         "bad_files": [],
         "timings_s": {"validate": 0.4, "score": 2.5},
     }
-    write_json(stats, run / "filtered" / "stats.json")
+    write_json(stats, RunDir(run).filter_stats)
     lineage = fingerprint(config=config["filter"], inputs={WEB_INPUT: "d1d1d1d1d1d1d1d1"},
-                          parents={"generate": manifest_ref(run / "generated" / "manifest.json", run)})
+                          parents={"generate": manifest_ref(manifest_path(RunDir(run).generated), run)})
     write_json(build_manifest("filter", config, output_key="0123456789abcdef",
                               inputs=[{"path": WEB_INPUT, "digest": "d1"}], documents_in=120,
                               documents_out=50, timings_s=stats["timings_s"], lineage=lineage),
-               run / "filtered" / "manifest.json")
+               manifest_path(RunDir(run).filtered))
     record_outputs(run, "filtered")
-    (run / "filtered" / "report.png").write_bytes(PNG)
+    RunDir(run).filter_report.write_bytes(PNG)
 
 
 def _classifier_report(run: Path, cfg, config: dict) -> None:
@@ -175,29 +176,29 @@ def _classifier_report(run: Path, cfg, config: dict) -> None:
         validation=metrics, train=train,
         validation_score_quantiles={str(q): float(np.quantile(VAL_SCORES, q)) for q in (0.1, 0.5, 0.9)},
         learning_rate=0.2, training_time_s=0.8, total_time_s=1.2, model_size_bytes=123_456)
-    write_json(report, run / "classifier" / "report.json")
-    (run / "classifier" / "report.png").write_bytes(PNG)
+    write_json(report, RunDir(run).classifier_report)
+    RunDir(run).classifier_figure.write_bytes(PNG)
 
 
 def _checkpoint(run: Path, config: dict, tiny_llama: Path) -> None:
-    """A saved sft checkpoint with train_summary.json (keys of `pipeline.train.loop`: train + phase_summary)."""
-    ckpt = run / "checkpoints" / "sft"
+    """A saved sft checkpoint with train_summary.json (the keys `pipeline.train.loop` writes)."""
+    ckpt = RunDir(run).checkpoint("sft")
     shutil.copytree(tiny_llama, ckpt)
-    (ckpt / "loss.png").write_bytes(PNG)
+    (ckpt / LOSS_FIGURE).write_bytes(PNG)
     write_json({"phase": "sft", "steps": 12, "steps_done": 12, "stopped_early": False,
-                "init_from": str(run / "checkpoints" / "phase2"), "tokens": 24_576, "tokens_per_step": 2048,
+                "init_from": str(RunDir(run).checkpoint("phase2")), "tokens": 24_576, "tokens_per_step": 2048,
                 "seq_len": 128, "mixture": {"chat": 1.0}, "tokens_per_source": {"chat": 24_576},
                 "sequences_per_source": {"chat": 192}, "source_stats": {"chat": {"conversations": 18}},
                 "final_train_loss": 3.4, "final_val": {"chat": {"loss": 3.21, "bpb": 1.87, "targets": 900}},
                 "tokens_per_s": 1500.0, "mfu": None, "flops_per_token": 1_000_000, "parameters": 206_400,
                 "device": "cpu", "world_size": 1, "train_time_s": 16.4, "checkpoints": ["step-000012"]},
-               ckpt / "train_summary.json")
+               ckpt / TRAIN_SUMMARY)
     lineage = fingerprint(config=config["train"], parents={
-        "chat": manifest_ref(run / "generated" / "manifest.json", run),
-        "web": manifest_ref(run / "filtered" / "manifest.json", run)})
-    write_json(build_manifest("train", config, phase="sft", init_from=str(run / "checkpoints" / "phase2"),
+        "chat": manifest_ref(manifest_path(RunDir(run).generated), run),
+        "web": manifest_ref(manifest_path(RunDir(run).filtered), run)})
+    write_json(build_manifest("train", config, phase="sft", init_from=str(RunDir(run).checkpoint("phase2")),
                               sources={"chat": {"rows": 18}}, tokenizer="tokenizer", lineage=lineage,
-                              outputs=file_digests([ckpt / "model.safetensors"], run)), ckpt / "manifest.json")
+                              outputs=file_digests([ckpt / "model.safetensors"], run)), manifest_path(ckpt))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.generate.diversity import diversity_report, words
-from pipeline.hub.diversity import card_metrics, compression_ratio, full_report, self_bleu_lite
+from pipeline.hub.text_stats import card_metrics, compression_ratio, full_report, self_bleu_lite
 from tests.conftest import SENTENCES
 
 
