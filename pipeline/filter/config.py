@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from filters.heuristics import C4Lines, FineWebQuality, GopherQuality, GopherRepetition
+from filters.language import LanguageFilter
 from filters.normalize import LengthBounds
 from pipeline.filter.benchmarks import PRESETS
 from pipeline.settings import Section
@@ -122,6 +123,8 @@ class FilterConfig(Section):
     partition_rows: int = Field(default=20_000, ge=1)
     """Documents per Dask partition and resumable shard (a larger Parquet row group is cut into row ranges)."""
     normalize: LengthBounds = LengthBounds()
+    language: LanguageFilter = LanguageFilter()
+    """Language identification (CLD3), first as in FineWeb: keep `languages` with language_score >= min_score."""
     heuristics: HeuristicsConfig = HeuristicsConfig()
     quality: QualityConfig = QualityConfig()
     exact_dedup: StageConfig = StageConfig()

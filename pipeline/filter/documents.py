@@ -1,37 +1,64 @@
 """The per-document stages (normalise, length, heuristics, edu score) as one object built from config.
 
 ``score`` is the expensive, resumable part (stored per shard); ``reasons`` applies thresholds to
-stored scores, so changing a threshold re-runs only the cheap part.
+stored scores, so changing a threshold re-runs only the cheap part; a ``keep_top`` fraction becomes
+a threshold over the whole corpus with `percentile_threshold`.
+
+A filter whose class is a section of the ``filter`` config of its own (``filter.<key>``, like
+``normalize``) runs after the length bounds and before the heuristics, on every document: adding
+one takes its module in ``filters/`` and that config section, nothing here.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from filters.base import TEXT, Filter
+from filters.base import TEXT, Filter, ModelError
 from filters.edu_score import EduScore
 from filters.normalize import LengthBounds, normalize_text
-from pipeline.errors import FilterError
-from pipeline.filter.inputs import GENERATED
+from pipeline.errors import ClassifierError, FilterError
+from pipeline.filter.config import FilterConfig
 from pipeline.lineage import content_digest
+from pipeline.rundir import EDU_SCORE, GENERATED_SOURCE, REASON, SOURCE, RunDir
 from pipeline.timing import timed
 
-REASON = "filter_reason"
+
+def section_filters(fc: FilterConfig) -> list[Filter]:
+    """The enabled filters that are a ``filter`` config section of their own, in config order."""
+    return [f for key, f in fc if isinstance(f, Filter) and key != "normalize" and f.enabled]
+
+
+def document_filter_types() -> list[type[Filter]]:
+    """Every per-document filter the ``filter`` section can run, in the order `DocumentFilters` applies
+    them (length, the filters with a section of their own, the heuristics, the edu score)."""
+    fields = FilterConfig.model_fields
+    types = [fields["normalize"].annotation]
+    types += [f.annotation for key, f in fields.items()
+              if key != "normalize" and isinstance(f.annotation, type) and issubclass(f.annotation, Filter)]
+    types += [f.annotation for f in fields["heuristics"].annotation.model_fields.values()
+              if isinstance(f.annotation, type) and issubclass(f.annotation, Filter)]
+    return [*types, EduScore]
 
 
 @dataclass
 class DocumentFilters:
-    """Normalisation + length bounds, the enabled heuristics, and the edu-score filter, in flow order."""
+    """Normalisation + length bounds, the filters with a config section of their own, the enabled
+    heuristics, and the edu-score filter, in flow order."""
 
     length: LengthBounds
     heuristics: list[Filter] = field(default_factory=list)
     heuristics_on_generated: bool = False
     quality: EduScore | None = None
     quality_on_generated: bool = False
+    sections: list[Filter] = field(default_factory=list)
+    """Filters that are a ``filter.<key>`` section of their own; they apply to generated documents too."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> DocumentFilters:
@@ -39,24 +66,28 @@ class DocumentFilters:
         fc = cfg.filter
         heuristics: list[Filter] = []
         if fc.heuristics.enabled:
-            h = fc.heuristics
-            heuristics = [f for f in (h.gopher_quality, h.gopher_repetition, h.c4, h.fineweb) if f.enabled]
+            heuristics = [f for _, f in fc.heuristics if isinstance(f, Filter) and f.enabled]
         quality = None
         if fc.quality.enabled:
-            model = Path(fc.quality.model) if fc.quality.model else Path(cfg.run_dir) / "classifier" / "edu_fasttext.bin"
+            model = Path(fc.quality.model) if fc.quality.model else RunDir(cfg.run_dir).classifier_model
             if not model.is_file():
                 raise FilterError(f"filter.quality: no edu classifier at {model}: run `textbook train-classifier`, "
                                   "set filter.quality.model, or set filter.quality.enabled=false")
             quality = EduScore(model=str(model.resolve()), model_digest=content_digest(model),
                                threshold=fc.quality.threshold if fc.quality.threshold is not None else 0.5)
         return cls(fc.normalize, heuristics, fc.heuristics.apply_to_generated, quality,
-                   fc.quality.apply_to_generated)
+                   fc.quality.apply_to_generated, section_filters(fc))
+
+    def filters(self) -> list[Filter]:
+        """The scoring filters after the length bounds, in flow order."""
+        return [*self.sections, *self.heuristics, *([self.quality] if self.quality else [])]
 
     def score_key(self) -> dict[str, Any]:
         """What stored scores depend on (not thresholds)."""
         return {"normalize": self.length.form, "length": self.length.max_chars,
                 "heuristics": [f.score_key() for f in self.heuristics],
-                "quality": self.quality.score_key() if self.quality else None}
+                "quality": self.quality.score_key() if self.quality else None,
+                **({"sections": [f.score_key() for f in self.sections]} if self.sections else {})}
 
     def score(self, frame: pd.DataFrame, clock: dict[str, float] | None = None) -> pd.DataFrame:
         """``frame`` (id, text, source) with normalised text and every score column.
@@ -74,16 +105,21 @@ class DocumentFilters:
                 text=raw.map(lambda t: normalize_text(t, self.length.form)))
             frame = frame.join(self.length.score(frame))
         scorable = frame[(frame.n_chars > 0) & (frame.n_chars <= self.length.max_chars)]
-        for f in [*self.heuristics, *([self.quality] if self.quality else [])]:
+        for f in self.filters():
             with timed(clock, f.name):
-                frame = frame.join(f.score(scorable).reindex(frame.index))
+                try:
+                    frame = frame.join(f.score(scorable).reindex(frame.index))
+                except ModelError as e:  # one line for the CLI, as every stage error
+                    raise (ClassifierError if f is self.quality else FilterError)(str(e)) from None
         return frame
 
     def reasons(self, scored: pd.DataFrame) -> pd.Series:
         """The first stage that rejects each document (``""`` = kept), from stored scores."""
         reason = pd.Series("", index=scored.index, dtype=object)
-        generated = scored["source"] == GENERATED
+        generated = scored[SOURCE] == GENERATED_SOURCE
         stages = [(self.length, True)] if self.length.enabled else []
+        # a section filter judges generated documents unless it says otherwise (apply_to_generated)
+        stages += [(f, getattr(f, "apply_to_generated", True)) for f in self.sections]
         stages += [(f, self.heuristics_on_generated) for f in self.heuristics]
         if self.quality:
             stages.append((self.quality, self.quality_on_generated))
@@ -101,15 +137,32 @@ class DocumentFilters:
         """edu_score of the documents a percentile threshold ranks: past earlier stages, and web unless
         quality applies to generated documents too."""
         assert self.quality is not None
-        before = DocumentFilters(self.length, self.heuristics, self.heuristics_on_generated)
+        before = DocumentFilters(self.length, self.heuristics, self.heuristics_on_generated, sections=self.sections)
         pool = before.reasons(scored) == ""
         if not self.quality_on_generated:
-            pool &= scored["source"] != GENERATED
-        return scored.loc[pool, "edu_score"].astype("float64")
+            pool &= scored[SOURCE] != GENERATED_SOURCE
+        return scored.loc[pool, EDU_SCORE].astype("float64")
 
     def with_threshold(self, threshold: float) -> DocumentFilters:
         assert self.quality is not None
         return DocumentFilters(self.length, self.heuristics, self.heuristics_on_generated,
                                self.quality.model_copy(update={"threshold": threshold}),
-                               self.quality_on_generated)
+                               self.quality_on_generated, self.sections)
 
+
+def percentile_threshold(scores: Iterable[float], keep_top: float) -> float:
+    """The score at which the top ``keep_top`` fraction of documents is kept (keep ``score >= t``).
+
+    Contract: ``0 < keep_top <= 1`` (else `ClassifierError`); NaN scores are ignored; exactly
+    ``ceil(keep_top * n)`` documents score >= t unless ties at t keep a few more; ``keep_top=1``
+    returns the minimum score (keep all); an empty set returns +inf (keep nothing).
+    """
+    if not 0 < keep_top <= 1:
+        raise ClassifierError(f"keep_top must be in (0, 1], got {keep_top}")
+    s = np.asarray(scores if isinstance(scores, np.ndarray) else list(scores), dtype=np.float64).ravel()
+    s = s[~np.isnan(s)]
+    if s.size == 0:
+        return float("inf")
+    k = min(s.size, max(1, math.ceil(keep_top * s.size - 1e-9)))
+    # The k-th largest value, found in O(n) without sorting the whole corpus.
+    return float(np.partition(s, s.size - k)[s.size - k])
