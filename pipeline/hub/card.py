@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from pipeline.config import Config, public_dict
 from pipeline.errors import HubError
-from pipeline.hub import checkpoints, datasheet
+from pipeline.hub import checkpoints, datasheet, downstream
 from pipeline.hub.artifacts import RunArtifacts, load_artifacts
 from pipeline.hub.config import HubConfig
 from pipeline.hub.figures import seed_figures
@@ -88,6 +88,9 @@ def build_dataset_card(hub: HubConfig, art: RunArtifacts, configs: list[DataConf
         "filter_figure": _copy_figure(run.filter_report, figures, "filter_report.png"),
         "training": checkpoints.training_section(art),
         "untrained": [p for p in PHASES if p not in art.checkpoints],
+        "downstream": {name: section(art, f"eval/{name}.json", lambda _, r=r: downstream.eval_section(r))
+                       for name, r in downstream.eval_results(art.run_dir).items()},
+        "data_ab": section(art, "compare/compare.json", lambda a: downstream.compare_section(a.run_dir)),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir),
         "notes": art.notes,
@@ -184,6 +187,8 @@ def build_model_card(hub: HubConfig, art: RunArtifacts, folder: Path) -> Path | 
         "architecture": checkpoints.architecture(ckpt.get("config")),
         "parameters": checkpoints.count_parameters(ckpt["path"]) or (ckpt.get("summary") or {}).get("parameters"),
         "phases": checkpoints.training_section(art),
+        "downstream": section(art, f"eval/{phase}.json",
+                              lambda a: downstream.eval_section(downstream.eval_results(a.run_dir).get(phase))),
         "loss_figure": _copy_figure(ckpt["path"] / LOSS_FIGURE, folder, LOSS_FIGURE),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir, start=manifest_path(ckpt["path"])),

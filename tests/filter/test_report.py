@@ -9,7 +9,8 @@ from pipeline.filter.report import FILTER_STAGES, stage_of, stage_table
 
 
 def test_stages_are_in_data_flow_order() -> None:
-    assert FILTER_STAGES == ("normalize", "heuristics", "quality", "decontaminate", "exact_dedup", "minhash")
+    assert FILTER_STAGES == ("normalize", "language", "heuristics", "quality", "decontaminate", "exact_dedup",
+                             "minhash")
 
 
 def test_every_declared_reason_maps_to_its_filters_stage() -> None:
@@ -26,6 +27,6 @@ def test_stage_table_counts_each_reason_under_its_stage() -> None:
     rows = stage_table(10, 1000, {"length:empty": [1, 0], "near_dup": [2, 200], "gopher:stop_words": [3, 300]})
     assert [r["stage"] for r in rows] == list(FILTER_STAGES)
     removed = {r["stage"]: r["docs_removed"] for r in rows}
-    assert removed == {"normalize": 1, "heuristics": 3, "quality": 0, "decontaminate": 0, "exact_dedup": 0,
+    assert removed == {"normalize": 1, "language": 0, "heuristics": 3, "quality": 0, "decontaminate": 0, "exact_dedup": 0,
                        "minhash": 2}
     assert rows[-1]["docs_out"] == 4

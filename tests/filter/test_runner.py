@@ -55,7 +55,7 @@ def test_filter_end_to_end(planted: dict, cluster: str, capsys: pytest.CaptureFi
     assert survivor.cluster_size == 2
 
     stats = json.loads((out / "stats.json").read_text())
-    assert [s["stage"] for s in stats["stages"]] == ["normalize", "heuristics", "quality", "decontaminate",
+    assert [s["stage"] for s in stats["stages"]] == ["normalize", "language", "heuristics", "quality", "decontaminate",
                                                       "exact_dedup", "minhash"]
     assert stats["documents_in"] == 49 and stats["documents_out"] == len(kept)
     for before, after in zip(stats["stages"], stats["stages"][1:], strict=False):

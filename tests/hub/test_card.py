@@ -298,3 +298,36 @@ def test_card_and_push_folders_follow_the_umask(run_dir):
         for path in [folder, *folder.rglob("*")]:
             assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
     assert stat.S_IMODE(shard.stat().st_mode) == 0o600  # the run's own shard is left as it was
+
+
+def test_the_cards_show_the_downstream_scores_and_the_data_ab_with_their_bundle(run_dir, tmp_path):
+    from pipeline.eval.run import score_checkpoint
+    from pipeline.hub.provenance import check_card_fresh
+    from pipeline.lineage import LineageError
+    from pipeline.train.compare import compare_table
+    from tests.eval.test_eval import write_mc
+
+    tasks = [{"name": "facts", "path": str(write_mc(tmp_path / "facts.jsonl", 24)), "format": "mc_jsonl"}]
+    cfg = validate({"run_dir": str(run_dir), "eval": {"tasks": tasks, "bpb_docs": 0}})
+    result = score_checkpoint(str(run_dir / "checkpoints" / "sft"), cfg.eval, cfg.run_dir, cfg.train)
+    write_json(result, run_dir / "eval" / "sft.json")
+    runs = {arm: [{"seed": k, "summary": {"final_val": {"web": {"bpb": 1.0 + 0.01 * k}}, "tokens": 640},
+                   "eval": {**result, "score": result["score"] + shift + 0.02 * k}} for k in (0, 1)]
+            for arm, shift in (("with_synthetic", 0.0), ("web_only", -0.2))}
+    write_json(compare_table(runs, {"with_synthetic": {"web_top_edu": 0.5, "synthetic": 0.5},
+                                    "web_only": {"web_top_edu": 1.0}}), run_dir / "compare" / "compare.json")
+    write_card(cfg)
+
+    model = (run_dir / "card" / "model" / "README.md").read_text()
+    assert f"task bundle: `{result['bundle_digest']}`" in model
+    assert f"| facts | 24 | {result['tasks']['facts']['accuracy']:.3f} |" in model
+    assert f"**{result['score']:.3f}**" in model
+    text = (run_dir / "card" / "README.md").read_text()
+    assert "## What the data is worth" in text and f"`{result['bundle_digest']}`" in text
+    assert "| `web_only` | web_top_edu 1 |" in text and "(noise 0.020: worse)" in text
+    _assert_tables_well_formed(text)
+    _assert_tables_well_formed(model)
+
+    write_json({**result, "score": 0.5}, run_dir / "eval" / "sft.json")  # a new eval after the card
+    with pytest.raises(LineageError, match=r"eval/sft\.json changed"):
+        check_card_fresh(run_dir)
