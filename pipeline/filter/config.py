@@ -42,6 +42,17 @@ class QualityConfig(StageConfig):
     """Keep this fraction of (web) documents with the highest edu_score: a global percentile."""
     apply_to_generated: bool = False
     """Generated textbooks are scored but not thresholded unless this is true."""
+    keep_top_per_route: dict[str, float] = Field(default_factory=dict)
+    """Second pass over rephrased rows (REWIRE): route -> fraction of that route's rewrites to keep, by edu_score (e.g. {recycle: 0.1})."""
+    reject_unfaithful: bool = True
+    """Reject generated rows flagged ``unfaithful`` (generate.rephrase.min_faithfulness) as ``rephrase:unfaithful``."""
+
+    @model_validator(mode="after")
+    def _route_fractions(self) -> QualityConfig:
+        bad = {k: v for k, v in self.keep_top_per_route.items() if not 0 < v <= 1}
+        if bad:
+            raise ValueError(f"keep_top_per_route: each fraction must be in (0, 1] (got {bad})")
+        return self
 
     @model_validator(mode="after")
     def _one_threshold(self) -> QualityConfig:

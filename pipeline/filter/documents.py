@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from filters.normalize import LengthBounds, normalize_text
 from pipeline.errors import ClassifierError, FilterError
 from pipeline.filter.config import FilterConfig
 from pipeline.lineage import content_digest
-from pipeline.rundir import EDU_SCORE, GENERATED_SOURCE, REASON, SOURCE, RunDir
+from pipeline.rundir import EDU_SCORE, GENERATED_SOURCE, ID, REASON, SOURCE, RunDir
 from pipeline.timing import timed
 
 
@@ -59,6 +59,12 @@ class DocumentFilters:
     quality_on_generated: bool = False
     sections: list[Filter] = field(default_factory=list)
     """Filters that are a ``filter.<key>`` section of their own; they apply to generated documents too."""
+    route_of: dict[str, str] = field(default_factory=dict)
+    """Rephrased generated rows under a per-route keep: row id -> route."""
+    route_cut: dict[str, float] = field(default_factory=dict)
+    """Route -> the edu_score its rows need (``filter.quality.keep_top_per_route`` as thresholds)."""
+    unfaithful: frozenset[str] = frozenset()
+    """Ids of generated rows flagged ``unfaithful`` at generation, rejected as ``rephrase:unfaithful``."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> DocumentFilters:
@@ -75,8 +81,38 @@ class DocumentFilters:
                                   "set filter.quality.model, or set filter.quality.enabled=false")
             quality = EduScore(model=str(model.resolve()), model_digest=content_digest(model),
                                threshold=fc.quality.threshold if fc.quality.threshold is not None else 0.5)
-        return cls(fc.normalize, heuristics, fc.heuristics.apply_to_generated, quality,
-                   fc.quality.apply_to_generated, section_filters(fc))
+        filters = cls(fc.normalize, heuristics, fc.heuristics.apply_to_generated, quality,
+                      fc.quality.apply_to_generated, section_filters(fc))
+        return filters.with_rephrase_pass(cfg)
+
+    def with_rephrase_pass(self, cfg: Any) -> DocumentFilters:
+        """The second pass over rephrased generated rows (those with a ``route``): ``keep_top_per_route``
+        becomes a threshold per route, the percentile of the edu scores of that route's rows (scored
+        here with the same normalisation and model as the stage scores them), and rows flagged
+        ``unfaithful`` are rejected when ``filter.quality.reject_unfaithful``."""
+        fc = cfg.filter
+        keep = fc.quality.keep_top_per_route
+        if keep and self.quality is None:
+            raise FilterError("filter.quality.keep_top_per_route ranks rewrites by edu_score: it needs "
+                              "filter.quality.enabled=true and a classifier")
+        generated = _rephrased_rows(RunDir(cfg.run_dir).generated) if fc.include_generated else None
+        if generated is None:
+            return self
+        unfaithful = frozenset(generated.loc[generated["unfaithful"], ID]) if fc.quality.reject_unfaithful \
+            else frozenset()
+        route_of: dict[str, str] = {}
+        route_cut: dict[str, float] = {}
+        if keep:
+            ranked = generated[generated["route"].isin(list(keep))]
+            route_of = dict(zip(ranked[ID], ranked["route"], strict=True))
+            base = DocumentFilters(self.length, quality=self.quality)
+            scores = base.score(ranked[[ID, TEXT]].assign(**{SOURCE: GENERATED_SOURCE}))[EDU_SCORE]
+            for route, fraction in keep.items():
+                route_cut[route] = percentile_threshold(scores[(ranked["route"] == route).to_numpy()].to_numpy(),
+                                                        fraction)
+                print(f"filter: keep_top_per_route {route}={fraction} of {int((ranked['route'] == route).sum()):,} "
+                      f"rewrites -> edu_score >= {route_cut[route]:.4f}")
+        return replace(self, route_of=route_of, route_cut=route_cut, unfaithful=unfaithful)
 
     def filters(self) -> list[Filter]:
         """The scoring filters after the length bounds, in flow order."""
@@ -127,6 +163,14 @@ class DocumentFilters:
             _, why = f.keep(scored)
             applies = (why != "") & (reason == "") & (on_generated | ~generated)
             reason[applies] = why[applies]
+        if self.unfaithful:
+            applies = generated & (reason == "") & scored[ID].isin(self.unfaithful)
+            reason[applies] = UNFAITHFUL
+        if self.route_cut:
+            cut = scored[ID].map(self.route_of).map(self.route_cut).astype("float64")
+            # a rewrite under its route's threshold (or unscored) is one of the worst rewrites
+            applies = generated & (reason == "") & cut.notna() & ~(scored[EDU_SCORE] >= cut)
+            reason[applies] = ROUTE_KEEP
         return reason
 
     def mark(self, scored: pd.DataFrame) -> pd.DataFrame:
@@ -145,9 +189,38 @@ class DocumentFilters:
 
     def with_threshold(self, threshold: float) -> DocumentFilters:
         assert self.quality is not None
-        return DocumentFilters(self.length, self.heuristics, self.heuristics_on_generated,
-                               self.quality.model_copy(update={"threshold": threshold}),
-                               self.quality_on_generated, self.sections)
+        return replace(self, quality=self.quality.model_copy(update={"threshold": threshold}))
+
+
+UNFAITHFUL = "rephrase:unfaithful"
+"""Reason of a rewrite that kept too few of its source's content words (``generate.rephrase.min_faithfulness``)."""
+ROUTE_KEEP = "rephrase:below_route_keep"
+"""Reason of a rewrite outside its route's ``filter.quality.keep_top_per_route`` fraction."""
+REPHRASE_REASONS = (UNFAITHFUL, ROUTE_KEEP)
+
+
+def _rephrased_rows(folder: Path) -> pd.DataFrame | None:
+    """``id``, ``text``, ``route`` and ``unfaithful`` of the generated rows that have a route (None when
+    the run's generated shards have no ``route`` column)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.io import read_parquet
+    from pipeline.rundir import list_shards
+
+    frames = []
+    for part in list_shards(folder):
+        names = set(pq.read_schema(part).names)
+        if "route" not in names:
+            continue
+        frame = read_parquet(part, [c for c in (ID, TEXT, "route", "flags") if c in names])
+        frame = frame[frame["route"].notna()]
+        flags = frame["flags"] if "flags" in frame.columns else pd.Series([[]] * len(frame), index=frame.index)
+        frames.append(pd.DataFrame({ID: frame[ID].astype(str), TEXT: frame[TEXT].astype(str),
+                                    "route": frame["route"].astype(str),
+                                    "unfaithful": [f is not None and "unfaithful" in list(f) for f in flags]}))
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True)
 
 
 def percentile_threshold(scores: Iterable[float], keep_top: float) -> float:

@@ -10,13 +10,14 @@ import numpy as np
 
 from filters.decontaminate import Decontaminate
 from pipeline.filter.dedup import DEDUP_REASONS
-from pipeline.filter.documents import document_filter_types
+from pipeline.filter.documents import REPHRASE_REASONS, document_filter_types
 from pipeline.io import write_png
 
 # The corpus-wide steps after the per-document filters, in the runner's order, with their reasons.
 _CORPUS_STEPS: list[tuple[str, tuple[str, ...]]] = [
     (Decontaminate.stage, Decontaminate.reasons), *((stage, (reason,)) for reason, stage in DEDUP_REASONS.items())]
-_STEPS = [(f.stage, f.reasons) for f in document_filter_types()] + _CORPUS_STEPS
+# the second pass over rephrased rows judges them with the edu score: the quality step
+_STEPS = [(f.stage, f.reasons) for f in document_filter_types()] + [("quality", REPHRASE_REASONS)] + _CORPUS_STEPS
 
 FILTER_STAGES: tuple[str, ...] = tuple(dict.fromkeys(stage for stage, _ in _STEPS))
 """The filter stage's steps in data-flow order: the stats.json and report.png rows."""

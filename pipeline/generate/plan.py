@@ -34,7 +34,22 @@ def plan_requests(cfg: Config) -> tuple[pd.DataFrame, dict[str, Template]]:
             raise GenerateError(f"config key 'generate.web_seed.path': template '{needs_web[0]}' is web-seeded; "
                                 "give Parquet/JSONL files with a text column")
         extracts = load_extracts(gen.web_seed)
-    return build_requests(cfg, templates, vocab, extracts), templates
+    requests = build_requests(cfg, templates, vocab, extracts)
+    if gen.rephrase.input:
+        from pipeline.generate.rephrase import plan_rephrase
+
+        rephrased, rephrase_templates = plan_rephrase(cfg, prompts_dir, vocab)
+        requests = _concat(requests, rephrased)
+        templates = {**templates, **rephrase_templates}
+    return requests, templates
+
+
+def _concat(plain: pd.DataFrame, rephrased: pd.DataFrame) -> pd.DataFrame:
+    """The plain rows, then the rephrased rows; every column of either, missing values where a row has none."""
+    if not len(plain):
+        return rephrased.reset_index(drop=True)
+    frame = pd.concat([plain, rephrased], ignore_index=True)
+    return frame.astype({**{c: "str" for c in plain.columns if c != "messages"}, "chunk": "Int64"})
 
 
 def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
@@ -53,7 +68,18 @@ def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
         config["generate"]["batch_size"] = gen.batch_size  # a batch shares one sampling seed
     inputs = {f"prompts/{t.path.name}": content_digest(t.path) for t in templates.values()}
     inputs |= {f"prompts/seeds/{p.name}": content_digest(p) for p in sorted((prompts_dir / "seeds").glob("*.yaml"))}
-    if any("extract" in t.requires for t in templates.values()):
+    if "conversation" in gen.templates:  # its rows are built turn by turn: the turn settings and template
+        from pipeline.generate.conversation import conversation_lineage
+
+        config["generate"]["conversation"], turn_inputs = conversation_lineage(cfg)
+        inputs |= turn_inputs
+    if gen.rephrase.input:
+        from pipeline.generate.rephrase import rephrase_lineage
+
+        extra_config, extra_inputs = rephrase_lineage(cfg)
+        config["generate"]["rephrase"] = extra_config
+        inputs |= extra_inputs
+    if any("extract" in t.requires for t in templates.values() if t.name in gen.templates):
         web = gen.web_seed
         remote = []
         for source in expand_inputs(web.path):
@@ -70,17 +96,19 @@ def build_requests(cfg: Config, templates: dict[str, Template], vocab: Vocabular
                    extracts: list[str]) -> pd.DataFrame:
     gen = cfg.generate
     requires = {name: t.requires for name, t in templates.items()}
+    own = {name: t.variables for name, t in templates.items() if t.variables}
     sampling = {"model": gen.model, "temperature": gen.temperature, "top_p": gen.top_p,
                 "max_tokens": gen.max_tokens}
     rows = []
     for i in range(gen.num_samples):
-        seeds = sample_row(cfg.seed, i, gen.templates, requires, vocab, extracts)
+        seeds = sample_row(cfg.seed, i, gen.templates, requires, vocab, extracts, own)
         template = templates[seeds["template"]]
         prompt = template.render(seeds)
         key = stable_hash({"template_sha": template.sha, "seeds": seeds, **sampling, "seed": cfg.seed, "row": i})
         rows.append({"id": key, "messages": [{"role": "user", "content": prompt}], "prompt": prompt,
                      "template_sha": template.sha, **seeds})
-    columns = ["id", "messages", "prompt", "template", "template_sha", *SEED_VARIABLES]
+    own_columns = sorted({v for variables in own.values() for v in variables})
+    columns = ["id", "messages", "prompt", "template", "template_sha", *SEED_VARIABLES, *own_columns]
     frame = pd.DataFrame(rows, columns=columns)
     # one string dtype per seed column, whether or not any row of this run uses it
     return frame.astype({c: "str" for c in columns if c != "messages"})

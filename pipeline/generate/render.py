@@ -7,9 +7,22 @@ Every ``prompts/<name>.j2`` opens with a Jinja comment holding YAML::
     requires: [subject, topic, subtopic, audience, style]
     -#}
 
-``requires`` names the seed variables the sampler must draw for it. Loading checks that the template
-parses, uses no variable it does not declare, and declares only variables the sampler knows, so a
-typo fails before the first request. ``sha`` (of the file text) versions the template; it is part of
+``requires`` names the seed variables the sampler must draw for it. A template may also own
+variables of its own, declared with their vocabulary (inline values with relative weights, a plain
+list for equal weights, or a file under the prompts folder's ``seeds/``)::
+
+    {#-
+    about: a lesson for one school grade
+    requires: [topic]
+    variables:
+      grade: {values: {"grade 3": 1, "grade 8": 2}}
+      region: {file: regions.yaml}    # seeds/regions.yaml: {values: {...}} or a list
+    -#}
+
+so a prompt family is added by dropping one file into ``prompts/``. Each row of the template draws
+them (after the shared seeds, from the row's own RNG) and stores each as a column of its name.
+Loading checks that the template parses, uses no variable it does not declare, and declares only
+variables the sampler knows or it owns, so a typo fails before the first request. ``sha`` (of the file text) versions the template; it is part of
 every row's ``id``, so editing a template never mixes old and new rows under one key.
 """
 
@@ -18,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +57,8 @@ class Template:
     requires: tuple[str, ...]
     about: str
     sha: str
+    variables: dict[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+    """The template's own variables: name -> ((value, weight), ...), drawn per row by the sampler."""
 
     def render(self, variables: Mapping[str, Any]) -> str:
         """The prompt for these seed values; a missing declared variable is a ``GenerateError``."""
@@ -81,8 +96,14 @@ def load_template(path: Path, known_variables: Iterable[str]) -> Template:
     if not isinstance(meta_data, dict) or not isinstance(meta_data.get("requires"), list):
         raise GenerateError(f"{path}: must start with a header comment declaring its seed variables, "
                             "e.g. {#- requires: [topic, audience] -#}")
-    requires = tuple(str(v) for v in meta_data["requires"])
+    own = _own_variables(path, meta_data.get("variables"))
+    requires = tuple(dict.fromkeys([*(str(v) for v in meta_data["requires"]), *own]))
     known = set(known_variables)
+    clash = [v for v in own if v in known or v in RESERVED_COLUMNS]
+    if clash:
+        raise GenerateError(f"{path}: variable '{clash[0]}' is a shared seed variable or a generated column; "
+                            "give the template's own variable another name")
+    known |= set(own)
     unknown = [v for v in requires if v not in known]
     if unknown:
         raise GenerateError(f"{path}: requires unknown seed variable '{unknown[0]}' "
@@ -97,7 +118,50 @@ def load_template(path: Path, known_variables: Iterable[str]) -> Template:
                             f"(requires: {', '.join(requires)})")
     return Template(name=path.stem, path=path, text=text, requires=requires,
                     about=str(meta_data.get("about", "")),
-                    sha=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])
+                    sha=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], variables=own)
+
+
+RESERVED_COLUMNS = frozenset({
+    "id", "messages", "prompt", "template", "template_sha", "text", "model", "temperature", "max_tokens",
+    "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "flags", "source", "source_id",
+    "chunk", "route", "document", "faithfulness"})
+"""Names a template's own variable may not take: the generated row's other columns."""
+
+
+def _own_variables(path: Path, spec: Any) -> dict[str, tuple[tuple[str, float], ...]]:
+    """The header's ``variables``: name -> weighted values, from inline ``values`` or a seeds ``file``."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise GenerateError(f"{path}: header 'variables' must map a name to {{values: ...}} or {{file: ...}}")
+    own = {}
+    for name, entry in spec.items():
+        if not isinstance(entry, dict) or ("values" in entry) == ("file" in entry):
+            raise GenerateError(f"{path}: variable '{name}': give exactly one of values (inline) or file "
+                                "(a YAML file under seeds/)")
+        where = f"{path}: variable '{name}'"
+        values = entry.get("values")
+        if "file" in entry:
+            vocab_path = path.parent / "seeds" / str(entry["file"])
+            where = f"{vocab_path}"
+            try:
+                data = yaml.safe_load(vocab_path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise GenerateError(f"{path}: variable '{name}': vocabulary file {vocab_path} not found") from None
+            except yaml.YAMLError as e:
+                raise GenerateError(f"{vocab_path}: invalid YAML: {str(e).splitlines()[0]}") from None
+            values = data.get("values") if isinstance(data, dict) else data
+        if isinstance(values, list):
+            values = {v: 1 for v in values}
+        if not isinstance(values, dict) or not values:
+            raise GenerateError(f"{where}: needs a non-empty list of values or a mapping value -> weight")
+        pairs = []
+        for value, weight in values.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise GenerateError(f"{where}: value {value!r}: weight must be a positive number (got {weight!r})")
+            pairs.append((str(value), float(weight)))
+        own[str(name)] = tuple(pairs)
+    return own
 
 
 def load_templates(prompts_dir: Path, mix: Mapping[str, float], known_variables: Iterable[str]) -> dict[str, Template]:

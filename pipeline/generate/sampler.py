@@ -2,7 +2,8 @@
 
 Row ``i`` draws from its own RNG, seeded by ``(seed, i)`` and not by a shared stream, so a row's
 prompt never depends on how many rows came before it, on sharding, or on resume. Only the variables
-the row's template declares are drawn; the others stay ``None``.
+the row's template declares are drawn; the others stay ``None``. A template's own variables (declared
+with their vocabulary in its header, see ``render``) are drawn last, in name order.
 """
 
 from __future__ import annotations
@@ -95,13 +96,27 @@ def row_rng(seed: int, index: int) -> random.Random:
 
 
 def sample_row(seed: int, index: int, mix: Mapping[str, float], requires: Mapping[str, Sequence[str]],
-               vocab: Vocabulary, extracts: Sequence[str] = ()) -> dict[str, Any]:
-    """Template name and seed values of row ``index``: ``{"template": ..., "topic": ..., ...}``."""
+               vocab: Vocabulary, extracts: Sequence[str] = (),
+               own: Mapping[str, Mapping[str, Sequence[tuple[str, float]]]] | None = None) -> dict[str, Any]:
+    """Template name and seed values of row ``index``: ``{"template": ..., "topic": ..., ...}``.
+
+    ``own`` maps a template to the variables it declares itself (name -> weighted values); a row of
+    that template also holds those, drawn after the shared seeds (so templates without any draw
+    exactly what they drew before such variables existed).
+    """
     rng = row_rng(seed, index)
     names = list(mix)
     template = rng.choices(names, weights=[mix[n] for n in names])[0]
-    groups = {SEED_VARIABLES[v] for v in requires[template]}
-    row: dict[str, Any] = {"template": template}
+    return {"template": template, **draw_seeds(rng, template, requires[template], vocab, extracts,
+                                               (own or {}).get(template, {}))}
+
+
+def draw_seeds(rng: random.Random, template: str, requires: Sequence[str], vocab: Vocabulary,
+               extracts: Sequence[str] = (), own: Mapping[str, Sequence[tuple[str, float]]] | None = None
+               ) -> dict[str, Any]:
+    """The shared seed values a template requires (``None`` for the others), then its own variables."""
+    groups = {SEED_VARIABLES[v] for v in requires if v in SEED_VARIABLES}
+    row: dict[str, Any] = {}
     # draw groups in a fixed order so a row's values do not depend on set iteration order
     if "taxonomy" in groups:
         subject, _, topics = rng.choices(vocab.subjects, weights=[w for _, w, _ in vocab.subjects])[0]
@@ -120,8 +135,12 @@ def sample_row(seed: int, index: int, mix: Mapping[str, float], requires: Mappin
         if not extracts:
             raise GenerateError(f"template '{template}' needs web extracts: set generate.web_seed.path")
         row["extract"] = extracts[rng.randrange(len(extracts))]
-    declared = set(requires[template])
-    return {"template": template, **{k: row.get(k) if k in declared else None for k in SEED_VARIABLES}}
+    declared = set(requires)
+    values = {k: row.get(k) if k in declared else None for k in SEED_VARIABLES}
+    for name in sorted(own or {}):  # sorted: the header's key order does not change the draws
+        pairs = own[name]
+        values[name] = rng.choices([v for v, _ in pairs], weights=[w for _, w in pairs])[0]
+    return values
 
 
 def _weighted_sample(rng: random.Random, items: list[tuple[str, str, float]], k: int) -> list[str]:

@@ -102,13 +102,18 @@ _FILTERED = str(_RUN.filtered / SHARD_GLOB)  # "{run_dir}/filtered/part-*.parque
 _GENERATED = str(_RUN.generated / SHARD_GLOB)  # "{run_dir}/generated/part-*.parquet"
 _NOT_GENERATED = {"column": SOURCE, "op": "!=", "value": GENERATED_SOURCE}
 _NOT_CHAT = {"column": TEMPLATE, "op": "!=", "value": CONVERSATION}
+# the shipped rephrase families (prompts/rephrase_*.j2): rephrased web text is a source of its own
+_REPHRASE_TEMPLATES = ["rephrase_wikipedia", "rephrase_qa", "rephrase_tutorial", "rephrase_faq", "rephrase_table",
+                       "rephrase_knowledge_list", "rephrase_math"]
+_NOT_REPHRASED = {"column": TEMPLATE, "op": "not in", "value": _REPHRASE_TEMPLATES}
 
 
 def _default_sources() -> dict[str, SourceConfig]:
     return {
         "web": _src(_FILTERED, _NOT_GENERATED),
         "web_top_edu": _src(_FILTERED, _NOT_GENERATED, {"column": EDU_SCORE, "op": ">=", "percentile": 50}),
-        "synthetic": _src(_GENERATED, _NOT_CHAT),
+        "synthetic": _src(_GENERATED, _NOT_CHAT, _NOT_REPHRASED),
+        "rephrased": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": _REPHRASE_TEMPLATES}),
         "textbook": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": ["textbook", "exercises"]}),
         "chat": _src(_GENERATED, {"column": TEMPLATE, "op": "==", "value": CONVERSATION}),
         "held_out": SourceConfig(),
@@ -118,8 +123,8 @@ def _default_sources() -> dict[str, SourceConfig]:
 class SFTConfig(Section):
     source: str = "chat"
     parser: str = "pipeline.generate.conversation:parse_conversation"
-    """``module:function`` turning a conversation text into [{role, content}] (the default reads the
-    generate stage's Student:/Teacher: conversations)."""
+    """``module:function`` turning a conversation text into [{role, content}], for rows without a
+    ``messages`` column (read directly when present); the default reads Student:/Teacher: turns."""
     tokens: int = 50_000
     lr: float = 5e-4
     min_lr_ratio: float = 0.0

@@ -30,3 +30,9 @@ def test_stage_table_counts_each_reason_under_its_stage() -> None:
     assert removed == {"normalize": 1, "language": 0, "heuristics": 3, "quality": 0, "decontaminate": 0, "exact_dedup": 0,
                        "minhash": 2}
     assert rows[-1]["docs_out"] == 4
+
+
+def test_the_rephrase_second_pass_reasons_count_under_quality() -> None:
+    from pipeline.filter.report import stage_of
+
+    assert stage_of("rephrase:unfaithful") == stage_of("rephrase:below_route_keep") == "quality"

@@ -170,3 +170,58 @@ def _copy_prompts(tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(PROMPTS_DIR, tmp_path / "prompts"))
+
+
+OWN = '''{#-
+about: A lesson for one school grade, in a region's context.
+requires: [topic]
+variables:
+  grade: {values: {"grade 3": 1, "grade 8": 2}}
+  region: {file: regions.yaml}
+-#}
+Teach {{ topic }} to a {{ grade }} class in {{ region }}.
+'''
+
+
+def _own_prompts(tmp_path: Path) -> Path:
+    prompts = tmp_path / "prompts"
+    (prompts / "seeds").mkdir(parents=True)
+    for p in (PROMPTS_DIR / "seeds").glob("*.yaml"):
+        (prompts / "seeds" / p.name).write_text(p.read_text())
+    (prompts / "seeds" / "regions.yaml").write_text("values: [Kenya, Peru, Norway]\n")
+    (prompts / "grade_lesson.j2").write_text(OWN)
+    (prompts / "textbook.j2").write_text((PROMPTS_DIR / "textbook.j2").read_text())
+    return prompts
+
+
+def test_a_template_owns_its_seed_variables_with_weights_and_they_become_columns(tmp_path):
+    prompts = _own_prompts(tmp_path)
+    cfg = load_config(None, [f"run_dir={tmp_path}", f"generate.prompts_dir={prompts}", "generate.num_samples=1500",
+                             "generate.templates={grade_lesson: 2, textbook: 1}"])
+    rows, templates = plan_requests(cfg)
+    assert templates["grade_lesson"].variables["grade"] == (("grade 3", 1.0), ("grade 8", 2.0))
+    lessons = rows[rows["template"] == "grade_lesson"]
+    assert {"grade", "region"} <= set(rows.columns)
+    assert lessons["grade"].notna().all() and set(lessons["region"]) == {"Kenya", "Peru", "Norway"}
+    share = (lessons["grade"] == "grade 8").mean()
+    assert 0.62 < share < 0.72, share  # weight 2 of 3
+    assert rows.loc[rows["template"] == "textbook", "grade"].isna().all()
+    first = lessons.iloc[0]
+    assert first["prompt"] == f"Teach {first['topic']} to a {first['grade']} class in {first['region']}."
+    again, _ = plan_requests(cfg)
+    assert list(again["id"]) == list(rows["id"]) and list(again["prompt"]) == list(rows["prompt"])
+
+
+@pytest.mark.parametrize("header, message", [
+    ("variables:\n  topic: {values: [a]}", "shared seed variable"),
+    ("variables:\n  grade: {values: {a: 0}}", "weight must be a positive number"),
+    ("variables:\n  grade: {file: nowhere.yaml}", "not found"),
+    ("variables:\n  grade: {values: [a], file: x.yaml}", "exactly one of values"),
+])
+def test_own_variable_mistakes_fail_at_load_naming_the_file(tmp_path, header, message):
+    (tmp_path / "seeds").mkdir()
+    path = tmp_path / "bad.j2"
+    path.write_text("{#-\nrequires: []\n" + header + "\n-#}\n{{ grade if grade is defined else topic }}\n")
+    with pytest.raises(GenerateError, match=message) as e:
+        load_template(path, SEED_VARIABLES)
+    assert str(path) in str(e.value) or "nowhere.yaml" in str(e.value)
