@@ -1,7 +1,9 @@
 """`make demo`: every stage end to end on a small config, then a summary of what was made.
 
 generate → train the classifier DCLM-style (generated textbooks vs web text) → filter web and
-generated text → phase 1 → phase 2 → SFT → card → push --dry-run.
+generated text → phase 1 → phase 2 → SFT → card → push --dry-run. SFT always runs: the generated
+conversations are built turn by turn (their roles exist by construction), so a generator that ignores
+a turn format cannot leave it without data.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.errors import ConfigError, EmptySourceError, HubError
+from pipeline.errors import ConfigError, HubError
 from pipeline.io import expand_inputs, iter_batches, write_parquet
 from pipeline.rundir import MODEL_CONFIG, SHARD_GLOB, RunDir, shard_path
 
@@ -60,7 +62,7 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
         ("filter", lambda: run_filter(cfg, restart=restart), run.filter_stats),
         ("train phase 1", lambda: train(cfg, phase="1", restart=restart), run.checkpoint("phase1")),
         ("train phase 2", lambda: train(cfg, phase="2", restart=restart), run.checkpoint("phase2")),
-        ("sft", lambda: _sft(train, cfg, restart), run.checkpoint("sft")),
+        ("sft", lambda: train(cfg, phase="sft", restart=restart), run.checkpoint("sft")),
         ("card", lambda: write_card(cfg, restart=restart), run.card / CARD_FILE),
         ("push --dry-run", lambda: push(cfg, dry_run=True, restart=restart), run.push),
     ]
@@ -69,14 +71,10 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
         code = step()
-        if code == SKIPPED:
-            artifact = "skipped (see above)"
-        elif code:
+        if code:
             print(f"demo: stage {name!r} failed with exit code {code}")
             return int(code)
-        else:
-            artifact = str(made)
-        timings.append((name, time.perf_counter() - start, artifact))
+        timings.append((name, time.perf_counter() - start, str(made)))
 
     width = max(len(n) for n, _, _ in timings)
     print("\n=== demo summary ===")
@@ -85,9 +83,6 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
         print(f"{name:<{width}}  {seconds:8.1f}  {artifact}")
     print(f"{'total':<{width}}  {sum(s for _, s, _ in timings):8.1f}")
     return 0
-
-
-SKIPPED = "skipped"
 
 
 def hub_needs(cfg: Config, run_dir: Path) -> list[str]:
@@ -166,16 +161,3 @@ def web_sample(inputs: list[str], run_dir: Path, limit: int, text_column: str) -
                 break
         write_parquet(pd.concat(frames, ignore_index=True), out)
     return [str(out)]
-
-
-def _sft(train: Callable[..., int | None], cfg: Config, restart: bool = False) -> int | str | None:
-    """SFT needs conversations in the Student:/Teacher: format; a small generator may not follow it.
-
-    The demo then goes on without an SFT checkpoint (the card says so) rather than failing after
-    the expensive stages; `textbook train --phase sft` on its own still fails loudly.
-    """
-    try:
-        return train(cfg, phase="sft", restart=restart)
-    except EmptySourceError as e:
-        print(f"sft skipped: {e}")
-        return SKIPPED

@@ -6,6 +6,10 @@ loop through the one :class:`~pipeline.generate.backends.Backend` interface: up 
 its connections from one shard to the next, and each of its slots holds one lease of the run's
 cluster-wide ``distributed.Semaphore`` while it works through the queue. Blocking Dask calls
 (semaphore, coordinator actor) go to a thread pool so they never stall the event loop.
+
+Rows that ``ShardSpec.dialogue`` builds turn by turn (conversations) go through the same queue one
+request per turn: each answered turn is journaled, and the row's next request joins the back of the
+queue, until the last turn completes the row (its ``messages``, ``text`` and summed tokens).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from pipeline.cluster import run_on_worker_loop
 from pipeline.errors import GenerateError
 from pipeline.generate.backends import Backend, Completion, Sampling, open_backend
 from pipeline.generate.config import GenerateConfig
+from pipeline.generate.conversation import TurnByTurn, render_conversation
 from pipeline.generate.flags import completion_flags
-from pipeline.generate.journal import Journal, estimate_prompt_tokens, journal_path
+from pipeline.generate.journal import EVENT, Journal, estimate_prompt_tokens, journal_path, turns_of
 from pipeline.generate.limits import CompletionGate
 from pipeline.io import read_parquet, stable_hash, write_parquet
 from pipeline.rundir import ID, MESSAGES, TEXT, shard_path
@@ -56,6 +61,8 @@ class ShardSpec:
     postprocess: Callable[[dict], dict] | None = None
     completion_column: str = TEXT
     gate: CompletionGate | None = None
+    dialogue: TurnByTurn | None = None
+    """Builds the rows it applies to turn by turn (one request per turn); None: one request per row."""
 
 
 @dataclass
@@ -81,12 +88,15 @@ def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any) -> ShardResult:
                 stop_reason = _complete(spec, todo, journal, coordinator, semaphore)
     finally:
         journal.close()
-    fresh = journal.read()
+    events = journal.events()
+    fresh = [r for r in events if EVENT not in r]
     if fresh or existing is None:
         table = _compact(spec, existing, fresh)
         if len(table):
             write_parquet(table, part)
-    journal.remove()
+    finished = done | {r["id"] for r in fresh}
+    if not any(row_id not in finished for row_id in turns_of(events)):
+        journal.remove()  # else an unfinished conversation's paid turns stay for the rerun to continue
     return ShardResult(spec.index, len(fresh), stop_reason)
 
 
@@ -101,8 +111,35 @@ def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "latency_s": c.latency_s, "flags": completion_flags(c.text, c.finish_reason)})
 
+    def finish(row_id: str, turns: list[dict]) -> str:
+        """Journal a conversation whose every turn is in: the row, with the turns' summed cost; its text."""
+        messages = [{"role": t["role"], "content": t["content"]} for t in turns]
+        text = render_conversation(messages)
+        flags = [f for t in turns for f in completion_flags(t["content"], t["finish_reason"])]
+        journal.append({
+            "id": row_id, spec.completion_column: text, MESSAGES: messages, "requests": len(turns),
+            "model": cfg.model, "temperature": sampling.temperature, "max_tokens": sampling.max_tokens,
+            "finish_reason": turns[-1]["finish_reason"],
+            "prompt_tokens": sum(t["prompt_tokens"] for t in turns),
+            "completion_tokens": sum(t["completion_tokens"] for t in turns),
+            "latency_s": round(sum(t["latency_s"] for t in turns), 4), "flags": list(dict.fromkeys(flags))})
+        return text
+
+    jobs: dict[str, dict] = {}
+    dialogue = spec.dialogue
+    if dialogue is not None:
+        journaled = turns_of(journal.events())
+        for row in todo.drop(columns=[MESSAGES]).to_dict("records"):
+            if dialogue.applies(row):
+                turns = journaled.get(row[ID], [])[: dialogue.requests]
+                if len(turns) == dialogue.requests:  # killed between its last turn and its row
+                    finish(row[ID], turns)
+                else:
+                    jobs[row[ID]] = {"row": row, "turns": turns}
+        todo = todo[~todo[ID].isin(journaled.keys() - jobs.keys())]
     backend = open_backend(cfg)  # loads an in-process model here, in the task, not on the event loop
-    return run_on_worker_loop(_complete_async(spec, backend, todo, journal, record, coordinator, semaphore))
+    return run_on_worker_loop(_complete_async(spec, backend, todo, journal, record, coordinator, semaphore,
+                                              jobs, finish))
 
 
 def _send(journal: Journal, row_id: str, messages: list[dict]) -> str:
@@ -113,7 +150,8 @@ def _send(journal: Journal, row_id: str, messages: list[dict]) -> str:
 
 
 async def _complete_async(spec: ShardSpec, backend: Backend, todo: pd.DataFrame, journal: Journal,
-                          record: Callable, coordinator: Any, semaphore: Any) -> str | None:
+                          record: Callable, coordinator: Any, semaphore: Any, jobs: dict[str, dict] | None = None,
+                          finish: Callable | None = None) -> str | None:
     """Up to ``backend.concurrency`` slots, each taking ``backend.batch_size`` requests per call.
 
     A server's slot holds one cluster-wide lease while it works through the queue: a lease per slot,
@@ -127,7 +165,17 @@ async def _complete_async(spec: ShardSpec, backend: Backend, todo: pd.DataFrame,
     size = backend.batch_size
     width = min(backend.concurrency, -(-len(todo) // size))
     pool = ThreadPoolExecutor(max_workers=width + 2, thread_name_prefix="generate-limits")
-    queue = deque(zip(todo[ID], todo[MESSAGES], strict=True))
+    jobs = jobs or {}
+    dialogue = spec.dialogue
+
+    def item(row_id: str, messages: list[dict]) -> tuple[str, list[dict], dict | None]:
+        job = jobs.get(row_id)
+        if job is None:
+            return row_id, messages, None
+        history = [{"role": t["role"], "content": t["content"]} for t in job["turns"]]
+        return row_id, dialogue.request(job["row"], history), job
+
+    queue = deque(item(row_id, messages) for row_id, messages in zip(todo[ID], todo[MESSAGES], strict=True))
     exact = cfg.max_cost_usd is not None
     limited = backend.remote and bool(cfg.requests_per_minute or cfg.tokens_per_minute)
     state: dict[str, Any] = {"stop": None, "error": None, "unsent": [0, 0, 0, []]}
@@ -161,28 +209,32 @@ async def _complete_async(spec: ShardSpec, backend: Backend, todo: pd.DataFrame,
             while queue and not (state["stop"] or state["error"]):
                 batch = [queue.popleft() for _ in range(min(size, len(queue)))]
                 if limited:
-                    for _, messages in batch:
+                    for _, messages, _ in batch:
                         estimate = sum(len(m["content"]) for m in messages) / 4 + sampling.max_tokens
                         wait = await blocking(lambda e=estimate: coordinator.reserve(e).result())
                         if wait > 0:
                             await asyncio.sleep(wait)
-                nonces = [_send(journal, row_id, messages) for row_id, messages in batch]
+                nonces = [_send(journal, row_id, messages) for row_id, messages, _ in batch]
                 # one sampling seed per batch, from the run seed and the batch's first row
                 seed = int(stable_hash([spec.seed, batch[0][0]], 8), 16) if size > 1 else 0
                 try:
-                    completions = await backend.complete([m for _, m in batch], sampling, seed)
+                    completions = await backend.complete([m for _, m, _ in batch], sampling, seed)
                 except GenerateError:
-                    for nonce, (row_id, _) in zip(nonces, batch, strict=True):
+                    for nonce, (row_id, _, _) in zip(nonces, batch, strict=True):
                         journal.failed(nonce, row_id)  # an error answer is not a billed completion
                     raise
                 unsent = state["unsent"]
-                for (row_id, _), completion in zip(batch, completions, strict=True):
-                    record(row_id, completion)
+                for (row_id, _, job), nonce, completion in zip(batch, nonces, completions, strict=True):
+                    text: str | None = completion.text
+                    if job is None:
+                        record(row_id, completion)
+                    else:
+                        text = _next_turn(journal, dialogue, job, row_id, nonce, completion, queue, finish)
                     unsent[0] += completion.prompt_tokens
                     unsent[1] += completion.completion_tokens
                     unsent[2] += 1
-                    if gate is not None:
-                        unsent[3].append(gate.key(completion.text))
+                    if gate is not None and text is not None:
+                        unsent[3].append(gate.key(text))
                 if exact or size > 1:
                     await sync_ledger()
         except GenerateError as e:
@@ -207,6 +259,21 @@ async def _complete_async(spec: ShardSpec, backend: Backend, todo: pd.DataFrame,
     if state["error"]:
         raise state["error"]
     return state["stop"]
+
+
+def _next_turn(journal: Journal, dialogue: TurnByTurn, job: dict, row_id: str, nonce: str, c: Completion,
+               queue: deque, finish: Callable) -> str | None:
+    """Journal an answered turn; queue the conversation's next request, or finish the row (its text)."""
+    k = len(job["turns"])
+    turn = {"turn": k, "role": dialogue.role(k), "content": dialogue.clean(c.text), "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "latency_s": c.latency_s}
+    journal.turn(nonce, row_id, **turn)
+    job["turns"].append(turn)
+    if len(job["turns"]) < dialogue.requests:
+        history = [{"role": t["role"], "content": t["content"]} for t in job["turns"]]
+        queue.append((row_id, dialogue.request(job["row"], history), job))
+        return None
+    return finish(row_id, job["turns"])
 
 
 def _compact(spec: ShardSpec, existing: pd.DataFrame | None, fresh: list[dict]) -> pd.DataFrame:

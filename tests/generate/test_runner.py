@@ -26,6 +26,9 @@ from pipeline.generate.stub_server import StubServer, textbook_responder
 from pipeline.io import list_shards, read_json, read_shards
 
 ROOT = Path(__file__).resolve().parents[2]
+# the default mix without conversations: one request a row (a conversation takes one per turn, see
+# tests/generate/test_conversation.py)
+NO_CONVERSATIONS = "generate.templates={textbook: 0.35, exercises: 0.2, story: 0.15, wikihow: 0.15}"
 
 
 def requests_frame(n: int) -> pd.DataFrame:
@@ -153,7 +156,7 @@ def test_diversity_gate_warns_or_stops_the_run_early(tmp_path, capsys, scheduler
     """TinyStories' collapse: every text opens alike. ``warn`` finishes and warns; ``fail`` stops early."""
     with StubServer(responder=once_upon_a_time, latency_s=0.05) as srv:
         args = ["generate", f"generate.base_url={srv.base_url}", "generate.model=stub-model", "generate.max_tokens=30",
-                "generate.concurrency=4", f"scheduler={scheduler}"]
+                "generate.concurrency=4", f"scheduler={scheduler}", NO_CONVERSATIONS]
         warned = main([*args, f"run_dir={tmp_path / 'warn'}", "generate.num_samples=12"])
         err = capsys.readouterr().err
         failed = main([*args, f"run_dir={tmp_path / 'fail'}", "generate.num_samples=400", "generate.diversity_gate=fail"])
@@ -171,7 +174,7 @@ def test_diversity_gate_warns_or_stops_the_run_early(tmp_path, capsys, scheduler
 def test_dry_run_prints_the_estimate_and_calls_nothing(tmp_path, capsys):
     with StubServer() as srv:
         code = main(["generate", f"run_dir={tmp_path}", f"generate.base_url={srv.base_url}",
-                     "generate.num_samples=300", "generate.max_tokens=500",
+                     "generate.num_samples=300", "generate.max_tokens=500", NO_CONVERSATIONS,
                      "generate.price_input_per_million=1", "generate.price_output_per_million=4", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0 and srv.requests == []
@@ -231,9 +234,9 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once_and_the_ledger_counts_e
     n = 30
     args = [sys.executable, "-m", "pipeline", "generate", f"run_dir={tmp_path}", "generate.model=stub-model",
             f"generate.num_samples={n}", "generate.shard_size=12", "generate.concurrency=3",
-            "generate.max_tokens=20", "workers=1"]
+            "generate.max_tokens=20", "workers=1", NO_CONVERSATIONS]
     cfg = load_config(None, [f"run_dir={tmp_path}", "generate.model=stub-model", f"generate.num_samples={n}",
-                             "generate.max_tokens=20"])
+                             "generate.max_tokens=20", NO_CONVERSATIONS])
     planned, _ = plan_requests(cfg)
     prompt_of = dict(zip(planned["id"], planned["prompt"], strict=True))
     out = tmp_path / "generated"
@@ -291,7 +294,8 @@ def test_transformers_backend_on_the_cluster(tmp_path, tiny_llama, scheduler):
     assert generate(cfg) == 0
     table = read_shards(tmp_path / "generated")
     assert len(table) == 5
-    assert (table["completion_tokens"] <= 6).all() and (table["completion_tokens"] >= 1).all()
+    per_request = table["completion_tokens"] / table["requests"].fillna(1)  # a conversation: 4 requests
+    assert (per_request <= 6).all() and (table["completion_tokens"] >= 1).all()
     assert set(table["finish_reason"]) <= {"stop", "length"}
     assert (table["prompt_tokens"] > 20).all()
     assert set(table["model"]) == {str(tiny_llama)}
