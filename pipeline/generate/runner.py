@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 from pydantic import SecretStr
 
 from pipeline.config import Config, public_dict
@@ -29,6 +30,7 @@ from pipeline.generate.journal import (
     estimate_prompt_tokens,
     journal_dir,
     journal_path,
+    turns_of,
     unanswered,
 )
 from pipeline.generate.ledger import Ledger
@@ -44,7 +46,7 @@ from pipeline.lineage import (
     read_fingerprint,
 )
 from pipeline.progress import progress
-from pipeline.rundir import ID, MANIFEST, MESSAGES, TEXT, RunDir, list_shards, manifest_path
+from pipeline.rundir import ID, MANIFEST, MESSAGES, TEMPLATE, TEXT, RunDir, list_shards, manifest_path
 
 
 @dataclass
@@ -72,7 +74,7 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
                  postprocess: Callable[[dict], dict] | None = None, dry_run: bool = False,
                  config: dict[str, Any] | None = None, manifest_fields: dict[str, Any] | None = None,
                  completion_column: str = TEXT, lineage: dict[str, Any] | None = None,
-                 restart: bool = False) -> RunSummary:
+                 restart: bool = False, dialogue: Any = None) -> RunSummary:
     """Complete every request with ``gen``'s backend; write shards and a manifest to ``out_dir``.
 
     The engine takes its own section (``gen``: backend, limits, prices, shard size) and the few
@@ -109,7 +111,19 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
     - ``generate.max_cost_usd`` (counting rows already on disk), or the ``gate``, stops starting new
       requests; in-flight ones finish and are written; ``RunSummary.stop_reason`` says why.
       ``dry_run`` calls no model and returns the estimate of requests, tokens and cost.
+    - ``dialogue`` (a :class:`~pipeline.generate.conversation.TurnByTurn`) builds the rows it applies
+      to one request per turn: each turn is journaled when answered (a rerun continues from the last
+      one), the ledger counts every turn's request, and the row gets ``messages`` and ``requests``.
+    - ``generate.mode: batch`` keeps this contract through the provider's Batch API, at batch prices
+      (:mod:`pipeline.generate.batch`; no Dask, no ``gate``).
     """
+    if gen.mode == "batch":
+        from pipeline.generate.batch import run_batch
+
+        return run_batch(gen, requests, out_dir, stage=stage, run_dir=run_dir, seed=seed, sampling=sampling,
+                         postprocess=postprocess, dry_run=dry_run, config=config, manifest_fields=manifest_fields,
+                         completion_column=completion_column, lineage=lineage, restart=restart,
+                         dialogue=dialogue)
     start = time.perf_counter()
     sampling = sampling or Sampling.of(gen)
     _check_requests(requests, completion_column)
@@ -117,7 +131,7 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
     shards = [requests.iloc[k:k + gen.shard_size] for k in range(0, len(requests), gen.shard_size)]
     state = _resume(out_dir, shards, stage, lineage, restart, dry_run, gen)
     ledger = Ledger(gen.price_input_per_million, gen.price_output_per_million, gen.max_cost_usd,
-                    requests=len(state.done) + len(state.lost),
+                    requests=len(state.done) + state.extra_requests + len(state.lost),
                     prompt_tokens=state.prompt_tokens + sum(r["prompt_tokens"] for r in state.lost.values()),
                     completion_tokens=state.completion_tokens, lost_requests=len(state.lost))
     pending = requests[~requests[ID].isin(state.done)]
@@ -125,7 +139,7 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
             if not frame[ID].isin(state.done).all() or journal_path(out_dir, k).exists()]
 
     if dry_run:
-        estimate = estimate_requests(pending, sampling.max_tokens, ledger)
+        estimate = estimate_requests(pending, sampling.max_tokens, ledger, dialogue)
         _print_estimate(stage, len(requests), len(state.done), estimate)
         return RunSummary(out_dir, len(requests), len(state.done), 0, ledger.as_dict(), dry_run=True,
                           elapsed_s=time.perf_counter() - start, estimate=estimate)
@@ -138,9 +152,10 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
     snapshot = {**ledger.as_dict(), "stop_reason": None}
     if todo:
         specs = [ShardSpec(k, shards[k], out_dir, _resolved(gen), sampling, seed, postprocess,
-                           completion_column, gate) for k in todo]
+                           completion_column, gate, dialogue) for k in todo]
         results, snapshot = _run_on_dask(specs, gen, scheduler, workers, ledger, gate, stage,
-                                         sum(len(s) for s in shards), len(state.done))
+                                         sum(len(s) for s in shards), len(state.done),
+                                         _requests_to_go(requests, state, dialogue))
     parts = list_shards(out_dir)
     rows = sum(len(read_parquet(p, [ID])) for p in parts)
     if journal_dir(out_dir).is_dir() and not any(journal_dir(out_dir).iterdir()):
@@ -168,11 +183,21 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
     return summary
 
 
-def estimate_requests(pending: pd.DataFrame, max_tokens: int, ledger: Ledger) -> dict[str, Any]:
-    """Requests still to send, their tokens (prompt ~ chars/4; completion at most max_tokens) and cost."""
-    prompt_tokens = int(sum(estimate_prompt_tokens(msgs) for msgs in pending[MESSAGES]))
-    completion_tokens = max_tokens * len(pending)
-    return {"requests": len(pending), "prompt_tokens": prompt_tokens,
+def estimate_requests(pending: pd.DataFrame, max_tokens: int, ledger: Ledger, dialogue: Any = None) -> dict[str, Any]:
+    """Requests still to send, their tokens (prompt ~ chars/4; completion at most max_tokens) and cost.
+
+    A row ``dialogue`` builds turn by turn takes ``dialogue.requests`` requests, turn ``k`` sending
+    its prompt plus at most ``k * max_tokens`` of history (an upper bound, like the completions').
+    """
+    prompts = [estimate_prompt_tokens(msgs) for msgs in pending[MESSAGES]]
+    n = dialogue.requests if dialogue is not None else 1
+    turned = pending[TEMPLATE].eq(dialogue.template).tolist() \
+        if dialogue is not None and TEMPLATE in pending.columns else [False] * len(pending)
+    requests = len(pending) + (n - 1) * sum(turned)
+    prompt_tokens = int(sum(n * p + max_tokens * n * (n - 1) // 2 if t else p
+                            for p, t in zip(prompts, turned, strict=True)))
+    completion_tokens = max_tokens * requests
+    return {"requests": requests, "prompt_tokens": prompt_tokens,
             "max_completion_tokens": completion_tokens,
             "max_cost_usd": round(ledger.cost_of(prompt_tokens, completion_tokens), 6),
             "spent_usd": round(ledger.cost_usd, 6)}
@@ -206,6 +231,8 @@ class _State:
     """What ``out_dir`` holds: completed ids and their tokens, lost requests, discarded runs' ledgers."""
 
     done: set[str] = field(default_factory=set)
+    extra_requests: int = 0  # beyond one per done row: the other turns of conversations, unfinished ones' turns
+    partial_turns: int = 0  # the turns of unfinished conversations (in extra_requests too)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     lost: dict[str, dict[str, Any]] = field(default_factory=dict)  # nonce -> its ``sent`` record
@@ -270,7 +297,7 @@ def _resume(out_dir: Path, shards: list[pd.DataFrame], stage: str, lineage: dict
 def _ledger_of(state: _State, gen: Any) -> dict[str, Any]:
     """Requests, tokens and cost (at today's prices) of the rows and lost requests in ``state``."""
     ledger = Ledger(gen.price_input_per_million, gen.price_output_per_million,
-                    requests=len(state.done) + len(state.lost),
+                    requests=len(state.done) + state.extra_requests + len(state.lost),
                     prompt_tokens=state.prompt_tokens + sum(r["prompt_tokens"] for r in state.lost.values()),
                     completion_tokens=state.completion_tokens, lost_requests=len(state.lost))
     return {k: v for k, v in ledger.as_dict().items() if k != "max_cost_usd"}
@@ -285,7 +312,8 @@ def _scan(out_dir: Path, shards: list[pd.DataFrame] | None) -> _State:
     state = _State()
     for part in list_shards(out_dir):
         k = int(part.stem.split("-")[1])
-        table = read_parquet(part, [ID, "prompt_tokens", "completion_tokens"])
+        turned = "requests" in pq.read_schema(part).names  # rows built turn by turn: requests per row
+        table = read_parquet(part, [ID, "prompt_tokens", "completion_tokens", *(["requests"] if turned else [])])
         if shards is not None:
             planned = set(shards[k][ID]) if k < len(shards) else set()
             if not set(table[ID]) <= planned:
@@ -293,6 +321,8 @@ def _scan(out_dir: Path, shards: list[pd.DataFrame] | None) -> _State:
         state.done |= set(table[ID])
         state.prompt_tokens += int(table["prompt_tokens"].sum())
         state.completion_tokens += int(table["completion_tokens"].sum())
+        if turned:
+            state.extra_requests += int((table["requests"].fillna(1) - 1).sum())
     history = _read_history(out_dir)
     state.discarded = history.get("discarded_runs", [])
     state.lost = {r["request"]: r for r in history.get("lost", [])}
@@ -307,6 +337,13 @@ def _scan(out_dir: Path, shards: list[pd.DataFrame] | None) -> _State:
             state.done.add(rec["id"])
             state.prompt_tokens += rec["prompt_tokens"]
             state.completion_tokens += rec["completion_tokens"]
+            state.extra_requests += int(rec.get("requests", 1)) - 1
+        for row_id, turns in turns_of(events).items():  # paid turns of conversations not yet finished
+            if row_id not in state.done and (planned is None or row_id in planned):
+                state.extra_requests += len(turns)
+                state.partial_turns += len(turns)
+                state.prompt_tokens += sum(t["prompt_tokens"] for t in turns)
+                state.completion_tokens += sum(t["completion_tokens"] for t in turns)
         for rec in unanswered(events):
             state.lost.setdefault(rec["request"], rec)
     return state
@@ -332,9 +369,19 @@ def _resolved(gen: GenerateConfig) -> GenerateConfig:
     return gen.model_copy(update={"base_url": base_url, "api_key": SecretStr(key)})
 
 
+def _requests_to_go(requests: pd.DataFrame, state: _State, dialogue: Any) -> int | None:
+    """Requests the rows still to do will take, when conversations take one per turn (else None: one a row)."""
+    pending = requests[~requests[ID].isin(state.done)]
+    turned = int(pending[TEMPLATE].eq(dialogue.template).sum()) \
+        if dialogue is not None and TEMPLATE in pending.columns else 0
+    if not turned:
+        return None
+    return max(1, len(pending) + turned * (dialogue.requests - 1) - state.partial_turns)
+
+
 def _run_on_dask(specs: list[ShardSpec], gen: GenerateConfig, scheduler: str | None, workers: int | None,
                  ledger: Ledger, gate: CompletionGate | None, stage: str, total: int,
-                 rows_done: int) -> tuple[list[ShardResult], dict[str, Any]]:
+                 rows_done: int, requests_to_go: int | None = None) -> tuple[list[ShardResult], dict[str, Any]]:
     from distributed import Semaphore, wait
 
     from pipeline.cluster import dask_client
@@ -351,6 +398,12 @@ def _run_on_dask(specs: list[ShardSpec], gen: GenerateConfig, scheduler: str | N
         first = ledger.requests
         # a bar on a terminal, one line per interval in a log (tqdm's frames would flood it)
         bar = progress(total=total, initial=rows_done, unit="row", desc=stage)
+        to_go = total - rows_done
+
+        def rows_at(requests: int) -> int:
+            # a conversation takes a request per turn: rows are estimated from the requests they need
+            sent = requests - first
+            return rows_done + (sent if requests_to_go is None else min(to_go, sent * to_go // requests_to_go))
         began = time.perf_counter()
         try:
             while True:
@@ -361,7 +414,7 @@ def _run_on_dask(specs: list[ShardSpec], gen: GenerateConfig, scheduler: str | N
                 bar.set_postfix({"req/s": f"{(snapshot['requests'] - first) / elapsed:.1f}",
                                  "tok/s": f"{tokens / elapsed:.0f}", "cost": f"${snapshot['cost_usd']:.4f}"},
                                 refresh=False)
-                bar.update(rows_done + snapshot["requests"] - first - bar.n)
+                bar.update(rows_at(snapshot["requests"]) - bar.n)
                 failed = next((f for f in futures if f.status == "error"), None)
                 if failed is not None:
                     error = failed.exception()  # a GenerateError keeps its type and message
@@ -374,7 +427,7 @@ def _run_on_dask(specs: list[ShardSpec], gen: GenerateConfig, scheduler: str | N
                     wait(futures, timeout=0.3)
             results = client.gather(futures)
             snapshot = coordinator.snapshot().result()
-            bar.update(rows_done + snapshot["requests"] - first - bar.n)
+            bar.update(rows_at(snapshot["requests"]) - bar.n)
         finally:
             bar.close()
             semaphore.close()
@@ -406,6 +459,7 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     only rows built from the same templates, seeds, web extracts and settings (``plan_lineage``);
     ``restart`` discards rows built from others.
     """
+    from pipeline.generate.conversation import conversation_turns
     from pipeline.generate.diversity import OpeningGate, diversity_report
     from pipeline.generate.plan import plan_lineage, plan_requests
     from pipeline.io import read_shards
@@ -417,8 +471,14 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
                      for name, t in templates.items()}
     # the opening gate is generate's own (other stages' answers are labels, not prose)
     gate = OpeningGate(gen.diversity_max_opening_share) if gen.diversity_gate == "fail" else None
+    postprocess = None
+    if gen.rephrase.input:  # rephrased rows: faithfulness to the source chunk, flagged below the minimum
+        from pipeline.generate.rephrase import Faithfulness
+
+        postprocess = Faithfulness(gen.rephrase.min_faithfulness)
     summary = run_requests(gen, requests, out_dir, stage="generate", run_dir=cfg.run_dir, seed=cfg.seed,
                            scheduler=cfg.scheduler, workers=cfg.workers, gate=gate, dry_run=dry_run,
+                           postprocess=postprocess, dialogue=conversation_turns(cfg),
                            config=public_dict(cfg), manifest_fields={"templates": template_info},
                            lineage=plan_lineage(cfg, templates), restart=restart)
     if dry_run:

@@ -13,6 +13,15 @@ request, in order: ``"429"`` (with Retry-After), ``"500"``, ``"503"``, ``"slow"`
 ``Fault``. A wrong key gets 401, an unknown model 404. ``requests`` logs every chat request;
 ``max_in_flight`` is the peak concurrency.
 
+It also serves OpenAI's Batch API: ``POST /v1/files`` (multipart, purpose "batch"), ``GET
+/v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches`` and ``GET /v1/batches/{id}``. A
+batch is ``validating`` for the first quarter of ``batch_delay_s``, then ``in_progress``, then
+``completed`` (its lines answered by the same responder, each line's usage in its body). Faults:
+``batch_errors`` (custom ids whose line goes to the error file with a 500, once each) and
+``batch_expiry`` (per created batch, in order: ``None`` completes it, ``n`` expires it with only its
+first ``n`` lines answered). ``batches`` holds every created batch (a client that never submits
+twice creates each once).
+
     with StubServer(faults=["429", None, "500"], api_key="sk-test") as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key="sk-test")
 
@@ -81,6 +90,8 @@ class _Reply:
     status: int | None
     body: dict | None = None
     headers: dict[str, str] | None = None
+    raw: bytes | None = None
+    """A non-JSON body (a file's content), sent as is."""
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> _Reply:
@@ -88,8 +99,9 @@ def _error(status: int, message: str, code: str, headers: dict[str, str] | None 
 
 
 def _encode(reply: _Reply) -> bytes:
-    blob = json.dumps(reply.body).encode("utf-8")
-    head = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}", "Content-Type: application/json",
+    blob = reply.raw if reply.raw is not None else json.dumps(reply.body).encode("utf-8")
+    kind = "application/octet-stream" if reply.raw is not None else "application/json"
+    head = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}", f"Content-Type: {kind}",
             f"Content-Length: {len(blob)}", *(f"{k}: {v}" for k, v in (reply.headers or {}).items())]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + blob
 
@@ -99,7 +111,8 @@ class StubServer:
 
     def __init__(self, responder: Responder | None = None, faults: Iterable[str | Fault | None] = (),
                  api_key: str | None = None, models: Iterable[str] = ("stub-model",), latency_s: float = 0.0,
-                 slow_s: float = 5.0, host: str = "127.0.0.1", port: int = 0) -> None:
+                 slow_s: float = 5.0, host: str = "127.0.0.1", port: int = 0, batch_delay_s: float = 0.0,
+                 batch_errors: Iterable[str] = (), batch_expiry: Iterable[int | None] = ()) -> None:
         self.responder = responder or textbook_responder
         self.slow_s = slow_s
         self.faults: list[Fault | None] = [f if f is None or isinstance(f, Fault) else Fault(str(f), delay_s=slow_s)
@@ -112,6 +125,12 @@ class StubServer:
         self.max_in_flight = 0
         self.connections = 0
         """TCP connections accepted so far (a client that keeps them alive opens few)."""
+        self.batch_delay_s = batch_delay_s
+        self.batch_errors = set(batch_errors)
+        self.batch_expiry: list[int | None] = list(batch_expiry)
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        """Every batch created, by id, in order of creation."""
         # bound now, so base_url is known before the loop runs; a deep backlog takes bursts of clients
         self._sock = socket.create_server((host, port), backlog=1024)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -194,6 +213,8 @@ class StubServer:
         if method == "GET" and route == "/v1/models":
             return self._unauthorized(headers) or _Reply(200, {"object": "list", "data": [
                 {"id": m, "object": "model", "created": 0, "owned_by": "stub"} for m in self.models]})
+        if route.startswith(("/v1/files", "/v1/batches")):
+            return self._unauthorized(headers) or self._batch_api(method, route, headers, raw)
         if method != "POST" or route != "/v1/chat/completions":
             return _error(404, f"no route {method} {route}", "not_found")
         try:
@@ -227,7 +248,11 @@ class StubServer:
             return _error(404, f"The model '{model}' does not exist or you do not have access to it.",
                           "model_not_found")
         fault = self.faults.pop(0) if self.faults else None
-        if self.latency_s:
+        return await self._chat(body, fault)
+
+    async def _chat(self, body: dict, fault: Fault | None, latency: bool = True) -> _Reply:
+        model = body.get("model")
+        if self.latency_s and latency:
             await asyncio.sleep(self.latency_s)
         kind = fault.kind if fault is not None else None
         if fault is not None and kind == "429":
@@ -254,6 +279,123 @@ class StubServer:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                       "total_tokens": prompt_tokens + len(words)}})
+
+
+    # --- the Batch API ----------------------------------------------------------------------------
+
+    def _batch_api(self, method: str, route: str, headers: dict[str, str], raw: bytes) -> _Reply:
+        parts = route.split("/")[2:]  # files | batches, then id, then content
+        if method == "POST" and parts == ["files"]:
+            return self._upload(headers, raw)
+        if method == "GET" and len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
+            file = self.files.get(parts[1])
+            return _Reply(200, raw=file["content"]) if file else _error(404, f"no file {parts[1]}", "not_found")
+        if method == "POST" and parts == ["batches"]:
+            return self._create_batch(raw)
+        if method == "GET" and parts == ["batches"]:
+            data = [self._poll(b) for b in reversed(self.batches.values())]
+            return _Reply(200, {"object": "list", "data": data, "has_more": False,
+                                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+        if method == "GET" and len(parts) == 2 and parts[0] == "batches":
+            batch = self.batches.get(parts[1])
+            return _Reply(200, self._poll(batch)) if batch else _error(404, f"no batch {parts[1]}", "not_found")
+        return _error(404, f"no route {method} {route}", "not_found")
+
+    def _upload(self, headers: dict[str, str], raw: bytes) -> _Reply:
+        import email.parser
+        import email.policy
+
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {headers.get('content-type', '')}\r\n\r\n".encode("latin-1") + raw)
+        fields: dict[str, Any] = {}
+        filename = "upload.jsonl"
+        for part in message.iter_parts() if message.is_multipart() else []:
+            name = part.get_param("name", header="content-disposition")
+            if part.get_filename():
+                filename = part.get_filename()
+            fields[name] = part.get_payload(decode=True)
+        if "file" not in fields or fields.get("purpose", b"").decode() != "batch":
+            return _error(400, "multipart 'file' and purpose 'batch' are required", "invalid_request")
+        return _Reply(200, self._store_file(fields["file"], filename, "batch"))
+
+    def _store_file(self, content: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        file_id = f"file-{len(self.files) + 1:06d}"
+        self.files[file_id] = {"content": content}
+        return {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                "filename": filename, "purpose": purpose, "status": "processed"}
+
+    def _create_batch(self, raw: bytes) -> _Reply:
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "request body is not JSON", "invalid_request")
+        if body.get("input_file_id") not in self.files:
+            return _error(400, f"no file {body.get('input_file_id')!r}", "invalid_request")
+        if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
+            return _error(400, "endpoint must be /v1/chat/completions, completion_window 24h", "invalid_request")
+        batch_id = f"batch_{len(self.batches) + 1:06d}"
+        lines = [json.loads(line) for line in self.files[body["input_file_id"]]["content"].splitlines() if line.strip()]
+        self.batches[batch_id] = {
+            "id": batch_id, "object": "batch", "endpoint": body["endpoint"], "errors": None,
+            "input_file_id": body["input_file_id"], "completion_window": "24h", "status": "validating",
+            "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
+            "metadata": body.get("metadata"), "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "_lines": lines, "_created": time.monotonic(),
+            "_expire_after": self.batch_expiry.pop(0) if self.batch_expiry else None}
+        return _Reply(200, self._public(self.batches[batch_id]))
+
+    def _poll(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch as a client sees it now: its status moves on with time, and ends once."""
+        elapsed = time.monotonic() - batch["_created"]
+        if batch["status"] in ("validating", "in_progress"):
+            if elapsed >= self.batch_delay_s:
+                self._finish(batch)
+            elif elapsed >= self.batch_delay_s / 4:
+                batch["status"], batch["in_progress_at"] = "in_progress", int(time.time())
+        return self._public(batch)
+
+    def _finish(self, batch: dict[str, Any]) -> None:
+        lines, limit = batch["_lines"], batch["_expire_after"]
+        out, err = [], []
+        for n, line in enumerate(lines):
+            if limit is not None and n >= limit:
+                err.append({"id": f"batch_req_{n}", "custom_id": line["custom_id"], "response": None,
+                            "error": {"code": "batch_expired",
+                                      "message": "This request could not be executed before the completion window expired."}})
+                continue
+            if line["custom_id"] in self.batch_errors:
+                self.batch_errors.discard(line["custom_id"])
+                err.append({"id": f"batch_req_{n}", "custom_id": line["custom_id"], "error": None, "response": {
+                    "status_code": 500, "request_id": f"req_{n}",
+                    "body": {"error": {"message": "The server had an error.", "type": "server_error"}}}})
+                continue
+            reply = self._chat_now(line["body"])
+            out.append({"id": f"batch_req_{n}", "custom_id": line["custom_id"], "error": None,
+                        "response": {"status_code": reply.status, "request_id": f"req_{n}", "body": reply.body}})
+        now = int(time.time())
+        for key, records in (("output_file_id", out), ("error_file_id", err)):
+            if records:
+                blob = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
+                batch[key] = self._store_file(blob, f"{batch['id']}_{key}.jsonl", "batch_output")["id"]
+        batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+        if limit is not None and limit < len(lines):
+            batch["status"], batch["expired_at"] = "expired", now
+        else:
+            batch["status"], batch["completed_at"] = "completed", now
+
+    def _chat_now(self, body: dict) -> _Reply:
+        """A batch line's answer: the chat endpoint's, without its latency (the batch's delay stands in)."""
+        coro = self._chat(body, None, latency=False)
+        try:
+            coro.send(None)  # nothing in it awaits without latency or a fault: it runs to its return
+        except StopIteration as done:
+            return done.value
+        coro.close()
+        raise RuntimeError("a batch line's answer awaited")  # pragma: no cover
+
+    @staticmethod
+    def _public(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
 
 
 def main(argv: list[str] | None = None) -> None:
