@@ -32,6 +32,8 @@ from pipeline.rundir import (
 GENERATED_COLUMNS = (ID, TEXT, TEMPLATE, "template_sha", "subject", "topic", "subtopic", "audience", "style",
                      "model", "temperature", "max_tokens", "finish_reason", "prompt_tokens",
                      "completion_tokens", "latency_s", "flags")
+OPTIONAL_COLUMNS = ("route",)
+"""Read when a shard has them: ``route`` is written only by rephrasing runs."""
 
 
 @dataclass
@@ -131,8 +133,10 @@ def _generated(art: RunArtifacts, max_rows: int, seed: int) -> tuple[pd.DataFram
     frames, total = [], 0
     for shard in shards:
         try:
-            missing = [c for c in GENERATED_COLUMNS if c not in pq.read_schema(shard).names]
-            frame = None if missing else pq.read_table(shard, columns=list(GENERATED_COLUMNS)).to_pandas()
+            names = pq.read_schema(shard).names
+            missing = [c for c in GENERATED_COLUMNS if c not in names]
+            columns = [*GENERATED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in names)]
+            frame = None if missing else pq.read_table(shard, columns=columns).to_pandas()
         except (OSError, ValueError) as e:
             art.notes.append(f"{art.relative(shard)}: unreadable ({str(e).splitlines()[0][:80]}); skipped")
             continue

@@ -49,6 +49,7 @@ def generation_section(art: RunArtifacts) -> dict[str, Any] | None:
         "max_tokens": _distinct(df["max_tokens"]),
         "templates": _templates(df, manifest.get("templates") or {}),
         "tokens": _tokens(df, art.generated_rows),
+        "routes": _routes(df, art.generated_rows),
         "cost": manifest.get("ledger"),
         "finish_reasons": _shares(df["finish_reason"].fillna("unknown")),
         "flags": [{"flag": f, "rows": n, "share": n / len(df)} for f, n in flags.most_common()],
@@ -90,6 +91,17 @@ def _tokens(df: pd.DataFrame, total_rows: int) -> dict[str, Any]:
         "words": float(df[TEXT].fillna("").str.split().str.len().sum()) * scale,
         "extrapolated": scale != 1.0,
     }
+
+
+def _routes(df: pd.DataFrame, total_rows: int) -> list[dict[str, Any]]:
+    """Rows and tokens per rephrase route (none when no row was rephrased)."""
+    if "route" not in df.columns or df["route"].isna().all():
+        return []
+    scale = total_rows / len(df)
+    return [{"route": route, "rows": len(group) * scale, "templates": sorted(group[TEMPLATE].unique()),
+             "prompt_tokens": float(group["prompt_tokens"].fillna(0).sum()) * scale,
+             "completion_tokens": float(group["completion_tokens"].fillna(0).sum()) * scale}
+            for route, group in df[df["route"].notna()].groupby("route", sort=True)]
 
 
 def _shares(values: pd.Series, total: int | None = None) -> list[dict[str, Any]]:

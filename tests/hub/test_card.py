@@ -331,3 +331,19 @@ def test_the_cards_show_the_downstream_scores_and_the_data_ab_with_their_bundle(
     write_json({**result, "score": 0.5}, run_dir / "eval" / "sft.json")  # a new eval after the card
     with pytest.raises(LineageError, match=r"eval/sft\.json changed"):
         check_card_fresh(run_dir)
+
+
+def test_the_card_shows_tokens_per_rephrase_route(run_dir):
+    shard = run_dir / "generated" / "part-00000.parquet"
+    df = pd.read_parquet(shard)
+    df["route"] = [("recycle" if i % 2 else "high") if i < 10 else None for i in range(len(df))]
+    write_parquet(df, shard)
+    record_outputs(run_dir, "generated")
+    write_card(validate({"run_dir": str(run_dir)}))
+    text = (run_dir / "card" / "README.md").read_text()
+    assert "### Rephrase routes" in text
+    routed = df[df["route"].notna()]
+    for route, group in routed.groupby("route"):
+        assert (f"| `{route}` | {len(group)} |" in text
+                and f"| {int(group['prompt_tokens'].sum()):,} | {int(group['completion_tokens'].sum()):,} |" in text)
+    _assert_tables_well_formed(text)
