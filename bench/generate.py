@@ -1,8 +1,10 @@
 """Benchmark: generate throughput against a local OpenAI-compatible server with fixed latency.
 
 With latency L per request and C requests in flight, the ideal rate is C/L. The table compares
-(1) a bare asyncio + openai loop (the floor any client pays) and (2) the pipeline's run_requests on
-a LocalCluster (shards, cluster-wide semaphore, ledger actor, journal, Parquet), each as achieved
+(1) a bare asyncio + openai loop (the floor any client pays), (2) the pipeline's run_requests on
+a LocalCluster (shards, cluster-wide semaphore, ledger actor, journal, Parquet) and (3) the same
+requests as rephrasing rows: real documents read, routed by edu_score, chunked and rendered by
+``plan_requests`` (timed in the row), then run with the faithfulness postprocess; each as achieved
 requests/s over C/L, client CPU time per request (driver, which hosts the LocalCluster's
 scheduler, plus Dask workers) and the test server's CPU time per request (it runs in its own process).
 
@@ -52,8 +54,35 @@ def bare_openai(base_url: str, n: int, concurrency: int) -> tuple[float, float, 
     return time.perf_counter() - start, time.process_time() - cpu, 0.0
 
 
-def pipeline_run(base_url: str, n: int, concurrency: int, workers: int) -> tuple[float, float, float]:
-    """run_requests on a warm LocalCluster (started, and its workers' imports paid, before timing)."""
+def rephrase_documents(path: Path, n: int) -> Path:
+    """``n`` real documents (pydoc's topic pages, one chunk each) with edu scores spread over [0, 1]."""
+    import json
+    from pydoc_data.topics import topics
+
+    texts = [t[:3000] for t in topics.values() if len(t) > 400]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"doc{i}", "text": texts[i % len(texts)], "edu_score": (i % 100) / 100}) + "\n")
+    return path
+
+
+def rephrase_prompts(n: int, base_url: str) -> pd.DataFrame:
+    """The ``n`` rephrase requests ``plan_requests`` builds from the bench documents (planned untimed)."""
+    from pipeline.config import load_config
+    from pipeline.generate.plan import plan_requests
+
+    with tempfile.TemporaryDirectory() as tmp:
+        docs = rephrase_documents(Path(tmp) / "docs.jsonl", n)
+        cfg = load_config(None, [f"generate.base_url={base_url}", "generate.model=stub-model", "generate.num_samples=0",
+                                 f"run_dir={tmp}", f"generate.rephrase.input=[{docs}]"])
+        return plan_requests(cfg)[0]
+
+
+def pipeline_run(base_url: str, n: int, concurrency: int, workers: int, rephrase: bool = False,
+                 prompts: pd.DataFrame | None = None) -> tuple[float, float, float]:
+    """run_requests on a warm LocalCluster (started, and its workers' imports paid, before timing);
+    ``rephrase``: the requests are planned from documents (planning inside the timed wall);
+    ``prompts``: plain requests with these prompts' text, so both runs send the same bodies."""
     import logging
 
     from distributed import Client, LocalCluster
@@ -62,8 +91,11 @@ def pipeline_run(base_url: str, n: int, concurrency: int, workers: int) -> tuple
     from pipeline.generate.runner import run_requests
 
     def requests(k: int, tag: str) -> pd.DataFrame:
+        # the rephrase prompts' text (without their planning) when comparing against rephrasing
+        texts = [m[-1]["content"] for m in prompts["messages"]] if prompts is not None else None
         return pd.DataFrame({"id": [f"{tag}{i}" for i in range(k)],
-                             "messages": [[{"role": "user", "content": f"q {tag} {i}"}] for i in range(k)]})
+                             "messages": [[{"role": "user", "content": texts[i % len(texts)] if texts else f"q {tag} {i}"}]
+                                          for i in range(k)]})
 
     def worker_cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -72,14 +104,31 @@ def pipeline_run(base_url: str, n: int, concurrency: int, workers: int) -> tuple
     with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client, \
             tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(None, [f"generate.base_url={base_url}", "generate.model=stub-model",
-                                 "generate.max_tokens=64", f"generate.concurrency={concurrency}",
-                                 f"generate.shard_size={max(1, n // (2 * workers))}"])
+        overrides = [f"generate.base_url={base_url}", "generate.model=stub-model",
+                     "generate.max_tokens=64", f"generate.concurrency={concurrency}",
+                     f"generate.shard_size={max(1, n // (2 * workers))}"]
+        cfg = load_config(None, overrides)
         where = {"run_dir": tmp, "scheduler": cluster.scheduler_address}
         run_requests(cfg.generate, requests(2 * concurrency, "warm"), Path(tmp) / "warm", stage="warmup", **where)
         before = sum(client.run(worker_cpu).values())
         cpu, start = time.process_time(), time.perf_counter()
-        summary = run_requests(cfg.generate, requests(n, "r"), Path(tmp) / "out", stage="bench", **where)
+        if rephrase:
+            from pipeline.generate.plan import plan_requests
+            from pipeline.generate.rephrase import Faithfulness
+
+            docs = rephrase_documents(Path(tmp) / "docs.jsonl", n)
+            rcfg = load_config(None, [*overrides, "generate.num_samples=0", f"run_dir={tmp}",
+                                      f"generate.rephrase.input=[{docs}]", "generate.rephrase.min_faithfulness=0.2"])
+            planned, _ = plan_requests(rcfg)
+            assert len(planned) == n, len(planned)
+            summary = run_requests(rcfg.generate, planned, Path(tmp) / "out", stage="bench",
+                                   postprocess=Faithfulness(0.2), **where)
+        else:
+            if prompts is not None:  # the plain path plans as many template rows as it sends
+                from pipeline.generate.plan import plan_requests
+
+                plan_requests(load_config(None, [*overrides, f"generate.num_samples={n}", f"run_dir={tmp}"]))
+            summary = run_requests(cfg.generate, requests(n, "r"), Path(tmp) / "out", stage="bench", **where)
         wall = time.perf_counter() - start
         driver = time.process_time() - cpu
         workers_cpu = sum(client.run(worker_cpu).values()) - before
@@ -114,6 +163,11 @@ def main() -> None:
     rows.append(measured("bare asyncio + openai", lambda: bare_openai(base_url, args.requests, args.concurrency)))
     rows.append(measured(f"run_requests, LocalCluster x{args.workers}",
                          lambda: pipeline_run(base_url, args.requests, args.concurrency, args.workers)))
+    prompts = rephrase_prompts(args.requests, base_url)
+    rows.append(measured("plan + the rephrase prompts' text",
+                         lambda: pipeline_run(base_url, args.requests, args.concurrency, args.workers, prompts=prompts)))
+    rows.append(measured(f"rephrase rows, LocalCluster x{args.workers}",
+                         lambda: pipeline_run(base_url, args.requests, args.concurrency, args.workers, rephrase=True)))
     server.terminate()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{args.requests} requests, C={args.concurrency}, L={args.latency}s, ideal {ideal:.0f} req/s; "
@@ -126,6 +180,9 @@ def main() -> None:
         print(f"{name:<32}{wall:>8.2f}{rate:>8.1f}{rate / ideal:>9.2f}{rate / bare:>8.2f}"
               f"{1000 * cpu / args.requests:>19.2f}{1000 * driver / args.requests:>10.2f}"
               f"{1000 * server_cpu / args.requests:>19.2f}")
+    plain, rephrased = rows[3][1], rows[4][1]
+    print(f"rephrasing (read, route, chunk, render, faithfulness) costs {100 * (rephrased / plain - 1):+.1f}% "
+          "of the wall time of plain requests with the same prompts (target: under 5%)")
 
 
 if __name__ == "__main__":
