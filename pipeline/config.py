@@ -20,6 +20,7 @@ from pipeline.eval.config import EvalConfig
 from pipeline.filter.config import FilterConfig
 from pipeline.generate.config import GenerateConfig
 from pipeline.hub.config import HubConfig
+from pipeline.io import read_yaml
 from pipeline.settings import Section
 from pipeline.train.config import TrainConfig
 
@@ -71,15 +72,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    data = read_yaml(path, ConfigError, "config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
     return data

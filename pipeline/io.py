@@ -127,6 +127,22 @@ def write_png(fig: Any, path: Path, dpi: int = 110) -> Path:
     return Path(path)
 
 
+def read_yaml(path: Path, error: type[Exception], what: str) -> Any:
+    """A YAML file's data; a missing file or a syntax error is ``error`` naming the file (and the
+    line and column where the parser stopped), ``what`` saying which file it is to the user."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise error(f"{path}{where}: invalid YAML: {problem}") from None
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

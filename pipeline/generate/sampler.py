@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.errors import GenerateError
+from pipeline.io import read_yaml
 
 # variable -> the seed group that draws it (a group draws related variables together)
 SEED_VARIABLES = {
@@ -68,15 +67,7 @@ def load_vocabulary(seeds_dir: Path) -> Vocabulary:
 
 
 def _read(path: Path, *keys: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GenerateError(f"{path}: seed vocabulary not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise GenerateError(f"{path}{where}: invalid YAML: {problem}") from None
+    data = read_yaml(path, GenerateError, "seed vocabulary")
     for key in keys:
         if not isinstance(data, dict) or not data.get(key):
             raise GenerateError(f"{path}: missing or empty key '{key}'")
