@@ -46,6 +46,17 @@ def test_demo_runs_every_stage_and_leaves_every_artifact(tmp_path: Path, capsys)
     assert "push --dry-run" in summary and "total" in summary
     assert "sft" in summary
 
+    # the same command again: every stage finds its inputs unchanged, and no manifest a later stage
+    # recorded as its parent is rewritten (a rewritten one would stop that stage)
+    manifests = {p: p.read_bytes() for p in run_dir.glob("*/**/manifest.json")
+                 if p.relative_to(run_dir).parts[0] not in ("card", "push")}
+    with StubServer() as server:
+        code, _ = run_demo(tmp_path, server)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "classifier: " in out.out and "is up to date" in out.out and "already trained on these inputs" in out.out
+    assert {p: p.read_bytes() for p in manifests} == manifests
+
 
 def test_demo_trains_sft_even_when_the_generator_ignores_every_turn_format(tmp_path: Path, capsys) -> None:
     """Conversations are built one request per turn, so a model that writes no Student:/Teacher: labels

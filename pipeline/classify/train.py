@@ -134,6 +134,12 @@ def train_classifier(cfg: Config, restart: bool = False) -> int:
     started = time.perf_counter()
     docs, mode = load_labelled(cfg)
     lineage = training_fingerprint(cfg, mode)  # of the files as they were read, not as they are after training
+    if not restart and installed_from(cfg.run_dir, lineage):
+        # the same inputs and settings: retraining would give the same model, and a rewritten
+        # manifest would make every stage that recorded it as a parent (the filter) start over
+        print(f"classifier: {RunDir(cfg.run_dir).classifier_model} is up to date (trained on these inputs and "
+              "settings); nothing to do")
+        return 0
     docs, skipped = prepare_examples(docs)
     docs = cap_documents(docs, cc.max_documents, cfg.seed)
     train_df, val_df = stratified_split(docs, cc.validation_fraction, cfg.seed, describe_labels(cfg, mode))
@@ -237,6 +243,18 @@ def training_fingerprint(cfg: Config, mode: str) -> dict[str, Any]:
     parents = {"annotations": manifest_ref(manifest_path(RunDir(run_dir).annotations), run_dir)} if annotations else {}
     config = {"classifier": cfg.classifier.model_dump(mode="json"), "seed": cfg.seed}
     return fingerprint(config, inputs, {k: v for k, v in parents.items() if v is not None})
+
+
+def installed_from(run_dir: Path, lineage: dict[str, Any]) -> bool:
+    """Whether the installed model was trained on exactly ``lineage`` and is still the file it wrote."""
+    run = RunDir(run_dir)
+    manifest_file = manifest_path(run.classifier)
+    if not manifest_file.is_file() or not run.classifier_model.is_file():
+        return False
+    manifest = read_json(manifest_file)
+    recorded = (manifest.get("outputs") or {}).get(relative_name(run.classifier_model, run_dir))
+    return (describe_change(manifest.get("lineage") or {}, lineage) is None
+            and recorded == content_digest(run.classifier_model))
 
 
 def classifier_parent(run_dir: Path, model: Path) -> dict[str, str] | None:

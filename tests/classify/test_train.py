@@ -309,3 +309,15 @@ def test_classifier_manifest_traces_the_model_to_its_annotations(tmp_path):
         f.write(b"\0")
     with pytest.raises(LineageError, match="classifier/edu_fasttext.bin: does not match classifier/manifest.json"):
         classifier_parent(run, model)
+
+
+def test_a_rerun_on_the_same_inputs_keeps_the_installed_model_and_its_manifest(tmp_path, labelled_parquet, capsys):
+    run = tmp_path / "run"
+    assert train(run, f"classifier.input=[{labelled_parquet}]") == 0
+    manifest = (run / "classifier" / "manifest.json").read_bytes()
+    capsys.readouterr()
+    assert train(run, f"classifier.input=[{labelled_parquet}]") == 0
+    assert "is up to date" in capsys.readouterr().out
+    assert (run / "classifier" / "manifest.json").read_bytes() == manifest  # the filter's parent stays valid
+    assert train(run, f"classifier.input=[{labelled_parquet}]", "classifier.epoch=3") == 0  # settings changed
+    assert (run / "classifier" / "manifest.json").read_bytes() != manifest
