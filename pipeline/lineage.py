@@ -38,12 +38,6 @@ def content_digest(path: Path | str) -> str:
     return h.hexdigest()[:DIGEST_CHARS]
 
 
-def data_digest(obj: Any) -> str:
-    """sha256 of canonical JSON: the identity of a config section or of a fingerprint."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:DIGEST_CHARS]
-
-
 def relative_name(path: Path | str, run_dir: Path | str | None) -> str:
     """``path`` relative to ``run_dir`` when inside it (so lineage survives moving the run), else as given."""
     p = Path(path)

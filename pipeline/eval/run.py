@@ -25,8 +25,8 @@ from pipeline.errors import PipelineError
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.score import bits_per_byte, loglikelihoods
 from pipeline.eval.tasks import NORMALISED, EvalError, Task, load_task
-from pipeline.io import write_json
-from pipeline.lineage import data_digest, fingerprint, manifest_ref, relative_name
+from pipeline.io import stable_hash, write_json
+from pipeline.lineage import fingerprint, manifest_ref, relative_name
 from pipeline.progress import progress
 from pipeline.rundir import ID, MODEL_CONFIG, PHASES, TEXT, RunDir, manifest_path
 from pipeline.train.config import TrainConfig
@@ -100,7 +100,7 @@ def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, train: TrainConfig
         "tasks": scores,
         "score": float(np.mean([s["centered"] for s in scores.values()])) if scores else float("nan"),
         "bpb": domain_bpb(model, tok, e, run_dir, train, max_length, device),
-        "bundle_digest": data_digest(bundle),
+        "bundle_digest": stable_hash(bundle),
         "bundle": bundle,
         "items_per_s": items / seconds if seconds > 0 else None,
         "seconds": round(seconds, 2),

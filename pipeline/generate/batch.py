@@ -41,8 +41,8 @@ from pipeline.generate.journal import (
 )
 from pipeline.generate.ledger import Ledger
 from pipeline.generate.shard import ShardSpec, _compact
-from pipeline.io import build_manifest, read_json, read_parquet, write_json, write_parquet
-from pipeline.lineage import LineageError, data_digest, file_digests
+from pipeline.io import build_manifest, read_json, read_parquet, stable_hash, write_json, write_parquet
+from pipeline.lineage import LineageError, file_digests
 from pipeline.rundir import ID, MESSAGES, TEXT, list_shards, manifest_path, shard_path
 
 BATCHES_FILE = ".batches.json"
@@ -114,7 +114,7 @@ def run_batch(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, sta
     out_dir = Path(out_dir)
     shards = [requests.iloc[k:k + gen.shard_size] for k in range(0, len(requests), gen.shard_size)]
     state = _resume(out_dir, shards, stage, lineage, restart, dry_run, gen)
-    book = BatchBook(out_dir, data_digest(lineage) if lineage is not None else None)
+    book = BatchBook(out_dir, stable_hash(lineage) if lineage is not None else None)
     if book.batches and book.stored_lineage != book.lineage:
         live = len(book.live())
         if not restart:

@@ -36,11 +36,10 @@ from pipeline.generate.journal import (
 from pipeline.generate.ledger import Ledger
 from pipeline.generate.limits import CompletionGate, Coordinator
 from pipeline.generate.shard import COMPLETION_COLUMNS, ShardResult, ShardSpec, run_shard
-from pipeline.io import build_manifest, read_json, read_parquet, write_json
+from pipeline.io import build_manifest, read_json, read_parquet, stable_hash, write_json
 from pipeline.lineage import (
     LineageError,
     check_resume,
-    data_digest,
     describe_change,
     file_digests,
     read_fingerprint,
@@ -277,7 +276,7 @@ def _resume(out_dir: Path, shards: list[pd.DataFrame], stage: str, lineage: dict
           f"requests, ${paid['cost_usd']:.4f}; kept in the manifest's discarded_runs): {change}",
           file=sys.stderr)
     record = {"discarded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": change,
-              "lineage": data_digest(stored) if stored else None, "rows": len(state.done), **paid}
+              "lineage": stable_hash(stored) if stored else None, "rows": len(state.done), **paid}
     discarded = list(state.discarded)
     if discarded and discarded[-1].get("lineage") == record["lineage"] \
             and discarded[-1].get("reason") == change:

@@ -100,13 +100,13 @@ def test_fewshot_draws_are_seeded_and_never_the_item_itself(tmp_path):
 
 
 def test_bundle_digest_changes_when_a_task_file_changes(tmp_path):
-    from pipeline.lineage import data_digest
+    from pipeline.io import stable_hash
 
     task_path = write_mc(tmp_path / "t.jsonl", 20)
     cfg = eval_config(tmp_path / "run", task_path)
-    before = data_digest(bundle_of(cfg.eval, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks]))
+    before = stable_hash(bundle_of(cfg.eval, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks]))
     write_mc(task_path, 20, seed=1)
-    after = data_digest(bundle_of(cfg.eval, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks]))
+    after = stable_hash(bundle_of(cfg.eval, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks]))
     assert before != after
 
 
