@@ -69,8 +69,6 @@ def textbook_responder(messages: list[dict], params: dict) -> str:
     topic = " ".join(prompt.split()[:6])
     lines = [_SENTENCES[digest[0] % len(_SENTENCES)], f"This lesson is about {topic}."]
     lines += [_SENTENCES[b % len(_SENTENCES)] for b in digest[1:12]]
-    if '"Student:"' in prompt:  # the conversation template: answer in its turn format, so SFT can parse it
-        return "\n".join(f"{'Student' if i % 2 == 0 else 'Teacher'}: {line}" for i, line in enumerate(lines[:8]))
     return " ".join(lines)
 
 
