@@ -90,6 +90,8 @@ class GenerateConfig(Section):
     api_key: SecretStr | None = None
     """Falls back to OPENAI_API_KEY. Never written to manifests, logs or cards."""
     num_samples: int = Field(default=1000, ge=0)
+    generations_per_prompt: int = Field(default=1, ge=1)
+    """Rows per distinct prompt: 1 gives every row its own prompt; n asks for n completions of each (consecutive rows, own ids)."""
     concurrency: int = Field(default=16, ge=1)
     """In-flight requests across the whole cluster."""
     requests_per_minute: float | None = Field(default=None, gt=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +12,14 @@ from pipeline.config import Config
 from pipeline.errors import DataError, GenerateError
 from pipeline.generate.config import WebSeedConfig
 from pipeline.generate.render import PROMPTS_DIR, Template, load_templates
-from pipeline.generate.sampler import SEED_VARIABLES, Vocabulary, load_vocabulary, sample_row
+from pipeline.generate.sampler import (
+    SEED_VARIABLES,
+    Vocabulary,
+    draw_row,
+    load_vocabulary,
+    row_rng,
+    seed_space,
+)
 from pipeline.io import expand_inputs, iter_batches, stable_hash
 from pipeline.lineage import content_digest, fingerprint, relative_name
 
@@ -19,8 +28,9 @@ def plan_requests(cfg: Config) -> tuple[pd.DataFrame, dict[str, Template]]:
     """Rows ``0..num_samples-1`` as requests: ``id``, ``messages``, ``prompt``, ``template``,
     ``template_sha`` and the seed values (``None`` where the row's template does not use one).
 
-    The ``id`` hashes the template version, the seed values, the model and the sampling parameters,
-    plus the run seed and row index: two rows that happen to draw the same seeds are still two
+    Prompts are distinct unless ``generate.generations_per_prompt`` asks for several rows of each
+    (``build_requests``). The ``id`` hashes the template version, the seed values, the model and the
+    sampling parameters, plus the run seed and row index: rows of one prompt are still separate
     samples (at temperature > 0 they differ), and must not collapse into one key.
     """
     gen = cfg.generate
@@ -63,7 +73,8 @@ def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
     prompts_dir = Path(gen.prompts_dir) if gen.prompts_dir else PROMPTS_DIR
     config: dict = {"seed": cfg.seed, "generate": {
         "backend": gen.backend, "model": gen.model, "temperature": gen.temperature, "top_p": gen.top_p,
-        "max_tokens": gen.max_tokens, "templates": dict(gen.templates), "shard_size": gen.shard_size}}
+        "max_tokens": gen.max_tokens, "templates": dict(gen.templates), "shard_size": gen.shard_size,
+        "generations_per_prompt": gen.generations_per_prompt}}
     if gen.backend == "transformers":
         config["generate"]["batch_size"] = gen.batch_size  # a batch shares one sampling seed
     inputs = {f"prompts/{t.path.name}": content_digest(t.path) for t in templates.values()}
@@ -92,26 +103,71 @@ def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
     return fingerprint(config, inputs, {})
 
 
-def build_requests(cfg: Config, templates: dict[str, Template], vocab: Vocabulary,
-                   extracts: list[str]) -> pd.DataFrame:
+MAX_DRAWS = 10_000
+"""Draws a prompt may take to differ from every earlier one before planning gives up: near the end of
+a template's variable space most draws repeat, and a plan must not spin there."""
+
+
+def build_requests(cfg: Config, templates: dict[str, Template], vocab: Vocabulary, extracts: list[str],
+                   generations_per_prompt: int | None = None) -> pd.DataFrame:
+    """The ``num_samples`` template rows: each prompt distinct, repeated ``generations_per_prompt``
+    times in a row (default: the config's ``generate.generations_per_prompt``).
+
+    Prompt ``p`` (rows ``p * g`` to ``p * g + g - 1``) is drawn from the RNG of ``(seed, p)``; while
+    it repeats an earlier prompt, it is drawn again from that RNG. So prompt ``p`` depends on the
+    prompts before it but not on how many come after: a plan of ``n`` rows is the first ``n`` rows
+    of a larger one, and a rerun plans the same rows, ids and prompts. With ``g = 1`` a prompt that
+    repeats nothing is the one its row drew before prompts were made distinct.
+    """
     gen = cfg.generate
+    per_prompt = generations_per_prompt or gen.generations_per_prompt
     requires = {name: t.requires for name, t in templates.items()}
     own = {name: t.variables for name, t in templates.items() if t.variables}
     sampling = {"model": gen.model, "temperature": gen.temperature, "top_p": gen.top_p,
                 "max_tokens": gen.max_tokens}
+    prompts_needed = -(-gen.num_samples // per_prompt)
+    space = {name: seed_space(requires[name], vocab, extracts, own.get(name)) for name in gen.templates}
+    possible = sum(space.values())
+    if prompts_needed > possible:
+        raise GenerateError(_exhausted(gen.num_samples, per_prompt, prompts_needed, possible, gen.templates))
     rows = []
-    for i in range(gen.num_samples):
-        seeds = sample_row(cfg.seed, i, gen.templates, requires, vocab, extracts, own)
-        template = templates[seeds["template"]]
-        prompt = template.render(seeds)
-        key = stable_hash({"template_sha": template.sha, "seeds": seeds, **sampling, "seed": cfg.seed, "row": i})
-        rows.append({"id": key, "messages": [{"role": "user", "content": prompt}], "prompt": prompt,
-                     "template_sha": template.sha, **seeds})
+    seen: set[str] = set()
+    drawn = Counter[str]()
+    for p in range(prompts_needed):
+        rng = row_rng(cfg.seed, p)
+        for _ in range(MAX_DRAWS):
+            seeds = draw_row(rng, gen.templates, requires, vocab, extracts, own)
+            template = templates[seeds["template"]]
+            prompt = template.render(seeds)
+            if prompt not in seen:
+                break
+        else:
+            raise GenerateError(f"{_exhausted(gen.num_samples, per_prompt, prompts_needed, possible, gen.templates)}"
+                                f"; prompt {p} repeated an earlier one in {MAX_DRAWS:,} draws")
+        seen.add(prompt)
+        drawn[template.name] += 1
+        for i in range(p * per_prompt, min((p + 1) * per_prompt, gen.num_samples)):
+            key = stable_hash({"template_sha": template.sha, "seeds": seeds, **sampling, "seed": cfg.seed, "row": i})
+            rows.append({"id": key, "messages": [{"role": "user", "content": prompt}], "prompt": prompt,
+                         "template_sha": template.sha, **seeds})
+    for name, count in drawn.items():
+        if count > space[name] / 2:  # most later draws repeat: the distinct ones drift from the weights
+            print(f"warning: template '{name}' has {count:,} of its at most {space[name]:,} distinct prompts "
+                  "in this plan; as they run out its share drifts below its weight in generate.templates and its "
+                  "variables toward equal weights (add seed values, or raise generate.generations_per_prompt)",
+                  file=sys.stderr)
     own_columns = sorted({v for variables in own.values() for v in variables})
     columns = ["id", "messages", "prompt", "template", "template_sha", *SEED_VARIABLES, *own_columns]
     frame = pd.DataFrame(rows, columns=columns)
     # one string dtype per seed column, whether or not any row of this run uses it
     return frame.astype({c: "str" for c in columns if c != "messages"})
+
+
+def _exhausted(num_samples: int, per_prompt: int, needed: int, possible: int, mix: dict[str, float]) -> str:
+    """Why a plan cannot give ``needed`` distinct prompts, with what the user can change."""
+    return (f"config key 'generate.num_samples': {num_samples:,} rows at generate.generations_per_prompt="
+            f"{per_prompt} need {needed:,} distinct prompts, but the templates {', '.join(mix)} can make at most "
+            f"{possible:,}; lower num_samples, add seed values or templates, or raise generations_per_prompt")
 
 
 def load_extracts(web: WebSeedConfig) -> list[str]:

@@ -1,9 +1,11 @@
 """Seeded, weighted sampling of prompt seeds: (run seed, row index) -> template and seed values.
 
 Row ``i`` draws from its own RNG, seeded by ``(seed, i)`` and not by a shared stream, so a row's
-prompt never depends on how many rows came before it, on sharding, or on resume. Only the variables
+prompt never depends on how many rows come after it, on sharding, or on resume. Only the variables
 the row's template declares are drawn; the others stay ``None``. A template's own variables (declared
-with their vocabulary in its header, see ``render``) are drawn last, in name order.
+with their vocabulary in its header, see ``render``) are drawn last, in name order. A plan that wants
+each prompt once draws a row again from the same RNG while its prompt repeats an earlier row's
+(``pipeline.generate.plan``); ``seed_space`` bounds how many distinct prompts a template can give.
 """
 
 from __future__ import annotations
@@ -95,7 +97,13 @@ def sample_row(seed: int, index: int, mix: Mapping[str, float], requires: Mappin
     that template also holds those, drawn after the shared seeds (so templates without any draw
     exactly what they drew before such variables existed).
     """
-    rng = row_rng(seed, index)
+    return draw_row(row_rng(seed, index), mix, requires, vocab, extracts, own)
+
+
+def draw_row(rng: random.Random, mix: Mapping[str, float], requires: Mapping[str, Sequence[str]],
+             vocab: Vocabulary, extracts: Sequence[str] = (),
+             own: Mapping[str, Mapping[str, Sequence[tuple[str, float]]]] | None = None) -> dict[str, Any]:
+    """One draw of a row's template and seed values from ``rng``; the next call on it draws afresh."""
     names = list(mix)
     template = rng.choices(names, weights=[mix[n] for n in names])[0]
     return {"template": template, **draw_seeds(rng, template, requires[template], vocab, extracts,
@@ -132,6 +140,35 @@ def draw_seeds(rng: random.Random, template: str, requires: Sequence[str], vocab
         pairs = own[name]
         values[name] = rng.choices([v for v, _ in pairs], weights=[w for _, w in pairs])[0]
     return values
+
+
+def seed_space(requires: Sequence[str], vocab: Vocabulary, extracts: Sequence[str] = (),
+               own: Mapping[str, Sequence[tuple[str, float]]] | None = None) -> int:
+    """How many distinct value combinations a template requiring ``requires`` can draw.
+
+    An upper bound of the distinct prompts it renders (two combinations may render alike); only the
+    declared variables count, so a template that shows ``topic`` alone gets one per distinct topic.
+    """
+    declared = [v for v in SEED_VARIABLES if v in set(requires)]
+    taxonomy = [v for v in ("subject", "topic", "subtopic") if v in declared]
+    count = 1
+    if taxonomy:
+        triples = [{"subject": subject, "topic": topic, "subtopic": subtopic}
+                   for subject, _, topics in vocab.subjects for topic, subtopics in topics.items()
+                   for subtopic in subtopics]
+        count *= len({tuple(t[v] for v in taxonomy) for t in triples})
+    distinct = {"audience": {d for _, d, _ in vocab.audiences}, "style": {i for _, i, _ in vocab.styles},
+                "noun": set(vocab.nouns), "verb": set(vocab.verbs), "adjective": set(vocab.adjectives),
+                "extract": set(extracts)}
+    for variable in declared:
+        if variable in distinct:
+            count *= len(distinct[variable])
+    if "features" in declared:  # one or two different features, in the order drawn
+        n = len({i for _, i, _ in vocab.features})
+        count *= n + n * (n - 1)
+    for pairs in (own or {}).values():
+        count *= len({v for v, _ in pairs})
+    return count
 
 
 def _weighted_sample(rng: random.Random, items: list[tuple[str, str, float]], k: int) -> list[str]:
