@@ -8,15 +8,27 @@ loop: ``MinHash.update`` per 5-gram (sha1), then ``MinHashLSH.query`` + ``insert
 one in-memory index; it runs on a ``--baseline-mb`` subset and is extrapolated (it is that slow).
 
     .venv/bin/python bench/filter.py [--quick] [--mb 200] [--no-stage] [--repeat 3]
+
+``--kernels`` measures instead the per-core speed of the dedup kernels of one partition (word split,
+shingles, signatures, bands, exact hashes; ``filters.minhash``), in this process, against the previous
+implementation (kept below as the baseline) and against rensa's Python shingling + ``RMinHash`` (if
+bench/.venv-peers has rensa), on a bench/dedup_peers.py corpus (``--corpus`` a Parquet file, or one
+of ``--mb`` MB built here):
+
+    .venv/bin/python bench/filter.py --kernels [--corpus part-00000.parquet] [--mb 40] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import os
 import random
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +40,10 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+from pandas.util import hash_array
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,6 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from dedup_accuracy import perturb, real_documents  # noqa: E402
 
+import filters.minhash as kernels  # noqa: E402
 from filters.minhash import dedup_form, minhash_signatures  # noqa: E402
 from pipeline.cluster import dask_client  # noqa: E402
 from pipeline.filter.dedup import exact_dedup, minhash_dedup  # noqa: E402
@@ -181,16 +198,287 @@ def run_stage(shards: list[Path], run_dir: Path, workers: int) -> float | None:
     return time.perf_counter() - t0
 
 
+# ---------------------------------------------------------------- kernels of one partition
+# The previous implementation (until the byte-level split), verbatim but for names: the baseline of
+# --kernels. Words: an Arrow string array of runs filtered and dictionary-encoded, SipHash per
+# distinct word; signatures: one pass over all shingles per permutation; exact hashes: xxh3 of
+# each document's dedup form, in Python.
+
+def _previous_word_chars(data: np.ndarray) -> np.ndarray:
+    is_word = _PREVIOUS_WORD_BYTE[data]
+    high = np.flatnonzero(data >= 0x80)
+    if len(high) == 0:
+        return is_word
+    leads = high[(data[high] & 0xC0) != 0x80]
+    b0 = data[leads].astype(np.uint32)
+    length = np.where(b0 >= 0xF0, 4, np.where(b0 >= 0xE0, 3, 2))
+    code = b0 & np.where(length == 4, 0x07, np.where(length == 3, 0x0F, 0x1F)).astype(np.uint32)
+    for k in (1, 2, 3):
+        follow = data[np.minimum(leads + k, len(data) - 1)].astype(np.uint32) & np.uint32(0x3F)
+        code = np.where(length > k, (code << np.uint32(6)) | follow, code)
+    distinct, which = np.unique(code, return_inverse=True)
+    chars = pa.array([chr(c) for c in distinct.tolist()], type=pa.string())
+    lead_word = pc.match_substring_regex(chars, r"^[\p{L}\p{N}_]$").to_numpy(zero_copy_only=False)[which]
+    is_word[high] = lead_word[np.searchsorted(leads, high, side="right") - 1]
+    return is_word
+
+
+_PREVIOUS_WORD_BYTE = np.zeros(256, dtype=bool)
+_PREVIOUS_WORD_BYTE[[*range(ord("a"), ord("z") + 1), *range(ord("0"), ord("9") + 1), ord("_")]] = True
+
+
+def _previous_partition_words(texts) -> tuple[np.ndarray, np.ndarray]:
+    arr = pc.utf8_lower(kernels._arrow_text(texts))
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]] if offsets[-1] else \
+        np.empty(0, dtype=np.uint8)
+    offsets = offsets - offsets[0]
+    is_word = _previous_word_chars(data)
+    changes = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
+    cut = np.zeros(len(data) + 1, dtype=bool)
+    cut[changes] = True
+    cut[offsets] = True
+    bounds = np.flatnonzero(cut)
+    starts = bounds[:-1]
+    runs = pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(bounds), pa.py_buffer(data))
+    words_mask = is_word[starts] if len(data) else np.zeros(len(starts), dtype=bool)
+    words, owner = runs.filter(pa.array(words_mask)), np.searchsorted(offsets, starts[words_mask], side="right") - 1
+    counts = np.bincount(owner, minlength=len(arr)).astype(np.int64)
+    encoded = pc.dictionary_encode(words)
+    hashes = hash_array(np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object),
+                        categorize=False)
+    return hashes[encoded.indices.to_numpy()], counts
+
+
+def _previous_ngram_hashes(words: np.ndarray, ngram: int) -> np.ndarray:
+    n = len(words)
+    if n == 0:
+        return np.empty(0, dtype=np.uint32)
+    width = min(ngram, n)
+    count = n - width + 1
+    h = np.zeros(count, dtype=np.uint64)
+    for k in range(width):
+        h += words[k:k + count] * kernels._POSITION_MULTIPLIERS[k]
+    return (h ^ (h >> np.uint64(32))).astype(np.uint32)
+
+
+def _previous_shingles(flat: np.ndarray, counts: np.ndarray, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    sizes = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
+    starts = np.cumsum(counts) - counts
+    first = np.cumsum(sizes) - sizes
+    full = _previous_ngram_hashes(flat, ngram) if len(flat) >= ngram else np.empty(0, dtype=np.uint32)
+    positions = np.repeat(starts - first, sizes) + np.arange(int(sizes.sum()))
+    whole = np.repeat(counts >= ngram, sizes)
+    out = np.empty(len(positions), dtype=np.uint32)
+    out[whole] = full[positions[whole]]
+    for i in np.flatnonzero((counts > 0) & (counts < ngram)):
+        out[first[i]] = _previous_ngram_hashes(flat[starts[i]:starts[i] + counts[i]], ngram)[0]
+    return out, sizes
+
+
+def _previous_partition_shingles(texts, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    return _previous_shingles(*_previous_partition_words(texts), ngram)
+
+
+def _previous_signatures(flat: np.ndarray, sizes: np.ndarray, num_perm: int = 128, seed: int = 0) -> np.ndarray:
+    a, b = kernels.permutations(num_perm, seed)
+    sig = np.full((len(sizes), num_perm), kernels.MAX_HASH, dtype=np.uint32)
+    docs = np.flatnonzero(sizes)
+    if len(docs) == 0:
+        return sig
+    mixed = kernels._fmix32(np.asarray(flat, dtype=np.uint32))
+    starts = np.cumsum(sizes[docs]) - sizes[docs]
+    permuted = np.empty_like(mixed)
+    for p in range(num_perm):
+        np.multiply(mixed, a[p], out=permuted)
+        permuted += b[p]
+        sig[docs, p] = np.minimum.reduceat(permuted, starts)
+    return sig
+
+
+_PREVIOUS_NON_WORD = re.compile(r"\W+")
+
+
+def _previous_exact_hashes(texts) -> np.ndarray:
+    def form(text):
+        return _PREVIOUS_NON_WORD.sub(" ", text.lower()).strip() if isinstance(text, str) else ""
+    return np.fromiter((xxhash.xxh3_64_intdigest(form(t).encode("utf-8", "surrogatepass")) for t in texts),
+                       dtype=np.uint64)
+
+
+RENSA_KERNELS = """
+import json, sys, time
+import pyarrow.parquet as pq
+from rensa import RMinHash
+texts = pq.read_table(sys.argv[1], columns=["text"]).column("text").to_pylist()
+perms, n = int(sys.argv[2]), int(sys.argv[3])
+def shingles(text):  # as bench/dedup_peers.py runs rensa: lowercased whitespace words, joined n-grams
+    w = text.lower().split()
+    return [" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))]
+out = {}
+w0, c0 = time.perf_counter(), time.process_time()
+sets = [shingles(t) for t in texts]
+w1, c1 = time.perf_counter(), time.process_time()
+RMinHash.from_token_sets(sets, perms, 42)
+w2, c2 = time.perf_counter(), time.process_time()
+json.dump({"shingles": [w1 - w0, c1 - c0], "signatures": [w2 - w1, c2 - c1]}, sys.stdout)
+"""
+
+
+# Peak RSS from the kernel's VmHWM: getrusage's ru_maxrss would start at the parent's RSS at fork
+KERNEL_MEMORY = """
+import re, sys
+from pathlib import Path
+import pandas as pd, psutil
+sys.path.insert(0, sys.argv[1])
+import filter as bench
+texts = pd.read_parquet(sys.argv[2], columns=["text"])["text"]
+before = psutil.Process().memory_info().rss
+getattr(bench, sys.argv[3])(texts)
+peak_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+print((peak_kb * 1024 - before) / 1e6)
+"""
+
+
+def _current_words(texts) -> tuple[np.ndarray, np.ndarray]:
+    """The current word split of a partition: word hashes and words per text, chunk by chunk."""
+    return kernels._concatenated(kernels._partition_words(chunk) for chunk in kernels._split_chunks(texts))
+
+
+_lsh_params = functools.cache(kernels.lsh_params)  # once per run in the stage, not per partition
+
+
+def previous_kernels(texts, num_perm: int = 128, ngram: int = 5) -> None:
+    """Everything the dedup passes computed per partition before: two splits, one per pass."""
+    bands, rows = _lsh_params(0.8, num_perm)
+    flat, sizes = _previous_partition_shingles(texts, ngram)
+    kernels.lsh_buckets(kernels.band_hashes(_previous_signatures(flat, sizes, num_perm), bands, rows))
+    _previous_exact_hashes(texts)
+
+
+def current_kernels(texts, num_perm: int = 128, ngram: int = 5) -> None:
+    """The same from one split (``dedup_hashes``)."""
+    bands, rows = _lsh_params(0.8, num_perm)
+    _, flat, sizes = kernels.dedup_hashes(texts, ngram)
+    kernels.lsh_buckets(kernels.band_hashes(kernels.signatures_from_flat(flat, sizes, num_perm), bands, rows))
+
+
+def _timed(fn, *args) -> tuple[float, float, object]:
+    """``(wall s, CPU s of this process, result)`` of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def _same_classes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Do ``a`` and ``b`` split their positions into the same classes of equal values?"""
+    return bool(np.array_equal(pd.factorize(a)[0], pd.factorize(b)[0]))
+
+
+def run_kernels(corpus: Path, repeat: int, num_perm: int = 128, ngram: int = 5) -> None:
+    """Per-kernel seconds of the previous and the current implementation (and rensa), every run printed."""
+    texts = pd.read_parquet(corpus, columns=["text"])["text"]
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    bands, rows = _lsh_params(0.8, num_perm)
+    print(f"corpus: {corpus} ({len(texts)} docs, {mb:.1f} MB); {num_perm} perms, {bands} bands x {rows} rows, "
+          f"word {ngram}-grams; load average before: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+    # same inputs, same answers: the same words, shingles and exact-duplicate classes, and
+    # bit-equal signatures of the same shingles
+    old_words, old_counts = _previous_partition_words(texts)
+    new_words, new_counts = _current_words(texts)
+    old_flat, old_sizes = _previous_shingles(old_words, old_counts, ngram)
+    exact, new_flat, new_sizes = kernels.dedup_hashes(texts, ngram)
+    # shingles: bit-equal given the same word hashes (their classes may differ by a few 32-bit collisions)
+    from_old_words = kernels._shingles(old_words, old_counts, ngram)
+    checks = {"words": np.array_equal(old_counts, new_counts) and _same_classes(old_words, new_words),
+              "shingles": np.array_equal(old_sizes, new_sizes) and np.array_equal(old_flat, from_old_words[0])
+              and np.array_equal(old_sizes, from_old_words[1]),
+              "signatures": np.array_equal(_previous_signatures(old_flat, old_sizes, num_perm),
+                                           kernels.signatures_from_flat(old_flat, old_sizes, num_perm)),
+              "exact classes": _same_classes(_previous_exact_hashes(texts), exact)}
+    print("same results as the previous kernels: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items()))
+
+    sig = kernels.signatures_from_flat(new_flat, new_sizes, num_perm)
+    cases = [("word split (_partition_words)", (_previous_partition_words, texts), (_current_words, texts)),
+             ("shingles (partition_shingles)", (_previous_partition_shingles, texts, ngram),
+              (kernels.partition_shingles, texts, ngram)),
+             ("signatures (signatures_from_flat)", (_previous_signatures, old_flat, old_sizes, num_perm),
+              (kernels.signatures_from_flat, old_flat, old_sizes, num_perm)),
+             ("bands + buckets", (lambda: kernels.lsh_buckets(kernels.band_hashes(sig, bands, rows)),),
+              (lambda: kernels.lsh_buckets(kernels.band_hashes(sig, bands, rows)),)),
+             ("exact hashes (exact_hashes)", (_previous_exact_hashes, texts), (kernels.exact_hashes, texts)),
+             ("shingles + exact (dedup_hashes)", None, (kernels.dedup_hashes, texts, ngram)),
+             ("all: split+shingles+signatures+bands+exact", (previous_kernels, texts, num_perm, ngram),
+              (current_kernels, texts, num_perm, ngram))]
+    print(f"\n{'kernel':<44}{'impl':>9}  {'wall s, every run':<26}{'CPU s, every run':<26}"
+          f"{'MB/s/core':>10}{'speed-up':>9}")
+    for name, previous, current in cases:
+        cpu_min = {}
+        for impl, call in (("previous", previous), ("current", current)):
+            if call is None:
+                continue
+            runs = [_timed(*call)[:2] for _ in range(repeat)]
+            cpu_min[impl] = min(c for _, c in runs)
+            speed = f"{cpu_min['previous'] / cpu_min['current']:.1f}x" if impl == "current" and "previous" in cpu_min \
+                else ""
+            print(f"{name:<44}{impl:>9}  {' '.join(f'{w:.3f}' for w, _ in runs):<26}"
+                  f"{' '.join(f'{c:.3f}' for _, c in runs):<26}{mb / cpu_min[impl]:>10.1f}{speed:>9}")
+            name = ""
+    peaks = {impl: [float(subprocess.run([sys.executable, "-c", KERNEL_MEMORY, str(ROOT / "bench"), str(corpus),
+                                          f"{impl}_kernels"], capture_output=True, text=True, check=True).stdout)
+                    for _ in range(2)] for impl in ("previous", "current")}
+    print(f"peak memory of all kernels above the loaded partition (MB, fresh process, every run): "
+          f"previous {', '.join(f'{p:.0f}' for p in peaks['previous'])}; "
+          f"current {', '.join(f'{p:.0f}' for p in peaks['current'])}")
+    rensa_python = ROOT / "bench" / ".venv-peers" / "bin" / "python"
+    if rensa_python.exists():
+        runs = []
+        for _ in range(repeat):
+            out = subprocess.run([str(rensa_python), "-c", RENSA_KERNELS, str(corpus), str(num_perm), str(ngram)],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                print(f"rensa: failed ({out.stderr.strip().splitlines()[-1:]})")
+                break
+            runs.append(json.loads(out.stdout))
+        for part in ("shingles", "signatures"):
+            if runs:
+                label = "rensa 0.5: " + ("Python shingling" if part == "shingles" else "RMinHash.from_token_sets")
+                cpu = min(r[part][1] for r in runs)
+                print(f"{label:<44}{'rensa':>9}  {' '.join(f'{r[part][0]:.3f}' for r in runs):<26}"
+                      f"{' '.join(f'{r[part][1]:.3f}' for r in runs):<26}{mb / cpu:>10.1f}")
+        if runs:
+            totals = [r["shingles"][1] + r["signatures"][1] for r in runs]
+            print(f"{'rensa 0.5: shingling + signatures':<44}{'rensa':>9}  {'':<26}"
+                  f"{' '.join(f'{t:.3f}' for t in totals):<26}{mb / min(totals):>10.1f}")
+    else:
+        print(f"rensa: not measured ({rensa_python} absent; bench/dedup_peers.py installs it)")
+    print("MB/s/core and speed-up from the fastest CPU time of each row (one core: the kernels run on one thread); "
+          f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
 def main() -> None:
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # shutdown chatter is not a result
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small corpus (20 MB) for development")
-    parser.add_argument("--mb", type=float, default=200.0, help="corpus size in MB")
+    parser.add_argument("--mb", type=float, help="corpus size in MB (default 200; --kernels: 40)")
     parser.add_argument("--baseline-mb", type=float, default=3.0, help="datasketch baseline subset")
     parser.add_argument("--no-stage", action="store_true", help="skip timing the whole filter stage")
-    parser.add_argument("--repeat", type=int, default=3, help="1-vs-2-worker pairs to run (median reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="1-vs-2-worker pairs to run (median reported); --kernels: runs of each kernel")
+    parser.add_argument("--kernels", action="store_true", help="per-core speed of the dedup kernels of one partition")
+    parser.add_argument("--corpus", type=Path, help="--kernels: a Parquet file with a text column")
     args = parser.parse_args()
-    megabytes = 20.0 if args.quick else args.mb
+    if args.kernels:
+        if args.corpus is not None:
+            run_kernels(args.corpus, args.repeat)
+            return
+        from dedup_peers import build_corpus as build_peers_corpus
+
+        with tempfile.TemporaryDirectory(prefix="bench-kernels-") as folder:
+            build_peers_corpus(Path(folder), args.mb or 40.0, seed=0)
+            run_kernels(sorted(Path(folder).glob("*.parquet"))[0], args.repeat)
+        return
+    megabytes = 20.0 if args.quick else args.mb or 200.0
     baseline_mb = 0.5 if args.quick else args.baseline_mb
     root = Path(tempfile.mkdtemp(prefix="bench-filter-"))
     try:

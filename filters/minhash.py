@@ -5,18 +5,26 @@ The permutation scheme is datasketch's default ``affine32`` (datasketch >= 2.0):
 hash is pre-mixed with the MurmurHash3 finalizer, then permuted by ``a * h + b mod 2**32`` with the
 ``a``, ``b`` that ``datasketch.MinHash(num_perm, seed)`` draws. A signature row here is therefore
 bit-for-bit the ``hashvalues`` of a datasketch MinHash fed the same shingle hashes, so sketches
-interoperate with ``MinHashLSH``; only the loop is different: one numpy pass over the shingles
-of all documents of a partition per permutation instead of one Python call per shingle.
+interoperate with ``MinHashLSH``; only the loop is different: numpy passes over cache-sized blocks
+of the shingles of all documents of a partition, one permutation at a time, instead of one Python
+call per shingle.
 
 Shingles are word n-grams (default 5) of the lowercased text, words being runs of letters, digits
-and ``_`` (the words of ``dedup_form``). Each distinct word is hashed once (``word_hash``) and an
-n-gram hash is a position-weighted sum of its word hashes, so no n-gram string is ever built.
+and ``_`` (the words of ``dedup_form``). Words are found and hashed straight from the UTF-8 bytes of
+the whole partition (``word_hash``: a word's bytes read 8 at a time, mixed by the MurmurHash3
+finalizer), and an n-gram hash is a position-weighted sum of its word hashes, so no word or n-gram
+string is ever built. The same word hashes give the exact-duplicate hash of a text (its word
+sequence), so one split of a partition serves both dedup passes (``dedup_hashes``).
+
+Why by hand: datasketch updates one document at a time from Python; rensa's ``RMinHash`` is
+faster per signature but has its own permutation scheme and takes Python string tokens, and
+building those strings is where its time goes (bench/filter.py ``--kernels`` measures both).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -24,8 +32,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
-from pandas.util import hash_array
 
 _NON_WORD = re.compile(r"\W+")  # punctuation and every kind of whitespace, in runs
 # Odd 64-bit multipliers, one per position in the n-gram, so "a b" and "b a" hash differently.
@@ -38,6 +44,15 @@ _SLOT_MULTIPLIERS = np.random.RandomState(20240601).randint(0, 1 << 62, 64, dtyp
     + np.uint64(1)
 MAX_HASH = np.uint32(0xFFFFFFFF)
 MAX_NGRAM = len(_POSITION_MULTIPLIERS)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# _LOW_BYTES[k]: the mask of the low k bytes of a little-endian uint64 (k = 8: all of them)
+_LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
+# Shingles per pass of the signature loop: the block and its permuted copy (2 x 512 KB) stay in a
+# core's L2 cache through all permutations; one pass over all shingles per permutation is memory-bound.
+_SIGNATURE_BLOCK = 1 << 17
+# Text per word split: the split's byte-sized temporaries stay near cache size (~40% faster than
+# one split of a 40 MB partition), and its memory is bounded whatever the partition's size.
+_SPLIT_BYTES = 4 << 20
 
 
 def dedup_form(text: str | None) -> str:
@@ -48,19 +63,6 @@ def dedup_form(text: str | None) -> str:
     if not isinstance(text, str):
         return ""
     return _NON_WORD.sub(" ", text.lower()).strip()
-
-
-def _ngram_hashes(words: np.ndarray, ngram: int) -> np.ndarray:
-    """32-bit hashes of the word n-grams of a run of word hashes (one shingle if it is shorter)."""
-    n = len(words)
-    if n == 0:
-        return np.empty(0, dtype=np.uint32)
-    width = min(ngram, n)
-    count = n - width + 1
-    h = np.zeros(count, dtype=np.uint64)
-    for k in range(width):
-        h += words[k:k + count] * _POSITION_MULTIPLIERS[k]
-    return (h ^ (h >> np.uint64(32))).astype(np.uint32)
 
 
 def shingle_hashes(text: str | None, ngram: int = 5) -> np.ndarray:
@@ -79,10 +81,26 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
     return h ^ (h >> np.uint32(16))
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """The MurmurHash3 64-bit finalizer of a copy of ``h``."""
+    return _fmix64_in_place(h.astype(np.uint64, copy=True))
+
+
+def _fmix64_in_place(h: np.ndarray) -> np.ndarray:
+    # in place, with one scratch array: fresh large temporaries cost page faults, as much as the math
+    shifted = h >> np.uint64(33)
+    h ^= shifted
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= np.right_shift(h, np.uint64(33), out=shifted)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= np.right_shift(h, np.uint64(33), out=shifted)
+    return h
 
 
 def _arrow_text(texts: Iterable[str | None]) -> pa.Array:
@@ -96,25 +114,44 @@ def _arrow_text(texts: Iterable[str | None]) -> pa.Array:
         except UnicodeEncodeError:  # JSON "\ud800" escapes decode to lone surrogates
             arr = pa.array([t.encode("utf-8", "replace").decode("utf-8") if t is not None else None
                             for t in values], type=pa.large_string())
+    if isinstance(arr, pa.ChunkedArray):  # an Arrow-backed Series converts to its chunks
+        arr = arr.combine_chunks()
     return pc.fill_null(arr, "")
 
 
-_WORD_BYTE = np.zeros(256, dtype=bool)  # ASCII word characters once lowercased: [a-z0-9_]
-_WORD_BYTE[[*range(ord("a"), ord("z") + 1), *range(ord("0"), ord("9") + 1), ord("_")]] = True
+def _utf8_bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets from 0, UTF-8 bytes + 8 zero bytes)`` of a large_string array: the padding lets
+    a uint64 be read at any byte of the text."""
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    size = int(offsets[-1] - offsets[0])
+    padded = np.zeros(size + 8, dtype=np.uint8)
+    if size:
+        padded[:size] = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    return offsets - offsets[0], padded
+
+
 _WORD_CHAR = r"^[\p{L}\p{N}_]$"  # RE2 (Arrow): one Unicode letter, digit or _
+_EMPTY, _SPACE = pa.scalar("", pa.large_string()), pa.scalar(" ", pa.large_string())
 
 
 def _word_chars(data: np.ndarray) -> np.ndarray:
-    """Per byte of valid UTF-8 ``data``: is it part of a word character (letter, digit or ``_``)?
+    """Per byte of valid, lowercased UTF-8 ``data``: is it part of a word character (letter, digit or ``_``)?
 
     All bytes of a character share its class, so runs of word bytes never cut a character. Only
     the few non-ASCII bytes are decoded, and only the partition's distinct non-ASCII characters
     are classified (by RE2's Unicode classes, as a regex split would).
     """
-    is_word = _WORD_BYTE[data]
-    high = np.flatnonzero(data >= 0x80)
-    if len(high) == 0:
+    # ASCII word bytes of lowercased text are 0-9, a-z and _: two wrapping range tests and one
+    # equality, in place, are ~2x cheaper than gathering from a 256-entry table
+    scratch = data - np.uint8(ord("0"))
+    is_word = scratch < 10
+    scratch -= np.uint8(ord("a") - ord("0"))
+    test = scratch.view(bool)  # each test overwrites the byte it reads
+    is_word |= np.less(scratch, 26, out=test)
+    is_word |= np.equal(data, ord("_"), out=test)
+    if data.max(initial=0) < 0x80:
         return is_word
+    high = np.flatnonzero(np.greater_equal(data, 0x80, out=test))
     leads = high[(data[high] & 0xC0) != 0x80]
     b0 = data[leads].astype(np.uint32)
     length = np.where(b0 >= 0xF0, 4, np.where(b0 >= 0xE0, 3, 2))
@@ -122,80 +159,170 @@ def _word_chars(data: np.ndarray) -> np.ndarray:
     for k in (1, 2, 3):  # shift in the continuation bytes of the characters that have a k-th one
         follow = data[np.minimum(leads + k, len(data) - 1)].astype(np.uint32) & np.uint32(0x3F)
         code = np.where(length > k, (code << np.uint32(6)) | follow, code)
-    distinct, which = np.unique(code, return_inverse=True)
+    which, distinct = pd.factorize(code)
     chars = pa.array([chr(c) for c in distinct.tolist()], type=pa.string())
     lead_word = pc.match_substring_regex(chars, _WORD_CHAR).to_numpy(zero_copy_only=False)[which]
-    is_word[high] = lead_word[np.searchsorted(leads, high, side="right") - 1]
+    spread = np.repeat(lead_word, length)  # valid UTF-8: each lead byte, then its continuation bytes
+    if len(spread) != len(high):  # not valid after all: each byte takes its nearest lead's class
+        spread = lead_word[np.searchsorted(leads, high, side="right") - 1]
+    is_word[high] = spread
     return is_word
 
 
-def _split_words(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """``(words, index in arr of each word's text)`` of lowercased ``arr`` without nulls.
+def _word_bounds(is_word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, ends)`` byte positions of the words: the maximal runs of word bytes.
 
-    Words are the maximal runs of Unicode letters, digits and ``_``, found by classifying bytes
-    in numpy: several times faster than an RE2 split over the partition.
+    ``is_word[0]`` and ``is_word[-1]`` must be False (the space before each text, a padding byte),
+    so the changes of class alternate between a run's start and its end.
     """
+    changes = np.flatnonzero(np.not_equal(is_word[1:], is_word[:-1]))
+    changes += 1  # a change between bytes j and j+1 starts or ends a run at j+1
+    return changes[0::2], changes[1::2]
+
+
+def _bytes_hash(padded: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """uint64 hash of each byte range ``[start, end)`` of ``padded`` (see ``word_hash``).
+
+    A word is read as little-endian uint64 chunks straight from the bytes (unaligned reads), no
+    string is built. Up to 8 bytes the hash is a bijection of the bytes (no collisions at all: words
+    have no NUL byte, so the zero-masked tail never makes two alike). A longer word chains its
+    length, its chunks at 8, 16, ... and its last 8 bytes through the MurmurHash3 64-bit finalizer:
+    the last read may overlap the one before, which the length makes unambiguous.
+    """
+    view = np.ndarray((len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    lengths = ends - starts
+    h = view[starts]
+    h &= _LOW_BYTES.take(lengths, mode="clip")  # clip: 9 bytes and more keep all 8
+    longer = np.flatnonzero(lengths > 8)  # in English about one word in six; past 16 bytes, rare
+    if len(longer):
+        start, length = starts[longer], lengths[longer]
+        chain = h[longer]
+        chain ^= length.astype(np.uint64) * _GOLDEN
+        middle, read = np.flatnonzero(length > 16), 8
+        while len(middle):
+            chain[middle] = _fmix64_in_place(chain[middle]) ^ view[start[middle] + read]
+            read += 8
+            middle = middle[length[middle] > read + 8]
+        _fmix64_in_place(chain)
+        chain ^= view[ends[longer] - 8]
+        h[longer] = chain
+    return _fmix64_in_place(h)
+
+
+def word_hash(words: Iterable[str]) -> np.ndarray:
+    """uint64 hashes of ``str`` words: their UTF-8 bytes, 8 at a time, through the MurmurHash3 finalizer.
+
+    The hash the partition split gives each word. Arithmetic on bytes, so equal in every process
+    and on every machine (no ``PYTHONHASHSEED``) and workers agree; words of up to 8 bytes never collide.
+    """
+    offsets, padded = _utf8_bytes(_arrow_text(words))
+    return _bytes_hash(padded, offsets[:-1], offsets[1:])
+
+
+def _split_chunks(texts: Iterable[str | None]) -> Iterator[pa.Array]:
+    """``texts`` as consecutive Arrow slices of about ``_SPLIT_BYTES`` of text (a longer text alone)."""
+    arr = _arrow_text(texts)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]] if offsets[-1] else \
-        np.empty(0, dtype=np.uint8)
-    offsets = offsets - offsets[0]
-    is_word = _word_chars(data)
-    changes = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
-    cut = np.zeros(len(data) + 1, dtype=bool)  # run starts: never across a text boundary
-    cut[changes] = True
-    cut[offsets] = True
-    bounds = np.flatnonzero(cut)
-    starts = bounds[:-1]
-    runs = pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(bounds), pa.py_buffer(data))
-    words = is_word[starts] if len(data) else np.zeros(len(starts), dtype=bool)
-    return runs.filter(pa.array(words)), np.searchsorted(offsets, starts[words], side="right") - 1
+    targets = np.arange(offsets[0] + _SPLIT_BYTES, offsets[-1], _SPLIT_BYTES)
+    cuts = np.unique([0, *np.searchsorted(offsets, targets).tolist(), len(arr)])
+    if len(cuts) == 1:  # no texts
+        yield arr
+    for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        yield arr.slice(lo, hi - lo)
 
 
-def word_hash(words: np.ndarray) -> np.ndarray:
-    """uint64 hashes of an object array of ``str`` words (SipHash-2-4 of UTF-8, pandas' fixed key).
-
-    Vectorised C, and equal in every process (no ``PYTHONHASHSEED``), so workers agree.
-    """
-    return hash_array(np.asarray(words, dtype=object), categorize=False)
+def _concatenated(parts: Iterable[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The columns of per-chunk results, each concatenated over the chunks."""
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
 
 
-def _partition_words(texts: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    """``(uint64 word_hash of every word of all texts in order, words per text)``.
+def _partition_words(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint64 word_hash of every word of the texts of arr in order, words per text)``.
 
     Words are the maximal runs of letters, digits and ``_`` of the lowercased text (for English
-    and most scripts the words of ``dedup_form``), split over the whole partition at once; each
-    distinct word is hashed once (Arrow's dictionary encoding).
+    and most scripts the words of ``dedup_form``), found and hashed over the bytes of all texts at
+    once, with no per-word Python or Arrow object.
     """
-    arr = pc.utf8_lower(_arrow_text(texts))
-    words, owner = _split_words(arr)
-    counts = np.bincount(owner, minlength=len(arr)).astype(np.int64)
-    encoded = pc.dictionary_encode(words)
-    hashes = word_hash(encoded.dictionary.to_numpy(zero_copy_only=False))
-    return hashes[encoded.indices.to_numpy()], counts
+    # " " + each text: no run of word bytes spans two texts, and the first byte is not a word's
+    offsets, padded = _utf8_bytes(pc.binary_join_element_wise(_EMPTY, pc.utf8_lower(arr), _SPACE))
+    starts, ends = _word_bounds(_word_chars(padded[:-7]))  # one zero padding byte ends the last run
+    return _bytes_hash(padded, starts, ends), np.diff(np.searchsorted(starts, offsets))
+
+
+def _shingles(words: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat uint32 shingle hashes, shingles per text)`` of the word hashes of texts of ``counts`` words.
+
+    A text of at least ``ngram`` words has one shingle per full n-gram; a shorter one has a single
+    shingle of all its words; an empty one has none.
+    """
+    sizes = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
+    n = len(words)
+    h = words * _POSITION_MULTIPLIERS[0]
+    term = np.empty_like(h)
+    for k in range(1, min(ngram, n)):  # h[j]: the n-gram starting at word j of the whole run (cut at its end)
+        h[:n - k] += np.multiply(words[k:], _POSITION_MULTIPLIERS[k], out=term[:n - k])
+    first = np.cumsum(counts) - counts
+    short = np.flatnonzero((counts > 0) & (counts < ngram))
+    if len(short):  # their one shingle sums their own words only, not the next text's
+        at, count = first[short], counts[short]
+        partial = np.zeros(len(short), dtype=np.uint64)
+        for k in range(ngram - 1):
+            some = count > k
+            partial[some] += words[at[some] + k] * _POSITION_MULTIPLIERS[k]
+        h[at] = partial
+    halves = h.view(np.uint32)  # fold to 32 bits: low ^ high half (either order: xor is symmetric)
+    folded = np.bitwise_xor(halves[0::2], halves[1::2])
+    # each text keeps its first `sizes` n-grams: those never cross into the next text
+    keep = np.repeat(np.tile([True, False], len(counts)), np.column_stack([sizes, counts - sizes]).ravel())
+    return folded[keep], sizes
+
+
+def _sequence_hashes(words: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """uint64 hash per text of its word sequence (order, repeats and count all matter)."""
+    first = np.cumsum(counts) - counts
+    terms = np.arange(len(words), dtype=np.uint64)
+    terms -= np.repeat(first.astype(np.uint64), counts)  # the position of each word in its text
+    terms *= _GOLDEN
+    terms += words
+    # a sum of (word, position) pairs each mixed on its own: no algebraic structure that reorderings
+    # could cancel, as a polynomial hash mod 2**64 has (Thue-Morse sequences)
+    _fmix64_in_place(terms)
+    total = np.zeros(len(counts), dtype=np.uint64)
+    some = counts > 0
+    if some.any():
+        total[some] = np.add.reduceat(terms, first[some])
+    total ^= counts.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+    return _fmix64_in_place(total)
 
 
 def partition_shingles(texts: Iterable[str | None], ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Shingle hashes of many texts at once: ``(flat uint32 hashes, shingles per text)``.
 
-    Equal to concatenating ``shingle_hashes(t, ngram)``; the n-gram hashing runs once over the
-    words of all texts (per-text numpy calls cost more than the hashing for short documents).
+    Equal to concatenating ``shingle_hashes(t, ngram)``; the split and the n-gram hashing run over
+    the words of many texts at once, a few MB of text at a time (per-text numpy calls cost more
+    than the hashing for short documents).
     """
+    _check_ngram(ngram)
+    return _concatenated(_shingles(*_partition_words(chunk), ngram) for chunk in _split_chunks(texts))
+
+
+def dedup_hashes(texts: Iterable[str | None], ngram: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(exact_hashes(texts), *partition_shingles(texts, ngram))`` from one word split of the texts.
+
+    Both dedup passes of a partition for the price of one split (the split costs more than the rest).
+    """
+    _check_ngram(ngram)
+
+    def chunk_hashes(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        words, counts = _partition_words(chunk)
+        return (_sequence_hashes(words, counts), *_shingles(words, counts, ngram))
+
+    return _concatenated(chunk_hashes(chunk) for chunk in _split_chunks(texts))
+
+
+def _check_ngram(ngram: int) -> None:
     if not 1 <= ngram <= MAX_NGRAM:
         raise ValueError(f"ngram must be between 1 and {MAX_NGRAM}, got {ngram}")
-    flat, counts = _partition_words(texts)
-    sizes = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
-    starts = np.cumsum(counts) - counts
-    first = np.cumsum(sizes) - sizes  # index of each text's first shingle
-    full = _ngram_hashes(flat, ngram) if len(flat) >= ngram else np.empty(0, dtype=np.uint32)
-    # shingle j of a text of >= ngram words is the n-gram at word starts[i] + j of the whole run;
-    # n-grams crossing a text boundary are never picked
-    positions = np.repeat(starts - first, sizes) + np.arange(int(sizes.sum()))
-    whole = np.repeat(counts >= ngram, sizes)
-    out = np.empty(len(positions), dtype=np.uint32)
-    out[whole] = full[positions[whole]]
-    for i in np.flatnonzero((counts > 0) & (counts < ngram)):  # one shingle of all its few words
-        out[first[i]] = _ngram_hashes(flat[starts[i]:starts[i] + counts[i]], ngram)[0]
-    return out, sizes
 
 
 def signatures_from_flat(flat: np.ndarray, sizes: np.ndarray, num_perm: int = 128, seed: int = 0) -> np.ndarray:
@@ -209,14 +336,22 @@ def signatures_from_flat(flat: np.ndarray, sizes: np.ndarray, num_perm: int = 12
     if len(docs) == 0:
         return sig
     mixed = _fmix32(np.asarray(flat, dtype=np.uint32))
-    starts = np.cumsum(sizes[docs]) - sizes[docs]
-    # One permutation at a time over every shingle of the partition: contiguous 1-D multiply, add
-    # and segment minimum are ~10x faster than a (shingles x perms) block per chunk.
-    permuted = np.empty_like(mixed)
-    for p in range(num_perm):
-        np.multiply(mixed, a[p], out=permuted)
-        permuted += b[p]
-        sig[docs, p] = np.minimum.reduceat(permuted, starts)
+    ends = np.cumsum(sizes[docs])
+    starts = ends - sizes[docs]
+    permuted = np.empty(min(len(mixed), _SIGNATURE_BLOCK), dtype=np.uint32)
+    for begin in range(0, len(mixed), _SIGNATURE_BLOCK):
+        end = min(begin + _SIGNATURE_BLOCK, len(mixed))
+        # the documents with shingles in [begin, end); the first and last may continue outside it
+        lo, hi = np.searchsorted(ends, begin, side="right"), np.searchsorted(starts, end)
+        cuts = np.maximum(starts[lo:hi], begin) - begin
+        block, out = mixed[begin:end], permuted[:end - begin]
+        mins = np.empty((num_perm, hi - lo), dtype=np.uint32)
+        for p in range(num_perm):
+            np.multiply(block, a[p], out=out)
+            out += b[p]
+            np.minimum.reduceat(out, cuts, out=mins[p])
+        rows = docs[lo:hi]
+        sig[rows] = np.minimum(sig[rows], mins.T)
     return sig
 
 
@@ -290,20 +425,19 @@ def lsh_buckets(band_hashes: np.ndarray) -> np.ndarray:
     return _fmix64(np.asarray(band_hashes, dtype=np.uint64) ^ bands)
 
 
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xFF51AFD7ED558CCD)
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xC4CEB9FE1A85EC53)
-    return h ^ (h >> np.uint64(33))
-
-
 # --- dedup in memory: exact hashes, the keep order, exact Jaccard, components ---------------
 
 def exact_hashes(texts: Any) -> np.ndarray:
-    """uint64 xxh3-64 hashes of the dedup form of ``texts`` (``None`` hashes like ``""``)."""
-    return np.fromiter((xxhash.xxh3_64_intdigest(dedup_form(t).encode("utf-8", "surrogatepass"))
-                        for t in texts), dtype=np.uint64)
+    """uint64 hash of the dedup form of each text: its sequence of words (``None`` hashes like ``""``).
+
+    Two texts hash alike iff their word sequences are equal (up to 64-bit collisions), i.e. they have
+    the same ``dedup_form``: case, punctuation and spacing are ignored. Computed from the word hashes
+    of the partition split, so no dedup form is ever built (``dedup_hashes`` shares that split). The
+    split's words are ``dedup_form``'s for every character but two capitals that Python lowercases by
+    context or into two characters (U+0130 "İ"; U+03A3 "Σ" at the end of a word, Python's "ς",
+    Arrow's "σ") and letters newer than Python's Unicode tables.
+    """
+    return np.concatenate([_sequence_hashes(*_partition_words(chunk)) for chunk in _split_chunks(texts)])
 
 
 def best_first(members: pd.DataFrame, group: str, doc: str = "doc", score: str = "score",

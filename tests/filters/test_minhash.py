@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import unicodedata
 
 import numpy as np
 import pandas as pd
@@ -14,17 +15,22 @@ from datasketch.lsh import _optimal_param
 
 from filters.minhash import (
     MAX_HASH,
+    MAX_NGRAM,
     band_hashes,
     collision_probability,
     connected_components,
     dedup_form,
+    dedup_hashes,
     estimated_jaccard,
+    exact_hashes,
     keep_best,
     lsh_buckets,
     lsh_params,
     minhash_signatures,
     partition_shingles,
+    permutations,
     shingle_hashes,
+    signatures_from_flat,
     word_hash,
 )
 from tests.conftest import SENTENCES
@@ -58,8 +64,21 @@ def test_words_are_the_dedup_form_words_in_any_script():
     assert len(shingle_hashes("caf\ud800 au lait", ngram=1)) == 3
 
 
+def test_exact_duplicates_are_dedup_form_duplicates_for_every_character():
+    # the byte-level split against Python's regex, one text per code point of the Basic Multilingual
+    # Plane (all 1.1M code points behave alike, but take 7 s): they disagree only on two capitals
+    # that Python lowercases by context or into two characters (U+0130 "İ", U+03A3 "Σ" at the end
+    # of a word) and on letters newer than Python's Unicode tables
+    points = [c for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF]
+    texts = [f"x{chr(c)}y {chr(c)}{chr(c)}" for c in points]
+    differ = exact_hashes(texts) != exact_hashes([dedup_form(t) for t in texts])
+    odd = [points[i] for i in np.flatnonzero(differ)]
+    assert all(c in (0x130, 0x3A3) or unicodedata.category(chr(c)) == "Cn" for c in odd), odd[:10]
+    assert {0x130, 0x3A3} <= set(odd) and len(odd) < len(points) // 100
+
+
 def test_a_partition_of_mixed_scripts_shingles_each_text_as_alone():
-    # ASCII texts take a byte-level path, the others a Unicode regex: same words, same order
+    # ASCII bytes are classified by arithmetic, the others by their Unicode class: same words, same order
     texts = ["Hello, World_1 it's 42!", None, "Straße naïve, hello world_1 it s 42", "", "  ,, ",
              "one two three four five six", "café au lait — one two three four five six", "x"]
     flat, sizes = partition_shingles(texts, ngram=5)
@@ -85,7 +104,8 @@ def test_unigram_signatures_equal_datasketch_hashing_each_word_itself():
         h = int(word_hash([token.decode()])[0]) * 0x9E3779B97F4A7C15 % 2**64
         return (h ^ (h >> 32)) & 0xFFFFFFFF
 
-    texts = [" ".join(SENTENCES), "Straße naïve 東京 x_y", "one"]
+    texts = [" ".join(SENTENCES), "Straße naïve 東京 x_y", "one",
+             "internationalization 12345678901234567890123 ünïcödé_wörds_crossing_chunks abcdefgh abcdefghi"]
     sig = minhash_signatures(texts, num_perm=32, ngram=1, seed=3)
     for text, row in zip(texts, sig, strict=True):
         reference = MinHash(num_perm=32, seed=3, hashfunc=token_hash)
@@ -100,6 +120,86 @@ def test_word_hash_is_the_same_in_every_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == str(word_hash(words).tolist())
     assert word_hash(words).dtype == np.uint64 and len(set(word_hash(words).tolist())) == 4
+
+
+def test_word_hash_tells_apart_words_of_every_length():
+    # 8 bytes are read at a time: lengths around the chunk edges, multi-byte characters across them,
+    # and every single-byte change of a long word
+    words = ["", "a", "ab", "abcdefg", "abcdefgh", "abcdefghi", "abcdefghijklmnop", "abcdefghijklmnopq",
+             "aaaaaaaaa", "aaaaaaaaaa", "aaaaaaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaaaaaaa", "ééééé", "éééééé",
+             "東京東京東", "東京東京東京"]
+    long = "supercalifragilisticexpialidocious"
+    words += [long[:i] + "x" + long[i + 1:] for i in range(len(long))] + [long]
+    hashes = word_hash(words)
+    assert len(set(hashes.tolist())) == len(set(words))
+    assert word_hash(["abcdefghi", "abcdefghi"]).tolist() == [hashes[5]] * 2
+
+
+def test_texts_never_share_a_word_across_their_boundary():
+    texts = ["one two", "three", "four five six", "seven"]
+    flat, sizes = partition_shingles(texts, ngram=2)
+    assert sizes.tolist() == [1, 1, 2, 1]
+    assert np.array_equal(flat, np.concatenate([shingle_hashes(t, ngram=2) for t in texts]))
+    assert partition_shingles(["abc", "def"], ngram=1)[0].tolist() == \
+        partition_shingles(["abc def"], ngram=1)[0].tolist()
+
+
+def test_a_partition_split_in_chunks_hashes_each_text_as_alone():
+    # a partition is split a few MB of text at a time: texts around and across the chunk edges
+    rng = np.random.default_rng(2)
+    vocabulary = np.array(SENTENCES[0].split() + ["Straße", "東京", "x_y", "supercalifragilistic"])
+    block = " ".join(rng.choice(vocabulary, 5000).tolist()) + " "  # ~35 KB
+    texts = [block * copies + f"end {copies}" for copies in (100, 0, 1, 60, 130, 0)] + ["", "tiny"]
+    assert sum(len(t.encode()) for t in texts) > 2 * (4 << 20)
+    exact, flat, sizes = dedup_hashes(texts)
+    assert np.array_equal(flat, np.concatenate([shingle_hashes(t) for t in texts]))
+    assert sizes.tolist() == [len(shingle_hashes(t)) for t in texts]
+    assert exact.tolist() == [exact_hashes([t])[0] for t in texts]
+
+
+def test_no_texts_and_texts_without_words():
+    flat, sizes = partition_shingles([], ngram=5)
+    assert len(flat) == 0 and len(sizes) == 0 and len(exact_hashes([])) == 0
+    exact, flat, sizes = dedup_hashes(["", None, " ,, !"])
+    assert sizes.tolist() == [0, 0, 0] and len(flat) == 0 and len(set(exact.tolist())) == 1
+    with pytest.raises(ValueError, match="ngram"):
+        dedup_hashes(["a"], ngram=MAX_NGRAM + 1)
+
+
+def test_exact_hashes_are_equal_exactly_when_the_dedup_form_is():
+    texts = ["The cat sat on the mat.", "the CAT sat, on the mat", "  the cat   sat on\tthe mat!! ",
+             "the mat sat on the cat", "the cat sat on the", "the cat sat on the mat mat",
+             "x y y x", "y x x y", "a a", "a", "a a a a", "", None, " ... ", "café au lait", "CAFÉ, au lait.",
+             "Straße 東京 x_y", "straße 東京 x y", "supercalifragilisticexpialidocious word",
+             "supercalifragilisticexpialidociuos word"]
+    hashes = exact_hashes(texts)
+    assert hashes.dtype == np.uint64
+    for i, a in enumerate(texts):
+        for j, b in enumerate(texts):
+            assert (hashes[i] == hashes[j]) == (dedup_form(a) == dedup_form(b)), (a, b)
+
+
+def test_dedup_hashes_is_exact_hashes_and_shingles_from_one_split():
+    texts = [" ".join(SENTENCES), SENTENCES[0].upper(), None, "tiny", "", "Straße naïve 東京 x_y"]
+    exact, flat, sizes = dedup_hashes(texts, ngram=3)
+    assert np.array_equal(exact, exact_hashes(texts))
+    reference = partition_shingles(texts, ngram=3)
+    assert np.array_equal(flat, reference[0]) and np.array_equal(sizes, reference[1])
+
+
+def test_signatures_of_documents_larger_than_a_block_equal_datasketch():
+    # the signature loop runs over cache-sized blocks of shingles: documents that span blocks, and
+    # tiny and empty ones around them, still get the minimum over all of their own shingles
+    rng = np.random.default_rng(5)
+    sizes = np.array([1, 0, 300_000, 3, 0, 140_000, 2, 70_000])
+    flat = rng.integers(0, 2**32, int(sizes.sum()), dtype=np.uint64).astype(np.uint32)
+    sig = signatures_from_flat(flat, sizes, num_perm=16, seed=11)
+    assert (sig[1] == MAX_HASH).all() and (sig[4] == MAX_HASH).all()
+    for row, shingles in zip(sig, np.split(flat, np.cumsum(sizes)[:-1]), strict=True):
+        reference = MinHash(num_perm=16, seed=11, hashfunc=int)
+        reference.update_batch(shingles.tolist())
+        assert np.array_equal(reference.hashvalues, row)
+    assert permutations(16, 11)[0].dtype == np.uint32
 
 
 def test_estimated_jaccard_tracks_true_jaccard():
