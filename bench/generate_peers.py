@@ -212,7 +212,8 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float,
     """
     with open(log, "w") as out:
         start = time.time()
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}  # every tool gets its URL and key
+        proc = subprocess.Popen(cmd, env={**inherited, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     root = psutil.Process(proc.pid)
     seen: dict[int, float] = {}
     while True:
@@ -272,8 +273,7 @@ def run_tool(tool: str, args: argparse.Namespace, server: Server, prompts_file: 
     out = work / "out.jsonl"
     env = {"HF_HUB_OFFLINE": "1", "TELEMETRY_ENABLED": "false", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "CURATOR_CACHE_DIR": str(work / "curator-cache"), "CURATOR_DISABLE_RICH_DISPLAY": "1",
-           "DISTILABEL_CACHE_DIR": str(work / "distilabel-cache"), "TEXTBOOK_PROGRESS_S": "3600",
-           "OPENAI_BASE_URL": "", "OPENAI_API_KEY": ""}
+           "DISTILABEL_CACHE_DIR": str(work / "distilabel-cache"), "TEXTBOOK_PROGRESS_S": "3600"}
     common = [server.base_url, API_KEY, MODEL, str(prompts_file), str(out), str(args.concurrency), str(args.max_tokens)]
     if tool == "textbook":
         cmd = [str(ROOT / ".venv" / "bin" / "textbook"), "generate", "-c", str(ROOT / "configs" / "default.yaml"),
@@ -324,7 +324,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="textbook's Dask workers")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--tools", default=",".join(TOOLS))
-    ap.add_argument("--keep", type=Path, help="write each run's folder (logs, outputs, server log) here and keep it")
+    ap.add_argument("--keep", type=Path, help="a new folder to write each run's logs, outputs and server log to, and keep")
     args = ap.parse_args()
     tools = [t.strip() for t in args.tools.split(",")]
     unknown = set(tools) - set(TOOLS)
@@ -334,6 +334,7 @@ def main() -> None:
     pythons["loop"] = ROOT / ".venv" / "bin" / "python"
     print(versions(pythons), flush=True)
     results: list[dict] = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="generate_peers_") as scratch:
         tmp = args.keep or Path(scratch)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -350,15 +351,24 @@ def main() -> None:
                 for tool in tools:
                     work = Path(tmp) / f"{tool}-{rep}"
                     work.mkdir()
-                    results.append(row(tool, rep, run_tool(tool, args, server, prompts_file, work, pythons.get(tool, pythons["loop"])), args,
-                                       planned))
-                    r = results[-1]
+                    try:
+                        measured = run_tool(tool, args, server, prompts_file, work, pythons.get(tool, pythons["loop"]))
+                    except RuntimeError as e:  # one tool failing must not lose the other tools' runs
+                        server.dump(work / "server.json")
+                        failures.append(f"{tool} run {rep}: {e}")
+                        print(f"  {tool} run {rep} FAILED: {str(e).splitlines()[0]}", flush=True)
+                        continue
+                    r = row(tool, rep, measured, args, planned)
+                    results.append(r)
                     print(f"  {tool} run {rep}: {r['seconds']:.1f} s, first request at {r['first_request']:.1f} s, "
                           f"rate {r['rate']:.2f} of C/L, {r['cpu_ms']:.1f} ms CPU/request, {r['rows']} rows"
                           + "".join(f"; {n}" for n in r["notes"]), flush=True)
         finally:
             server.close()
     print_table(results, tools)
+    if failures:
+        print("\nfailed runs:\n" + "\n\n".join(failures), file=sys.stderr)
+        sys.exit(1)
 
 
 def print_table(results: list[dict], tools: list[str]) -> None:

@@ -8,8 +8,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.errors import GenerateError
-from pipeline.generate.plan import build_requests, plan_requests
+from pipeline.errors import ConfigError, GenerateError
+from pipeline.generate.plan import build_requests, plan_lineage, plan_requests
 from pipeline.generate.render import PROMPTS_DIR, load_templates
 from pipeline.generate.sampler import SEED_VARIABLES, load_vocabulary, sample_row, seed_space
 from pipeline.io import list_shards
@@ -105,6 +105,16 @@ def test_several_generations_per_prompt_repeat_each_distinct_prompt_on_consecuti
         _plan(tmp_path / "c", 3 * AUDIENCES + 1, generations_per_prompt=3)
 
 
+def test_generations_per_prompt_is_a_config_key_of_the_plan_and_its_lineage(tmp_path):
+    base = [f"run_dir={tmp_path}", "generate.num_samples=9", "generate.templates={story: 1}"]
+    repeated = load_config(None, [*base, "generate.generations_per_prompt=3"])
+    rows, templates = plan_requests(repeated)
+    assert rows["prompt"].nunique() == 3 and rows["id"].is_unique
+    assert plan_lineage(load_config(None, base), templates) != plan_lineage(repeated, templates)
+    with pytest.raises(ConfigError, match="config key 'generate.generations_per_prompt': input should be greater"):
+        load_config(None, [*base, "generate.generations_per_prompt=0"])
+
+
 def test_seed_space_counts_the_declared_variables_only():
     vocab = load_vocabulary(PROMPTS_DIR / "seeds")
     subtopics = {(s, t, sub) for s, _, topics in vocab.subjects for t, subs in topics.items() for sub in subs}
@@ -116,12 +126,3 @@ def test_seed_space_counts_the_declared_variables_only():
     assert seed_space(["extract"], vocab, extracts=["a", "b", "a"]) == 2
     assert seed_space(["topic", "grade"], vocab, own={"grade": (("3", 1.0), ("8", 2.0))}) == \
         2 * seed_space(["topic"], vocab)
-
-
-def test_generations_per_prompt_is_a_config_key_in_the_plan_and_its_lineage(tmp_path):
-    from pipeline.generate.plan import plan_lineage
-    base = [f"run_dir={tmp_path}", "generate.num_samples=9", "generate.templates={story: 1}"]
-    rows, templates = plan_requests(load_config(None, [*base, "generate.generations_per_prompt=3"]))
-    assert rows["prompt"].nunique() == 3 and rows["id"].is_unique
-    assert plan_lineage(load_config(None, base), templates) != \
-        plan_lineage(load_config(None, [*base, "generate.generations_per_prompt=3"]), templates)
