@@ -1,14 +1,18 @@
 """Benchmark: generate throughput against a local OpenAI-compatible server with fixed latency.
 
 With latency L per request and C requests in flight, the ideal rate is C/L. The table compares
-(1) a bare asyncio + openai loop (the floor any client pays), (2) the pipeline's run_requests on
-a LocalCluster (shards, cluster-wide semaphore, ledger actor, journal, Parquet) and (3) the same
-requests as rephrasing rows: real documents read, routed by edu_score, chunked and rendered by
+(1) a bare asyncio + openai loop (``AsyncOpenAI`` + a semaphore, SDK defaults: what a user would
+write by hand), (2) the pipeline's run_requests as ``textbook generate`` runs it against a server
+(workers=1: one in-process Dask worker; shards, cluster-wide semaphore, ledger actor, journal,
+Parquet), (3) the same on a warm LocalCluster of worker processes, (4) the plain generate path:
+template rows planned (timed) and sent with the rephrase prompts' text, and (5) the same requests
+as rephrasing rows: real documents read, routed by edu_score, chunked and rendered by
 ``plan_requests`` (timed in the row), then run with the faithfulness postprocess; each as achieved
-requests/s over C/L, client CPU time per request (driver, which hosts the LocalCluster's
-scheduler, plus Dask workers) and the test server's CPU time per request (it runs in its own process).
+requests/s over C/L, client CPU time per request (this process, which hosts the in-process
+cluster or the LocalCluster's scheduler, plus the Dask worker processes) and the test server's CPU
+time per request (it runs in its own process).
 
-    .venv/bin/python bench/generate.py [--requests 1920] [--concurrency 64] [--latency 0.2] [--workers CORES-1]
+    .venv/bin/python bench/generate.py [--requests 1920] [--concurrency 64] [--latency 0.2] [--workers CORES-1] [--pairs 1]
 """
 
 from __future__ import annotations
@@ -78,60 +82,69 @@ def rephrase_prompts(n: int, base_url: str) -> pd.DataFrame:
         return plan_requests(cfg)[0]
 
 
+def worker_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def pipeline_run(base_url: str, n: int, concurrency: int, workers: int, rephrase: bool = False,
-                 prompts: pd.DataFrame | None = None) -> tuple[float, float, float]:
-    """run_requests on a warm LocalCluster (started, and its workers' imports paid, before timing);
-    ``rephrase``: the requests are planned from documents (planning inside the timed wall);
-    ``prompts``: plain requests with these prompts' text, so both runs send the same bodies."""
+                 prompts: pd.DataFrame | None = None, in_process: bool = True) -> tuple[float, float, float]:
+    """``run_requests`` as ``textbook generate`` runs it: ``in_process`` (workers=1, the default for a
+    server: one in-process Dask worker) or on a warm process LocalCluster of ``workers`` (started,
+    and its workers' imports paid, before timing). ``rephrase``: the requests are planned from
+    documents (planning inside the timed wall); ``prompts``: the plain generate path, template rows
+    planned (timed) and sent with these prompts' text, so both runs send the same bodies."""
+    import contextlib
     import logging
 
     from distributed import Client, LocalCluster
 
     from pipeline.config import load_config
+    from pipeline.generate.plan import plan_requests
+    from pipeline.generate.rephrase import Faithfulness
     from pipeline.generate.runner import run_requests
 
-    def requests(k: int, tag: str) -> pd.DataFrame:
-        # the rephrase prompts' text (without their planning) when comparing against rephrasing
-        texts = [m[-1]["content"] for m in prompts["messages"]] if prompts is not None else None
+    def bare(k: int, tag: str) -> pd.DataFrame:
         return pd.DataFrame({"id": [f"{tag}{i}" for i in range(k)],
-                             "messages": [[{"role": "user", "content": texts[i % len(texts)] if texts else f"q {tag} {i}"}]
-                                          for i in range(k)]})
+                             "messages": [[{"role": "user", "content": f"q {tag} {i}"}] for i in range(k)]})
 
-    def worker_cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client, \
-            tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"generate.base_url={base_url}", "generate.model=stub-model",
-                     "generate.max_tokens=64", f"generate.concurrency={concurrency}",
-                     f"generate.shard_size={max(1, n // (2 * workers))}"]
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        overrides = [f"generate.base_url={base_url}", "generate.model=stub-model", "generate.api_key=x",
+                     "generate.max_tokens=64", f"generate.concurrency={concurrency}", f"run_dir={tmp}",
+                     "generate.shard_size=100" if in_process else f"generate.shard_size={max(1, n // (2 * workers))}"]
+        if in_process:
+            where: dict = {"workers": 1}
+            client = None
+        else:
+            cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
+                                                       silence_logs=logging.ERROR))
+            client = stack.enter_context(Client(cluster))
+            where = {"scheduler": cluster.scheduler_address}
         cfg = load_config(None, overrides)
-        where = {"run_dir": tmp, "scheduler": cluster.scheduler_address}
-        run_requests(cfg.generate, requests(2 * concurrency, "warm"), Path(tmp) / "warm", stage="warmup", **where)
-        before = sum(client.run(worker_cpu).values())
+        run_requests(cfg.generate, bare(2 * concurrency, "warm"), Path(tmp) / "warm", stage="warmup", run_dir=tmp,
+                     **where)
+        docs = rephrase_documents(Path(tmp) / "docs.jsonl", n) if rephrase else None  # the input, before timing
+        before = sum(client.run(worker_cpu).values()) if client else 0.0
         cpu, start = time.process_time(), time.perf_counter()
         if rephrase:
-            from pipeline.generate.plan import plan_requests
-            from pipeline.generate.rephrase import Faithfulness
-
-            docs = rephrase_documents(Path(tmp) / "docs.jsonl", n)
-            rcfg = load_config(None, [*overrides, "generate.num_samples=0", f"run_dir={tmp}",
-                                      f"generate.rephrase.input=[{docs}]", "generate.rephrase.min_faithfulness=0.2"])
+            rcfg = load_config(None, [*overrides, "generate.num_samples=0", f"generate.rephrase.input=[{docs}]",
+                                      "generate.rephrase.min_faithfulness=0.2"])
             planned, _ = plan_requests(rcfg)
             assert len(planned) == n, len(planned)
-            summary = run_requests(rcfg.generate, planned, Path(tmp) / "out", stage="bench",
+            summary = run_requests(rcfg.generate, planned, Path(tmp) / "out", stage="bench", run_dir=tmp,
                                    postprocess=Faithfulness(0.2), **where)
+        elif prompts is not None:
+            planned, _ = plan_requests(load_config(None, [*overrides, f"generate.num_samples={n}"]))
+            texts = [m[-1]["content"] for m in prompts["messages"]]
+            planned["messages"] = [[{"role": "user", "content": texts[i % len(texts)]}] for i in range(n)]
+            planned["prompt"] = [texts[i % len(texts)] for i in range(n)]
+            summary = run_requests(cfg.generate, planned, Path(tmp) / "out", stage="bench", run_dir=tmp, **where)
         else:
-            if prompts is not None:  # the plain path plans as many template rows as it sends
-                from pipeline.generate.plan import plan_requests
-
-                plan_requests(load_config(None, [*overrides, f"generate.num_samples={n}", f"run_dir={tmp}"]))
-            summary = run_requests(cfg.generate, requests(n, "r"), Path(tmp) / "out", stage="bench", **where)
+            summary = run_requests(cfg.generate, bare(n, "r"), Path(tmp) / "out", stage="bench", run_dir=tmp, **where)
         wall = time.perf_counter() - start
         driver = time.process_time() - cpu
-        workers_cpu = sum(client.run(worker_cpu).values()) - before
+        workers_cpu = sum(client.run(worker_cpu).values()) - before if client else 0.0
         assert summary.complete, summary
         latency = pd.concat([pd.read_parquet(f, columns=["latency_s"]) for f in (Path(tmp) / "out").glob("*.parquet")])
         print(f"run_requests latency per request (client-side): median {latency['latency_s'].median():.4f} s, "
@@ -146,7 +159,10 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     # the test server needs a core of its own: one more worker than the cores left only adds a
     # process competing for them (measured: 1 worker beats 2 on a 2-core machine)
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="worker processes of the LocalCluster row")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="plain / rephrase runs, alternating, for the rephrasing overhead (each pair reported)")
     args = parser.parse_args()
     ports: multiprocessing.Queue = multiprocessing.Queue()
     server = multiprocessing.Process(target=serve, args=(ports, args.latency), daemon=True)
@@ -159,30 +175,35 @@ def main() -> None:
         before = sum(served.cpu_times()[:2])
         return (name, *run(), sum(served.cpu_times()[:2]) - before)
 
-    rows = [("ideal C/L", args.requests / ideal, 0.0, 0.0, 0.0)]
-    rows.append(measured("bare asyncio + openai", lambda: bare_openai(base_url, args.requests, args.concurrency)))
+    n, c = args.requests, args.concurrency
+    rows = [("ideal C/L", n / ideal, 0.0, 0.0, 0.0)]
+    rows.append(measured("bare asyncio + openai", lambda: bare_openai(base_url, n, c)))
+    rows.append(measured("run_requests, in-process (default)", lambda: pipeline_run(base_url, n, c, 1)))
     rows.append(measured(f"run_requests, LocalCluster x{args.workers}",
-                         lambda: pipeline_run(base_url, args.requests, args.concurrency, args.workers)))
-    prompts = rephrase_prompts(args.requests, base_url)
-    rows.append(measured("plan + the rephrase prompts' text",
-                         lambda: pipeline_run(base_url, args.requests, args.concurrency, args.workers, prompts=prompts)))
-    rows.append(measured(f"rephrase rows, LocalCluster x{args.workers}",
-                         lambda: pipeline_run(base_url, args.requests, args.concurrency, args.workers, rephrase=True)))
+                         lambda: pipeline_run(base_url, n, c, args.workers, in_process=False)))
+    prompts = rephrase_prompts(n, base_url)
+    pairs = []
+    for _ in range(args.pairs):
+        pairs.append((measured("plain rows, rephrase prompts' text",
+                               lambda: pipeline_run(base_url, n, c, 1, prompts=prompts)),
+                      measured("rephrase rows", lambda: pipeline_run(base_url, n, c, 1, rephrase=True))))
+    rows.extend(pairs[0])
     server.terminate()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{args.requests} requests, C={args.concurrency}, L={args.latency}s, ideal {ideal:.0f} req/s; "
+    print(f"\n{n} requests, C={c}, L={args.latency}s, ideal {ideal:.0f} req/s; "
           f"{os.cpu_count()} cores, load average {load}")
-    bare = args.requests / rows[1][1]
-    print(f"{'client':<32}{'wall s':>8}{'req/s':>8}{'/ ideal':>9}{'/ bare':>8}{'client CPU ms/req':>19}"
+    bare = n / rows[1][1]
+    print(f"{'client':<36}{'wall s':>8}{'req/s':>8}{'/ ideal':>9}{'/ bare':>8}{'client CPU ms/req':>19}"
           f"{'(driver)':>10}{'server CPU ms/req':>19}")
     for name, wall, cpu, driver, server_cpu in rows:
-        rate = args.requests / wall
-        print(f"{name:<32}{wall:>8.2f}{rate:>8.1f}{rate / ideal:>9.2f}{rate / bare:>8.2f}"
-              f"{1000 * cpu / args.requests:>19.2f}{1000 * driver / args.requests:>10.2f}"
-              f"{1000 * server_cpu / args.requests:>19.2f}")
-    plain, rephrased = rows[3][1], rows[4][1]
-    print(f"rephrasing (read, route, chunk, render, faithfulness) costs {100 * (rephrased / plain - 1):+.1f}% "
-          "of the wall time of plain requests with the same prompts (target: under 5%)")
+        rate = n / wall
+        print(f"{name:<36}{wall:>8.2f}{rate:>8.1f}{rate / ideal:>9.2f}{rate / bare:>8.2f}"
+              f"{1000 * cpu / n:>19.2f}{1000 * driver / n:>10.2f}{1000 * server_cpu / n:>19.2f}")
+    for k, (plain, rephrased) in enumerate(pairs):
+        print(f"pair {k + 1}: rephrasing (read, route, chunk, render, faithfulness) costs "
+              f"{100 * (rephrased[1] / plain[1] - 1):+.1f}% of the wall time of plain generate rows with the same "
+              f"prompts' text ({plain[1]:.2f} s vs {rephrased[1]:.2f} s) and {1000 * (rephrased[2] - plain[2]) / n:+.2f} "
+              "ms of client CPU a row (target: under 5% wall)")
 
 
 if __name__ == "__main__":

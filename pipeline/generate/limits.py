@@ -60,6 +60,8 @@ class Coordinator:
         self.tokens = TokenBucket(tokens_per_minute) if tokens_per_minute else None
         self.gate = gate
         self.stop_reason: str | None = None
+        self.limited_by: str | None = None
+        """The rate limit that first made a request wait (the driver says so once)."""
         self._check_budget()
 
     def reserve(self, tokens: float) -> float:
@@ -67,10 +69,18 @@ class Coordinator:
         wait = 0.0
         if self.requests:
             wait = self.requests.reserve(1)
+            if wait > 0 and self.limited_by is None:
+                self.limited_by = (f"generate.requests_per_minute={self.requests.rate * 60:g} "
+                                   f"({self.requests.rate:.0f} requests/s)")
         if self.tokens:
             # a request larger than the bucket would wait forever; let it through at full bucket
             self.tokens.burst = max(self.tokens.burst, tokens)
-            wait = max(wait, self.tokens.reserve(tokens))
+            token_wait = self.tokens.reserve(tokens)
+            if token_wait > wait and self.limited_by is None:
+                self.limited_by = (f"generate.tokens_per_minute={self.tokens.rate * 60:g} (about "
+                                   f"{self.tokens.rate / max(tokens, 1):.0f} requests/s of ~{tokens:.0f} prompt + "
+                                   "max_tokens tokens)")
+            wait = max(wait, token_wait)
         return wait
 
     def record(self, prompt_tokens: int, completion_tokens: int, requests: int = 1,
@@ -87,8 +97,14 @@ class Coordinator:
     def stop(self) -> str | None:
         return self.stop_reason
 
+    def budget_left(self) -> float | None:
+        """Dollars left of ``max_cost_usd`` (None: no budget)."""
+        if self.ledger.max_cost_usd is None:
+            return None
+        return self.ledger.max_cost_usd - self.ledger.cost_usd
+
     def snapshot(self) -> dict:
-        return {**self.ledger.as_dict(), "stop_reason": self.stop_reason}
+        return {**self.ledger.as_dict(), "stop_reason": self.stop_reason, "limited_by": self.limited_by}
 
     def _check_budget(self) -> None:
         if self.stop_reason is None and self.ledger.over_budget:

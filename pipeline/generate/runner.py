@@ -92,12 +92,16 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
       ``model``, ``temperature``, ``max_tokens`` (of ``sampling``), ``finish_reason``, ``prompt_tokens``,
       ``completion_tokens``, ``latency_s``, ``flags`` (``truncated`` / ``empty`` / ``refusal``), plus
       what ``postprocess(row) -> dict`` returns for each completed row (it runs before the row is
-      written; ``messages`` is not kept); and ``out_dir/manifest.json`` (public config, versions,
+      written; ``messages`` is not kept; a postprocess with a ``reads`` attribute, a tuple of column
+      names, is handed only those columns of the row); and ``out_dir/manifest.json`` (public config, versions,
       git sha, totals, ledger, ``discarded_runs``, ``outputs`` = content digests of the parts named
       relative to ``run_dir``, and ``lineage`` when given; ``manifest_fields`` win over these).
-    - Execution: one Dask task per shard (``scheduler`` or a LocalCluster of ``workers``);
-      ``generate.concurrency`` in-flight requests and ``generate.requests_per_minute`` /
-      ``tokens_per_minute`` hold across the cluster; transient errors are retried, fatal ones raise
+    - Execution: one Dask task per shard (``scheduler``; else, for a server backend with ``workers``
+      unset or 1, one in-process Dask worker, otherwise a LocalCluster of ``workers`` processes); the
+      shards of a worker share its request slots, so the next shard's requests start while the last
+      ones of a shard are in flight; ``generate.concurrency`` in-flight requests and
+      ``generate.requests_per_minute`` / ``tokens_per_minute`` hold across the cluster (a limit that
+      makes requests wait is named once on stderr); transient errors are retried, fatal ones raise
       ``GenerateError`` with a one-line cause.
     - Resume: every request is journaled before it is sent and every completion the moment it
       arrives; a rerun with the same requests skips ids already written and never requests a
@@ -148,7 +152,7 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
     if lineage is not None:
         write_json({"lineage": lineage}, out_dir / LINEAGE_FILE)
     results: list[ShardResult] = []
-    snapshot = {**ledger.as_dict(), "stop_reason": None}
+    snapshot: dict[str, Any] = {**ledger.as_dict(), "stop_reason": None}
     if todo:
         specs = [ShardSpec(k, shards[k], out_dir, _resolved(gen), sampling, seed, postprocess,
                            completion_column, gate, dialogue) for k in todo]
@@ -161,7 +165,7 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
         journal_dir(out_dir).rmdir()
     stop_reason = snapshot.get("stop_reason") or next((r.stop_reason for r in results if r.stop_reason), None)
     summary = RunSummary(out_dir, len(requests), rows, sum(r.new_rows for r in results),
-                         {k: v for k, v in snapshot.items() if k != "stop_reason"}, stop_reason,
+                         {k: v for k, v in snapshot.items() if k not in _NOT_LEDGER}, stop_reason,
                          elapsed_s=round(time.perf_counter() - start, 3))
     fields: dict[str, Any] = {"discarded_runs": state.discarded,
                               "outputs": file_digests(parts, run_dir)}
@@ -218,6 +222,8 @@ def _check_requests(requests: pd.DataFrame, completion_column: str) -> None:
             raise GenerateError(f"requests row {i}: 'messages' must be a non-empty list of "
                                 "{'role', 'content'} dicts")
 
+
+_NOT_LEDGER = ("stop_reason", "limited_by")  # what the coordinator's snapshot says besides the ledger
 
 LEDGER_FILE = ".ledger.json"
 """What was paid for but is not a row on disk: requests lost to kills, and the ledgers of discarded runs."""
@@ -385,13 +391,19 @@ def _run_on_dask(specs: list[ShardSpec], gen: GenerateConfig, scheduler: str | N
 
     from pipeline.cluster import dask_client
 
-    with dask_client(scheduler, workers) as client:
+    # a server's requests wait on the network: one event loop in this process carries hundreds a second,
+    # so no worker processes are started (and their imports paid) unless asked for with workers=N
+    in_process = scheduler is None and (workers or 1) == 1 and gen.backend == "openai"
+    with dask_client(scheduler, 1 if in_process else workers, processes=not in_process) as client:
         # keep the future: the actor lives only as long as a future refers to it
         coordinator_future = client.submit(Coordinator, ledger, gen.requests_per_minute, gen.tokens_per_minute,
                                            gate, actor=True)
         coordinator = coordinator_future.result()
         semaphore = Semaphore(max_leases=gen.concurrency, name=f"{stage}-{uuid.uuid4().hex}")
-        futures = [client.submit(run_shard, spec, coordinator, semaphore, pure=False,
+        # with several workers a pool hands its leases round at each shard boundary, so every worker
+        # gets its share; alone, it keeps them
+        share_leases = not in_process and len(client.scheduler_info()["workers"]) > 1
+        futures = [client.submit(run_shard, spec, coordinator, semaphore, share_leases, pure=False,
                                  key=f"{stage}-shard-{spec.index}-{uuid.uuid4().hex}")
                    for spec in specs]
         first = ledger.requests
@@ -404,9 +416,14 @@ def _run_on_dask(specs: list[ShardSpec], gen: GenerateConfig, scheduler: str | N
             sent = requests - first
             return rows_done + (sent if requests_to_go is None else min(to_go, sent * to_go // requests_to_go))
         began = time.perf_counter()
+        said_limited = False
         try:
             while True:
                 snapshot = coordinator.snapshot().result()
+                if snapshot["limited_by"] and not said_limited:  # once: a slow run should say why
+                    said_limited = True
+                    print(f"{stage}: the rate limit {snapshot['limited_by']} is what holds this run back; raise it "
+                          "(or set it to null) if your provider allows more", file=sys.stderr)
                 elapsed = max(time.perf_counter() - began, 1e-9)
                 tokens = snapshot["prompt_tokens"] + snapshot["completion_tokens"] - ledger.prompt_tokens \
                     - ledger.completion_tokens

@@ -1,25 +1,34 @@
 """One shard of a run, executed as one Dask task: request the missing rows, journal, compact.
 
 The task body is synchronous (what Dask runs); the requests run on the worker's long-lived event
-loop through the one :class:`~pipeline.generate.backends.Backend` interface: up to the backend's
-``concurrency`` slots, each sending ``batch_size`` conversations per call. A server's client keeps
-its connections from one shard to the next, and each of its slots holds one lease of the run's
-cluster-wide ``distributed.Semaphore`` while it works through the queue. Blocking Dask calls
-(semaphore, coordinator actor) go to a thread pool so they never stall the event loop.
+loop through the one :class:`~pipeline.generate.backends.Backend` interface, in the worker's
+:class:`RequestPool` for the run: up to the backend's ``concurrency`` slots, each sending
+``batch_size`` conversations per call and holding one lease of the run's cluster-wide
+``distributed.Semaphore`` while the pool has requests queued. A shard task hands its rows to the
+pool and, once the pool's queue runs short (fewer requests queued than its slots take in one
+round), secedes from the worker's thread pool: Dask then starts the next shard, whose rows join the
+queue while this shard's last requests are in flight. So the slots stay busy across shard
+boundaries (they would drain to zero at the end of every shard otherwise), and each shard still
+writes its own part, atomically, once its own rows are in. A server's client keeps its
+connections from one shard to the next. Blocking Dask calls (semaphore, coordinator actor) go to
+a thread pool so they never stall the event loop.
 
 Rows that ``ShardSpec.dialogue`` builds turn by turn (conversations) go through the same queue one
-request per turn: each answered turn is journaled, and the row's next request joins the back of the
-queue, until the last turn completes the row (its ``messages``, ``text`` and summed tokens).
+request per turn: each answered turn is journaled, and the row's next request goes to the front
+of the queue (a started conversation finishes first), until the last turn completes the row (its
+``messages``, ``text`` and summed tokens).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +81,11 @@ class ShardResult:
     stop_reason: str | None = None
 
 
-def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any) -> ShardResult:
-    """Complete every row of the shard not yet on disk, then write ``part-NNNNN.parquet`` atomically."""
+def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any, share_leases: bool = False) -> ShardResult:
+    """Complete every row of the shard not yet on disk, then write ``part-NNNNN.parquet`` atomically.
+
+    ``share_leases``: other workers run shards of this run too, so this worker's slots hand their
+    leases round at each shard boundary rather than keeping them while it has rows queued."""
     part = shard_path(spec.out_dir, spec.index)
     existing = read_parquet(part) if part.exists() else None
     journal = Journal(journal_path(spec.out_dir, spec.index))
@@ -85,7 +97,7 @@ def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any) -> ShardResult:
         if len(todo):
             stop_reason = coordinator.stop().result()
             if stop_reason is None:
-                stop_reason = _complete(spec, todo, journal, coordinator, semaphore)
+                stop_reason = _complete(spec, todo, journal, coordinator, semaphore, share_leases)
     finally:
         journal.close()
     events = journal.events()
@@ -101,7 +113,8 @@ def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any) -> ShardResult:
 
 
 def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator: Any,
-              semaphore: Any) -> str | None:
+              semaphore: Any, share_leases: bool = False) -> str | None:
+    """Send the shard's rows through this worker's pool; the run's stop reason, if it stopped."""
     cfg, sampling = spec.cfg, spec.sampling
 
     def record(row_id: str, c: Completion) -> None:
@@ -138,8 +151,31 @@ def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator
                     jobs[row[ID]] = {"row": row, "turns": turns}
         todo = todo[~todo[ID].isin(journaled.keys() - jobs.keys())]
     backend = open_backend(cfg)  # loads an in-process model here, in the task, not on the event loop
-    return run_on_worker_loop(_complete_async(spec, backend, todo, journal, record, coordinator, semaphore,
-                                              jobs, finish))
+    work = _Work(spec, journal, record, finish)
+
+    def item(row_id: str, messages: list[dict]) -> _Item:
+        job = jobs.get(row_id)
+        if job is None:
+            return _Item(work, row_id, messages)
+        history = [{"role": t["role"], "content": t["content"]} for t in job["turns"]]
+        return _Item(work, row_id, dialogue.request(job["row"], history), job)  # type: ignore[union-attr]
+
+    items = [item(row_id, messages) for row_id, messages in zip(todo[ID], todo[MESSAGES], strict=True)]
+    if not items:
+        return None
+    run_on_worker_loop(_enqueue(work, items, backend, coordinator, semaphore, share_leases))
+    work.handoff.wait()
+    if not work.done.done():
+        _secede()  # the pool wants the next shard's rows: let Dask start it while these finish
+    return work.done.result()
+
+
+def _secede() -> None:
+    """Leave the Dask worker's thread pool, so it starts its next task now (no-op outside a worker)."""
+    from distributed import secede
+
+    with suppress(ValueError):  # not running as a Dask task: nothing to hand over
+        secede()
 
 
 def _send(journal: Journal, row_id: str, messages: list[dict]) -> str:
@@ -149,131 +185,292 @@ def _send(journal: Journal, row_id: str, messages: list[dict]) -> str:
     return nonce
 
 
-async def _complete_async(spec: ShardSpec, backend: Backend, todo: pd.DataFrame, journal: Journal,
-                          record: Callable, coordinator: Any, semaphore: Any, jobs: dict[str, dict] | None = None,
-                          finish: Callable | None = None) -> str | None:
-    """Up to ``backend.concurrency`` slots, each taking ``backend.batch_size`` requests per call.
+@dataclass(eq=False)
+class _Work:
+    """One shard's rows in a pool: where its completions go, and how many of its requests are queued
+    or in flight. ``done`` resolves (the run's stop reason, or the error) once none is in flight and
+    none will be sent; ``handoff`` is set once the task may let its worker thread go."""
 
-    A server's slot holds one cluster-wide lease while it works through the queue: a lease per slot,
-    not per request, keeps Dask round trips off the per-request path. The coordinator is told about
-    every completion at once when a budget or rate limit needs it, or after every batch of an
-    in-process model (slow enough that the round trip costs nothing), and otherwise twice a second
-    (it then only feeds the progress bar).
+    spec: ShardSpec
+    journal: Journal
+    record: Callable[[str, Completion], None]
+    finish: Callable[[str, list[dict]], str]
+    queued: int = 0
+    in_flight: int = 0
+    dropped: bool = False
+    """Some of its requests will never be sent: the run stopped, or failed (then the shard fails too)."""
+    handoff: threading.Event = field(default_factory=threading.Event)
+    done: Future = field(default_factory=Future)
+
+
+@dataclass
+class _Item:
+    """One request to send: its shard, row, messages, and the conversation it continues (if any)."""
+
+    work: _Work
+    row_id: str
+    messages: list[dict]
+    job: dict | None = None
+
+
+_POOLS: dict[str, RequestPool] = {}
+"""This process's pools, by the run's semaphore name; touched only on the worker's event loop."""
+
+
+async def _enqueue(work: _Work, items: list[_Item], backend: Backend, coordinator: Any, semaphore: Any,
+                   share_leases: bool) -> None:
+    key = semaphore.name
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = RequestPool(key, backend, work.spec, coordinator, semaphore, share_leases)
+    pool.add(work, items)
+
+
+class RequestPool:
+    """One worker's request slots for one run, shared by every shard the worker runs.
+
+    Up to ``backend.concurrency`` slots each take ``backend.batch_size`` requests per call from one
+    queue, in the order the shards handed them in. A server's slot holds one cluster-wide lease
+    while the queue has work: a lease per slot, not per request or shard, keeps Dask round trips off
+    the per-request path (with ``share_leases``, when other workers run shards of the run too, a
+    slot hands its lease round at each shard boundary so they get their share). The coordinator is
+    told about completions after every batch of an in-process model (slow enough that the round trip
+    costs nothing); under ``max_cost_usd`` after every completion, or, when this is the run's only
+    worker, once the spend it has not told could reach what is left of the budget; and otherwise
+    twice a second (it then only feeds the progress bar). A stop
+    (budget, gate) or an error is the run's: queued requests are dropped, those in flight finish
+    and are journaled, and every shard then ends with it.
     """
-    cfg, sampling, gate = spec.cfg, spec.sampling, spec.gate
-    loop = asyncio.get_running_loop()
-    size = backend.batch_size
-    width = min(backend.concurrency, -(-len(todo) // size))
-    pool = ThreadPoolExecutor(max_workers=width + 2, thread_name_prefix="generate-limits")
-    jobs = jobs or {}
-    dialogue = spec.dialogue
 
-    def item(row_id: str, messages: list[dict]) -> tuple[str, list[dict], dict | None]:
-        job = jobs.get(row_id)
-        if job is None:
-            return row_id, messages, None
-        history = [{"role": t["role"], "content": t["content"]} for t in job["turns"]]
-        return row_id, dialogue.request(job["row"], history), job
+    def __init__(self, key: str, backend: Backend, spec: ShardSpec, coordinator: Any, semaphore: Any,
+                 share_leases: bool = False) -> None:
+        self.key = key
+        self.share_leases = share_leases
+        self.backend = backend
+        self.cfg, self.sampling, self.seed, self.gate = spec.cfg, spec.sampling, spec.seed, spec.gate
+        self.dialogue = spec.dialogue
+        self.coordinator, self.semaphore = coordinator, semaphore
+        self.queue: deque[_Item] = deque()
+        self.works: list[_Work] = []
+        self.slots = 0
+        self.holding = 0  # slots holding (or acquiring) a lease
+        self.stop: str | None = None
+        self.error: BaseException | None = None
+        self.unsent: list[Any] = [0, 0, 0, []]  # prompt tokens, completion tokens, requests, gate keys
+        self.exact = self.cfg.max_cost_usd is not None
+        # the run's only worker knows when its own unrecorded spend could reach the budget: it tells
+        # the coordinator then, not after every request (others' spend it cannot see)
+        self.sole_spender = self.exact and not share_leases
+        self.budget_left = 0.0  # as of the last record; unknown (so nothing to spare) until then
+        self.recording_usd = 0.0  # handed to the coordinator, not yet in budget_left
+        self.limited = backend.remote and bool(self.cfg.requests_per_minute or self.cfg.tokens_per_minute)
+        self.stagger = min(SLOT_STAGGER_S, MAX_RAMP_S / backend.concurrency)
+        self.threads = ThreadPoolExecutor(max_workers=backend.concurrency + 2, thread_name_prefix="generate-limits")
+        self.syncing = asyncio.Lock()
+        self.tasks: set[asyncio.Task] = set()
+        self.beat = asyncio.create_task(self._heartbeat())
 
-    queue = deque(item(row_id, messages) for row_id, messages in zip(todo[ID], todo[MESSAGES], strict=True))
-    exact = cfg.max_cost_usd is not None
-    limited = backend.remote and bool(cfg.requests_per_minute or cfg.tokens_per_minute)
-    state: dict[str, Any] = {"stop": None, "error": None, "unsent": [0, 0, 0, []]}
+    @property
+    def stopping(self) -> bool:
+        return bool(self.stop or self.error)
 
-    def blocking(fn: Callable, *args: Any) -> asyncio.Future:
-        return loop.run_in_executor(pool, fn, *args)
+    def add(self, work: _Work, items: list[_Item]) -> None:
+        """Queue a shard's requests behind those already queued, and open slots for them."""
+        self.works.append(work)
+        work.queued = len(items)
+        if self.stopping:
+            self._drop_queued()
+            self._spawn(self._settle())
+            return
+        self.queue.extend(items)
+        self._fill()
+        self._hunger()
 
-    syncing = asyncio.Lock()
+    def _fill(self) -> None:
+        """Open slots until every queued request has one (at most ``concurrency``)."""
+        size = self.backend.batch_size
+        want = 0 if self.stopping else min(self.backend.concurrency, -(-len(self.queue) // size))
+        for k in range(want - self.slots):
+            self.slots += 1
+            self._spawn(self._slot(k * self.stagger))
 
-    async def sync_ledger() -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)  # the loop keeps only weak references to its tasks
+        task.add_done_callback(self.tasks.discard)
+
+    def _hunger(self) -> None:
+        """Let every shard's task go once fewer requests are queued than the slots take in one round:
+        the worker then starts its next shard while these are in flight."""
+        if self.stopping or len(self.queue) < self.backend.concurrency * self.backend.batch_size:
+            for work in self.works:
+                work.handoff.set()
+
+    def _blocking(self, fn: Callable, *args: Any) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self.threads, fn, *args)
+
+    async def _slot(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        leased = counted = False
+        try:
+            if self.backend.remote and self.queue:
+                self.holding, counted = self.holding + 1, True
+                await self._blocking(self.semaphore.acquire)
+                leased = True
+            if self.exact:
+                # the lease may have taken a while: other workers may have spent the budget meanwhile
+                # (otherwise the heartbeat brings a stop reason within half a second)
+                self.stop = self.stop or await self._blocking(lambda: self.coordinator.stop().result())
+            last = None
+            while self.queue and not self.stopping:
+                if self.share_leases and leased and last is not None and self.queue[0].work is not last:
+                    # a shard boundary: other workers' slots may be waiting for a lease
+                    await self._blocking(self.semaphore.release)
+                    leased = False
+                    await self._blocking(self.semaphore.acquire)
+                    leased, last = True, None
+                    continue
+                batch = self._take()
+                last = batch[0].work
+                await self._send(batch)
+        except Exception as e:  # noqa: BLE001 - the run's error, raised by every shard task it ends
+            # stop starting new requests; those in flight still finish and are journaled
+            self.error = self.error or e
+        finally:
+            if leased:
+                await self._blocking(self.semaphore.release)
+            if counted:
+                self.holding -= 1
+            self.slots -= 1
+            self._fill()  # a shard's rows may have arrived while this slot gave its lease back
+            await self._settle()
+
+    def _take(self) -> list[_Item]:
+        """The next batch: up to ``batch_size`` queued requests of one shard (a batch shares a seed)."""
+        batch = [self.queue.popleft()]
+        while len(batch) < self.backend.batch_size and self.queue and self.queue[0].work is batch[0].work:
+            batch.append(self.queue.popleft())
+        work = batch[0].work
+        work.queued -= len(batch)
+        work.in_flight += len(batch)
+        self._hunger()
+        return batch
+
+    async def _send(self, batch: list[_Item]) -> None:
+        work, sampling = batch[0].work, self.sampling
+        try:
+            if self.limited:
+                for it in batch:
+                    estimate = sum(len(m["content"]) for m in it.messages) / 4 + sampling.max_tokens
+                    wait = await self._blocking(lambda e=estimate: self.coordinator.reserve(e).result())
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+            nonces = [_send(work.journal, it.row_id, it.messages) for it in batch]
+            # one sampling seed per batch, from the run seed and the batch's first row
+            seed = int(stable_hash([self.seed, batch[0].row_id], 8), 16) if len(batch) > 1 or \
+                self.backend.batch_size > 1 else 0
+            try:
+                completions = await self.backend.complete([it.messages for it in batch], sampling, seed)
+            except GenerateError:
+                for nonce, it in zip(nonces, batch, strict=True):
+                    work.journal.failed(nonce, it.row_id)  # an error answer is not a billed completion
+                raise
+            unsent = self.unsent
+            for it, nonce, completion in zip(batch, nonces, completions, strict=True):
+                text: str | None = completion.text
+                if it.job is None:
+                    work.record(it.row_id, completion)
+                else:
+                    text = self._next_turn(it, nonce, completion)
+                unsent[0] += completion.prompt_tokens
+                unsent[1] += completion.completion_tokens
+                unsent[2] += 1
+                if self.gate is not None and text is not None:
+                    unsent[3].append(self.gate.key(text))
+        except BaseException:
+            work.dropped = True  # its rows in this batch are not done: the shard fails with the run
+            raise
+        finally:
+            work.in_flight -= len(batch)
+        unrecorded = self._unsent_usd() + self.recording_usd
+        if self.backend.batch_size > 1 or (self.exact and not (self.sole_spender and unrecorded < self.budget_left)):
+            await self._sync_ledger()
+        if not work.queued and not work.in_flight:
+            await self._settle()
+
+    def _next_turn(self, it: _Item, nonce: str, c: Completion) -> str | None:
+        """Journal an answered turn; queue the conversation's next request first, or finish the row (its text)."""
+        dialogue, job, work = self.dialogue, it.job, it.work
+        assert dialogue is not None and job is not None
+        k = len(job["turns"])
+        turn = {"turn": k, "role": dialogue.role(k), "content": dialogue.clean(c.text),
+                "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "latency_s": c.latency_s}
+        work.journal.turn(nonce, it.row_id, **turn)
+        job["turns"].append(turn)
+        if len(job["turns"]) < dialogue.requests:
+            history = [{"role": t["role"], "content": t["content"]} for t in job["turns"]]
+            self.queue.appendleft(_Item(work, it.row_id, dialogue.request(job["row"], history), job))
+            work.queued += 1
+            return None
+        return work.finish(it.row_id, job["turns"])
+
+    async def _sync_ledger(self) -> None:
         # one at a time: a slot that finds its completion already sent by the heartbeat must still
         # wait for that call's answer (the stop reason) before it starts another paid request
-        async with syncing:
-            p, c, n, keys = state["unsent"]
+        async with self.syncing:
+            p, c, n, keys = self.unsent
             if n:
-                state["unsent"] = [0, 0, 0, []]
-                reason = await blocking(lambda: coordinator.record(p, c, n, keys).result())
-                state["stop"] = state["stop"] or reason
+                self.unsent = [0, 0, 0, []]
+                usd = (p * self.cfg.price_input_per_million + c * self.cfg.price_output_per_million) / 1e6
+                self.recording_usd += usd
+                reason = await self._blocking(lambda: self.coordinator.record(p, c, n, keys).result())
+                self.stop = self.stop or reason
+                if self.sole_spender:
+                    self.budget_left = await self._blocking(lambda: self.coordinator.budget_left().result())
+                self.recording_usd -= usd
+                if self.stopping:
+                    self._drop_queued()
 
-    stagger = min(SLOT_STAGGER_S, MAX_RAMP_S / width)
+    def _unsent_usd(self) -> float:
+        p, c = self.unsent[0], self.unsent[1]
+        return (p * self.cfg.price_input_per_million + c * self.cfg.price_output_per_million) / 1e6
 
-    async def slot(k: int) -> None:
-        await asyncio.sleep(k * stagger)
-        if backend.remote:
-            await blocking(semaphore.acquire)
-        try:
-            if exact:
-                # the lease may have taken a while: other shards may have spent the budget meanwhile
-                # (otherwise the heartbeat brings a stop reason within half a second)
-                state["stop"] = state["stop"] or await blocking(lambda: coordinator.stop().result())
-            while queue and not (state["stop"] or state["error"]):
-                batch = [queue.popleft() for _ in range(min(size, len(queue)))]
-                if limited:
-                    for _, messages, _ in batch:
-                        estimate = sum(len(m["content"]) for m in messages) / 4 + sampling.max_tokens
-                        wait = await blocking(lambda e=estimate: coordinator.reserve(e).result())
-                        if wait > 0:
-                            await asyncio.sleep(wait)
-                nonces = [_send(journal, row_id, messages) for row_id, messages, _ in batch]
-                # one sampling seed per batch, from the run seed and the batch's first row
-                seed = int(stable_hash([spec.seed, batch[0][0]], 8), 16) if size > 1 else 0
-                try:
-                    completions = await backend.complete([m for _, m, _ in batch], sampling, seed)
-                except GenerateError:
-                    for nonce, (row_id, _, _) in zip(nonces, batch, strict=True):
-                        journal.failed(nonce, row_id)  # an error answer is not a billed completion
-                    raise
-                unsent = state["unsent"]
-                for (row_id, _, job), nonce, completion in zip(batch, nonces, completions, strict=True):
-                    text: str | None = completion.text
-                    if job is None:
-                        record(row_id, completion)
-                    else:
-                        text = _next_turn(journal, dialogue, job, row_id, nonce, completion, queue, finish)
-                    unsent[0] += completion.prompt_tokens
-                    unsent[1] += completion.completion_tokens
-                    unsent[2] += 1
-                    if gate is not None and text is not None:
-                        unsent[3].append(gate.key(text))
-                if exact or size > 1:
-                    await sync_ledger()
-        except GenerateError as e:
-            # stop starting new requests; those in flight still finish and are journaled
-            state["error"] = state["error"] or e
-        finally:
-            if backend.remote:
-                await blocking(semaphore.release)
+    def _drop_queued(self) -> None:
+        """The run stopped: nothing queued will be sent."""
+        self.queue.clear()
+        for work in self.works:
+            if work.queued:
+                work.queued, work.dropped = 0, True
+        self._hunger()
 
-    async def heartbeat() -> None:
+    async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(0.5)
-            await sync_ledger()
+            await self._sync_ledger()
 
-    beat = asyncio.create_task(heartbeat())
-    try:
-        await asyncio.gather(*(slot(k) for k in range(width)))
-    finally:
-        beat.cancel()
-        await sync_ledger()
-        pool.shutdown(wait=False)
-    if state["error"]:
-        raise state["error"]
-    return state["stop"]
-
-
-def _next_turn(journal: Journal, dialogue: TurnByTurn, job: dict, row_id: str, nonce: str, c: Completion,
-               queue: deque, finish: Callable) -> str | None:
-    """Journal an answered turn; queue the conversation's next request, or finish the row (its text)."""
-    k = len(job["turns"])
-    turn = {"turn": k, "role": dialogue.role(k), "content": dialogue.clean(c.text), "finish_reason": c.finish_reason,
-            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "latency_s": c.latency_s}
-    journal.turn(nonce, row_id, **turn)
-    job["turns"].append(turn)
-    if len(job["turns"]) < dialogue.requests:
-        history = [{"role": t["role"], "content": t["content"]} for t in job["turns"]]
-        queue.append((row_id, dialogue.request(job["row"], history), job))
-        return None
-    return finish(row_id, job["turns"])
+    async def _settle(self) -> None:
+        """End the shards none of whose requests is queued or in flight; close the pool once idle."""
+        if self.stopping:
+            self._drop_queued()
+        # with nothing left to send, a shard ends once the slots have given their leases back: the
+        # driver closes the semaphore after the last shard
+        ended = [w for w in self.works if not w.queued and not w.in_flight] if self.queue or not self.holding else []
+        if ended:
+            await self._sync_ledger()  # the coordinator counts a shard's requests before its task returns
+        for work in ended:
+            if work not in self.works:
+                continue  # settled by a concurrent call meanwhile
+            self.works.remove(work)
+            if self.error is not None and work.dropped:
+                work.done.set_exception(self.error)
+            else:
+                work.done.set_result(self.stop)
+            work.handoff.set()
+        if not self.works and not self.slots and _POOLS.get(self.key) is self:
+            del _POOLS[self.key]
+            self.beat.cancel()
+            self.threads.shutdown(wait=False)
 
 
 def _compact(spec: ShardSpec, existing: pd.DataFrame | None, fresh: list[dict]) -> pd.DataFrame:
@@ -291,8 +488,14 @@ def _compact(spec: ShardSpec, existing: pd.DataFrame | None, fresh: list[dict]) 
                           pd.DataFrame(list(records.values())).drop(columns=ID, errors="ignore")],
                          axis=1) if records else pd.DataFrame()
     if spec.postprocess is not None and len(new_rows):
-        new_rows = pd.DataFrame([{**row, **spec.postprocess(dict(row))}
-                                 for row in new_rows.to_dict("records")])
+        # only the columns it returns are set, so the others keep their dtypes (and nothing pays for
+        # rebuilding the whole frame from dicts: that cost more than the postprocess itself)
+        reads = getattr(spec.postprocess, "reads", None)  # the columns it needs, if it says
+        rows = new_rows[[c for c in reads if c in new_rows.columns]] if reads is not None else new_rows
+        results = [spec.postprocess(row) for row in rows.to_dict("records")]
+        for column in dict.fromkeys(k for r in results for k in r):
+            before = new_rows[column].tolist() if column in new_rows.columns else [None] * len(results)
+            new_rows[column] = [r.get(column, old) for r, old in zip(results, before, strict=True)]
     frames = [f for f in (existing, new_rows) if f is not None and len(f)]
     if not frames:
         return pd.DataFrame()

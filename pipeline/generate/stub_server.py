@@ -10,8 +10,9 @@ textbook-like prose derived from the prompt); whitespace-separated words count a
 answer longer than ``max_tokens`` is cut with ``finish_reason="length"``. Faults are injected per
 request, in order: ``"429"`` (with Retry-After), ``"500"``, ``"503"``, ``"slow"`` (answer after
 ``slow_s``), ``"drop"`` (close the connection without answering), ``"length"`` (truncate), or a
-``Fault``. A wrong key gets 401, an unknown model 404. ``requests`` logs every chat request;
-``max_in_flight`` is the peak concurrency.
+``Fault``. A wrong key gets 401, an unknown model 404. ``requests`` logs every chat request (its
+``time`` of arrival and the time it was ``answered``, epoch seconds); ``max_in_flight`` is the peak
+concurrency.
 
 It also serves OpenAI's Batch API: ``POST /v1/files`` (multipart, purpose "batch"), ``GET
 /v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches`` and ``GET /v1/batches/{id}``. A
@@ -230,6 +231,7 @@ class StubServer:
             return reply
         finally:
             self.in_flight -= 1
+            entry["answered"] = time.time()
             self.requests.append(entry)
 
     def _unauthorized(self, headers: dict[str, str]) -> _Reply | None:

@@ -323,3 +323,86 @@ def test_existing_scheduler_runs_and_resumes(tmp_path, scheduler):
         assert len(client.scheduler_info()["workers"]) == 2
     assert first.complete and first.new_rows == 10 and second.new_rows == 0
     assert len(srv.completed()) == 10
+
+
+def test_one_worker_keeps_requests_in_flight_across_shard_boundaries(tmp_path):
+    """The next shard's first request leaves while the last ones of the shard before are in flight:
+    concurrency does not drain to zero at a shard boundary (one in-process worker, as a run with
+    ``workers=1`` gets), and each shard still lands in its own part, in request order."""
+    n, size = 48, 8
+    with StubServer(latency_s=0.1, api_key="sk-test") as srv:
+        cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"generate.base_url={srv.base_url}",
+                                 "generate.model=stub-model", "generate.api_key=sk-test", "workers=1",
+                                 f"generate.shard_size={size}", "generate.concurrency=6"])
+        summary = run(cfg, requests_frame(n), tmp_path / "out", stage="generate")
+        log = srv.completed()
+    assert summary.complete and len(log) == n and srv.max_in_flight == 6
+    shard_of = {f"Rate document {i} for educational value.": i // size for i in range(n)}
+    arrived: dict[int, float] = {}
+    answered: dict[int, float] = {}
+    for entry in log:
+        k = shard_of[entry["messages"][0]["content"]]
+        arrived[k] = min(arrived.get(k, entry["time"]), entry["time"])
+        answered[k] = max(answered.get(k, entry["answered"]), entry["answered"])
+    for k in range(n // size - 1):
+        assert arrived[k + 1] < answered[k], f"shard {k + 1} waited for shard {k} to drain"
+    parts = list_shards(tmp_path / "out")
+    assert len(parts) == n // size
+    for k, part in enumerate(parts):
+        assert list(pd.read_parquet(part)["id"]) == [f"doc-{i:03d}" for i in range(k * size, (k + 1) * size)]
+    assert not (tmp_path / "out" / ".journal").exists()
+
+
+def test_a_rate_limit_that_binds_says_so_once(tmp_path, capsys):
+    """requests_per_minute below what the server could do: the run says which limit holds it back, once;
+    a limit that never makes a request wait says nothing."""
+    with StubServer(latency_s=0.01, api_key="sk-test") as srv:
+        base = [f"generate.base_url={srv.base_url}", "generate.model=stub-model", "generate.api_key=sk-test",
+                "workers=1", "generate.concurrency=8"]
+        slow = load_config(None, [f"run_dir={tmp_path / 'slow'}", *base, "generate.requests_per_minute=1200"])
+        first = run(slow, requests_frame(30), tmp_path / "slow", stage="generate")
+        err_slow = capsys.readouterr().err
+        fast = load_config(None, [f"run_dir={tmp_path / 'fast'}", *base, "generate.requests_per_minute=1000000"])
+        second = run(fast, requests_frame(30), tmp_path / "fast", stage="generate")
+        err_fast = capsys.readouterr().err
+    assert first.complete and second.complete
+    line = "generate: the rate limit generate.requests_per_minute=1200 (20 requests/s) is what holds this run back"
+    assert err_slow.count(line) == 1
+    assert "rate limit" not in err_fast
+    assert "limited_by" not in read_json(tmp_path / "slow" / "manifest.json")["ledger"]
+
+
+class _Words:
+    """A postprocess that names the one column it reads."""
+
+    reads = ("text",)
+
+    def __call__(self, row: dict) -> dict:
+        assert set(row) == {"text"}, sorted(row)  # handed only what it reads
+        return {"words": len(row["text"].split())}
+
+
+def test_a_postprocess_that_names_its_columns_gets_only_those_and_the_rest_keep_their_types(tmp_path):
+    with StubServer(api_key="sk-test") as srv:
+        cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"generate.base_url={srv.base_url}",
+                                 "generate.model=stub-model", "generate.api_key=sk-test", "workers=1",
+                                 "generate.shard_size=4", "generate.max_tokens=7"])
+        summary = run(cfg, requests_frame(10).assign(rank=range(10)), tmp_path / "out", stage="annotate",
+                      postprocess=_Words())
+    table = read_shards(tmp_path / "out")
+    assert summary.complete and (table["words"] == 7).all()
+    assert table["rank"].tolist() == list(range(10)) and str(table["rank"].dtype) == "int64"
+
+
+def test_max_cost_stops_cleanly_on_the_runs_only_worker(tmp_path):
+    """The in-process worker tells the coordinator only when its spend could reach the budget, and
+    still starts no request once the budget is spent: $10 a request, $45 allowed, 2 in flight."""
+    with StubServer(latency_s=0.05, api_key="sk-test") as srv:
+        cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"generate.base_url={srv.base_url}",
+                                 "generate.model=stub-model", "generate.api_key=sk-test", "workers=1",
+                                 "generate.concurrency=2", "generate.shard_size=10", "generate.max_tokens=10",
+                                 "generate.price_output_per_million=1000000", "generate.max_cost_usd=45"])
+        summary = run(cfg, requests_frame(30), tmp_path / "out", stage="generate")
+        rows = read_shards(tmp_path / "out")
+        assert "generate.max_cost_usd reached" in summary.stop_reason
+        assert 5 <= len(rows) <= 6 and len(srv.completed()) == len(rows)
