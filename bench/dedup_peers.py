@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -139,8 +140,15 @@ def accuracy(removed_ids: set[str], ids: np.ndarray, pairs: tuple[np.ndarray, np
 
 # --- running a process ------------------------------------------------------------------------
 
+CPU_AND_LOAD: list[tuple[float, float]] = []
+
+
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS of the process tree in GB); raises with the tail of stderr on failure."""
+    """(wall seconds, peak RSS of the process tree in GB); raises with the tail of stderr on failure.
+    Also appends the tree's CPU seconds (user + system) and the load average at the start to
+    ``CPU_AND_LOAD``: on a shared machine, wall seconds alone do not say what a tool cost."""
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, cwd=cwd)
@@ -154,6 +162,8 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | 
         time.sleep(0.05)
     seconds = time.perf_counter() - start
     out, err = proc.communicate()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_AND_LOAD.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, load))
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited {proc.returncode}:\n{(out + err)[-3000:]}")
     return seconds, peak / 1e9
@@ -172,6 +182,10 @@ def ensure_peers() -> Path:
 
 # --- the tools --------------------------------------------------------------------------------
 
+PHASES: list[dict[str, float]] = []
+"""The per-phase seconds of every textbook run, from its stats.json: where the whole process went."""
+
+
 def run_textbook(data: Path, work: Path, workers: int) -> tuple[float, float, set[str]]:
     run_dir = work / "textbook_run"
     cmd = [str(ROOT / ".venv" / "bin" / "textbook"), "filter", f"run_dir={run_dir}",
@@ -180,6 +194,8 @@ def run_textbook(data: Path, work: Path, workers: int) -> tuple[float, float, se
            "filter.language.enabled=false",
            f"filter.minhash.threshold={THRESHOLD}", f"filter.minhash.num_perm={NUM_PERM}", f"filter.minhash.ngram={NGRAM}"]
     seconds, peak = run_measured(cmd, env={"TEXTBOOK_PROGRESS_S": "3600"})
+    phases = {k: float(v) for k, v in json.loads((run_dir / "filtered" / "stats.json").read_text())["timings_s"].items()}
+    PHASES.append({**phases, "other": seconds - sum(phases.values()), "whole": seconds})
     rejected = pd.concat([pd.read_parquet(p, columns=["id", "filter_reason"])
                           for p in sorted((run_dir / "filtered" / "rejected").glob("part-*.parquet"))])
     return seconds, peak, set(rejected.loc[rejected["filter_reason"].isin(["exact_dup", "near_dup"]), "id"])
@@ -306,19 +322,28 @@ def main() -> None:
                 else:
                     raise SystemExit(f"unknown tool {tool!r}")
                 acc = accuracy(removed, ids, pairs)
+                acc.update(zip(("cpu", "load"), CPU_AND_LOAD[-1], strict=True))
                 results.append((tool, rep, seconds, peak, acc))
                 print(f"  {tool} run {rep + 1}: {seconds:.1f} s, peak {peak:.2f} GB, removed {acc['removed']}, "
                       f"precision {acc['precision']:.3f}, pair recall {acc['pair_recall']:.3f}", flush=True)
     base = {rep: s for tool, rep, s, _, _ in results if tool == "textbook"}
     print(f"\n{mb:.0f} MB, {len(corpus):,} documents, 2 cores; threshold {THRESHOLD}, word {NGRAM}-grams, "
           f"{NUM_PERM} permutations; every run listed")
-    print(f"{'tool':<12}{'run':>4}{'seconds':>9}{'vs textbook':>13}{'peak GB':>9}{'removed':>9}{'should':>8}"
-          f"{'precision':>11}{'recall@.85':>12}")
+    print(f"{'tool':<12}{'run':>4}{'seconds':>9}{'vs textbook':>13}{'cpu s':>7}{'load':>6}{'peak GB':>9}{'removed':>9}"
+          f"{'should':>8}{'precision':>11}{'recall@.85':>12}")
     for tool, rep, seconds, peak, acc in results:
         ratio = seconds / base[rep] if rep in base else float("nan")
-        print(f"{tool:<12}{rep + 1:>4}{seconds:>9.1f}{ratio:>12.2f}x{peak:>9.2f}{acc['removed']:>9}{acc['should']:>8}"
-              f"{acc['precision']:>11.3f}{acc['pair_recall']:>12.3f}")
-    print("(vs textbook: a tool's seconds over textbook's in the same round; above 1 means textbook is faster)")
+        print(f"{tool:<12}{rep + 1:>4}{seconds:>9.1f}{ratio:>12.2f}x{acc['cpu']:>7.1f}{acc['load']:>6.1f}{peak:>9.2f}"
+              f"{acc['removed']:>9}{acc['should']:>8}{acc['precision']:>11.3f}{acc['pair_recall']:>12.3f}")
+    print("(vs textbook: a tool's seconds over textbook's in the same round; above 1 means textbook is faster; "
+          "cpu s: user + system seconds of the process tree; load: 1-minute load average when the run started)")
+    if PHASES:
+        names = list(dict.fromkeys(k for p in PHASES for k in p))
+        print("\ntextbook filter, wall seconds per phase (stats.json timings_s; other = imports, cluster start "
+              "and stop, report, manifests)")
+        print(f"{'run':>4}" + "".join(f"{n:>14}" for n in names))
+        for k, p in enumerate(PHASES):
+            print(f"{k + 1:>4}" + "".join(f"{p.get(n, 0.0):>14.2f}" for n in names))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # imported where used: `pipeline.rundir` needs TEXT, not pandas (~0.4 s)
+    import pandas as pd
 
 TEXT = "text"
 
@@ -80,6 +82,8 @@ class RowFilter(Filter):
         """The score columns of one document."""
 
     def score(self, batch: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
         rows = [self.score_text(t) for t in batch[TEXT]]
         return pd.DataFrame(rows, index=batch.index, columns=list(self.columns()), dtype="float64")
 
@@ -87,7 +91,7 @@ class RowFilter(Filter):
         return list(self.score_text("A short probe sentence."))
 
 
-Rule = tuple[str, Callable[[pd.DataFrame], pd.Series]]
+Rule = tuple[str, Callable[["pd.DataFrame"], "pd.Series"]]
 
 
 def first_failure(scores: pd.DataFrame, rules: Sequence[Rule]) -> tuple[pd.Series, pd.Series]:
@@ -96,6 +100,8 @@ def first_failure(scores: pd.DataFrame, rules: Sequence[Rule]) -> tuple[pd.Serie
     Rows whose scores are missing (NaN: not scored because an earlier rule rejected them) fail
     no rule here, so the earlier stage's reason stands.
     """
+    import pandas as pd
+
     reason = pd.Series("", index=scores.index, dtype=object)
     for label, fails in rules:
         hit = fails(scores).fillna(False).astype(bool) & (reason == "")

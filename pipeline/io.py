@@ -21,15 +21,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import DataError
 from pipeline.rundir import SHARD_GLOB as SHARD_GLOB  # noqa: F401  (re-exported until callers move)
 from pipeline.rundir import list_shards, shard_path  # noqa: F401
+
+if TYPE_CHECKING:  # imported where used: a process that only writes JSON or a PNG skips ~0.5 s of imports
+    import pandas as pd
+    import pyarrow as pa
 
 
 def current_umask() -> int:
@@ -85,11 +85,14 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_parquet(data: pd.DataFrame | pa.Table, path: Path) -> Path:
-    """Write a zstd Parquet file atomically (temporary name in the same folder, then rename)."""
+def write_parquet(data: pd.DataFrame | pa.Table, path: Path, compression: str = "zstd") -> Path:
+    """Write a Parquet file (zstd unless told) atomically (temporary name in the same folder, then rename)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression=compression)
     return Path(path)
 
 
@@ -149,6 +152,8 @@ def read_json(path: Path) -> Any:
 
 def read_shards(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """All ``part-*.parquet`` shards of a folder as one DataFrame (empty if there are none)."""
+    import pandas as pd
+
     shards = list_shards(folder)
     if not shards:
         return pd.DataFrame(columns=columns or [])
@@ -157,6 +162,9 @@ def read_shards(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
 
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     """One Parquet file as an Arrow table (its schema as written); errors name the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         return pq.read_table(path, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
@@ -166,6 +174,9 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         return pq.read_table(path, columns=columns).to_pandas()
     except (pa.ArrowInvalid, OSError) as e:
@@ -300,6 +311,9 @@ def iter_batches(source: InputFile, columns: list[str] | None = None, batch_size
 
 
 def _raw_batches(source: InputFile, columns: list[str] | None, batch_size: int) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if source.kind == "hf_dataset":
         yield from _hf_dataset_batches(source.path, columns, batch_size)
         return
@@ -368,6 +382,8 @@ def _project(row: dict, columns: list[str] | None, where: str) -> dict:
 
 
 def _batched(rows: Iterator[dict], batch_size: int) -> Iterator[pd.DataFrame]:
+    import pandas as pd
+
     batch: list[dict] = []
     for row in rows:
         batch.append(row)

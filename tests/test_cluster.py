@@ -1,8 +1,11 @@
-"""The LocalCluster that ``dask_client`` starts: worker processes as the stages need them."""
+"""The LocalCluster that ``dask_client`` starts, and the in-process ``ThreadClient``."""
 
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -26,3 +29,23 @@ def test_workers_reuse_large_temporaries_instead_of_refaulting_them():
     with dask_client(workers=1) as client:
         faults = client.submit(_page_faults_per_temporary, pure=False).result()
     assert min(faults[2:]) == 0, faults
+
+
+def test_thread_client_runs_tasks_and_graphs_without_distributed() -> None:
+    """The in-process client answers what the filter stage asks, and never imports distributed."""
+    script = """
+import sys, dask
+from pipeline.cluster import as_completed, local_threads
+with local_threads(2) as client:
+    assert client.scheduler_info()["workers"]["threads"]["nthreads"] == 2
+    assert client.gather(client.map(pow, [2, 3], [3, 2], pure=False)) == [8, 9]
+    done = sorted(f.result() for f in as_completed([client.submit(len, "abc", pure=False)]))
+    graphs = [dask.delayed(sum)([1, 2, n]) for n in range(3)]
+    assert sorted(f.result() for f in as_completed(client.compute(graphs))) == [3, 4, 5]
+    assert dask.compute(dask.delayed(max)(4, 7))[0] == 7 and done == [3]
+print("distributed" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

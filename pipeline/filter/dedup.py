@@ -1,10 +1,13 @@
-"""Exact and MinHash-LSH near-duplicate removal on a Dask DataFrame (or pandas, for notebooks): the
-corpus-wide passes; the in-memory parts (hashes, keep order, Jaccard, components) are ``filters.minhash``.
+"""Exact and MinHash-LSH near-duplicate removal over partitions of a corpus: the corpus-wide passes;
+the in-memory parts (hashes, keep order, Jaccard, components) are ``filters.minhash``.
 
-Both functions make one eager pass over the input that leaves only a small table (the ids of
-duplicates, or of documents in multi-member clusters), then return a lazy frame that recomputes
-the input partition by partition and flags rows from that table. No process ever holds the corpus
-or the LSH index.
+A corpus is a list of ``dask.delayed`` pandas partitions that can be recomputed (read again) in
+the same row order. Per partition, ``exact_members`` and ``bucket_rows`` are the hashes each dedup
+needs (the filter stage computes both in one task, from one read of the text); ``exact_duplicates``
+and ``near_duplicates`` turn them into a small table (the copies to remove; the members of
+multi-member clusters) and ``flag_exact`` / ``flag_near`` flag a partition's rows from it. No
+process ever holds the corpus or the LSH index. ``exact_dedup`` and ``minhash_dedup`` wrap this
+for a Dask DataFrame (lazy frame out) or a pandas one (pandas out), for notebooks and scripts.
 
 MinHash dedup, in the order of the data flow (two passes over the input, whatever its size):
 
@@ -36,20 +39,19 @@ the number of workers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from dask.delayed import Delayed
-from distributed import futures_of, wait
 
 from filters.minhash import (
     MAX_NGRAM,
     band_hashes,
     best_first,
-    connected_components,
     exact_hashes,
     jaccard,
     keep_best,
@@ -74,6 +76,36 @@ DEDUP_REASONS = {EXACT_DUP: "exact_dedup", NEAR_DUP: "minhash"}
 FALSE_POSITIVE_WEIGHT = 0.1
 FALSE_NEGATIVE_WEIGHT = 0.9
 
+_ROW_BITS = 32  # a document's key: partition number << _ROW_BITS | row in the partition
+
+
+@dataclass(frozen=True)
+class MinHashParams:
+    """MinHash-LSH settings, resolved: the band layout and the Jaccard a verified pair needs
+    (``min_similarity`` 0: candidates are not verified)."""
+
+    threshold: float
+    num_perm: int
+    ngram: int
+    seed: int
+    bands: int
+    rows: int
+    min_similarity: float
+
+    @classmethod
+    def resolve(cls, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5, seed: int = 0,
+                bands: int | None = None, rows: int | None = None, verify: bool = True,
+                verify_threshold: float | None = None) -> MinHashParams:
+        """Derive ``bands`` x ``rows`` from ``threshold`` unless given; FilterError on a bad value."""
+        if bands is None or rows is None:
+            bands, rows = lsh_params(threshold, num_perm, FALSE_POSITIVE_WEIGHT, FALSE_NEGATIVE_WEIGHT)
+        if not 1 <= ngram <= MAX_NGRAM:
+            raise FilterError(f"filter.minhash.ngram: must be between 1 and {MAX_NGRAM}, got {ngram}")
+        if bands * rows > num_perm:
+            raise FilterError(f"filter.minhash: bands * rows = {bands * rows} exceeds num_perm = {num_perm}")
+        min_similarity = (threshold if verify_threshold is None else verify_threshold) if verify else 0.0
+        return cls(threshold, num_perm, ngram, seed, bands, rows, min_similarity)
+
 
 def _doc_table(part: pd.DataFrame, text_column: str, id_column: str, score_column: str) -> pd.DataFrame:
     """``doc``, ``length``, ``score`` of a partition: what the keep rule needs."""
@@ -90,76 +122,97 @@ def _check_columns(frame: Any, text_column: str, id_column: str) -> None:
         raise FilterError(f"dedup: input has no column {missing[0]!r} (columns: {list(frame.columns)})")
 
 
-def _gather(parts: list[Delayed]) -> Any:
-    """One persisted pandas DataFrame from (small) delayed frames: the documented bounded table."""
-    (table,) = dask.persist(dask.delayed(pd.concat)(parts, ignore_index=True))
-    futures = futures_of(table)
-    if futures:  # a distributed persist is asynchronous, and its inputs may be deleted next
-        wait(futures)
-    return table
+def _keys(number: int, rows: np.ndarray) -> np.ndarray:
+    return (np.int64(number) << np.int64(_ROW_BITS)) | np.asarray(rows, dtype=np.int64)
+
+
+def concat_tables(frames: Sequence[pd.DataFrame], meta: pd.DataFrame) -> pd.DataFrame:
+    """The reducers' small tables as one (``meta``: an empty one, for no reducers at all)."""
+    return pd.concat([meta, *frames], ignore_index=True) if frames else meta
 
 
 # ---------------------------------------------------------------- exact dedup
 
-def _exact_members(part: pd.DataFrame, text_column: str, id_column: str, score_column: str) -> pd.DataFrame:
+def exact_members(part: pd.DataFrame, number: int, text_column: str = "text", id_column: str = "id",
+                  score_column: str = "edu_score", hashes: np.ndarray | None = None) -> pd.DataFrame:
+    """``key``, ``doc``, ``length``, ``score`` and ``exact_hash`` of every row of partition ``number``
+    (``hashes``: its ``exact_hashes`` when already computed)."""
     table = _doc_table(part, text_column, id_column, score_column)
-    return table.assign(exact_hash=exact_hashes(part[text_column]))
+    table.insert(0, "key", _keys(number, np.arange(len(part))))
+    return table.assign(exact_hash=exact_hashes(part[text_column]) if hashes is None else hashes)
 
 
 def _exact_losers(part: pd.DataFrame) -> pd.DataFrame:
     copies = part[part["exact_hash"].duplicated(keep=False)]
-    return copies.loc[~keep_best(copies, "exact_hash"), ["doc"]]
+    return copies.loc[~keep_best(copies, "exact_hash"), ["key", "doc"]]
 
 
-def _flag_exact(part: pd.DataFrame, losers: pd.DataFrame, id_column: str) -> pd.DataFrame:
+def exact_reducers(members: Sequence[Delayed], meta: pd.DataFrame) -> list[Delayed]:
+    """Lazy ``key``, ``doc`` tables of every copy but the kept one, one per reducer, from the
+    ``exact_members`` of each partition (``meta``: an empty one); as small as the duplicates."""
+    return shuffle_reduce(members, "exact_hash", _exact_losers, meta=meta[["key", "doc"]], rows_meta=meta)
+
+
+def flag_exact(part: pd.DataFrame, losers: pd.DataFrame, id_column: str = "id") -> pd.DataFrame:
+    """``part`` plus ``exact_dup`` (its id is among the ``losers``' docs)."""
     return part.assign(**{EXACT_DUP: part[id_column].isin(losers["doc"]).to_numpy()})
 
 
-def exact_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str = "id",
-                score_column: str = "edu_score") -> dd.DataFrame:
+def exact_dedup(ddf: Any, text_column: str = "text", id_column: str = "id",
+                score_column: str = "edu_score") -> Any:
     """``ddf`` plus ``exact_dup`` (True for every copy but the kept one).
 
     Copies are documents with equal dedup form (case, punctuation and spacing ignored). The kept copy
     is the best by ``score_column`` (if present), then length, then id. Computes one pass over
-    ``ddf`` now (hashes only); the returned frame is lazy and recomputes ``ddf``.
+    ``ddf`` now (hashes only); the returned frame is lazy and recomputes ``ddf``. A pandas
+    DataFrame in gives a pandas DataFrame out.
     """
-    if isinstance(ddf, pd.DataFrame):
-        return exact_dedup(dd.from_pandas(ddf, npartitions=1), text_column, id_column,
-                           score_column).compute()
     _check_columns(ddf, text_column, id_column)
-    members = ddf.map_partitions(_exact_members, text_column, id_column, score_column,
-                                 meta=_exact_members(ddf._meta, text_column, id_column, score_column))
-    table = _gather(shuffle_reduce(members, "exact_hash", _exact_losers, meta=members._meta[["doc"]]))
-    meta = _flag_exact(ddf._meta, members._meta[["doc"]], id_column)
-    return ddf.map_partitions(_flag_exact, table, id_column, meta=meta)
+    pandas_in = isinstance(ddf, pd.DataFrame)
+    parts = [dask.delayed(ddf)] if pandas_in else ddf.to_delayed()
+    meta = exact_members(ddf.iloc[:0] if pandas_in else ddf._meta, 0, text_column, id_column, score_column)
+    members = [dask.delayed(exact_members, pure=True)(p, n, text_column, id_column, score_column)
+               for n, p in enumerate(parts)]
+    losers = concat_tables(dask.compute(*exact_reducers(members, meta)), meta[["key", "doc"]])
+    if pandas_in:
+        return flag_exact(ddf, losers, id_column)
+    return ddf.map_partitions(flag_exact, dask.delayed(losers), id_column,
+                              meta=flag_exact(ddf._meta, losers.iloc[:0], id_column))
 
 
 # ---------------------------------------------------------------- MinHash dedup
-
-_ROW_BITS = 32  # a document's key: partition number << _ROW_BITS | row in the partition
-
 
 def _bucket_meta() -> pd.DataFrame:
     return pd.DataFrame({"bucket": pd.Series(dtype=np.uint64), "key": pd.Series(dtype=np.int64)})
 
 
-def _bucket_rows(part: pd.DataFrame, text_column: str, num_perm: int, ngram: int, seed: int, bands: int,
-                 rows: int, partition_info: dict[str, Any]) -> pd.DataFrame:
-    """One row per (document with shingles, band): its LSH ``bucket`` and its ``key``.
-
-    Integer keys, not ids, travel through the shuffle (ids are joined back for candidates only).
+def bucket_rows(part: pd.DataFrame, number: int, params: MinHashParams, text_column: str = "text",
+                shingles: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """One row per (document with shingles, band) of partition ``number``: its LSH ``bucket`` and its
+    ``key`` (``shingles``: its ``partition_shingles`` when already computed). Integer keys, not ids,
+    travel through the shuffle (ids are joined back for candidates only).
     """
-    number = partition_info["number"]
-    flat, sizes = partition_shingles(part[text_column], ngram)
+    flat, sizes = partition_shingles(part[text_column], params.ngram) if shingles is None else shingles
     has = np.flatnonzero(sizes > 0)
-    buckets = lsh_buckets(band_hashes(signatures_from_flat(flat, sizes, num_perm, seed)[has], bands, rows))
-    keys = (np.int64(number) << np.int64(_ROW_BITS)) | has.astype(np.int64)
-    return pd.DataFrame({"bucket": buckets.ravel(), "key": keys.repeat(bands)})
+    signatures = signatures_from_flat(flat, sizes, params.num_perm, params.seed)[has]
+    buckets = lsh_buckets(band_hashes(signatures, params.bands, params.rows))
+    return pd.DataFrame({"bucket": buckets.ravel(), "key": _keys(number, has).repeat(params.bands)})
 
 
 def _shared_buckets(part: pd.DataFrame) -> pd.DataFrame:
     """The rows of buckets with two or more members (a few; all other buckets link nothing)."""
     return part[part.duplicated("bucket", keep=False)]
+
+
+def banding_reducers(buckets: Sequence[Delayed]) -> list[Delayed]:
+    """LSH banding, lazy: the ``bucket_rows`` of each partition grouped by bucket, one table of the
+    shared buckets' rows per reducer (``banded_table`` joins them)."""
+    return shuffle_reduce(buckets, "bucket", _shared_buckets, meta=_bucket_meta(), rows_meta=_bucket_meta())
+
+
+def banded_table(reduced: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The computed ``banding_reducers`` as one table of ``bucket``, ``key``."""
+    return concat_tables(reduced, _bucket_meta())
 
 
 def _bucket_edges(part: pd.DataFrame) -> pd.DataFrame:
@@ -177,7 +230,11 @@ def _members(part: pd.DataFrame, keys: np.ndarray, text_column: str, id_column: 
     part = part.iloc[keys & ((1 << _ROW_BITS) - 1)]
     table = _doc_table(part, text_column, id_column, score_column)
     flat, sizes = partition_shingles(part[text_column], ngram)
-    table["shingles"] = [np.unique(s) for s in np.split(flat, np.cumsum(sizes)[:-1])] if len(part) else []
+    # one sort for all documents, not one np.unique each: (document, shingle) pairs, distinct
+    pairs = np.sort((np.repeat(np.arange(len(part), dtype=np.uint64), sizes) << np.uint64(32)) | flat)
+    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))] if len(pairs) else pairs
+    cuts = np.searchsorted(pairs >> np.uint64(32), np.arange(1, len(part), dtype=np.uint64))
+    table["shingles"] = np.split((pairs & np.uint64(0xFFFFFFFF)).astype(np.uint32), cuts) if len(part) else []
     table.insert(0, "key", keys)
     return table
 
@@ -209,8 +266,28 @@ def _resolve_clusters(members: pd.DataFrame, min_similarity: float) -> pd.DataFr
                          NEAR_DUP: dup})
 
 
+def components(edges: pd.DataFrame) -> pd.DataFrame:
+    """``node``, ``label`` for every node of ``edges`` (``src``, ``dst``): label = smallest id of its
+    component. The same as ``filters.minhash.connected_components``, without scipy: its import
+    (~0.5 s) costs more than labelling the few edges of the duplicates by min-label propagation."""
+    codes, nodes = pd.factorize(pd.concat([edges["src"], edges["dst"]], ignore_index=True))
+    a, b = codes[:len(edges)], codes[len(edges):]
+    label = np.arange(len(nodes))
+    while True:  # every node takes the smallest label of its edges, then of its label's node
+        smallest = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, smallest)
+        np.minimum.at(new, b, smallest)
+        new = new[new]
+        if np.array_equal(new, label):
+            break
+        label = new
+    labels = pd.DataFrame({"node": nodes, "component": label})
+    return labels.assign(label=labels.groupby("component")["node"].transform("min"))[["node", "label"]]
+
+
 def _cluster(edges: pd.DataFrame, members: pd.DataFrame, min_similarity: float) -> tuple[pd.DataFrame, int]:
-    """Verify candidate ``edges`` on exact Jaccard, then cluster: the table ``_flag_near`` reads, and
+    """Verify candidate ``edges`` on exact Jaccard, then cluster: the table ``flag_near`` reads, and
     the number of verified edges."""
     members = members.set_index("doc", drop=False)
     if min_similarity > 0:
@@ -218,20 +295,21 @@ def _cluster(edges: pd.DataFrame, members: pd.DataFrame, min_similarity: float) 
         b = members["shingles"].reindex(edges["dst"]).to_numpy()
         edges = edges[np.fromiter(map(jaccard, a, b), dtype=float, count=len(edges)) >= min_similarity]
     if edges.empty:
-        return _no_clusters(members["doc"]), 0
-    labels = connected_components(edges).rename(columns={"node": "doc"})
+        return no_clusters(members["doc"]), 0
+    labels = components(edges).rename(columns={"node": "doc"})
     clustered = members.reset_index(drop=True).merge(labels, on="doc")
     return _resolve_clusters(clustered, min_similarity), len(edges)
 
 
-def _no_clusters(ids: pd.Series) -> pd.DataFrame:
+def no_clusters(ids: pd.Series) -> pd.DataFrame:
     """The cluster table when no pair is a near-duplicate (ids: any series of the id type)."""
     empty = ids.iloc[:0].reset_index(drop=True)
     return pd.DataFrame({"doc": empty, "cluster_id": empty, "cluster_size": pd.Series(dtype=np.int64),
                          NEAR_DUP: pd.Series(dtype=bool)})
 
 
-def _flag_near(part: pd.DataFrame, clusters: pd.DataFrame, id_column: str) -> pd.DataFrame:
+def flag_near(part: pd.DataFrame, clusters: pd.DataFrame, id_column: str = "id") -> pd.DataFrame:
+    """``part`` plus ``cluster_id``, ``cluster_size`` and ``near_dup`` from the cluster table."""
     found = clusters.set_index("doc").reindex(part[id_column].to_numpy())
     in_cluster = found["cluster_size"].notna().to_numpy()
     cluster_id = part[id_column].where(~in_cluster, found["cluster_id"].to_numpy())
@@ -240,11 +318,46 @@ def _flag_near(part: pd.DataFrame, clusters: pd.DataFrame, id_column: str) -> pd
                           NEAR_DUP: found[NEAR_DUP].fillna(False).astype(bool).to_numpy()})
 
 
-def minhash_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str = "id",
+def near_duplicates(shared: pd.DataFrame, parts: Sequence[Delayed], params: MinHashParams, ids: pd.Series,
+                    text_column: str = "text", id_column: str = "id", score_column: str = "edu_score",
+                    exclude: np.ndarray | None = None, stats: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The cluster table (``doc``, ``cluster_id``, ``cluster_size``, ``near_dup``) of the partitions
+    ``parts``, from their ``banded_table`` (``shared``, keys numbered like ``parts``).
+
+    Documents whose key is in ``exclude`` (the copies exact dedup removes) take no part. The
+    candidate documents are read again (only the partitions holding one), verified and clustered.
+    ``ids``: an empty series of the id type. ``stats``, if given, receives the band layout, pair,
+    cluster and removal counts and the seconds of this step. Computes now.
+    """
+    clock: dict[str, float] = {}
+    with timed(clock, "verification_and_clusters"):
+        if exclude is not None and len(exclude):  # the same as banding without them: drop, then re-share
+            shared = _shared_buckets(shared[~np.isin(shared["key"].to_numpy(), exclude)])
+        keys = np.unique(shared["key"].to_numpy())
+        table, verified, edges = no_clusters(ids), 0, shared.iloc[:0]
+        if len(keys):
+            cuts = np.searchsorted(keys >> _ROW_BITS, np.arange(len(parts) + 1))
+            members = pd.concat(dask.compute(*[
+                dask.delayed(_members, pure=True)(parts[n], keys[cuts[n]:cuts[n + 1]], text_column, id_column,
+                                                  score_column, params.ngram)
+                for n in range(len(parts)) if cuts[n + 1] > cuts[n]]), ignore_index=True)
+            doc = members.set_index("key")["doc"].reindex(shared["key"].to_numpy())
+            edges = _bucket_edges(shared.assign(doc=doc.array))
+            table, verified = _cluster(edges, members.drop(columns="key"), params.min_similarity)
+    if stats is not None:
+        stats.update(bands=params.bands, rows=params.rows, num_perm=params.num_perm, ngram=params.ngram,
+                     threshold=params.threshold, verify_threshold=params.min_similarity or None,
+                     candidate_pairs=len(edges), verified_pairs=verified,
+                     clusters=int(table["cluster_id"].nunique()), clustered_docs=len(table),
+                     removed=int(table[NEAR_DUP].sum()), seconds={k: round(v, 2) for k, v in clock.items()})
+    return table
+
+
+def minhash_dedup(ddf: Any, text_column: str = "text", id_column: str = "id",
                   score_column: str = "edu_score", threshold: float = 0.8, num_perm: int = 128,
                   ngram: int = 5, seed: int = 0, bands: int | None = None, rows: int | None = None,
                   verify: bool = True, verify_threshold: float | None = None,
-                  stats: dict[str, Any] | None = None) -> dd.DataFrame:
+                  stats: dict[str, Any] | None = None) -> Any:
     """``ddf`` plus ``cluster_id``, ``cluster_size`` and ``near_dup`` (True = remove).
 
     Near-duplicates have word ``ngram``-gram Jaccard similarity of about ``threshold`` or more. LSH
@@ -259,45 +372,22 @@ def minhash_dedup(ddf: dd.DataFrame, text_column: str = "text", id_column: str =
     candidate documents again); the returned frame is lazy and recomputes ``ddf`` partition by
     partition. A pandas DataFrame in gives a pandas DataFrame out.
     """
-    if isinstance(ddf, pd.DataFrame):
-        return minhash_dedup(dd.from_pandas(ddf, npartitions=1), text_column, id_column, score_column,
-                             threshold, num_perm, ngram, seed, bands, rows, verify, verify_threshold,
-                             stats).compute()
     _check_columns(ddf, text_column, id_column)
-    if bands is None or rows is None:
-        bands, rows = lsh_params(threshold, num_perm, FALSE_POSITIVE_WEIGHT, FALSE_NEGATIVE_WEIGHT)
-    if not 1 <= ngram <= MAX_NGRAM:
-        raise FilterError(f"filter.minhash.ngram: must be between 1 and {MAX_NGRAM}, got {ngram}")
-    if bands * rows > num_perm:
-        raise FilterError(f"filter.minhash: bands * rows = {bands * rows} exceeds num_perm = {num_perm}")
+    params = MinHashParams.resolve(threshold, num_perm, ngram, seed, bands, rows, verify, verify_threshold)
     log.info("minhash: threshold %.2f, %d permutations -> %d bands x %d rows", threshold, num_perm,
-             bands, rows)
-    min_similarity = (threshold if verify_threshold is None else verify_threshold) if verify else 0.0
+             params.bands, params.rows)
+    pandas_in = isinstance(ddf, pd.DataFrame)
+    parts = [dask.delayed(ddf)] if pandas_in else ddf.to_delayed()
+    meta = ddf.iloc[:0] if pandas_in else ddf._meta
+    buckets = [dask.delayed(bucket_rows, pure=True)(p, n, params, text_column) for n, p in enumerate(parts)]
     clock: dict[str, float] = {}
     with timed(clock, "signatures_and_banding"):
-        bucket_rows = ddf.map_partitions(_bucket_rows, text_column, num_perm, ngram, seed, bands, rows,
-                                         partition_info=True, meta=_bucket_meta(), enforce_metadata=False)
-        shared = pd.concat(dask.compute(*shuffle_reduce(bucket_rows, "bucket", _shared_buckets,
-                                                        meta=bucket_rows._meta)), ignore_index=True)
-    with timed(clock, "verification_and_clusters"):
-        keys = np.unique(shared["key"].to_numpy())
-        table, verified, edges = _no_clusters(ddf._meta[id_column]), 0, shared.iloc[:0]
-        if len(keys):
-            parts = ddf.to_delayed()
-            cuts = np.searchsorted(keys >> _ROW_BITS, np.arange(len(parts) + 1))
-            members = pd.concat(dask.compute(*[
-                dask.delayed(_members)(parts[n], keys[cuts[n]:cuts[n + 1]], text_column, id_column,
-                                       score_column, ngram)
-                for n in range(len(parts)) if cuts[n + 1] > cuts[n]]), ignore_index=True)
-            doc = members.set_index("key")["doc"].reindex(shared["key"].to_numpy())
-            edges = _bucket_edges(shared.assign(doc=doc.array))
-            table, verified = _cluster(edges, members.drop(columns="key"), min_similarity)
+        shared = banded_table(dask.compute(*banding_reducers(buckets)))
+    table = near_duplicates(shared, parts, params, meta[id_column], text_column, id_column, score_column,
+                            stats=stats)
     if stats is not None:
-        stats.update(bands=bands, rows=rows, num_perm=num_perm, ngram=ngram, threshold=threshold,
-                     verify_threshold=min_similarity if verify else None,
-                     candidate_pairs=len(edges), verified_pairs=verified,
-                     clusters=int(table["cluster_id"].nunique()), clustered_docs=len(table),
-                     removed=int(table[NEAR_DUP].sum()),
-                     seconds={k: round(v, 2) for k, v in clock.items()})
-    meta = _flag_near(ddf._meta, table.iloc[:0], id_column)
-    return ddf.map_partitions(_flag_near, dask.delayed(table), id_column, meta=meta)
+        stats["seconds"] = {"signatures_and_banding": round(clock["signatures_and_banding"], 2), **stats["seconds"]}
+    if pandas_in:
+        return flag_near(ddf, table, id_column)
+    return ddf.map_partitions(flag_near, dask.delayed(table), id_column,
+                              meta=flag_near(meta, table.iloc[:0], id_column))

@@ -16,7 +16,8 @@ import bisect
 import gzip
 import itertools
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipeline.errors import DataError
-from pipeline.io import InputFile, expand_inputs, iter_batches, list_shards
+from pipeline.io import InputFile, atomic_path, expand_inputs, iter_batches, list_shards
 from pipeline.lineage import content_digest
 from pipeline.rundir import GENERATED_SOURCE, ID, SOURCE, TEXT, RunDir
 
@@ -58,6 +59,9 @@ class Partition:
     offset: int = 0
     has_id: bool = True
     group_start: int = 0
+    copy: str | None = None
+    """An Arrow IPC file of the partition's columns, written while validation decoded them, so
+    that scoring reads them without decoding again (None: read the source)."""
 
     @property
     def rows(self) -> int | None:
@@ -82,16 +86,20 @@ def discover(patterns: list[str], text_column: str, id_column: str, run_dir: Pat
     return sources
 
 
-def validate_input(source: Source, partition_rows: int) -> tuple[list[Partition], int | None]:
+def validate_input(source: Source, partition_rows: int, copies: Path | None = None
+                   ) -> tuple[list[Partition], int | None]:
     """Check a source end to end and cut it into partitions; raise DataError naming the file.
 
     Returns the partitions (up to ``source.limit`` documents) and the documents the file holds
     (None for a streamed Hub source), so a limit that left documents unread can be reported.
+    With ``copies`` (a folder), the columns of each Parquet partition that validation decodes are
+    kept there as an uncompressed Arrow file (``Partition.copy``): a row range inside a large row
+    group is then not decoded again, from the group's start, by the task that scores it.
     """
     kind = source.file.kind
     on_hub = source.file.path.startswith("hf://") or kind == "hf_dataset"
     if kind == "parquet" and not on_hub:
-        return _validate_parquet(source, partition_rows)
+        return _validate_parquet(source, partition_rows, copies)
     if kind == "jsonl":
         return _validate_jsonl(source, partition_rows)
     # On the Hub: streamed as one partition up to the limit. Reading the first row now catches an
@@ -103,7 +111,7 @@ def validate_input(source: Source, partition_rows: int) -> tuple[list[Partition]
     return [Partition(source, 0, source.limit, digest=f"{source.file.path}:{source.limit}")], None
 
 
-def _validate_parquet(source: Source, partition_rows: int) -> tuple[list[Partition], int]:
+def _validate_parquet(source: Source, partition_rows: int, copies: Path | None) -> tuple[list[Partition], int]:
     path = source.file.path
     try:
         pf = pq.ParquetFile(path)
@@ -117,30 +125,68 @@ def _validate_parquet(source: Source, partition_rows: int) -> tuple[list[Partiti
         has_id = source.id_column in schema.names
         total = pf.metadata.num_rows
         wanted = total if source.limit is None else min(total, source.limit)
+        group_rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+        group_starts = [0, *itertools.accumulate(group_rows)]
+        parts = []
+        for start, stop in row_ranges(group_rows, partition_rows):
+            stop = min(stop, wanted)
+            if start >= stop and parts:
+                break
+            first = max(bisect.bisect_right(group_starts, start) - 1, 0)
+            last = bisect.bisect_left(group_starts, stop)  # groups first..last-1 hold rows start..stop-1
+            groups = tuple(range(first, min(max(last, first + 1), len(group_rows))))
+            parts.append(Partition(source, start, stop, "", groups, has_id=has_id, group_start=group_starts[first]))
         # Every page of every column a partition reads (text and id), up to the limit: a corrupt
         # page behind a valid footer fails here, before any output, not mid-run.
-        seen = 0
         columns = [source.text_column] + ([source.id_column] if has_id else [])
-        for batch in pf.iter_batches(batch_size=8192, columns=columns):
-            seen += batch.num_rows
-            if seen >= wanted:
-                break
+        batches = pf.iter_batches(batch_size=8192, columns=columns)
+        kept = _copy_partitions(batches, parts, wanted, copies) if copies is not None else \
+            _read_through(batches, wanted, len(parts))
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: cannot read Parquet: {str(e).splitlines()[0]}") from None
     digest = content_digest(path)
-    group_rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
-    group_starts = [0, *itertools.accumulate(group_rows)]
-    parts = []
-    for start, stop in row_ranges(group_rows, partition_rows):
-        stop = min(stop, wanted)
-        if start >= stop and parts:
+    return [replace(p, digest=digest, copy=copy) for p, copy in zip(parts, kept, strict=True)], total
+
+
+def _read_through(batches: Iterator[pa.RecordBatch], wanted: int, parts: int) -> list[None]:
+    """Validate by reading every batch up to ``wanted`` rows; no copies (one None per partition)."""
+    seen = 0
+    for batch in batches:
+        seen += batch.num_rows
+        if seen >= wanted:
             break
-        first = max(bisect.bisect_right(group_starts, start) - 1, 0)
-        last = bisect.bisect_left(group_starts, stop)  # groups first..last-1 hold rows start..stop-1
-        groups = tuple(range(first, min(max(last, first + 1), len(group_rows))))
-        parts.append(Partition(source, start, stop, digest, groups, has_id=has_id,
-                               group_start=group_starts[first]))
-    return parts, total
+    return [None] * parts
+
+
+def _copy_partitions(batches: Iterator[pa.RecordBatch], parts: list[Partition], wanted: int,
+                     folder: Path) -> list[str | None]:
+    """Validate by reading every batch up to ``wanted`` rows, writing each partition's rows to an
+    Arrow file in ``folder`` on the way; the paths, one per partition."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[str | None] = []
+    pending: list[pa.RecordBatch] = []
+    row = 0
+    batch_iter = iter(batches)
+    for part in parts:
+        need = (part.stop or 0) - part.start
+        while sum(b.num_rows for b in pending) < need and row < wanted:
+            batch = next(batch_iter, None)
+            if batch is None:
+                break
+            row += batch.num_rows
+            pending.append(batch)
+        table = pa.Table.from_batches(pending) if pending else None
+        if table is None or need <= 0:
+            paths.append(None)
+            continue
+        name = xxhash.xxh3_64_hexdigest(f"{part.source.file.path}\0{part.start}".encode())
+        target = folder / f"{name}.arrow"
+        with atomic_path(target) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table.slice(0, need))
+        pending = table.slice(need).to_batches()
+        paths.append(str(target))
+    return paths
 
 
 def row_ranges(group_rows: list[int], partition_rows: int) -> list[tuple[int, int]]:
@@ -217,6 +263,9 @@ def read_partition(part: Partition) -> pd.DataFrame:
                           ignore_index=True)
         if src.text_column not in frame:
             raise DataError(f"{src.file.path}: missing text column {src.text_column!r}")
+    elif part.copy is not None:  # the rows validation decoded (pipeline.filter.inputs.validate_input)
+        with pa.memory_map(part.copy) as source:
+            frame = pa.ipc.open_file(source).read_all().to_pandas()
     elif src.file.kind == "parquet":
         try:
             frame = _read_parquet_rows(part, columns)

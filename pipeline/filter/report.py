@@ -1,17 +1,13 @@
-"""What the filter stage removed and why: per-stage counts for stats.json, and report.png."""
+"""What the filter stage removed and why: per-stage counts for stats.json (report.png: ``plot``)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from filters.decontaminate import Decontaminate
 from pipeline.filter.dedup import DEDUP_REASONS
 from pipeline.filter.documents import REPHRASE_REASONS, document_filter_types
-from pipeline.io import write_png
 
 # The corpus-wide steps after the per-document filters, in the runner's order, with their reasons.
 _CORPUS_STEPS: list[tuple[str, tuple[str, ...]]] = [
@@ -68,43 +64,3 @@ def decontamination_report(found: list[str], removed: list[str], items: dict[str
                    "documents_hit": docs[name], "unique_items_hit": len(unique[name]),
                    "documents_removed": gone[name]}
             for name in unique}
-
-
-def plot_report(path: Path, table: list[dict[str, Any]], bins: np.ndarray, scored: np.ndarray,
-                kept: np.ndarray) -> Path:
-    """report.png: edu_score histogram (counts per bin, scored vs kept) and the removal waterfall."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (hist, fall) = plt.subplots(1, 2, figsize=(12, 4.5))
-    if scored.sum():
-        width = np.diff(bins)
-        hist.bar(bins[:-1], scored, width=width, align="edge", alpha=0.5, label=f"scored ({int(scored.sum()):,})")
-        hist.bar(bins[:-1], kept, width=width, align="edge", alpha=0.7, label=f"kept ({int(kept.sum()):,})")
-        hist.legend()
-    else:
-        hist.text(0.5, 0.5, "quality stage off: no edu_score", ha="center", va="center")
-    hist.set(title="edu_score", xlabel="edu_score", ylabel="documents")
-
-    names = ["input"] + [r["stage"] for r in table] + ["kept"]
-    start = table[0]["docs_in"] if table else 0
-    tops, bottoms, colors = [start], [0], ["tab:blue"]
-    for r in table:
-        tops.append(r["docs_removed"])
-        bottoms.append(r["docs_out"])
-        colors.append("tab:red")
-    tops.append(table[-1]["docs_out"] if table else 0)
-    bottoms.append(0)
-    colors.append("tab:green")
-    bars = fall.bar(names, tops, bottom=bottoms, color=colors)
-    for bar, r in zip(bars[1:-1], table, strict=True):
-        if r["docs_removed"]:
-            fall.annotate(f"-{r['docs_removed']:,}", (bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height()),
-                          ha="center", va="bottom", fontsize=8)
-    fall.set_ylim(0, max(start, 1) * 1.1)  # room for the labels under the title
-    fall.set(title="documents removed per stage", ylabel="documents")
-    fall.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    return write_png(fig, path)

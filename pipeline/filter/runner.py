@@ -14,30 +14,53 @@ digest, how it is read, the score-config hash), so a rerun after a threshold cha
 nothing and a changed input rescores only its shards. Outputs are staged and renamed into place
 (old shards removed first), then ``stats.json``, ``report.png`` and ``manifest.json`` (with the
 ``lineage`` fingerprint of what made them and the content digest of every shard) are written.
+
+What a run costs beyond its work: a small input, or one whose per-document work all releases the
+GIL (dedup only), runs on threads in this process, not on worker processes that start and import
+for seconds; local Parquet files are cut into partitions of at most ``filter.partition_mb`` and a
+multiple of the cluster's threads; the rows validation decodes are kept (uncompressed, in a
+temporary folder) for scoring, so a row range inside a large row group is not decoded again;
+both dedups hash the text in one pass.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import dask
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-from distributed import as_completed
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from filters.decontaminate import BenchmarkIndex, Decontaminate
-from pipeline.cluster import dask_client, worker_cached
+from filters.minhash import dedup_hashes
+from pipeline.cluster import as_completed, dask_client, local_threads, worker_cached
 from pipeline.config import Config, public_dict
 from pipeline.errors import DataError, FilterError
 from pipeline.filter.benchmarks import load_benchmark
 from pipeline.filter.config import BenchmarkConfig, DecontaminateConfig
-from pipeline.filter.dedup import EXACT_DUP, NEAR_DUP, exact_dedup, minhash_dedup
+from pipeline.filter.dedup import (
+    EXACT_DUP,
+    NEAR_DUP,
+    MinHashParams,
+    banded_table,
+    banding_reducers,
+    bucket_rows,
+    concat_tables,
+    exact_members,
+    exact_reducers,
+    flag_exact,
+    flag_near,
+    near_duplicates,
+)
 from pipeline.filter.documents import DocumentFilters, percentile_threshold
 from pipeline.filter.inputs import Partition, Source, discover, read_partition, validate_input
-from pipeline.filter.report import decontamination_report, plot_report, stage_table
+from pipeline.filter.plot import plot_report
+from pipeline.filter.report import decontamination_report, stage_table
 from pipeline.io import (
     build_manifest,
     list_shards,
@@ -75,9 +98,18 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     if restart:
         discard(run)
     clock: dict[str, float] = {}
-    with dask_client(scheduler or cfg.scheduler, cfg.workers) as client:
+    address = scheduler or cfg.scheduler
+    in_process = not address and (fc.in_process if fc.in_process is not None else
+                                   _small(sources, fc.in_process_mb) or _releases_gil(filters, index))
+    # validation's copies of the rows it decodes: on this machine's disk, for a local cluster only
+    with tempfile.TemporaryDirectory(prefix="textbook-filter-") as copies, \
+            (local_threads(cfg.workers) if in_process else dask_client(address, cfg.workers)) as client:
+        cluster = {"kind": "scheduler" if address else "in-process" if in_process else "processes",
+                   "threads": _threads(client)}
         with timed(clock, "validate"):
-            partitions, bad_files, limited = validate_inputs(client, sources, fc.partition_rows, fc.on_bad_file)
+            rows = partition_rows(sources, fc.partition_rows, cluster["threads"], fc.partition_mb)
+            partitions, bad_files, limited = validate_inputs(client, sources, rows, fc.on_bad_file,
+                                                             None if address else Path(copies))
         lineage = filter_lineage(cfg, partitions, filters, index)
         with timed(clock, "score"):
             shards = score_shards(client, partitions, filters, run.scored)
@@ -87,6 +119,15 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
             print(f"filter: {folder} is up to date (same inputs, scores and config); nothing to do")
             return 0
         stats, staged = filter_corpus(client, shards, filters, cfg, folder, index, clock)
+    stats["cluster"] = cluster
+    _record(run, cfg, stats, clock, filters, output_key, partitions, lineage, staged, bad_files, limited)
+    return 0
+
+
+def _record(run: RunDir, cfg: Config, stats: dict[str, Any], clock: dict[str, float], filters: DocumentFilters,
+            output_key: str, partitions: list[Partition], lineage: dict[str, Any], staged: dict[str, str],
+            bad_files: list[dict[str, str]], limited: list[dict[str, Any]]) -> None:
+    """Timings and per-stage seconds into ``stats``, then the outputs into place (``finish``)."""
     steps = score_seconds(read_json(manifest_path(run.scored)))
     stats.update(bad_files=bad_files, limited=limited, timings_s={k: round(v, 3) for k, v in clock.items()},
                  score_seconds=steps)
@@ -95,10 +136,61 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     for f in [*filters.sections, *filters.heuristics]:  # a stage's seconds: those of its filters
         stage_seconds[f.stage] = stage_seconds.get(f.stage, 0) + steps.get(f.name, 0.0)
     stage_seconds.update(clock)
+    # the one hashing pass serves both dedups: each gets its own worker seconds of it
+    hashing = stats.get("dedup_seconds", {})
+    for stage, step in (("exact_dedup", "exact_hashes"), ("minhash", "signatures")):
+        if step in hashing:
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + hashing[step]
     for row in stats["stages"]:  # per-document stages: worker seconds; global stages: wall seconds
         row["seconds"] = round(stage_seconds.get(row["stage"], 0.0), 3)
     finish(run, cfg, stats, output_key, partitions, lineage, staged)
-    return 0
+
+
+def _releases_gil(filters: DocumentFilters, index: BenchmarkIndex | None) -> bool:
+    """Whether all per-document work is Arrow and numpy code that releases the GIL (normalisation,
+    length, dedup hashes): then threads share the cores as well as worker processes, without
+    their start-up and imports. Heuristics, language, quality and decontamination are Python per
+    document."""
+    return not filters.filters() and index is None
+
+
+def _small(sources: list[Source], in_process_mb: float) -> bool:
+    """Whether the inputs are local files of ``in_process_mb`` or less in all: then starting worker
+    processes (and their imports) would cost more than the work they share."""
+    total = 0
+    for source in sources:
+        path = Path(source.file.path)
+        if source.file.path.startswith("hf://") or source.file.kind == "hf_dataset" or not path.is_file():
+            return False
+        total += path.stat().st_size
+    return total <= in_process_mb * 1e6
+
+
+def _threads(client: Any) -> int:
+    return sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
+
+
+def partition_rows(sources: list[Source], most: int, threads: int, most_mb: float = 32) -> int:
+    """Rows per partition: ``most`` (``filter.partition_rows``), or fewer, for local Parquet inputs,
+    so that a partition holds at most ``most_mb`` MB of text (what a task holds in memory) and
+    the partitions are a multiple of ``threads`` (every thread of the cluster gets an equal share:
+    a 6,000-row file is one task otherwise). Sizes come from the footers; an input of another
+    kind, or one whose footer does not read (validation names it), leaves ``most``."""
+    rows = size = 0
+    for source in sources:
+        if source.file.kind != "parquet" or source.file.path.startswith("hf://"):
+            return most
+        try:
+            meta = pq.ParquetFile(source.file.path).metadata
+            column = meta.schema.names.index(source.text_column)
+            text = sum(meta.row_group(g).column(column).total_uncompressed_size for g in range(meta.num_row_groups))
+        except (OSError, ValueError, pa.ArrowException):
+            return most
+        share = 1.0 if source.limit is None or not meta.num_rows else min(1.0, source.limit / meta.num_rows)
+        rows += round(meta.num_rows * share)
+        size += text * share
+    rounds = max(1, -(-int(size) // max(1, int(most_mb * 1e6))))  # partitions per thread
+    return max(1, min(most, -(-rows // (rounds * threads))))
 
 
 def discard(run: RunDir) -> None:
@@ -138,21 +230,24 @@ def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFi
 
 # --- inputs and per-shard scores ---------------------------------------------------------------
 
-def _validate_one(source: Source, partition_rows: int) -> tuple[list[Partition], int | None, str | None]:
+def _validate_one(source: Source, partition_rows: int, copies: str | None
+                  ) -> tuple[list[Partition], int | None, str | None]:
     try:
-        return *validate_input(source, partition_rows), None
+        return *validate_input(source, partition_rows, Path(copies) if copies else None), None
     except DataError as e:
         return [], None, str(e)
 
 
-def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_bad_file: str
-                    ) -> tuple[list[Partition], list[dict[str, str]], list[dict[str, Any]]]:
+def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_bad_file: str,
+                    copies: Path | None = None) -> tuple[list[Partition], list[dict[str, str]], list[dict[str, Any]]]:
     """Validate every input on the cluster before any output; stop on a bad file or skip and report it.
+    With ``copies`` (a folder), the rows validation decodes are kept there for scoring (``validate_input``).
 
     Returns the partitions, the skipped files and the inputs ``filter.limit`` cut short (each with
     the documents read and the documents it holds), which are printed as well.
     """
-    results = client.gather(client.map(_validate_one, sources, partition_rows=partition_rows, pure=False))
+    results = client.gather(client.map(_validate_one, sources, partition_rows=partition_rows, copies=copies and str(copies),
+                                       pure=False))
     bad = [{"path": s.file.path, "error": err} for s, (_, _, err) in zip(sources, results, strict=True) if err]
     if bad and on_bad_file == "fail":
         more = f" (and {len(bad) - 1} more bad input(s))" if len(bad) > 1 else ""
@@ -178,7 +273,9 @@ def _score_shard(part: Partition, filters: DocumentFilters, path: str) -> tuple[
         frame = read_partition(part)
     frame = filters.score(frame, clock)
     with timed(clock, "write"):
-        write_parquet(frame, Path(path))
+        # internal state that the later passes read three times: uncompressed, reading and
+        # writing cost a quarter of zstd's (the outputs stay zstd)
+        write_parquet(frame, Path(path), compression="none")
     return len(frame), {k: round(v, 3) for k, v in clock.items()}
 
 
@@ -268,70 +365,163 @@ def _flag_decontaminated(part: pd.DataFrame, hits: pd.DataFrame) -> pd.DataFrame
     return part.join(scores).assign(**{REASON: reason.astype(object)})
 
 
+def _scores(path: str) -> pd.DataFrame:
+    """A scored shard without its text: what thresholds and duplicate-id checks read."""
+    columns = [c for c in pq.read_schema(path).names if c != TEXT]
+    return read_parquet(Path(path), columns)
+
+
+def _id_hashes(path: str) -> np.ndarray:
+    """uint64 hashes of a scored shard's ids (a duplicate id across inputs shows as a repeated hash)."""
+    return pd.util.hash_array(read_parquet(Path(path), [ID])[ID].to_numpy(dtype=object), categorize=False)
+
+
+def _judged(path: str, filters: DocumentFilters, hits: pd.DataFrame | None) -> pd.DataFrame:
+    """A scored shard with its ``filter_reason`` (and the decontamination columns when ``hits`` is given)."""
+    part = filters.mark(read_parquet(Path(path)))
+    return part if hits is None else _flag_decontaminated(part, hits)
+
+
+def _alive(judged: pd.DataFrame) -> pd.DataFrame:
+    """The documents no per-document stage rejected: what dedup sees, in a fixed row order."""
+    return judged[judged[REASON] == ""].drop(columns=[REASON])
+
+
+def _hits_of(path: str, filters: DocumentFilters, config: DecontaminateConfig) -> pd.DataFrame:
+    return _decontamination_hits(_judged(path, filters, None), config)
+
+
+def _dedup_hashes(path: str, number: int, filters: DocumentFilters, hits: pd.DataFrame | None,
+                  exact: bool, params: MinHashParams | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """One read of a shard for both dedups: the exact hashes and the LSH bucket rows of its alive
+    documents, and the worker seconds of each."""
+    alive = _alive(_judged(path, filters, hits))
+    seconds: dict[str, float] = {}
+    members = buckets = shingles = None
+    if exact:
+        with timed(seconds, "exact_hashes"):  # with minhash too: the word split both share
+            if params is not None:
+                hashes, *shingles = dedup_hashes(alive[TEXT], params.ngram)
+                members = exact_members(alive, number, TEXT, ID, EDU_SCORE, hashes=hashes)
+            else:
+                members = exact_members(alive, number, TEXT, ID, EDU_SCORE)
+    if params is not None:
+        with timed(seconds, "signatures"):
+            buckets = bucket_rows(alive, number, params, TEXT, shingles=tuple(shingles) if shingles else None)
+    return members, buckets, seconds
+
+
+def _outputs(judged: pd.DataFrame, losers: pd.DataFrame | None,
+             clusters: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, rejected with ``filter_reason``) of a judged shard, given the dedup tables."""
+    rejected = [judged[judged[REASON] != ""]]
+    alive = _alive(judged)
+    if losers is not None:
+        alive = flag_exact(alive, losers, ID)
+        rejected.append(alive[alive[EXACT_DUP]].assign(**{REASON: EXACT_DUP}))
+        alive = alive[~alive[EXACT_DUP]]
+    if clusters is not None:
+        alive = flag_near(alive, clusters, ID)
+        rejected.append(alive[alive[NEAR_DUP]].assign(**{REASON: NEAR_DUP}))
+        alive = alive[~alive[NEAR_DUP]]
+    return alive, pd.concat(rejected, ignore_index=True)
+
+
+def _write_shard(path: str, number: int, filters: DocumentFilters, hits: pd.DataFrame | None,
+                 losers: pd.DataFrame | None, clusters: pd.DataFrame | None, staging: str, columns: list[str],
+                 dtypes: dict[str, str]) -> list[dict[str, Any]]:
+    """The kept and rejected outputs of one scored shard, written to staging; their summaries."""
+    kept, rejected = _outputs(_judged(path, filters, hits), losers, clusters)
+    return [_write_part(kept, str(shard_path(Path(staging) / "kept", number)), columns, dtypes, False),
+            _write_part(rejected, str(shard_path(Path(staging) / "rejected", number)), columns, dtypes, True)]
+
+
 def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg: Config, folder: Path,
                   index: BenchmarkIndex | None, clock: dict[str, float]) -> tuple[dict[str, Any], dict[str, str]]:
     """Thresholds, decontamination, exact dedup and MinHash dedup over the scored shards; write the
-    outputs to staging. Returns stats and the content digest of each staged shard."""
+    outputs to staging. Returns stats and the content digest of each staged shard.
+
+    Every pass is one task per scored shard that reads it again (no pass holds the corpus); both
+    dedups hash the text in one pass. Tables that cross passes are small: duplicate ids, hits, copies,
+    cluster members.
+    """
     fc = cfg.filter
-    meta = read_parquet(shards[0]).iloc[:0]
-    scored = dd.from_map(read_parquet, [str(p) for p in shards], meta=meta, enforce_metadata=False)
+    paths = [str(p) for p in shards]
     stats: dict[str, Any] = {}
     with timed(clock, "thresholds"):
-        n_docs, n_ids = dask.compute(scored[ID].size, scored[ID].nunique())
-        if n_docs != n_ids:
-            raise FilterError(f"filter.id_column: {n_docs - n_ids} duplicate document ids across inputs; use a "
+        id_hashes = np.concatenate(dask.compute(*[dask.delayed(_id_hashes)(p) for p in paths]))
+        repeated = len(id_hashes) - len(np.unique(id_hashes))
+        if repeated:
+            raise FilterError(f"filter.id_column: {repeated} duplicate document ids across inputs; use a "
                               "unique id column, or drop it from the inputs so ids are made from source and row")
         if filters.quality and fc.quality.keep_top:
-            pool = scored.map_partitions(filters.quality_pool, meta=(EDU_SCORE, "float64")).compute()
+            pool = pd.concat(dask.compute(*[dask.delayed(filters.quality_pool)(dask.delayed(_scores)(p))
+                                            for p in paths]))
             threshold = percentile_threshold(pool.to_numpy(), fc.quality.keep_top)
             filters = filters.with_threshold(threshold)
             print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.4f}")
         if filters.quality:
             stats["quality"] = {"threshold": filters.quality.threshold, "keep_top": fc.quality.keep_top}
-    marked = scored.map_partitions(filters.mark, meta=meta.assign(**{REASON: pd.Series(dtype=object)}))
+    shared_filters = dask.delayed(filters, traverse=False)  # one copy per worker, not one per task
+    meta = _judged(paths[0], filters, None).iloc[:0]
     hits = None
     if index is not None:  # before dedup: a contaminated copy must never be the one a cluster keeps
         with timed(clock, "decontaminate"):
-            (hits,) = dask.compute(marked.map_partitions(_decontamination_hits, fc.decontaminate,
-                                                         meta=_no_hits(marked._meta[ID])))
-        marked = marked.map_partitions(_flag_decontaminated, dask.delayed(hits),
-                                       meta=_flag_decontaminated(marked._meta, _no_hits(marked._meta[ID])))
-    rejected = [marked[marked[REASON] != ""]]
-    alive = marked[marked[REASON] == ""].drop(columns=[REASON])
-    if fc.exact_dedup.enabled:
-        with timed(clock, "exact_dedup"):
-            flagged = exact_dedup(alive, TEXT, ID, EDU_SCORE)
-        rejected.append(flagged[flagged[EXACT_DUP]].assign(**{REASON: EXACT_DUP}))
-        alive = flagged[~flagged[EXACT_DUP]]
+            hits = pd.concat(dask.compute(*[dask.delayed(_hits_of)(p, shared_filters, fc.decontaminate)
+                                            for p in paths]), ignore_index=True)
+        meta = _flag_decontaminated(meta, _no_hits(meta[ID]))
+    shared_hits = dask.delayed(hits, traverse=False)
+    params = None
     if fc.minhash.enabled:
         mh = fc.minhash
-        lsh: dict[str, Any] = {}
-        with timed(clock, "minhash"):
-            flagged = minhash_dedup(alive, TEXT, ID, EDU_SCORE, threshold=mh.threshold, num_perm=mh.num_perm,
-                                    ngram=mh.ngram, seed=mh.seed, bands=mh.bands, rows=mh.rows, verify=mh.verify,
-                                    verify_threshold=mh.verify_threshold, stats=lsh)
-        print(f"filter: minhash threshold {mh.threshold} with {mh.num_perm} permutations -> "
-              f"{lsh.get('bands')} bands x {lsh.get('rows')} rows")
-        stats["minhash"] = lsh
-        rejected.append(flagged[flagged[NEAR_DUP]].assign(**{REASON: NEAR_DUP}))
-        alive = flagged[~flagged[NEAR_DUP]]
-    columns = [c for c in alive.columns if c not in _DROPPED]
-    dtypes = {c: _output_dtype(alive._meta[c]) for c in columns}
+        params = MinHashParams.resolve(mh.threshold, mh.num_perm, mh.ngram, mh.seed, mh.bands, mh.rows, mh.verify,
+                                       mh.verify_threshold)
+    losers = clusters = None
+    dedup_seconds: dict[str, float] = {}
+    if fc.exact_dedup.enabled or params is not None:
+        with timed(clock, "dedup_hashes"):  # one pass: hashes, then both groupings in one graph
+            hashed = [dask.delayed(_dedup_hashes, nout=3)(p, n, shared_filters, shared_hits,
+                                                         fc.exact_dedup.enabled, params)
+                      for n, p in enumerate(paths)]
+            members_meta = exact_members(_alive(meta), 0, TEXT, ID, EDU_SCORE)
+            exact = exact_reducers([h[0] for h in hashed], members_meta) if fc.exact_dedup.enabled else []
+            banded = banding_reducers([h[1] for h in hashed]) if params is not None else []
+            results = dask.compute(*exact, *banded, *[h[2] for h in hashed])
+        for seconds in results[len(exact) + len(banded):]:
+            for step, s in seconds.items():
+                dedup_seconds[step] = dedup_seconds.get(step, 0.0) + s
+        if fc.exact_dedup.enabled:
+            with timed(clock, "exact_dedup"):
+                losers = concat_tables(results[:len(exact)], members_meta[["key", "doc"]])
+        if params is not None:
+            lsh: dict[str, Any] = {}
+            with timed(clock, "minhash"):
+                parts = [dask.delayed(_alive)(dask.delayed(_judged)(p, shared_filters, shared_hits)) for p in paths]
+                clusters = near_duplicates(banded_table(results[len(exact):len(exact) + len(banded)]), parts,
+                                           params, meta[ID], TEXT, ID, EDU_SCORE,
+                                           exclude=None if losers is None else losers["key"].to_numpy(), stats=lsh)
+            lsh["seconds"] = {"signatures": round(dedup_seconds.get("signatures", 0.0), 2), **lsh["seconds"]}
+            print(f"filter: minhash threshold {params.threshold} with {params.num_perm} permutations -> "
+                  f"{params.bands} bands x {params.rows} rows")
+            stats["minhash"] = lsh
+    kept_meta, _ = _outputs(meta, None if losers is None else losers.iloc[:0],
+                            None if clusters is None else clusters.iloc[:0])
+    columns = [c for c in kept_meta.columns if c not in _DROPPED]
+    dtypes = {c: _output_dtype(kept_meta[c]) for c in columns}
     staging = folder / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
-    writes = [dask.delayed(_write_part)(p, str(shard_path(staging / "kept", j)), columns, dtypes, False)
-              for j, p in enumerate(alive.to_delayed())]
-    rejected_parts = [p for frame in rejected for p in frame.to_delayed()]
-    writes += [dask.delayed(_write_part)(p, str(shard_path(staging / "rejected", j)), columns, dtypes, True)
-               for j, p in enumerate(rejected_parts)]
+    shared_losers, shared_clusters = dask.delayed(losers, traverse=False), dask.delayed(clusters, traverse=False)
+    writes = [dask.delayed(_write_shard)(p, n, shared_filters, shared_hits, shared_losers, shared_clusters,
+                                         str(staging), columns, dtypes) for n, p in enumerate(paths)]
     with timed(clock, "write"):
         futures = client.compute(writes)
         summaries = []
-        with progress(total=len(futures), desc="filter: write", unit="part") as bar:
+        with progress(total=len(futures), desc="filter: write", unit="shard") as bar:
             for future in as_completed(futures):
-                summaries.append(future.result())
+                summaries += future.result()
                 bar.update(1)
     stats.update(_summarise(summaries, index, hits))
+    stats["dedup_seconds"] = {k: round(v, 3) for k, v in dedup_seconds.items()}
     return stats, {s["file"]: s["digest"] for s in summaries if "file" in s}
 
 

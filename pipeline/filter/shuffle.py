@@ -1,4 +1,4 @@
-"""Group the rows of a Dask DataFrame by a uint64 hash column, then reduce each group of rows.
+"""Group the rows of many partitions by a uint64 hash column, then reduce each group of rows.
 
 Both dedups need every row with one hash value (an exact-text hash, an LSH bucket) in the same
 reducer, without any process holding all rows: a hash partition (a shuffle), then a pandas
@@ -12,6 +12,9 @@ function per reducer. Two ways, chosen by the number of input partitions:
 - beyond, Dask's p2p shuffle: pieces are buffered on disk, so memory stays flat whatever the
   corpus, and the task count grows with inputs + reducers, not inputs x reducers.
 
+The partitions are ``dask.delayed`` pandas frames (or a Dask DataFrame): the one-stage way needs
+no Dask DataFrame, whose import alone costs ~1.5 s of a small run's start-up.
+
 Reducers are fewer than inputs: the hash rows (16 bytes per document and band) are a fraction of
 the text they come from (~15% for 5 KB documents), so a reducer of ``INPUTS_PER_REDUCER`` inputs'
 rows still holds less than one input partition, and fewer reducers mean fewer pieces.
@@ -19,10 +22,10 @@ rows still holds less than one input partition, and fewer reducers mean fewer pi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import dask
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from dask.delayed import Delayed
@@ -44,15 +47,19 @@ def _concat_reduce(reduce: Callable[[pd.DataFrame], pd.DataFrame], *pieces: pd.D
     return reduce(pd.concat(pieces, ignore_index=True))
 
 
-def shuffle_reduce(frame: dd.DataFrame, column: str, reduce: Callable[[pd.DataFrame], pd.DataFrame],
-                   meta: pd.DataFrame) -> list[Delayed]:
-    """``reduce`` of each reducer's rows of ``frame``, grouped by the uint64 hash ``column``: all rows
-    with one value of ``column`` reach the same call. Lazy: one ``Delayed`` frame (like ``meta``)
-    per reducer."""
-    reducers = -(-frame.npartitions // INPUTS_PER_REDUCER)
-    if frame.npartitions > SINGLE_STAGE_INPUTS:
+def shuffle_reduce(frames: Sequence[Delayed] | Any, column: str, reduce: Callable[[pd.DataFrame], pd.DataFrame],
+                   meta: pd.DataFrame, rows_meta: pd.DataFrame | None = None) -> list[Delayed]:
+    """``reduce`` of each reducer's rows of ``frames`` (delayed pandas frames shaped like ``rows_meta``,
+    or a Dask DataFrame), grouped by the uint64 hash ``column``: all rows with one value of ``column``
+    reach the same call. Lazy: one ``Delayed`` frame (like ``meta``) per reducer."""
+    dask_frame = hasattr(frames, "to_delayed")
+    parts = list(frames.to_delayed()) if dask_frame else list(frames)
+    reducers = -(-len(parts) // INPUTS_PER_REDUCER)
+    if len(parts) > SINGLE_STAGE_INPUTS:
+        import dask.dataframe as dd  # only here: a corpus of this many partitions does not notice the import
+
+        frame = frames if dask_frame else dd.from_delayed(parts, meta=rows_meta, verify_meta=False)
         return frame.shuffle(on=column, npartitions=reducers).map_partitions(reduce, meta=meta).to_delayed()
-    pieces = [dask.delayed(split_by_hash, nout=reducers, pure=True)(rows, column, reducers)
-              for rows in frame.to_delayed()]
+    pieces = [dask.delayed(split_by_hash, nout=reducers, pure=True)(rows, column, reducers) for rows in parts]
     return [dask.delayed(_concat_reduce, pure=True)(reduce, *(piece[j] for piece in pieces))
             for j in range(reducers)]
