@@ -33,7 +33,7 @@ class Config(Section):
     scheduler: str | None = None
     """Address of an existing dask.distributed scheduler; None starts a LocalCluster."""
     workers: int | None = None
-    """LocalCluster worker processes (default: one per core)."""
+    """LocalCluster workers (default: one per core). generate and annotate against a server run on one in-process worker unless this is above 1; filter runs small and dedup-only inputs on this many threads in the process (filter.in_process)."""
     generate: GenerateConfig = GenerateConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     classifier: ClassifierConfig = ClassifierConfig()
