@@ -471,13 +471,22 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def connected_components(edges: pd.DataFrame) -> pd.DataFrame:
-    """``node``, ``label`` for every node of ``edges`` (``src``, ``dst``): label = smallest id of its component."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as components
+    """``node``, ``label`` for every node of ``edges`` (``src``, ``dst``): label = smallest id of its component.
 
+    Min-label propagation with pointer jumping in numpy: the edges are those of the duplicates, a
+    few, so this takes milliseconds where importing scipy's graph module takes ~0.5 s.
+    """
     codes, nodes = pd.factorize(pd.concat([edges["src"], edges["dst"]], ignore_index=True))
-    half = len(edges)
-    graph = coo_matrix((np.ones(half, dtype=np.int8), (codes[:half], codes[half:])), shape=(len(nodes),) * 2)
-    component = components(graph, directed=False)[1]
-    labels = pd.DataFrame({"node": nodes, "component": component})
+    a, b = codes[:len(edges)], codes[len(edges):]
+    label = np.arange(len(nodes))
+    while True:  # every node takes the smallest label of its edges, then of its label's node
+        smallest = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, smallest)
+        np.minimum.at(new, b, smallest)
+        new = new[new]
+        if np.array_equal(new, label):
+            break
+        label = new
+    labels = pd.DataFrame({"node": nodes, "component": label})
     return labels.assign(label=labels.groupby("component")["node"].transform("min"))[["node", "label"]]

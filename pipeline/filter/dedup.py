@@ -22,7 +22,7 @@ MinHash dedup, in the order of the data flow (two passes over the input, whateve
    the bucket's smallest id (a star, not all pairs), and a candidate pair is kept only if the exact
    Jaccard of its shingle sets reaches the threshold (no estimate noise at the threshold:
    recall-oriented band parameters then cost comparisons, not precision);
-4. connected components of the verified pairs (scipy, in the process that clusters);
+4. connected components of the verified pairs (in the process that clusters);
 5. members visited best first (highest ``score_column``, then longest text, then smallest id):
    a member is removed if it is that similar to a member already kept, else kept; so each cluster
    keeps its best document and every removed one resembles a kept one (no chaining).
@@ -52,6 +52,7 @@ from filters.minhash import (
     MAX_NGRAM,
     band_hashes,
     best_first,
+    connected_components,
     exact_hashes,
     jaccard,
     keep_best,
@@ -266,26 +267,6 @@ def _resolve_clusters(members: pd.DataFrame, min_similarity: float) -> pd.DataFr
                          NEAR_DUP: dup})
 
 
-def components(edges: pd.DataFrame) -> pd.DataFrame:
-    """``node``, ``label`` for every node of ``edges`` (``src``, ``dst``): label = smallest id of its
-    component. The same as ``filters.minhash.connected_components``, without scipy: its import
-    (~0.5 s) costs more than labelling the few edges of the duplicates by min-label propagation."""
-    codes, nodes = pd.factorize(pd.concat([edges["src"], edges["dst"]], ignore_index=True))
-    a, b = codes[:len(edges)], codes[len(edges):]
-    label = np.arange(len(nodes))
-    while True:  # every node takes the smallest label of its edges, then of its label's node
-        smallest = np.minimum(label[a], label[b])
-        new = label.copy()
-        np.minimum.at(new, a, smallest)
-        np.minimum.at(new, b, smallest)
-        new = new[new]
-        if np.array_equal(new, label):
-            break
-        label = new
-    labels = pd.DataFrame({"node": nodes, "component": label})
-    return labels.assign(label=labels.groupby("component")["node"].transform("min"))[["node", "label"]]
-
-
 def _cluster(edges: pd.DataFrame, members: pd.DataFrame, min_similarity: float) -> tuple[pd.DataFrame, int]:
     """Verify candidate ``edges`` on exact Jaccard, then cluster: the table ``flag_near`` reads, and
     the number of verified edges."""
@@ -296,7 +277,7 @@ def _cluster(edges: pd.DataFrame, members: pd.DataFrame, min_similarity: float) 
         edges = edges[np.fromiter(map(jaccard, a, b), dtype=float, count=len(edges)) >= min_similarity]
     if edges.empty:
         return no_clusters(members["doc"]), 0
-    labels = components(edges).rename(columns={"node": "doc"})
+    labels = connected_components(edges).rename(columns={"node": "doc"})
     clustered = members.reset_index(drop=True).merge(labels, on="doc")
     return _resolve_clusters(clustered, min_similarity), len(edges)
 

@@ -177,18 +177,3 @@ def test_results_do_not_depend_on_partitioning_or_workers(corpus, monkeypatch, s
         one_worker = run(2)
     pd.testing.assert_frame_equal(one_worker, two_workers)
     assert one_worker["exact_dup"].sum() == 3 and one_worker["near_dup"].sum() == 23
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_components_label_as_scipy_does(seed: int) -> None:
-    from filters.minhash import connected_components
-    from pipeline.filter.dedup import components
-
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(2, 300))
-    edges = pd.DataFrame({"src": [f"d{i}" for i in rng.integers(0, n, n)],
-                          "dst": [f"d{i}" for i in rng.integers(0, n, n)]})
-    ours = components(edges).sort_values("node", ignore_index=True)
-    pd.testing.assert_frame_equal(ours, connected_components(edges).sort_values("node", ignore_index=True))
-    chain = pd.DataFrame({"src": [f"c{i:03d}" for i in range(1, 200)], "dst": [f"c{i - 1:03d}" for i in range(1, 200)]})
-    assert set(components(chain)["label"]) == {"c000"}

@@ -263,3 +263,22 @@ def test_connected_components_follow_chains_to_the_smallest_id():
     strings = connected_components(pd.DataFrame({"src": ["b", "c", "z"], "dst": ["c", "a", "y"]}))
     assert dict(zip(strings["node"], strings["label"], strict=True)) == {"b": "a", "c": "a", "a": "a",
                                                                          "z": "y", "y": "y"}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_components_label_as_scipy_does(seed: int) -> None:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_components
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 300))
+    edges = pd.DataFrame({"src": [f"d{i}" for i in rng.integers(0, n, n)],
+                          "dst": [f"d{i}" for i in rng.integers(0, n, n)]})
+    codes, nodes = pd.factorize(pd.concat([edges["src"], edges["dst"]], ignore_index=True))
+    graph = coo_matrix((np.ones(len(edges)), (codes[:len(edges)], codes[len(edges):])), shape=(len(nodes),) * 2)
+    reference = pd.DataFrame({"node": nodes, "component": scipy_components(graph, directed=False)[1]})
+    reference = reference.assign(label=reference.groupby("component")["node"].transform("min"))[["node", "label"]]
+    pd.testing.assert_frame_equal(connected_components(edges).sort_values("node", ignore_index=True),
+                                  reference.sort_values("node", ignore_index=True))
+    chain = pd.DataFrame({"src": [f"c{i:03d}" for i in range(1, 200)], "dst": [f"c{i - 1:03d}" for i in range(1, 200)]})
+    assert set(connected_components(chain)["label"]) == {"c000"}
