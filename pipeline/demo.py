@@ -148,7 +148,7 @@ def web_sample(inputs: list[str], run_dir: Path, limit: int, text_column: str) -
     once, only as far as the demo needs, and a rerun works offline.
     """
     sources = expand_inputs(inputs)
-    if not any(s.kind == "hf_dataset" or s.path.startswith("hf://") for s in sources):
+    if not any(s.on_hub for s in sources):
         return list(inputs)
     out = shard_path(RunDir(run_dir).web_sample, 0)
     if not out.exists():

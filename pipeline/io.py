@@ -244,6 +244,11 @@ class InputFile:
     def name(self) -> str:
         return self.path
 
+    @property
+    def on_hub(self) -> bool:
+        """Read from the Hugging Face Hub (an hf:// file or a dataset id): no local bytes to digest or size."""
+        return self.kind == "hf_dataset" or self.path.startswith("hf://")
+
 
 def expand_inputs(patterns: list[str] | str) -> list[InputFile]:
     """Resolve globs, folders, hf:// paths and Hub dataset ids into input files, in a stable order."""

@@ -222,7 +222,7 @@ def annotation_fingerprint(cfg: Config, files: list[InputFile], template_sha: st
     gen = cfg.generate
     config = {"annotate": section, "generate": {"backend": gen.backend, "model": gen.model, "top_p": gen.top_p},
               "seed": cfg.seed, "template_sha": template_sha}
-    local = [f.path for f in files if f.kind != "hf_dataset" and not f.path.startswith("hf://")]
+    local = [f.path for f in files if not f.on_hub]
     inputs = file_digests(local, cfg.run_dir)
     # a Hub dataset has no local bytes to digest; its name is what can be checked
     inputs.update({f.path: "hub" for f in files if f.path not in local})

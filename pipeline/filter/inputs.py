@@ -97,8 +97,7 @@ def validate_input(source: Source, partition_rows: int, copies: Path | None = No
     group is then not decoded again, from the group's start, by the task that scores it.
     """
     kind = source.file.kind
-    on_hub = source.file.path.startswith("hf://") or kind == "hf_dataset"
-    if kind == "parquet" and not on_hub:
+    if kind == "parquet" and not source.file.on_hub:
         return _validate_parquet(source, partition_rows, copies)
     if kind == "jsonl":
         return _validate_jsonl(source, partition_rows)
@@ -258,7 +257,7 @@ def read_partition(part: Partition) -> pd.DataFrame:
     """The partition as ``id, text, source``: ids kept when present, else a stable hash of source + row."""
     src = part.source
     columns = [src.text_column] + ([src.id_column] if part.has_id else [])
-    if src.file.path.startswith("hf://") or src.file.kind == "hf_dataset":
+    if src.file.on_hub:
         frame = pd.concat(list(iter_batches(src.file, None, limit=part.stop)) or [pd.DataFrame()],
                           ignore_index=True)
         if src.text_column not in frame:

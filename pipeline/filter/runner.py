@@ -160,7 +160,7 @@ def _small(sources: list[Source], in_process_mb: float) -> bool:
     total = 0
     for source in sources:
         path = Path(source.file.path)
-        if source.file.path.startswith("hf://") or source.file.kind == "hf_dataset" or not path.is_file():
+        if source.file.on_hub or not path.is_file():
             return False
         total += path.stat().st_size
     return total <= in_process_mb * 1e6
@@ -178,7 +178,7 @@ def partition_rows(sources: list[Source], most: int, threads: int, most_mb: floa
     kind, or one whose footer does not read (validation names it), leaves ``most``."""
     rows = size = 0
     for source in sources:
-        if source.file.kind != "parquet" or source.file.path.startswith("hf://"):
+        if source.file.kind != "parquet" or source.file.on_hub:
             return most
         try:
             meta = pq.ParquetFile(source.file.path).metadata
@@ -209,8 +209,7 @@ def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFi
     run = RunDir(run_dir)
     inputs: dict[str, str] = {}
     for part in partitions:
-        path = part.source.file.path
-        on_hub = path.startswith("hf://") or part.source.file.kind == "hf_dataset"
+        path, on_hub = part.source.file.path, part.source.file.on_hub
         inputs[path if on_hub else relative_name(path, run_dir)] = "hub" if on_hub else part.digest
     parents: dict[str, Any] = {}
     if any(p.source.label == GENERATED_SOURCE for p in partitions):

@@ -94,7 +94,7 @@ def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
         web = gen.web_seed
         remote = []
         for source in expand_inputs(web.path):
-            if source.kind == "hf_dataset" or source.path.startswith("hf://"):
+            if source.on_hub:
                 remote.append(source.path)
             else:
                 inputs[relative_name(source.path, cfg.run_dir)] = content_digest(source.path)

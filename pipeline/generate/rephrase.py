@@ -140,8 +140,7 @@ def resolve_inputs(rc: RephraseConfig, run_dir: Path | str) -> list[tuple[InputF
         else:
             files, origin = expand_inputs(entry), None
         for f in files:
-            is_rejected = not f.path.startswith("hf://") and f.kind != "hf_dataset" and \
-                Path(f.path).resolve().parent == rejected_dir
+            is_rejected = not f.on_hub and Path(f.path).resolve().parent == rejected_dir
             found.append((f, origin or ("rejected" if is_rejected else "kept")))
     return found
 
@@ -240,7 +239,7 @@ def rephrase_lineage(cfg: Config) -> tuple[dict[str, Any], dict[str, str]]:
     config = public_dict(rc)
     remote, inputs = [], {}
     for source, origin in resolve_inputs(rc, cfg.run_dir):
-        if source.kind == "hf_dataset" or source.path.startswith("hf://"):
+        if source.on_hub:
             remote.append(source.path)
         else:
             inputs[f"rephrase:{origin}:{relative_name(source.path, cfg.run_dir)}"] = content_digest(source.path)
