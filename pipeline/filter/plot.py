@@ -7,7 +7,6 @@ Two bar charts need no plotting library: matplotlib's import and one ``savefig``
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +53,7 @@ def plot_report(path: Path, table: list[dict[str, Any]], bins: np.ndarray, score
             _text(draw, ((x0 + x1) / 2, _y(bottom + height, top, right) - 2), f"-{height:,}", "mb", 12)
         _label(image, (x0 + x1) / 2, right[3] + 6, name)
     with atomic_path(path) as tmp:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=False)
-        Path(tmp).write_bytes(buffer.getvalue())
+        image.save(tmp, format="PNG", optimize=False)
     return Path(path)
 
 

@@ -102,7 +102,7 @@ def openai_client(cfg: GenerateConfig) -> Any:
     # every burst
     pool = httpx2.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
     # loading the CA bundle costs ~50 ms: once per worker process, not once per shard
-    tls = worker_cached(("ssl-context",), httpx2.create_ssl_context)
+    tls = worker_cached(("ssl-context", "httpx"), httpx2.create_ssl_context)
     return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.request_timeout_s,
                               http_client=openai.DefaultAsyncHttpxClient(limits=pool, verify=tls))
 
@@ -165,7 +165,7 @@ class AioHttpChat:
         tls: Any = True
         if self.url.startswith("https:"):
             # loading the CA bundle costs ~50 ms: once per worker process, not once per shard
-            tls = worker_cached(("ssl-context",), _ssl_context)
+            tls = worker_cached(("ssl-context", "aiohttp"), _ssl_context)
         # HTTP(S)_PROXY / NO_PROXY, as the SDK's httpx honours them: looked up once here, since
         # aiohttp's trust_env looks them (and ~/.netrc) up in a thread on every request
         with suppress(LookupError):
