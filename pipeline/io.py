@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -136,9 +136,16 @@ def read_yaml(path: Path, error: type[Exception], what: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    # libyaml parses ~10x faster (the seed vocabularies: 0.14 s -> 0.03 s of every plan); a file it
+    # refuses goes through PyYAML's own parser, whose messages name the line and column
+    with suppress(yaml.YAMLError):
+        if hasattr(yaml, "CSafeLoader"):
+            return yaml.load(text, Loader=yaml.CSafeLoader)
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

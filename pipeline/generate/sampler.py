@@ -69,27 +69,11 @@ def load_vocabulary(seeds_dir: Path) -> Vocabulary:
 
 
 def _read(path: Path, *keys: str) -> dict[str, Any]:
-    data = _fast_yaml(path)
-    if data is None:  # missing, malformed or empty: read_yaml says which, with the file, line and column
-        data = read_yaml(path, GenerateError, "seed vocabulary")
+    data = read_yaml(path, GenerateError, "seed vocabulary")
     for key in keys:
         if not isinstance(data, dict) or not data.get(key):
             raise GenerateError(f"{path}: missing or empty key '{key}'")
     return data
-
-
-def _fast_yaml(path: Path) -> Any:
-    """The file's data through libyaml when it parses, else None: PyYAML's pure-Python parser takes
-    0.14 s for the project's seed files, a fifth of planning 2,000 rows, and every plan reads them."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", None)
-    if loader is None:
-        return None
-    try:
-        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=loader)
-    except (OSError, yaml.YAMLError):
-        return None
 
 
 def _weight(entry: Mapping[str, Any], path: Path) -> float:
