@@ -1,13 +1,11 @@
 """MinHash signatures and LSH banding, vectorised over a whole partition of documents; and the in-memory
 half of dedup: exact-text hashes, the keep order, exact Jaccard of shingle sets, connected components.
 
-The permutation scheme is datasketch's default ``affine32`` (datasketch >= 2.0): a 32-bit shingle
-hash is pre-mixed with the MurmurHash3 finalizer, then permuted by ``a * h + b mod 2**32`` with the
-``a``, ``b`` that ``datasketch.MinHash(num_perm, seed)`` draws. A signature row here is therefore
-bit-for-bit the ``hashvalues`` of a datasketch MinHash fed the same shingle hashes, so sketches
-interoperate with ``MinHashLSH``; only the loop is different: numpy passes over cache-sized blocks
-of the shingles of all documents of a partition, one permutation at a time, instead of one Python
-call per shingle.
+Signatures are rensa's R-MinHash of the shingle hashes (permutations made on the fly from random
+``(a, b)`` pairs, after C-MinHash; its Jaccard estimate is unbiased, with datasketch's spread):
+rensa computes a whole partition's signature matrix in Rust from one flat buffer of hashes (0.09-0.10 s
+of CPU per 40 MB partition, against 0.27-0.42 s for the numpy pass per permutation it replaced), the
+same for a given ``seed`` and rensa algorithm version (which the filter stage's lineage records).
 
 Shingles are word n-grams (default 5) of the lowercased text, words being runs of letters, digits
 and ``_`` (the words of ``dedup_form``). Words are found and hashed straight from the UTF-8 bytes of
@@ -16,22 +14,25 @@ finalizer), and an n-gram hash is a position-weighted sum of its word hashes, so
 string is ever built. The same word hashes give the exact-duplicate hash of a text (its word
 sequence), so one split of a partition serves both dedup passes (``dedup_hashes``).
 
-Why by hand: datasketch updates one document at a time from Python; rensa's ``RMinHash`` is
-faster per signature but has its own permutation scheme and takes Python string tokens, and
-building those strings is where its time goes (bench/filter.py ``--kernels`` measures both).
+Why the split is by hand: rensa's own entry points take Python string tokens, and building those
+strings is where its time goes (bench/filter.py ``--kernels`` measures both); here only the
+signature step is rensa's.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
+from importlib import metadata
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from rensa import RMinHash
+
+from filters.normalize import arrow_texts
 
 _NON_WORD = re.compile(r"\W+")  # punctuation and every kind of whitespace, in runs
 # Odd 64-bit multipliers, one per position in the n-gram, so "a b" and "b a" hash differently.
@@ -45,11 +46,10 @@ _SLOT_MULTIPLIERS = np.random.RandomState(20240601).randint(0, 1 << 62, 64, dtyp
 MAX_HASH = np.uint32(0xFFFFFFFF)
 MAX_NGRAM = len(_POSITION_MULTIPLIERS)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# Shingles per signature call: its uint64 copy and the Python rows rensa returns stay a few MB
+_SIGNATURE_SHINGLES = 1 << 20
 # _LOW_BYTES[k]: the mask of the low k bytes of a little-endian uint64 (k = 8: all of them)
 _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
-# Shingles per pass of the signature loop: the block and its permuted copy (2 x 512 KB) stay in a
-# core's L2 cache through all permutations; one pass over all shingles per permutation is memory-bound.
-_SIGNATURE_BLOCK = 1 << 17
 # Text per word split: the split's byte-sized temporaries stay near cache size (~40% faster than
 # one split of a 40 MB partition), and its memory is bounded whatever the partition's size.
 _SPLIT_BYTES = 4 << 20
@@ -70,23 +70,6 @@ def shingle_hashes(text: str | None, ngram: int = 5) -> np.ndarray:
     return partition_shingles([text], ngram)[0]
 
 
-@lru_cache(maxsize=16)
-def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``(a, b)`` uint32 arrays that ``datasketch.MinHash(num_perm, seed)`` uses (affine32)."""
-    gen = np.random.RandomState(seed)
-    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
-    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
-    return a, b
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint32(16))
-    h *= np.uint32(0x85EBCA6B)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-
-
 def _fmix64(h: np.ndarray) -> np.ndarray:
     """The MurmurHash3 64-bit finalizer of a copy of ``h``."""
     return _fmix64_in_place(h.astype(np.uint64, copy=True))
@@ -105,18 +88,11 @@ def _fmix64_in_place(h: np.ndarray) -> np.ndarray:
 
 def _arrow_text(texts: Iterable[str | None]) -> pa.Array:
     """Texts as an Arrow string array without nulls: non-strings are ``""``, lone surrogates U+FFFD."""
-    if isinstance(texts, pd.Series) and isinstance(texts.dtype, pd.StringDtype):
-        arr = pa.array(texts, type=pa.large_string())  # Arrow-backed: no Python objects at all
-    else:
-        values = [t if isinstance(t, str) else None for t in texts]
-        try:
-            arr = pa.array(values, type=pa.large_string())
-        except UnicodeEncodeError:  # JSON "\ud800" escapes decode to lone surrogates
-            arr = pa.array([t.encode("utf-8", "replace").decode("utf-8") if t is not None else None
-                            for t in values], type=pa.large_string())
-    if isinstance(arr, pa.ChunkedArray):  # an Arrow-backed Series converts to its chunks
-        arr = arr.combine_chunks()
-    return pc.fill_null(arr, "")
+    arr = arrow_texts(texts)
+    if arr is None:  # JSON "\ud800" escapes decode to lone surrogates
+        arr = arrow_texts([t.encode("utf-8", "replace").decode("utf-8") if isinstance(t, str) else None
+                           for t in texts])
+    return arr
 
 
 def _utf8_bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -328,39 +304,34 @@ def _check_ngram(ngram: int) -> None:
 def signatures_from_flat(flat: np.ndarray, sizes: np.ndarray, num_perm: int = 128, seed: int = 0) -> np.ndarray:
     """MinHash signatures ``(len(sizes), num_perm)`` uint32 of shingle hashes ``flat`` cut by ``sizes``.
 
-    A text without shingles gets the all-``MAX_HASH`` row, as an empty datasketch MinHash.
+    rensa's R-MinHash of the shingle hashes (``RMinHash.digest_matrix_from_flat_token_hashes``),
+    ``_SIGNATURE_SHINGLES`` at a time. A text without shingles gets the all-``MAX_HASH`` row.
     """
-    a, b = permutations(num_perm, seed)
-    sig = np.full((len(sizes), num_perm), MAX_HASH, dtype=np.uint32)
-    docs = np.flatnonzero(sizes)
-    if len(docs) == 0:
-        return sig
-    mixed = _fmix32(np.asarray(flat, dtype=np.uint32))
-    ends = np.cumsum(sizes[docs])
-    starts = ends - sizes[docs]
-    permuted = np.empty(min(len(mixed), _SIGNATURE_BLOCK), dtype=np.uint32)
-    for begin in range(0, len(mixed), _SIGNATURE_BLOCK):
-        end = min(begin + _SIGNATURE_BLOCK, len(mixed))
-        # the documents with shingles in [begin, end); the first and last may continue outside it
-        lo, hi = np.searchsorted(ends, begin, side="right"), np.searchsorted(starts, end)
-        cuts = np.maximum(starts[lo:hi], begin) - begin
-        block, out = mixed[begin:end], permuted[:end - begin]
-        mins = np.empty((num_perm, hi - lo), dtype=np.uint32)
-        for p in range(num_perm):
-            np.multiply(block, a[p], out=out)
-            out += b[p]
-            np.minimum.reduceat(out, cuts, out=mins[p])
-        rows = docs[lo:hi]
-        sig[rows] = np.minimum(sig[rows], mins.T)
+    sig = np.empty((len(sizes), num_perm), dtype=np.uint32)
+    ends = np.cumsum(sizes, dtype=np.int64)
+    lo = 0
+    while lo < len(sizes):  # whole documents, about _SIGNATURE_SHINGLES shingles per call
+        start = int(ends[lo - 1]) if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, start + _SIGNATURE_SHINGLES, side="right")))
+        offsets = np.concatenate(([0], ends[lo:hi] - start)).astype(np.uint64)
+        tokens = flat[start:int(ends[hi - 1])].astype(np.uint64)
+        rows = RMinHash.digest_matrix_from_flat_token_hashes(tokens, offsets, num_perm, seed).to_rows()
+        sig[lo:hi] = np.array(rows, dtype=np.uint32).reshape(hi - lo, num_perm)
+        lo = hi
     return sig
+
+
+def signature_scheme() -> str:
+    """What a signature depends on beyond its inputs and ``seed``: rensa's release and algorithm version."""
+    return f"rensa {metadata.version('rensa')} R-MinHash v{RMinHash.ALGORITHM_VERSION}"
 
 
 def minhash_signatures(texts: Iterable[str | None], num_perm: int = 128, ngram: int = 5,
                        seed: int = 0) -> np.ndarray:
     """MinHash signatures ``(n, num_perm)`` uint32 of ``texts`` over word ``ngram``-gram shingles.
 
-    Row ``i`` equals ``datasketch.MinHash(num_perm, seed=seed, hashfunc=int)`` updated with
-    ``shingle_hashes(texts[i], ngram)``. Empty and ``None`` texts give all-``MAX_HASH`` rows.
+    Row ``i`` is rensa's ``RMinHash(num_perm, seed)`` digest of ``shingle_hashes(texts[i], ngram)``.
+    Empty and ``None`` texts give all-``MAX_HASH`` rows.
     """
     return signatures_from_flat(*partition_shingles(texts, ngram), num_perm, seed)
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from filters.base import TEXT, Filter, ModelError
 from filters.edu_score import EduScore
-from filters.normalize import LengthBounds, normalize_texts
+from filters.normalize import LengthBounds, normalize_texts, utf8_sizes
 from pipeline.errors import ClassifierError, FilterError
 from pipeline.filter.config import FilterConfig
 from pipeline.lineage import content_digest
@@ -136,9 +136,8 @@ class DocumentFilters:
         clock = {} if clock is None else clock
         with timed(clock, "normalize"):
             raw = frame[TEXT]
-            frame = frame.assign(
-                n_bytes=raw.map(lambda t: len(t.encode("utf-8", "surrogatepass"))).astype("int64"),
-                text=pd.Series(normalize_texts(raw, self.length.form), index=frame.index, dtype=object))
+            frame = frame.assign(n_bytes=utf8_sizes(raw),
+                                 text=normalize_texts(raw, self.length.form).set_axis(frame.index))
             frame = frame.join(self.length.score(frame))
         scorable = frame[(frame.n_chars > 0) & (frame.n_chars <= self.length.max_chars)]
         for f in self.filters():

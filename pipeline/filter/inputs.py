@@ -276,7 +276,11 @@ def read_partition(part: Partition) -> pd.DataFrame:
     given = frame[src.id_column] if src.id_column in frame else pd.Series([None] * len(frame))
     ids = [str(v) if v is not None and v == v else document_id(src.label, r)
            for v, r in zip(given.tolist(), rows, strict=True)]
-    texts = [t if isinstance(t, str) else "" for t in frame[src.text_column].tolist()]
+    texts = frame[src.text_column]
+    if isinstance(texts.dtype, pd.StringDtype):  # Arrow strings stay Arrow: no Python object per text
+        texts = texts.fillna("").reset_index(drop=True)
+    else:
+        texts = [t if isinstance(t, str) else "" for t in texts.tolist()]
     return pd.DataFrame({ID: ids, TEXT: texts, SOURCE: src.label})
 
 

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from filters.decontaminate import BenchmarkIndex, Decontaminate
-from filters.minhash import dedup_hashes
+from filters.minhash import dedup_hashes, signature_scheme
 from pipeline.cluster import as_completed, dask_client, local_threads, worker_cached
 from pipeline.config import Config, public_dict
 from pipeline.errors import DataError, FilterError
@@ -223,6 +223,8 @@ def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFi
         parents["classifier"] = classifier_parent(run_dir, model)
     if index is not None:
         inputs["decontaminate.benchmarks"] = index.digest()
+    if cfg.filter.minhash.enabled:  # the same seed gives other signatures under another rensa algorithm
+        inputs["minhash.signatures"] = signature_scheme()
     return fingerprint({"filter": public_dict(cfg.filter), "seed": cfg.seed}, inputs,
                        {name: ref for name, ref in parents.items() if ref is not None})
 

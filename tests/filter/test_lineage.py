@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from filters.minhash import signature_scheme
 from pipeline.config import load_config, public_dict
 from pipeline.filter.runner import run_filter
 from pipeline.io import list_shards, read_shards
@@ -99,6 +100,15 @@ def test_outputs_that_no_longer_match_the_manifest_are_rebuilt(tmp_path: Path, c
     assert set(read_shards(tmp_path / "run" / "filtered").id) == {f"a{i}" for i in range(4)}
     assert manifest(tmp_path)["outputs"] == shards_on_disk(tmp_path)
     assert list(manifest(tmp_path)["lineage"]["inputs"]) == [str(first)]
+
+
+def test_minhash_outputs_name_the_signature_scheme(tmp_path: Path, cluster: str) -> None:
+    # the same seed gives other signatures under another rensa algorithm: the lineage says which made them
+    docs = write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "text": t} for i, t in enumerate(DOCS)])
+    run_filter(config(tmp_path, [docs], "filter.minhash.enabled=true"), scheduler=cluster)
+    inputs = manifest(tmp_path)["lineage"]["inputs"]
+    assert inputs == {str(docs): content_digest(docs), "minhash.signatures": signature_scheme()}
+    assert signature_scheme().startswith("rensa 0.5.")
 
 
 def test_stored_scores_follow_the_text_column(tmp_path: Path, cluster: str) -> None:

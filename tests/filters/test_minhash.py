@@ -10,8 +10,8 @@ import unicodedata
 import numpy as np
 import pandas as pd
 import pytest
-from datasketch import MinHash
 from datasketch.lsh import _optimal_param
+from rensa import RMinHash
 
 from filters.minhash import (
     MAX_HASH,
@@ -28,7 +28,6 @@ from filters.minhash import (
     lsh_params,
     minhash_signatures,
     partition_shingles,
-    permutations,
     shingle_hashes,
     signatures_from_flat,
     word_hash,
@@ -88,29 +87,32 @@ def test_a_partition_of_mixed_scripts_shingles_each_text_as_alone():
     assert words[:5].tolist() == words[-5:].tolist()  # the ASCII words again, after two non-ASCII ones
 
 
-def test_signatures_equal_datasketch_minhash_on_the_same_shingles():
+def _rensa(hash_sets: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
+    """rensa's R-MinHash of each set of token hashes, one document at a time: the reference."""
+    rows = RMinHash.digest_matrix_from_token_hash_sets([h.astype(np.uint64).tolist() for h in hash_sets],
+                                                       num_perm, seed).to_rows()
+    return np.array(rows, dtype=np.uint32).reshape(len(hash_sets), num_perm)
+
+
+def test_signatures_are_rensa_rminhash_of_each_texts_own_shingles():
     texts = [" ".join(SENTENCES), SENTENCES[0], "tiny", "", None, " ".join(SENTENCES[::-1]) * 50]
     sig = minhash_signatures(texts, num_perm=64, seed=7)
     assert sig.shape == (len(texts), 64) and sig.dtype == np.uint32
-    for text, row in zip(texts, sig, strict=True):
-        reference = MinHash(num_perm=64, seed=7, hashfunc=int)
-        reference.update_batch(shingle_hashes(text).tolist())
-        assert np.array_equal(reference.hashvalues, row)
+    assert np.array_equal(sig, _rensa([shingle_hashes(t) for t in texts], 64, 7))
     assert (sig[3] == MAX_HASH).all() and (sig[4] == MAX_HASH).all()
+    assert not np.array_equal(sig, minhash_signatures(texts, num_perm=64, seed=8))
 
 
-def test_unigram_signatures_equal_datasketch_hashing_each_word_itself():
-    def token_hash(token: bytes) -> int:  # word_hash of one word, folded to 32 bits as a 1-gram
-        h = int(word_hash([token.decode()])[0]) * 0x9E3779B97F4A7C15 % 2**64
+def test_unigram_signatures_hash_each_word_itself():
+    def token_hash(token: str) -> int:  # word_hash of one word, folded to 32 bits as a 1-gram
+        h = int(word_hash([token])[0]) * 0x9E3779B97F4A7C15 % 2**64
         return (h ^ (h >> 32)) & 0xFFFFFFFF
 
     texts = [" ".join(SENTENCES), "Straße naïve 東京 x_y", "one",
              "internationalization 12345678901234567890123 ünïcödé_wörds_crossing_chunks abcdefgh abcdefghi"]
     sig = minhash_signatures(texts, num_perm=32, ngram=1, seed=3)
-    for text, row in zip(texts, sig, strict=True):
-        reference = MinHash(num_perm=32, seed=3, hashfunc=token_hash)
-        reference.update_batch([w.encode() for w in dedup_form(text).split()])
-        assert np.array_equal(reference.hashvalues, row)
+    words = [np.array([token_hash(w) for w in dedup_form(t).split()], dtype=np.uint64) for t in texts]
+    assert np.array_equal(sig, _rensa(words, 32, 3))
 
 
 def test_word_hash_is_the_same_in_every_process():
@@ -187,19 +189,32 @@ def test_dedup_hashes_is_exact_hashes_and_shingles_from_one_split():
     assert np.array_equal(flat, reference[0]) and np.array_equal(sizes, reference[1])
 
 
-def test_signatures_of_documents_larger_than_a_block_equal_datasketch():
-    # the signature loop runs over cache-sized blocks of shingles: documents that span blocks, and
-    # tiny and empty ones around them, still get the minimum over all of their own shingles
+def test_signatures_of_a_partition_are_each_documents_own_minimum():
+    # large, tiny and empty documents side by side, more shingles than one rensa call takes
     rng = np.random.default_rng(5)
-    sizes = np.array([1, 0, 300_000, 3, 0, 140_000, 2, 70_000])
+    sizes = np.array([1, 0, 700_000, 3, 0, 600_000, 2, 0, 300_000, 5])
     flat = rng.integers(0, 2**32, int(sizes.sum()), dtype=np.uint64).astype(np.uint32)
     sig = signatures_from_flat(flat, sizes, num_perm=16, seed=11)
-    assert (sig[1] == MAX_HASH).all() and (sig[4] == MAX_HASH).all()
-    for row, shingles in zip(sig, np.split(flat, np.cumsum(sizes)[:-1]), strict=True):
-        reference = MinHash(num_perm=16, seed=11, hashfunc=int)
-        reference.update_batch(shingles.tolist())
-        assert np.array_equal(reference.hashvalues, row)
-    assert permutations(16, 11)[0].dtype == np.uint32
+    assert (sig[sizes == 0] == MAX_HASH).all() and sizes.sum() > 1 << 20
+    assert np.array_equal(sig, _rensa(np.split(flat, np.cumsum(sizes)[:-1]), 16, 11))
+    assert signatures_from_flat(flat[:0], sizes[:0], num_perm=16).shape == (0, 16)
+
+
+def test_the_signature_estimate_of_jaccard_is_unbiased():
+    # 400 pairs of random shingle sets at known Jaccard: the share of equal slots is unbiased, with
+    # the spread of num_perm independent draws (sqrt(J(1 - J) / num_perm))
+    rng = np.random.default_rng(9)
+    num_perm, errors = 128, []
+    for _ in range(400):
+        common, only = int(rng.integers(20, 400)), int(rng.integers(0, 200))
+        values = rng.choice(2**32, common + 2 * only, replace=False).astype(np.uint32)
+        a, b = values[:common + only], np.concatenate([values[:common], values[common + only:]])
+        sig = signatures_from_flat(np.concatenate([a, b]), np.array([len(a), len(b)]), num_perm, seed=1)
+        truth = common / (common + 2 * only)
+        errors.append((estimated_jaccard(sig[0], sig[1]) - truth) / np.sqrt(max(truth * (1 - truth), 1e-9) / num_perm)
+                      if 0 < truth < 1 else estimated_jaccard(sig[0], sig[1]) - truth)
+    errors = np.array(errors)
+    assert abs(errors.mean()) < 0.15 and 0.7 < errors.std() < 1.3
 
 
 def test_estimated_jaccard_tracks_true_jaccard():
