@@ -60,7 +60,7 @@ def arrow_texts(texts: Iterable[Any]) -> pa.Array | None:
             return None
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    return pc.fill_null(arr, "")
+    return pc.fill_null(arr, "") if arr.null_count else arr
 
 
 def _texts_with(arr: pa.Array, byte: int) -> np.ndarray:
@@ -70,6 +70,17 @@ def _texts_with(arr: pa.Array, byte: int) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
     return np.unique(np.searchsorted(offsets, np.flatnonzero(data == byte) + offsets[0], side="right") - 1)
+
+
+def _ends_with_blank(arr: pa.Array) -> np.ndarray:
+    """Positions of the texts of ``arr`` (large_string) that start or end with a space or newline."""
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    some = np.flatnonzero(offsets[1:] > offsets[:-1])
+    if not len(some):
+        return some
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+    first, last = data[offsets[some]], data[offsets[some + 1] - 1]
+    return some[(first == 32) | (first == 10) | (last == 32) | (last == 10)]
 
 
 def _replace(arr: pa.Array, where: np.ndarray, step: Any) -> pa.Array:
@@ -96,10 +107,10 @@ def normalize_texts(texts: Iterable[Any], form: Literal["NFC", "NFKC"] = "NFC") 
     # ASCII is in every normal form; most other texts already are in NFC, which Python's quick check
     # says ~10x sooner than Arrow's utf8_normalize rewrites them (and Arrow's NFKC tables are newer)
     odd = np.flatnonzero(~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False))
-    texts = arr.take(odd).to_pylist()
-    changed = [k for k, t in enumerate(texts) if not unicodedata.is_normalized(form, t)]
-    arr = _replace(arr, odd[changed], lambda _: pa.array([unicodedata.normalize(form, texts[k]) for k in changed],
-                                                        type=pa.large_string()))
+    changed = [i for i in odd.tolist() if not unicodedata.is_normalized(form, arr[i].as_py())]
+    arr = _replace(arr, np.array(changed, dtype=np.int64),
+                   lambda part: pa.array([unicodedata.normalize(form, t) for t in part.to_pylist()],
+                                         type=pa.large_string()))
 
     def rewrite(part: pa.Array) -> pa.Array:
         part = pc.replace_substring_regex(part, _RE2_CONTROL, "")
@@ -109,7 +120,7 @@ def normalize_texts(texts: Iterable[Any], form: Literal["NFC", "NFKC"] = "NFC") 
 
     arr = _replace(arr, np.flatnonzero(pc.match_substring_regex(arr, _RE2_CHANGES).to_numpy(zero_copy_only=False)),
                    rewrite)
-    return pc.utf8_trim(arr, " \n").to_pandas()
+    return _replace(arr, _ends_with_blank(arr), lambda part: pc.utf8_trim(part, " \n")).to_pandas()
 
 
 def utf8_sizes(texts: Iterable[Any]) -> np.ndarray:

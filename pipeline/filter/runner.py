@@ -385,7 +385,8 @@ def _judged(path: str, filters: DocumentFilters, hits: pd.DataFrame | None) -> p
 
 def _alive(judged: pd.DataFrame) -> pd.DataFrame:
     """The documents no per-document stage rejected: what dedup sees, in a fixed row order."""
-    return judged[judged[REASON] == ""].drop(columns=[REASON])
+    alive = judged[REASON].to_numpy() == ""
+    return (judged if alive.all() else judged[alive]).drop(columns=[REASON])  # no copy of the text when all are
 
 
 def _hits_of(path: str, filters: DocumentFilters, config: DecontaminateConfig) -> pd.DataFrame:
@@ -414,18 +415,29 @@ def _dedup_hashes(path: str, number: int, filters: DocumentFilters, hits: pd.Dat
 
 def _outputs(judged: pd.DataFrame, losers: pd.DataFrame | None,
              clusters: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(kept, rejected with ``filter_reason``) of a judged shard, given the dedup tables."""
-    rejected = [judged[judged[REASON] != ""]]
-    alive = _alive(judged)
+    """(kept, rejected with ``filter_reason``) of a judged shard, given the dedup tables.
+
+    Rejected rows come in the order of the stage that rejected them (per-document stages, exact,
+    near); each output is one take of the shard's rows (the text is copied once, not per stage).
+    """
+    reason = judged[REASON].to_numpy(dtype=object, copy=True)
+    rank = np.where(reason == "", 3, 0)  # 3: kept; else the stage that rejected the row
+    frame = judged
     if losers is not None:
-        alive = flag_exact(alive, losers, ID)
-        rejected.append(alive[alive[EXACT_DUP]].assign(**{REASON: EXACT_DUP}))
-        alive = alive[~alive[EXACT_DUP]]
+        frame = flag_exact(frame, losers, ID)
+        copy = (rank == 3) & frame[EXACT_DUP].to_numpy()
+        reason[copy], rank[copy] = EXACT_DUP, 1
     if clusters is not None:
-        alive = flag_near(alive, clusters, ID)
-        rejected.append(alive[alive[NEAR_DUP]].assign(**{REASON: NEAR_DUP}))
-        alive = alive[~alive[NEAR_DUP]]
-    return alive, pd.concat(rejected, ignore_index=True)
+        before = rank < 3  # rows rejected before near-dedup carry no cluster
+        frame = flag_near(frame, clusters, ID)
+        frame = frame.assign(cluster_id=frame["cluster_id"].mask(before),
+                             cluster_size=frame["cluster_size"].astype("Int64").mask(before))
+        near = (rank == 3) & frame[NEAR_DUP].to_numpy()
+        reason[near], rank[near] = NEAR_DUP, 2
+    kept = frame.iloc[np.flatnonzero(rank == 3)].drop(columns=[REASON])
+    out = np.flatnonzero(rank < 3)
+    out = out[np.argsort(rank[out], kind="stable")]
+    return kept, frame.iloc[out].assign(**{REASON: reason[out]}).reset_index(drop=True)
 
 
 def _write_shard(path: str, number: int, filters: DocumentFilters, hits: pd.DataFrame | None,
