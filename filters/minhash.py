@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rensa import RMinHash
 
-from filters.normalize import arrow_texts
+from filters.normalize import arrow_texts, utf8_buffers
 
 _NON_WORD = re.compile(r"\W+")  # punctuation and every kind of whitespace, in runs
 # Odd 64-bit multipliers, one per position in the n-gram, so "a b" and "b a" hash differently.
@@ -98,11 +98,9 @@ def _arrow_text(texts: Iterable[str | None]) -> pa.Array:
 def _utf8_bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """``(offsets from 0, UTF-8 bytes + 8 zero bytes)`` of a large_string array: the padding lets
     a uint64 be read at any byte of the text."""
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    size = int(offsets[-1] - offsets[0])
-    padded = np.zeros(size + 8, dtype=np.uint8)
-    if size:
-        padded[:size] = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    offsets, data = utf8_buffers(arr)
+    padded = np.zeros(int(offsets[-1] - offsets[0]) + 8, dtype=np.uint8)
+    padded[:-8] = data[offsets[0]:offsets[-1]]
     return offsets - offsets[0], padded
 
 
@@ -198,7 +196,7 @@ def word_hash(words: Iterable[str]) -> np.ndarray:
 def _split_chunks(texts: Iterable[str | None]) -> Iterator[pa.Array]:
     """``texts`` as consecutive Arrow slices of about ``_SPLIT_BYTES`` of text (a longer text alone)."""
     arr = _arrow_text(texts)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    offsets, _ = utf8_buffers(arr)
     targets = np.arange(offsets[0] + _SPLIT_BYTES, offsets[-1], _SPLIT_BYTES)
     cuts = np.unique([0, *np.searchsorted(offsets, targets).tolist(), len(arr)])
     if len(cuts) == 1:  # no texts

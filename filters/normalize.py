@@ -63,22 +63,24 @@ def arrow_texts(texts: Iterable[Any]) -> pa.Array | None:
     return pc.fill_null(arr, "") if arr.null_count else arr
 
 
+def utf8_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, data)`` of a large_string array, no copy: text ``i`` is ``data[offsets[i]:offsets[i + 1]]``."""
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    return offsets, np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, dtype=np.uint8)
+
+
 def _texts_with(arr: pa.Array, byte: int) -> np.ndarray:
     """Positions of the texts of ``arr`` (large_string) that hold ``byte``: one scan of the bytes."""
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    if arr.buffers()[2] is None or offsets[-1] == offsets[0]:
-        return np.empty(0, dtype=np.int64)
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-    return np.unique(np.searchsorted(offsets, np.flatnonzero(data == byte) + offsets[0], side="right") - 1)
+    offsets, data = utf8_buffers(arr)
+    at = np.flatnonzero(data[offsets[0]:offsets[-1]] == byte) + offsets[0]
+    return np.unique(np.searchsorted(offsets, at, side="right") - 1)
 
 
 def _ends_with_blank(arr: pa.Array) -> np.ndarray:
     """Positions of the texts of ``arr`` (large_string) that start or end with a space or newline."""
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    offsets, data = utf8_buffers(arr)
     some = np.flatnonzero(offsets[1:] > offsets[:-1])
-    if not len(some):
-        return some
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
     first, last = data[offsets[some]], data[offsets[some + 1] - 1]
     return some[(first == 32) | (first == 10) | (last == 32) | (last == 10)]
 
