@@ -27,7 +27,8 @@ the versions the issue measured. Each tool writes its rows to disk; the server a
 every prompt in fewer than 64 words (``finish_reason`` stop), so no tool retries a cut answer.
 
 Columns, per tool and run: whole-process seconds; the first request, first answer and last answer
-as the server saw them, in seconds after the process started; the rate while requests ran (answers
+as the server saw them, in seconds after the process started; the tail (from the last answer to
+the process's exit: the last rows, manifests, reports, shutdown); the rate while requests ran (answers
 over the time from the first request to the last answer, as a share of C/L; 1.0 is ideal); the
 whole process against the ideal N*L/C; client CPU per request (user + system of the process tree:
 the larger of the reaped-children rusage and psutil's per-process sum); rows written; whether the
@@ -307,7 +308,7 @@ def row(tool: str, rep: int, r: dict, args: argparse.Namespace, planned: Counter
     answered = Counter(p for p, s in zip(seen["prompts"], seen["statuses"], strict=True) if s == 200)
     return {"tool": tool, "run": rep, "seconds": r["seconds"],
             "first_request": first_req - r["start"], "first_answer": min(seen["answers"]) - r["start"],
-            "last_answer": last_answer - r["start"],
+            "last_answer": last_answer - r["start"], "tail": r["start"] + r["seconds"] - last_answer,
             "rate": len(ok) / (last_answer - first_req) / ideal_rate,
             "of_ideal": args.requests * args.latency / args.concurrency / r["seconds"],
             "cpu_ms": 1000 * r["cpu"] / max(1, len(seen["arrivals"])), "requests": len(seen["arrivals"]),
@@ -360,7 +361,8 @@ def main() -> None:
                         continue
                     r = row(tool, rep, measured, args, planned)
                     results.append(r)
-                    print(f"  {tool} run {rep}: {r['seconds']:.1f} s, first request at {r['first_request']:.1f} s, "
+                    print(f"  {tool} run {rep}: {r['seconds']:.1f} s, first request at {r['first_request']:.2f} s, "
+                          f"tail {r['tail']:.2f} s, "
                           f"rate {r['rate']:.2f} of C/L, {r['cpu_ms']:.1f} ms CPU/request, {r['rows']} rows"
                           + "".join(f"; {n}" for n in r["notes"]), flush=True)
         finally:
@@ -373,20 +375,20 @@ def main() -> None:
 
 def print_table(results: list[dict], tools: list[str]) -> None:
     base = {r["run"]: r["seconds"] for r in results if r["tool"] == "textbook"}
-    head = ("tool", "run", "whole s", "1st req s", "1st ans s", "last ans s", "rate/(C/L)", "whole/ideal",
+    head = ("tool", "run", "whole s", "1st req s", "1st ans s", "last ans s", "tail s", "rate/(C/L)", "whole/ideal",
             "CPU ms/req", "requests", "rows", "same prompts", "peak in flight", "load before", "s vs textbook")
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in results:
         ratio = f"{r['seconds'] / base[r['run']]:.2f}" if r["run"] in base else "-"
         print(f"| {r['tool']} | {r['run']} | {r['seconds']:.1f} | {r['first_request']:.2f} | {r['first_answer']:.2f} | "
-              f"{r['last_answer']:.1f} | {r['rate']:.2f} | {r['of_ideal']:.2f} | {r['cpu_ms']:.2f} | {r['requests']} | "
+              f"{r['last_answer']:.1f} | {r['tail']:.2f} | {r['rate']:.2f} | {r['of_ideal']:.2f} | {r['cpu_ms']:.2f} | {r['requests']} | "
               f"{r['rows']} | {'yes' if r['same_prompts'] else 'NO'} | {r['max_in_flight']} | {r['load']:.1f} | {ratio} |")
     print("\nmedian per tool (all runs):")
     for tool in tools:
         mine = [r for r in results if r["tool"] == tool]
         if mine:
-            med = {k: statistics.median(r[k] for r in mine) for k in ("seconds", "first_request", "rate", "cpu_ms")}
-            print(f"  {tool}: {med['seconds']:.1f} s whole, first request {med['first_request']:.2f} s, "
+            med = {k: statistics.median(r[k] for r in mine) for k in ("seconds", "first_request", "tail", "rate", "cpu_ms")}
+            print(f"  {tool}: {med['seconds']:.1f} s whole, first request {med['first_request']:.2f} s, tail {med['tail']:.2f} s, "
                   f"rate {med['rate']:.2f} of C/L, {med['cpu_ms']:.2f} ms CPU/request")
 
 

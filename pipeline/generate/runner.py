@@ -160,7 +160,9 @@ def run_requests(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, 
                                          sum(len(s) for s in shards), len(state.done),
                                          _requests_to_go(requests, state, dialogue))
     parts = list_shards(out_dir)
-    rows = sum(len(read_parquet(p, [ID])) for p in parts)
+    # the footers' row counts, not the id columns read into pandas: the run's exit waits for this.
+    # Every part was read by ``_scan`` or written by this run, so an unreadable one has already failed
+    rows = sum(pq.read_metadata(p).num_rows for p in parts)
     if journal_dir(out_dir).is_dir() and not any(journal_dir(out_dir).iterdir()):
         journal_dir(out_dir).rmdir()
     stop_reason = snapshot.get("stop_reason") or next((r.stop_reason for r in results if r.stop_reason), None)
