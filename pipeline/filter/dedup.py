@@ -112,8 +112,11 @@ def _doc_table(part: pd.DataFrame, text_column: str, id_column: str, score_colum
     """``doc``, ``length``, ``score`` of a partition: what the keep rule needs."""
     texts = part[text_column]
     score = part[score_column].astype(float) if score_column in part else np.nan
-    return pd.DataFrame({"doc": part[id_column],
-                         "length": texts.map(lambda t: len(t) if isinstance(t, str) else 0).astype(np.int64),
+    if isinstance(texts.dtype, pd.StringDtype):  # Arrow strings: counted in Arrow, no Python string each
+        length = texts.str.len().fillna(0).astype(np.int64)
+    else:
+        length = texts.map(lambda t: len(t) if isinstance(t, str) else 0).astype(np.int64)
+    return pd.DataFrame({"doc": part[id_column], "length": length,
                          "score": score}, index=part.index).reset_index(drop=True)
 
 
