@@ -58,7 +58,7 @@ from pipeline.filter.dedup import (
     near_duplicates,
 )
 from pipeline.filter.documents import DocumentFilters, percentile_threshold
-from pipeline.filter.inputs import Partition, Source, discover, read_partition, validate_input
+from pipeline.filter.inputs import Partition, Source, discover, read_partition, text_bytes, validate_input
 from pipeline.filter.plot import plot_report
 from pipeline.filter.report import decontamination_report, stage_table
 from pipeline.io import (
@@ -182,8 +182,7 @@ def partition_rows(sources: list[Source], most: int, threads: int, most_mb: floa
             return most
         try:
             meta = pq.ParquetFile(source.file.path).metadata
-            column = meta.schema.names.index(source.text_column)
-            text = sum(meta.row_group(g).column(column).total_uncompressed_size for g in range(meta.num_row_groups))
+            text = text_bytes(meta, source.text_column)
         except (OSError, ValueError, pa.ArrowException):
             return most
         share = 1.0 if source.limit is None or not meta.num_rows else min(1.0, source.limit / meta.num_rows)
