@@ -475,7 +475,7 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
         if filters.quality:
             stats["quality"] = {"threshold": filters.quality.threshold, "keep_top": fc.quality.keep_top}
     shared_filters = dask.delayed(filters, traverse=False)  # one copy per worker, not one per task
-    meta = _judged(paths[0], filters, None).iloc[:0]
+    meta = filters.mark(pq.read_schema(paths[0]).empty_table().to_pandas())  # the columns, from the footer alone
     hits = None
     if index is not None:  # before dedup: a contaminated copy must never be the one a cluster keeps
         with timed(clock, "decontaminate"):
