@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dask
 import numpy as np
 
-from pipeline.cluster import dask_client
+from pipeline.cluster import QUIET_CLUSTER, dask_client
 
 
 def _page_faults_per_temporary(rounds: int = 6, size: int = 32 << 20) -> list[int]:
@@ -29,6 +30,21 @@ def test_workers_reuse_large_temporaries_instead_of_refaulting_them():
     with dask_client(workers=1) as client:
         faults = client.submit(_page_faults_per_temporary, pure=False).result()
     assert min(faults[2:]) == 0, faults
+
+
+def _worker_settings() -> dict[str, object]:
+    return {key: dask.config.get(key) for key in QUIET_CLUSTER}
+
+
+def test_workers_run_without_the_dashboard_profiler_and_fast_ticks_unless_the_user_sets_them():
+    # the profiler samples every worker's stack every 10 ms: CPU the workers of a 2-core machine share
+    with dask_client(workers=1) as client:
+        quiet = client.submit(_worker_settings, pure=False).result()
+    assert quiet == QUIET_CLUSTER
+    assert dask.config.get("distributed.worker.profile.enabled")  # this process's config is untouched
+    with dask.config.set({"distributed.admin.tick.interval": "100ms"}), dask_client(workers=1) as client:
+        chosen = client.submit(_worker_settings, pure=False).result()
+    assert chosen == {**QUIET_CLUSTER, "distributed.admin.tick.interval": "100ms"}
 
 
 def test_thread_client_runs_tasks_and_graphs_without_distributed() -> None:
