@@ -3,7 +3,7 @@ the in-memory parts (hashes, keep order, Jaccard, components) are ``filters.minh
 
 A corpus is a list of ``dask.delayed`` pandas partitions that can be recomputed (read again) in
 the same row order. Per partition, ``exact_members`` and ``bucket_rows`` are the hashes each dedup
-needs (the filter stage computes both in one task, from one read of the text); ``exact_duplicates``
+needs (the filter stage computes both in one task, from one read of the text); ``exact_reducers``
 and ``near_duplicates`` turn them into a small table (the copies to remove; the members of
 multi-member clusters) and ``flag_exact`` / ``flag_near`` flag a partition's rows from it. No
 process ever holds the corpus or the LSH index. ``exact_dedup`` and ``minhash_dedup`` wrap this
