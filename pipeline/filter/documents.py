@@ -150,8 +150,9 @@ class DocumentFilters:
 
     def reasons(self, scored: pd.DataFrame) -> pd.Series:
         """The first stage that rejects each document (``""`` = kept), from stored scores."""
-        reason = pd.Series("", index=scored.index, dtype=object)
-        generated = scored[SOURCE] == GENERATED_SOURCE
+        # numpy between the stages (see filters.base.first_failure): this runs per partition and pass
+        reason = np.full(len(scored), "", dtype=object)
+        generated = (scored[SOURCE] == GENERATED_SOURCE).to_numpy(dtype=bool)
         stages = [(self.length, True)] if self.length.enabled else []
         # a section filter judges generated documents unless it says otherwise (apply_to_generated)
         stages += [(f, getattr(f, "apply_to_generated", True)) for f in self.sections]
@@ -160,21 +161,24 @@ class DocumentFilters:
             stages.append((self.quality, self.quality_on_generated))
         for f, on_generated in stages:
             _, why = f.keep(scored)
-            applies = (why != "") & (reason == "") & (on_generated | ~generated)
+            why = why.to_numpy(dtype=object)
+            applies = (why != "") & (reason == "")
+            if not on_generated:
+                applies &= ~generated
             reason[applies] = why[applies]
         if self.unfaithful:
-            applies = generated & (reason == "") & scored[ID].isin(self.unfaithful)
+            applies = generated & (reason == "") & scored[ID].isin(self.unfaithful).to_numpy()
             reason[applies] = UNFAITHFUL
         if self.route_cut:
             cut = scored[ID].map(self.route_of).map(self.route_cut).astype("float64")
             # a rewrite under its route's threshold (or unscored) is one of the worst rewrites
-            applies = generated & (reason == "") & cut.notna() & ~(scored[EDU_SCORE] >= cut)
+            applies = generated & (reason == "") & (cut.notna() & ~(scored[EDU_SCORE] >= cut)).to_numpy()
             reason[applies] = ROUTE_KEEP
-        return reason
+        return pd.Series(reason, index=scored.index)
 
     def mark(self, scored: pd.DataFrame) -> pd.DataFrame:
         """``scored`` plus the ``filter_reason`` column."""
-        return scored.assign(**{REASON: self.reasons(scored).astype(object)})
+        return scored.assign(**{REASON: self.reasons(scored)})
 
     def quality_pool(self, scored: pd.DataFrame) -> pd.Series:
         """edu_score of the documents a percentile threshold ranks: past earlier stages, and web unless
