@@ -157,9 +157,14 @@ def exact_reducers(members: Sequence[Delayed], meta: pd.DataFrame) -> list[Delay
     return shuffle_reduce(members, "exact_hash", _exact_losers, meta=meta[["key", "doc"]], rows_meta=meta)
 
 
+def exact_flags(ids: pd.Series, losers: pd.DataFrame) -> np.ndarray:
+    """``exact_dup`` of each document of ``ids``: its id is among the ``losers``' docs."""
+    return ids.isin(losers["doc"]).to_numpy()
+
+
 def flag_exact(part: pd.DataFrame, losers: pd.DataFrame, id_column: str = "id") -> pd.DataFrame:
-    """``part`` plus ``exact_dup`` (its id is among the ``losers``' docs)."""
-    return part.assign(**{EXACT_DUP: part[id_column].isin(losers["doc"]).to_numpy()})
+    """``part`` plus ``exact_dup`` (``exact_flags``)."""
+    return part.assign(**{EXACT_DUP: exact_flags(part[id_column], losers)})
 
 
 def exact_dedup(ddf: Any, text_column: str = "text", id_column: str = "id",
@@ -292,14 +297,26 @@ def no_clusters(ids: pd.Series) -> pd.DataFrame:
                          NEAR_DUP: pd.Series(dtype=bool)})
 
 
+def near_flags(ids: pd.Series, clusters: pd.DataFrame) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """``cluster_id``, ``cluster_size`` and ``near_dup`` of each document of ``ids`` from the cluster
+    table; a document in no cluster is its own cluster of one. Positions in numpy, not a join: this
+    runs for every partition when the outputs are written."""
+    at = pd.Index(clusters["doc"]).get_indexer(ids)
+    found = at >= 0
+    at = at[found]
+    cluster_id = np.empty(len(ids), dtype=object)
+    cluster_id[found] = clusters["cluster_id"].to_numpy(dtype=object)[at]
+    size = np.ones(len(ids), dtype=np.int64)
+    size[found] = clusters["cluster_size"].to_numpy(dtype=np.int64)[at]
+    near = np.zeros(len(ids), dtype=bool)
+    near[found] = clusters[NEAR_DUP].to_numpy(dtype=bool)[at]
+    return ids.where(~found, cluster_id), size, near
+
+
 def flag_near(part: pd.DataFrame, clusters: pd.DataFrame, id_column: str = "id") -> pd.DataFrame:
-    """``part`` plus ``cluster_id``, ``cluster_size`` and ``near_dup`` from the cluster table."""
-    found = clusters.set_index("doc").reindex(part[id_column].to_numpy())
-    in_cluster = found["cluster_size"].notna().to_numpy()
-    cluster_id = part[id_column].where(~in_cluster, found["cluster_id"].to_numpy())
-    return part.assign(**{"cluster_id": cluster_id,
-                          "cluster_size": found["cluster_size"].fillna(1).astype(np.int64).to_numpy(),
-                          NEAR_DUP: found[NEAR_DUP].fillna(False).astype(bool).to_numpy()})
+    """``part`` plus ``cluster_id``, ``cluster_size`` and ``near_dup`` (``near_flags``)."""
+    cluster_id, size, near = near_flags(part[id_column], clusters)
+    return part.assign(**{"cluster_id": cluster_id, "cluster_size": size, NEAR_DUP: near})
 
 
 def near_duplicates(shared: pd.DataFrame, parts: Sequence[Delayed], params: MinHashParams, ids: pd.Series,

@@ -51,11 +51,11 @@ from pipeline.filter.dedup import (
     banding_reducers,
     bucket_rows,
     concat_tables,
+    exact_flags,
     exact_members,
     exact_reducers,
-    flag_exact,
-    flag_near,
     near_duplicates,
+    near_flags,
 )
 from pipeline.filter.documents import DocumentFilters, percentile_threshold
 from pipeline.filter.inputs import Partition, Source, discover, read_partition, text_bytes, validate_input
@@ -418,21 +418,24 @@ def _outputs(judged: pd.DataFrame, losers: pd.DataFrame | None,
 
     Rejected rows come in the order of the stage that rejected them (per-document stages, exact,
     near); each output is one take of the shard's rows (the text is copied once, not per stage).
+    The flags are numpy arrays until one ``assign``: a pandas operation costs ~50 us whatever its
+    length, and this runs for every partition.
     """
     reason = judged[REASON].to_numpy(dtype=object, copy=True)
     rank = np.where(reason == "", 3, 0)  # 3: kept; else the stage that rejected the row
-    frame = judged
+    flags: dict[str, Any] = {}
     if losers is not None:
-        frame = flag_exact(frame, losers, ID)
-        copy = (rank == 3) & frame[EXACT_DUP].to_numpy()
+        flags[EXACT_DUP] = exact_flags(judged[ID], losers)
+        copy = (rank == 3) & flags[EXACT_DUP]
         reason[copy], rank[copy] = EXACT_DUP, 1
     if clusters is not None:
         before = rank < 3  # rows rejected before near-dedup carry no cluster
-        frame = flag_near(frame, clusters, ID)
-        frame = frame.assign(cluster_id=frame["cluster_id"].mask(before),
-                             cluster_size=frame["cluster_size"].astype("Int64").mask(before))
-        near = (rank == 3) & frame[NEAR_DUP].to_numpy()
+        cluster_id, size, flags[NEAR_DUP] = near_flags(judged[ID], clusters)
+        flags["cluster_id"] = cluster_id.mask(before)
+        flags["cluster_size"] = pd.arrays.IntegerArray(size, before)
+        near = (rank == 3) & flags[NEAR_DUP]
         reason[near], rank[near] = NEAR_DUP, 2
+    frame = judged.assign(**flags)
     kept = frame.iloc[np.flatnonzero(rank == 3)].drop(columns=[REASON])
     out = np.flatnonzero(rank < 3)
     out = out[np.argsort(rank[out], kind="stable")]
@@ -440,12 +443,12 @@ def _outputs(judged: pd.DataFrame, losers: pd.DataFrame | None,
 
 
 def _write_shard(path: str, number: int, filters: DocumentFilters, hits: pd.DataFrame | None,
-                 losers: pd.DataFrame | None, clusters: pd.DataFrame | None, staging: str, columns: list[str],
-                 dtypes: dict[str, str]) -> list[dict[str, Any]]:
+                 losers: pd.DataFrame | None, clusters: pd.DataFrame | None, staging: str,
+                 schemas: dict[bool, pa.Schema]) -> list[dict[str, Any]]:
     """The kept and rejected outputs of one scored shard, written to staging; their summaries."""
     kept, rejected = _outputs(_judged(path, filters, hits), losers, clusters)
-    return [_write_part(kept, str(shard_path(Path(staging) / "kept", number)), columns, dtypes, False),
-            _write_part(rejected, str(shard_path(Path(staging) / "rejected", number)), columns, dtypes, True)]
+    return [_write_part(kept, str(shard_path(Path(staging) / "kept", number)), schemas[False], False),
+            _write_part(rejected, str(shard_path(Path(staging) / "rejected", number)), schemas[True], True)]
 
 
 def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg: Config, folder: Path,
@@ -516,15 +519,13 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
             print(f"filter: minhash threshold {params.threshold} with {params.num_perm} permutations -> "
                   f"{params.bands} bands x {params.rows} rows")
             stats["minhash"] = lsh
-    kept_meta, _ = _outputs(meta, None if losers is None else losers.iloc[:0],
-                            None if clusters is None else clusters.iloc[:0])
-    columns = [c for c in kept_meta.columns if c not in _DROPPED]
-    dtypes = {c: _output_dtype(kept_meta[c]) for c in columns}
+    schemas = _output_schemas(_outputs(meta, None if losers is None else losers.iloc[:0],
+                                       None if clusters is None else clusters.iloc[:0])[0])
     staging = folder / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     shared_losers, shared_clusters = dask.delayed(losers, traverse=False), dask.delayed(clusters, traverse=False)
     writes = [dask.delayed(_write_shard)(p, n, shared_filters, shared_hits, shared_losers, shared_clusters,
-                                         str(staging), columns, dtypes) for n, p in enumerate(paths)]
+                                         str(staging), schemas) for n, p in enumerate(paths)]
     with timed(clock, "write"):
         futures = client.compute(writes)
         summaries = []
@@ -537,28 +538,42 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
     return stats, {s["file"]: s["digest"] for s in summaries if "file" in s}
 
 
-def _write_part(frame: pd.DataFrame, path: str, columns: list[str], dtypes: dict[str, str],
-                rejected: bool) -> dict[str, Any]:
+def _output_schemas(kept_meta: pd.DataFrame) -> dict[bool, pa.Schema]:
+    """The Parquet schema of every kept (False) and rejected (True) output, from an empty kept frame:
+    one schema for every file, whichever stages left a column empty in one partition."""
+    columns = [c for c in kept_meta.columns if c not in _DROPPED]
+    kept = kept_meta[columns].astype({c: _output_dtype(kept_meta[c]) for c in columns})
+    rejected = kept.assign(**{REASON: pd.Series(dtype="string")})
+    return {False: pa.Schema.from_pandas(kept, preserve_index=False),
+            True: pa.Schema.from_pandas(rejected, preserve_index=False)}
+
+
+def _write_part(frame: pd.DataFrame, path: str, schema: pa.Schema, rejected: bool) -> dict[str, Any]:
     """Write one output partition (skipped when empty); return its counts for stats.json."""
-    out = frame.reindex(columns=columns + ([REASON] if rejected else []))
-    for c, kind in {**dtypes, REASON: "string"}.items():
-        if c in out:  # one Parquet schema for every file, whichever stages left a column empty
-            out[c] = out[c].astype(kind)
-    summary: dict[str, Any] = {"rejected": rejected, "docs": len(out), "bytes": int(frame["n_bytes"].sum()),
+    n_bytes = frame["n_bytes"].to_numpy(dtype=np.int64)
+    summary: dict[str, Any] = {"rejected": rejected, "docs": len(frame), "bytes": int(n_bytes.sum()),
                                "reasons": {}, "matches": [], "sources": {}}
-    edu = frame[EDU_SCORE].dropna().to_numpy() if EDU_SCORE in frame else np.empty(0)
-    summary["edu_hist"] = np.histogram(edu, bins=EDU_BINS)[0].tolist()
-    if rejected and len(out):
-        grouped = frame.assign(**{REASON: out[REASON]}).groupby(REASON)["n_bytes"].agg(["size", "sum"])
-        summary["reasons"] = {str(r): [int(n), int(b)] for r, (n, b) in grouped.iterrows()}
-        if "decontam_matches" in out:
-            decontam = out[REASON].astype(str).str.startswith("decontam:")
-            summary["matches"] = out.loc[decontam, "decontam_matches"].astype(str).tolist()
-    elif len(out):
+    edu = frame[EDU_SCORE].to_numpy(dtype=np.float64, na_value=np.nan) if EDU_SCORE in frame else np.empty(0)
+    summary["edu_hist"] = np.histogram(edu[~np.isnan(edu)], bins=EDU_BINS)[0].tolist()
+    if not len(frame):
+        return summary
+    if rejected:
+        reasons, which = np.unique(frame[REASON].to_numpy(dtype=str), return_inverse=True)
+        size = np.zeros(len(reasons), dtype=np.int64)
+        np.add.at(size, which, n_bytes)
+        summary["reasons"] = {str(r): [int(n), int(b)] for r, n, b in zip(reasons, np.bincount(which), size,
+                                                                          strict=True)}
+        if "decontam_matches" in frame:
+            summary["matches"] = [str(m) for r, m in zip(frame[REASON].tolist(), frame["decontam_matches"].tolist(),
+                                                         strict=True) if r.startswith("decontam:")]
+    else:
         summary["sources"] = {str(k): int(v) for k, v in frame[SOURCE].value_counts().items()}
-    if len(out):
-        write_parquet(out, Path(path))
-        summary.update(file=f"{'rejected' if rejected else 'kept'}/{Path(path).name}", digest=content_digest(path))
+    # one conversion, then each column cast to the run's schema (a column absent here is all null)
+    table = pa.Table.from_pandas(frame[[c for c in schema.names if c in frame]], preserve_index=False)
+    table = pa.Table.from_arrays([table[f.name].cast(f.type) if f.name in table.column_names
+                                  else pa.nulls(len(frame), f.type) for f in schema], schema=schema)
+    write_parquet(table, Path(path))
+    summary.update(file=f"{'rejected' if rejected else 'kept'}/{Path(path).name}", digest=content_digest(path))
     return summary
 
 
