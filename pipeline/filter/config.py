@@ -132,9 +132,9 @@ class FilterConfig(Section):
     limit: int | None = Field(default=None, ge=1)
     """At most this many documents per input (needed for streamed Hub datasets); inputs cut short are reported."""
     partition_rows: int = Field(default=20_000, ge=1)
-    """Documents per Dask partition and resumable shard, at most (a larger Parquet row group is cut into row ranges); local Parquet inputs are cut finer, to `partition_mb` and to a multiple of the cluster's threads, so that every thread gets an equal share."""
-    partition_mb: float = Field(default=32, gt=0)
-    """Text per partition of local Parquet inputs, at most (MB, uncompressed, from the footers): what one task holds in memory, whatever the corpus."""
+    """Documents per Dask partition and resumable shard, at most (a larger Parquet row group is cut into row ranges); local Parquet inputs are cut finer, to `partition_mb`, to six partitions per thread on a small corpus, and to a multiple of the cluster's threads, so that every thread gets an equal share."""
+    partition_mb: float = Field(default=16, gt=0)
+    """Text per partition of local Parquet inputs, at most (MB, uncompressed, from the footers): what one task holds in memory, whatever the corpus. A small corpus gets smaller partitions: six per thread, of 2 MB at least."""
     in_process: bool | None = None
     """Run on `workers` threads in this process (true) or on a LocalCluster of worker processes (false); default (null): threads for small inputs (in_process_mb) and for runs whose per-document work all releases the GIL (no heuristics, language, quality or decontamination), processes otherwise. Ignored with a scheduler."""
     in_process_mb: float = Field(default=8, ge=0)

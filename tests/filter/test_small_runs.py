@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
@@ -80,6 +82,20 @@ def test_partition_rows_gives_every_thread_a_share_of_parquet_inputs(corpus: Pat
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not parquet")
     assert partition_rows([Source(InputFile(str(broken), "parquet"), "text", "id", "b")], 500, 2) == 500
+
+
+def test_a_small_corpus_is_cut_finer_and_a_large_one_into_partitions_of_partition_mb(tmp_path: Path) -> None:
+    """Six partitions per thread while they hold 2 MB or more (smaller tasks hold less at once);
+    never more than ``partition_mb`` MB of text in one."""
+    path = tmp_path / "web.parquet"
+    texts = [f"{i} " + "word " * 2000 for i in range(1300)]  # 13 MB of text, one row group
+    pq.write_table(pa.table({"text": texts}), path, use_dictionary=False)
+    source = Source(InputFile(str(path), "parquet"), "text", "id", str(path))
+    assert partition_rows([source], 20_000, threads=1) == 217  # 6 partitions of 2.2 MB, not 1 of 13 MB
+    assert partition_rows([source], 20_000, threads=2) == 217  # 6.5 MB a thread: 3 each, 2 MB at least
+    assert partition_rows([source], 20_000, threads=4) == 325  # 3.3 MB a thread: one each
+    assert partition_rows([source], 20_000, threads=1, most_mb=1) == 93  # 14 partitions of at most 1 MB
+    assert len(validate_input(source, 217)[0]) == 6
 
 
 def test_a_failed_run_writes_no_report(corpus: Path, tmp_path: Path) -> None:
