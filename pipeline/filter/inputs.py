@@ -296,7 +296,7 @@ _BATCH_BYTES = 4 << 20
 
 
 def _open_parquet(path: str) -> pq.ParquetFile:
-    return pq.ParquetFile(path, buffer_size=1 << 20)
+    return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
 
 
 def text_bytes(meta: pq.FileMetaData, text_column: str) -> int:
