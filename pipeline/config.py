@@ -6,7 +6,11 @@ turns pydantic's errors into one line a user can act on.
 
 from __future__ import annotations
 
+import ast
 import difflib
+import functools
+import inspect
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -190,9 +194,29 @@ def reference_rows(model: type[BaseModel] = Config, prefix: str = "") -> list[tu
             default = default.model_dump(mode="json")
         shown = yaml.safe_dump(_strip_secrets({"v": _jsonable(default)}), default_flow_style=True,
                                width=10_000).strip()[4:-1]
-        description = " ".join((field.description or "").split())
+        description = " ".join((field.description or field_docs(model).get(name, "")).split())
         rows.append((key, shown, description))
     return rows
+
+
+@functools.cache
+def field_docs(model: type[BaseModel]) -> dict[str, str]:
+    """The docstring under each annotated field of ``model`` and its base classes (``x: int = 1``
+    then a string literal), read from the source when asked, as the reference does."""
+    docs: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if not issubclass(cls, BaseModel) or cls is BaseModel:
+            continue
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        except (OSError, TypeError, IndexError, AttributeError):  # no source (a class made at run time)
+            continue
+        for node, after in zip(body, body[1:], strict=False):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) \
+                    and isinstance(after.value.value, str):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
 
 
 def _jsonable(value: Any) -> Any:
