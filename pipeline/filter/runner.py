@@ -18,9 +18,9 @@ nothing and a changed input rescores only its shards. Outputs are staged and ren
 What a run costs beyond its work: a small input, or one whose per-document work all releases the
 GIL (dedup only), runs on threads in this process, not on worker processes that start and import
 for seconds; local Parquet files are cut into partitions of at most ``filter.partition_mb`` (finer
-on a small corpus, so a task holds less) and a multiple of the cluster's threads; the rows validation decodes are kept (uncompressed, in a
-temporary folder) for scoring, so a row range inside a large row group is not decoded again;
-both dedups hash the text in one pass.
+on a small corpus, so a task holds less) and a multiple of the cluster's threads; the rows
+validation decodes are kept (uncompressed, in a temporary folder) for scoring, so a row range
+inside a large row group is not decoded again; both dedups hash the text in one pass.
 """
 
 from __future__ import annotations
@@ -174,8 +174,8 @@ def _threads(client: Any) -> int:
 # A small corpus is cut into at least this many partitions per thread (while they hold at least
 # MIN_PARTITION_MB of text each): smaller tasks hold less at once (a 40 MB corpus on 2 threads peaks
 # ~50 MB lower on 3.4 MB partitions than on 10 MB ones) and no thread idles at the end. A large
-# corpus takes partitions of up to filter.partition_mb: each partition costs ~40-80 ms a pass
-# (reads, pandas work, and the allocator giving back and faulting in its memory).
+# corpus takes partitions of up to filter.partition_mb: each partition costs ~25-55 ms a pass on
+# one thread (reads, pandas work, and the allocator giving back and faulting in its memory).
 MIN_ROUNDS = 6
 MIN_PARTITION_MB = 2
 
