@@ -93,17 +93,25 @@ def test_concurrency_holds_across_a_two_worker_cluster(tmp_path, scheduler):
 
 
 def test_workers_keep_their_connections_from_shard_to_shard(tmp_path, scheduler):
-    """Each worker's client outlives its shards: 8 shards on 2 workers open a few connections, not 8 x 2."""
+    """Each worker's client outlives its shards and runs: connections carry several shards' requests.
+
+    Which worker takes which of the cluster's slots varies with load, so the test counts what a
+    connection carried, not how many were opened.
+    """
     with StubServer(api_key="sk-test", latency_s=0.02) as srv:
         cfg = config(srv, tmp_path, scheduler, "generate.shard_size=4", "generate.concurrency=2")
         first = run(cfg, requests_frame(32), tmp_path / "out", stage="generate")
-        opened = srv.connections
         cfg = config(srv, tmp_path, scheduler, "generate.shard_size=4", "generate.concurrency=2")
         again = run(cfg, requests_frame(32).assign(id=lambda f: "again-" + f["id"]), tmp_path / "again",
-                             stage="generate")
+                    stage="generate")
     assert first.complete and again.complete and len(srv.completed()) == 64
-    assert opened <= 2 * 2  # at most one per slot per worker
-    assert srv.connections == opened  # a second run on the same cluster reuses them too
+    carried: dict[int, set[tuple[int, int]]] = {}  # connection -> (run, shard) of its requests
+    for n, request in enumerate(srv.completed()):  # in answer order: the first run's 32, then the second's
+        row = int(request["messages"][0]["content"].split()[2])
+        carried.setdefault(request["connection"], set()).add((n // 32, row // 4))
+    assert len(carried) < 16  # a client per shard opens a connection per shard and slot
+    assert max(len(shards) for shards in carried.values()) >= 3
+    assert any(len({run for run, _ in shards}) == 2 for shards in carried.values())  # the second run reuses
 
 
 def test_max_cost_stops_cleanly_and_keeps_what_was_paid_for(tmp_path, scheduler):
