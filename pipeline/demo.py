@@ -22,6 +22,7 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.errors import ConfigError, HubError
 from pipeline.io import expand_inputs, iter_batches, write_parquet
+from pipeline.models import local_model_path
 from pipeline.rundir import MODEL_CONFIG, SHARD_GLOB, RunDir, shard_path
 
 OFFLINE_HINT = "run it offline on local files: make demo MODEL=/path/to/model WEB=/path/to/web.parquet"
@@ -91,7 +92,7 @@ def hub_needs(cfg: Config, run_dir: Path) -> list[str]:
     sampled into ``RUN_DIR/web_sample/``."""
     needs = []
     model = cfg.generate.model
-    if cfg.generate.backend == "transformers" and model and not Path(model).expanduser().exists() \
+    if cfg.generate.backend == "transformers" and model and local_model_path(model) is None \
             and not _cached_model(model):
         needs.append(f"generate.model={model}")
     if not shard_path(RunDir(run_dir).web_sample, 0).exists():

@@ -360,18 +360,19 @@ def _completion(raw: bytes, latency: float, where: str) -> Completion:
 
 
 class TransformersBackend:
-    """In-process batched generation: a Hub id or local path, its chat template, left padding."""
+    """In-process batched generation: a Hub id, a local folder or GGUF file (``pipeline.models``), its
+    chat template, left padding."""
 
     concurrency = 1  # one forward pass at a time: a second would only compete for the same device
     remote = False
 
     def __init__(self, model: str, device: str | None = None, batch_size: int = 8) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from pipeline.models import load_causal_lm
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForCausalLM.from_pretrained(model)
+            self.tokenizer, self.model = load_causal_lm(model)
         except (OSError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise GenerateError(f"generate.model '{model}': cannot load with transformers ({first})") from None
