@@ -30,7 +30,7 @@ from pipeline.errors import GenerateError
 from pipeline.generate.backends import Sampling, _completion, resolve_endpoint
 from pipeline.generate.config import GenerateConfig
 from pipeline.generate.conversation import render_conversation
-from pipeline.generate.flags import completion_flags
+from pipeline.generate.flags import completion_flags, is_repetitive
 from pipeline.generate.journal import (
     EVENT,
     Journal,
@@ -405,9 +405,11 @@ class _BatchRun:
         turns = self.turns.pop(row_id)
         messages = [{"role": t["role"], "content": t["content"]} for t in turns]
         flags = [f for t in turns for f in completion_flags(t["content"], t["finish_reason"])]
+        text = render_conversation(messages)
+        flags += ["repetitive"] if is_repetitive(text) else []  # a loop across turns, each turn fine
         k = self.shard_of[row_id]
         self._journal(k).append({
-            "id": row_id, self.completion_column: render_conversation(messages), MESSAGES: messages,
+            "id": row_id, self.completion_column: text, MESSAGES: messages,
             "requests": len(turns), "model": self.gen.model, "temperature": self.sampling.temperature,
             "max_tokens": self.sampling.max_tokens, "finish_reason": turns[-1]["finish_reason"],
             "prompt_tokens": sum(t["prompt_tokens"] for t in turns),

@@ -131,6 +131,8 @@ class GenerateConfig(Section):
     """torch device for the transformers backend (default: cuda if available, else cpu)."""
     diversity_max_opening_share: float = Field(default=0.25, gt=0, le=1)
     """Largest share of rows that may start with the same 3-word opening (TinyStories: 59%)."""
+    max_flagged_share: float = Field(default=0.2, ge=0, le=1)
+    """Share of rows flagged ``truncated`` or ``repetitive`` above which the run says, in one line, what to change."""
     diversity_gate: Literal["warn", "fail", "off"] = "warn"
     """When the opening share is exceeded: warn (after the run), fail (stop the run once 50 rows show it, exit 1), or off."""
     retry_backoff_s: float = Field(default=0.5, gt=0)

@@ -45,7 +45,7 @@ from pipeline.lineage import (
     read_fingerprint,
 )
 from pipeline.progress import progress
-from pipeline.rundir import ID, MANIFEST, MESSAGES, TEMPLATE, TEXT, RunDir, list_shards, manifest_path
+from pipeline.rundir import FLAGS, ID, MANIFEST, MESSAGES, TEMPLATE, TEXT, RunDir, list_shards, manifest_path
 
 
 @dataclass
@@ -517,11 +517,24 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     if manifest.get("diversity") != {**report, "gate": verdict}:
         manifest["diversity"] = {**report, "gate": verdict}
         write_json(manifest, manifest_path(out_dir))
+    for warning in _flag_warnings(out_dir, gen):
+        print(f"warning: {warning}", file=sys.stderr)
     if verdict:
         print(f"{'error' if gen.diversity_gate == 'fail' else 'warning'}: {verdict}", file=sys.stderr)
         if gen.diversity_gate == "fail":
             return 1
     return 0
+
+
+def _flag_warnings(out_dir: Path, gen: GenerateConfig) -> list[str]:
+    """What the rows' flags say about the settings: too many cut off or looping, or a greedy server."""
+    from pipeline.generate.flags import flag_counts, flagged_warning, greedy_warning
+    from pipeline.io import read_shards
+
+    rows = read_shards(out_dir, ["prompt", TEXT, FLAGS])
+    said = [flagged_warning(flag_counts(rows[FLAGS].tolist()), len(rows), gen.max_tokens, gen.max_flagged_share),
+            greedy_warning(rows["prompt"].tolist(), rows[TEXT].tolist(), gen.temperature)]
+    return [s for s in said if s]
 
 
 def _diversity_verdict(report: dict[str, Any], max_share: float, mode: str) -> str | None:

@@ -39,7 +39,7 @@ from pipeline.errors import GenerateError
 from pipeline.generate.backends import Backend, Completion, Sampling, open_backend
 from pipeline.generate.config import GenerateConfig
 from pipeline.generate.conversation import TurnByTurn, render_conversation
-from pipeline.generate.flags import completion_flags
+from pipeline.generate.flags import completion_flags, is_repetitive
 from pipeline.generate.journal import EVENT, Journal, estimate_prompt_tokens, journal_path, turns_of
 from pipeline.generate.limits import CompletionGate
 from pipeline.io import read_parquet, stable_hash, write_parquet
@@ -129,6 +129,7 @@ def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator
         messages = [{"role": t["role"], "content": t["content"]} for t in turns]
         text = render_conversation(messages)
         flags = [f for t in turns for f in completion_flags(t["content"], t["finish_reason"])]
+        flags += ["repetitive"] if is_repetitive(text) else []  # a loop across turns, each turn fine
         journal.append({
             "id": row_id, spec.completion_column: text, MESSAGES: messages, "requests": len(turns),
             "model": cfg.model, "temperature": sampling.temperature, "max_tokens": sampling.max_tokens,
