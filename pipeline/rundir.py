@@ -61,6 +61,10 @@ MESSAGES = "messages"
 """A conversation as ``[{role, content}]`` (the TRL convention)."""
 CONVERSATION = "conversation"
 """The ``template`` of generated Student/Teacher conversations (the chat source of SFT, the card's chats)."""
+FLAGS = "flags"
+"""A generated row's quality flags (``pipeline.generate.flags``)."""
+UNUSABLE_FLAGS = ("truncated", "empty", "refusal", "repetitive")
+"""Flags that keep a generated row out of training and of the published SFT set."""
 
 # --- the run directory ------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ from pipeline.hub.layout import (
     CARD_FILE,
     FIGURES_DIR,
     MODEL_CARD_DIR,
-    ConversationParser,
     DataConfig,
     data_configs,
 )
@@ -32,6 +31,7 @@ from pipeline.hub.provenance import card_lineage, lineage_chain, verify_outputs
 from pipeline.hub.reproduce import reproduce_section, write_reproduce_configs
 from pipeline.io import atomic_dir, build_manifest, copy_file, read_json, write_json, write_text
 from pipeline.rundir import LOSS_FIGURE, PHASES, SHARD_GLOB, RunDir, manifest_path
+from pipeline.train.config import TrainConfig
 
 REQUIRED_METADATA = ("license", "language", "task_categories", "size_categories", "tags", "configs")
 
@@ -47,7 +47,7 @@ def write_card(cfg: Config, restart: bool = False) -> int:
     run_dir = require_run_dir(cfg.run_dir)
     verify_outputs(run_dir)
     art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)
-    configs = data_configs(run_dir, sft_parser(cfg.train.sft.parser))
+    configs = data_configs(run_dir, sft_chats(cfg.train, run_dir))
     out = RunDir(run_dir).card
     with atomic_dir(out) as tmp:
         build_dataset_card(cfg.hub, art, configs, tmp, cfg.seed)
@@ -224,12 +224,19 @@ def model_repo_id(hub: HubConfig) -> str | None:
     return f"{hub.repo_id}-model" if hub.repo_id else None
 
 
-def sft_parser(name: str) -> ConversationParser:
-    """The conversation parser SFT training uses (``train.sft.parser``), so the card's ``sft`` config
-    matches what was trained on."""
-    from pipeline.train.sft import conversation_parser
+def sft_chats(train: TrainConfig, run_dir: Path) -> dict[str, list[dict[str, str]]] | None:
+    """The conversations SFT trains on, by the same selection (``train.sft`` and its source), so the
+    card's ``sft`` config is what was trained on; None when the run has none."""
+    from pipeline.errors import TrainError
+    from pipeline.train.sft import sft_conversations
 
-    return conversation_parser(name)
+    spec = train.sources.get(train.sft.source)
+    if spec is None or not spec.paths:
+        return None
+    try:
+        return sft_conversations(train.sft, spec, run_dir)[0]
+    except TrainError:  # no chat rows (or none left after the source's filters): no sft config
+        return None
 
 
 # --- rendering -----------------------------------------------------------------------------------

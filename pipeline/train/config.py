@@ -14,12 +14,14 @@ from pydantic import Field, field_validator
 from pipeline.rundir import (
     CONVERSATION,
     EDU_SCORE,
+    FLAGS,
     GENERATED_SOURCE,
     ID,
     SHARD_GLOB,
     SOURCE,
     TEMPLATE,
     TEXT,
+    UNUSABLE_FLAGS,
     RunDir,
 )
 from pipeline.settings import Section
@@ -30,7 +32,8 @@ class RowCondition(Section):
     of the column. A source lists its conditions under the YAML key ``filters``."""
 
     column: str
-    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not in"] = "=="
+    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not in", "excludes"] = "=="
+    """``excludes``: a list column (e.g. ``flags``) holding none of ``value``."""
     value: Any = None
     percentile: float | None = Field(default=None, ge=0, le=100)
 
@@ -106,16 +109,17 @@ _NOT_CHAT = {"column": TEMPLATE, "op": "!=", "value": CONVERSATION}
 _REPHRASE_TEMPLATES = ["rephrase_wikipedia", "rephrase_qa", "rephrase_tutorial", "rephrase_faq", "rephrase_table",
                        "rephrase_knowledge_list", "rephrase_math"]
 _NOT_REPHRASED = {"column": TEMPLATE, "op": "not in", "value": _REPHRASE_TEMPLATES}
+_USABLE = {"column": FLAGS, "op": "excludes", "value": list(UNUSABLE_FLAGS)}  # no cut-off, empty or looping rows
 
 
 def _default_sources() -> dict[str, SourceConfig]:
     return {
         "web": _src(_FILTERED, _NOT_GENERATED),
         "web_top_edu": _src(_FILTERED, _NOT_GENERATED, {"column": EDU_SCORE, "op": ">=", "percentile": 50}),
-        "synthetic": _src(_GENERATED, _NOT_CHAT, _NOT_REPHRASED),
-        "rephrased": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": _REPHRASE_TEMPLATES}),
-        "textbook": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": ["textbook", "exercises"]}),
-        "chat": _src(_GENERATED, {"column": TEMPLATE, "op": "==", "value": CONVERSATION}),
+        "synthetic": _src(_GENERATED, _NOT_CHAT, _NOT_REPHRASED, _USABLE),
+        "rephrased": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": _REPHRASE_TEMPLATES}, _USABLE),
+        "textbook": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": ["textbook", "exercises"]}, _USABLE),
+        "chat": _src(_GENERATED, {"column": TEMPLATE, "op": "==", "value": CONVERSATION}, _USABLE),
         "held_out": SourceConfig(),
     }
 

@@ -29,6 +29,7 @@ _OPS: dict[str, Callable[[pd.Series, object], pd.Series]] = {
     "==": lambda s, v: s == v, "!=": lambda s, v: s != v, ">": lambda s, v: s > v,
     ">=": lambda s, v: s >= v, "<": lambda s, v: s < v, "<=": lambda s, v: s <= v,
     "in": lambda s, v: s.isin(list(v)), "not in": lambda s, v: ~s.isin(list(v)),
+    "excludes": lambda s, v: s.map(lambda row: row is None or not set(row) & set(v)),
 }
 
 
@@ -50,6 +51,8 @@ def read_source(name: str, spec: SourceConfig, run_dir: Path) -> pd.DataFrame:
     frames = []
     for path in files:
         df = read_parquet(Path(path))
+        # a file without the column of an ``excludes`` condition holds none of the values (no flags)
+        df = df.assign(**{f.column: None for f in spec.filters if f.op == "excludes" and f.column not in df.columns})
         missing = [c for c in columns if c not in df.columns]
         if missing:
             raise TrainError(f"{path}: source {name!r} needs column {missing[0]!r} (has: {', '.join(df.columns)})")
