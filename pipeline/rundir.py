@@ -46,6 +46,45 @@ def manifest_path(folder: Path) -> Path:
     return Path(folder) / MANIFEST
 
 
+# --- hidden state inside a stage's folder (what a rerun resumes from) ---------------------------
+
+LINEAGE_FILE = ".lineage.json"
+"""The fingerprint the rows on disk were built from, written before the first request of a run."""
+LEDGER_FILE = ".ledger.json"
+"""What was paid for but is not a row on disk: requests lost to kills, and the ledgers of discarded runs."""
+BATCHES_FILE = ".batches.json"
+"""The durable record of the batches submitted to a provider's Batch API: row ids, input file, batch id."""
+JOURNAL_DIR = ".journal"
+"""The journals of a request engine's unfinished shards."""
+STAGING_DIR = ".staging"
+"""Parts written by a pass that is not finished; moved into place once it is."""
+
+
+def lineage_path(folder: Path) -> Path:
+    return Path(folder) / LINEAGE_FILE
+
+
+def ledger_path(folder: Path) -> Path:
+    return Path(folder) / LEDGER_FILE
+
+
+def batches_path(folder: Path) -> Path:
+    return Path(folder) / BATCHES_FILE
+
+
+def journal_dir(folder: Path) -> Path:
+    return Path(folder) / JOURNAL_DIR
+
+
+def journal_path(folder: Path, index: int) -> Path:
+    """``folder/.journal/part-NNNNN.jsonl``: named like the shard it becomes."""
+    return journal_dir(folder) / shard_path("", index).with_suffix(".jsonl").name
+
+
+def staging_dir(folder: Path) -> Path:
+    return Path(folder) / STAGING_DIR
+
+
 # --- columns shared between stages and the hub ------------------------------------------------
 
 ID = "id"

@@ -82,7 +82,7 @@ def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
     if "conversation" in gen.templates:  # its rows are built turn by turn: the turn settings and template
         from pipeline.generate.conversation import conversation_lineage
 
-        config["generate"]["conversation"], turn_inputs = conversation_lineage(cfg)
+        config["generate"]["conversation"], turn_inputs = conversation_lineage(gen)
         inputs |= turn_inputs
     if gen.rephrase.input:
         from pipeline.generate.rephrase import rephrase_lineage

@@ -12,10 +12,11 @@ from pipeline.classify.annotate import parse_score, wave_ends
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import GenerateError
-from pipeline.generate.runner import run_requests
-from pipeline.generate.stub_server import StubServer
 from pipeline.io import read_json, read_shards
 from pipeline.lineage import content_digest
+from pipeline.llm.run import run_requests
+from pipeline.llm.spec import RunSpec
+from pipeline.llm.stub_server import StubServer
 from tests.classify.conftest import make_corpus
 
 MALFORMED = [
@@ -120,8 +121,8 @@ def test_an_engine_column_never_overwrites_a_passthrough(tmp_path):
     requests = pd.DataFrame({"id": ["a"], "messages": [[{"role": "user", "content": "hi"}]], "answer": ["doc"]})
     cfg = load_config(None, [f"run_dir={tmp_path}"])
     with pytest.raises(GenerateError, match="passthrough column 'answer' would be overwritten"):
-        run_requests(cfg.generate, requests, tmp_path / "out", stage="annotate", run_dir=cfg.run_dir,
-                     completion_column="answer")
+        run_requests(RunSpec("annotate", tmp_path / "out", cfg.run_dir, cfg.generate, completion_column="answer"),
+                     requests)
     assert not (tmp_path / "out").exists()
 
 

@@ -14,11 +14,11 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.generate.conversation import parse_conversation, turn_by_turn
-from pipeline.generate.journal import Journal, unanswered
 from pipeline.generate.plan import plan_requests
 from pipeline.generate.render import PROMPTS_DIR
-from pipeline.generate.stub_server import StubServer
 from pipeline.io import list_shards, read_json, read_shards
+from pipeline.llm.journal import Journal, unanswered
+from pipeline.llm.stub_server import StubServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

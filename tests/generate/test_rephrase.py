@@ -19,8 +19,8 @@ from pipeline.generate.rephrase import (
     faithfulness,
     route_of,
 )
-from pipeline.generate.stub_server import StubServer, textbook_responder
 from pipeline.io import read_shards, write_parquet
+from pipeline.llm.stub_server import StubServer, textbook_responder
 
 ROUTES = ('[{name: low, when: [{column: edu_score, op: "<", value: 0.3}], templates: {rephrase_wikipedia: 1}}, '
           '{name: mid, when: [{column: edu_score, op: ">=", value: 0.3}, {column: edu_score, op: "<", value: 0.7}], '

@@ -17,13 +17,14 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.generate.backends import Sampling, TransformersBackend
 from pipeline.generate.diversity import GATE_MIN_ROWS
-from pipeline.generate.journal import Journal
 from pipeline.generate.plan import plan_requests
-from pipeline.generate.runner import run_requests
-from pipeline.generate.stub_server import StubServer, textbook_responder
 from pipeline.io import list_shards, read_json, read_shards
+from pipeline.llm.backends import Sampling, TransformersBackend
+from pipeline.llm.journal import Journal
+from pipeline.llm.run import run_requests
+from pipeline.llm.spec import RunSpec
+from pipeline.llm.stub_server import StubServer, textbook_responder
 
 ROOT = Path(__file__).resolve().parents[2]
 # the default mix without conversations: one request a row (a conversation takes one per turn, see
@@ -45,10 +46,11 @@ def config(srv: StubServer, tmp_path: Path, scheduler: str, *overrides: str):
                               "generate.retry_backoff_s=0.05", f"scheduler={scheduler}", *overrides])
 
 
-def run(cfg, requests: pd.DataFrame, out_dir: Path, **kwargs):
+def run(cfg, requests: pd.DataFrame, out_dir: Path, stage: str, restart: bool = False, dry_run: bool = False,
+        **spec):
     """``run_requests`` with the generate section and the shared keys of a root config."""
-    return run_requests(cfg.generate, requests, out_dir, run_dir=cfg.run_dir, seed=cfg.seed,
-                        scheduler=cfg.scheduler, workers=cfg.workers, **kwargs)
+    return run_requests(RunSpec(stage, out_dir, cfg.run_dir, cfg.generate, seed=cfg.seed, scheduler=cfg.scheduler,
+                                workers=cfg.workers, **spec), requests, restart=restart, dry_run=dry_run)
 
 
 def test_run_requests_contract_postprocess_and_resume(tmp_path, scheduler):

@@ -9,9 +9,9 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import GenerateError
-from pipeline.generate.backends import OpenAIBackend, Sampling, retry_after
-from pipeline.generate.flags import completion_flags
-from pipeline.generate.stub_server import Fault, StubServer
+from pipeline.llm.backends import OpenAIBackend, Sampling, retry_after
+from pipeline.llm.flags import completion_flags
+from pipeline.llm.stub_server import Fault, StubServer
 
 MESSAGES = [{"role": "user", "content": "Explain why the sky is blue."}]
 
