@@ -89,7 +89,7 @@ def arm_eval(cfg: Config, checkpoint: Path) -> dict[str, Any]:
                                      str(checkpoint))
         if describe_change(stored.get("lineage", {}), current) is None:
             return stored
-    result = score_checkpoint(str(checkpoint), cfg.eval, cfg.run_dir, cfg.train)
+    result = score_checkpoint(str(checkpoint), cfg.eval, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
     write_json(result, path)
     return result
 

@@ -57,9 +57,10 @@ from pipeline.rundir import (
     RunDir,
     manifest_path,
 )
+from pipeline.sources import read_source, source_files
 from pipeline.train.checkpoint import LINEAGE, STATE, list_states, load_latest, save_state
 from pipeline.train.config import PhaseConfig, TrainConfig
-from pipeline.train.data import MixtureSampler, packed_source, read_source, source_files
+from pipeline.train.data import MixtureSampler, packed_source
 from pipeline.train.evals import (
     IGNORE,
     MetricsLog,

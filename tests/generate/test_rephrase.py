@@ -163,7 +163,7 @@ def test_generate_rephrases_end_to_end_with_lineage_faithfulness_and_resume(tmp_
 
 
 def test_rephrased_rows_are_a_train_source_of_their_own_and_not_synthetic(tmp_path):
-    from pipeline.train.data import read_source
+    from pipeline.sources import read_source
 
     run = tmp_path / "run"
     write_parquet(pd.DataFrame({"id": ["t", "c", "r1", "r2"], "text": ["a textbook", "a chat", "a rewrite", "qa"],

@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.errors import EmptySourceError, TrainError
-from pipeline.train.config import SFTConfig, SourceConfig
+from pipeline.sources import SourceConfig
+from pipeline.train.config import SFTConfig
 from pipeline.train.evals import IGNORE, batch_targets
 from pipeline.train.loop import Dist, train_step
 from pipeline.train.sft import conversation_parser, fit_chat, pack_chats, sft_data, tokenize_chat
