@@ -1,11 +1,11 @@
 """A run's named text sources (``train.sources``): Parquet paths with row conditions, read as ``id``
-and ``text``; and the validation split, by a hash of the id, that training holds out and eval
-measures bits per byte on.
+and ``text``; the validation split, by a hash of the id, that training holds out and eval measures
+bits per byte on; and the stage manifests beside a source's files (its lineage's parents).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +16,8 @@ from pydantic import Field
 
 from pipeline.errors import EmptySourceError, PipelineError, TrainError
 from pipeline.io import expand_inputs, read_parquet
-from pipeline.rundir import ID, TEXT
+from pipeline.lineage import manifest_ref, relative_name
+from pipeline.rundir import ID, TEXT, manifest_path
 from pipeline.settings import Section
 
 
@@ -102,3 +103,11 @@ def validation_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
     return mask
 
 
+def source_parents(files: Iterable[str], run_dir: Path) -> dict[str, dict[str, str]]:
+    """``{folder: manifest_ref}`` of the stage manifests (filtered/, generated/, ...) beside the files read."""
+    parents: dict[str, dict[str, str]] = {}
+    for folder in sorted({Path(f).parent for f in files}):
+        ref = manifest_ref(manifest_path(folder), run_dir)
+        if ref is not None:
+            parents[relative_name(folder, run_dir)] = ref
+    return parents

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.config import Config, public_dict
 from pipeline.errors import TrainError
 from pipeline.io import read_json, write_json, write_png, write_text
 from pipeline.lineage import describe_change, fingerprint, manifest_ref
 from pipeline.rundir import TRAIN_SUMMARY, RunDir, manifest_path
-from pipeline.train.loop import PhasePlan, run_phase
+from pipeline.train.loop import run_phase
+from pipeline.train.plan import PhasePlan
 
 TABLE, MARKDOWN, FIGURE = "compare.json", "compare.md", "compare.png"
 """In RUN_DIR/compare/: the table, its Markdown rendering and the figure."""
@@ -55,9 +56,9 @@ def compare(cfg: Config, restart: bool = False) -> int:
         for k in range(c.seeds):
             seeded = cfg.model_copy(update={"seed": cfg.seed + k})
             schedule = cfg.train.phase2.model_copy(update={"mixture": mixture})
-            plan = PhasePlan(f"phase2-{arm}-seed{k}", run.compare_arm(arm, k), phase1, schedule,
-                             key="train.phase2", mixture_key=f"train.compare.arms.{arm}")
-            summary = run_phase(seeded, plan, restart)
+            plan = PhasePlan(f"phase2-{arm}-seed{k}", run.compare_arm(arm, k), phase1, schedule, seeded.seed,
+                             key="train.phase2", mixture_key=f"train.compare.arms.{arm}", config=public_dict(seeded))
+            summary = run_phase(cfg.train, cfg.run_dir, plan, restart)
             if summary.get("stopped_early"):
                 raise TrainError(f"compare arm {arm!r} stopped at step {summary['steps_done']}; "
                                  "unset train.stop_at_step")
