@@ -79,7 +79,7 @@ def rephrase_prompts(n: int, base_url: str) -> pd.DataFrame:
         docs = rephrase_documents(Path(tmp) / "docs.jsonl", n)
         cfg = load_config(None, [f"generate.base_url={base_url}", "generate.model=stub-model", "generate.num_samples=0",
                                  f"run_dir={tmp}", f"generate.rephrase.input=[{docs}]"])
-        return plan_requests(cfg)[0]
+        return plan_requests(cfg.generate, cfg.seed, cfg.run_dir)[0]
 
 
 def worker_cpu() -> float:
@@ -130,12 +130,13 @@ def pipeline_run(base_url: str, n: int, concurrency: int, workers: int, rephrase
         if rephrase:
             rcfg = load_config(None, [*overrides, "generate.num_samples=0", f"generate.rephrase.input=[{docs}]",
                                       "generate.rephrase.min_faithfulness=0.2"])
-            planned, _ = plan_requests(rcfg)
+            planned, _ = plan_requests(rcfg.generate, rcfg.seed, rcfg.run_dir)
             assert len(planned) == n, len(planned)
             summary = run_requests(RunSpec("bench", Path(tmp) / "out", Path(tmp), rcfg.generate,
                                            postprocess=Faithfulness(0.2), **where), planned)
         elif prompts is not None:
-            planned, _ = plan_requests(load_config(None, [*overrides, f"generate.num_samples={n}"]))
+            pcfg = load_config(None, [*overrides, f"generate.num_samples={n}"])
+            planned, _ = plan_requests(pcfg.generate, pcfg.seed, pcfg.run_dir)
             texts = [m[-1]["content"] for m in prompts["messages"]]
             planned["messages"] = [[{"role": "user", "content": texts[i % len(texts)]}] for i in range(n)]
             planned["prompt"] = [texts[i % len(texts)] for i in range(n)]

@@ -258,7 +258,7 @@ def plan_prompts(args: argparse.Namespace, run_dir: Path) -> list[str]:
     from pipeline.generate.plan import plan_requests
 
     cfg = load_config(ROOT / "configs" / "default.yaml", textbook_overrides(args, "http://127.0.0.1:9/v1", run_dir))
-    return plan_requests(cfg)[0]["prompt"].tolist()
+    return plan_requests(cfg.generate, cfg.seed, cfg.run_dir)[0]["prompt"].tolist()
 
 
 def textbook_overrides(args: argparse.Namespace, base_url: str, run_dir: Path) -> list[str]:

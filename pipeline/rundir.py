@@ -105,6 +105,8 @@ CONVERSATION = "conversation"
 
 PHASES = ("phase1", "phase2", "sft")
 CLASSIFIER_MODEL = "edu_fasttext.bin"
+CLASSIFIER_REPORT, CLASSIFIER_FIGURE = "report.json", "report.png"
+"""In classifier/ (an accepted model) or classifier/rejected/ (a refused one): its metrics and figure."""
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,11 @@ class RunDir:
 
     @property
     def classifier_report(self) -> Path:
-        return self.classifier / "report.json"
+        return self.classifier / CLASSIFIER_REPORT
 
     @property
     def classifier_figure(self) -> Path:
-        return self.classifier / "report.png"
+        return self.classifier / CLASSIFIER_FIGURE
 
     @property
     def classifier_rejected(self) -> Path:
@@ -192,9 +194,26 @@ class RunDir:
     def eval_result(self, name: str) -> Path:
         return self.eval / f"{name}.json"
 
+    def eval_results(self) -> list[Path]:
+        """Every ``eval/<checkpoint>.json`` written so far, by name."""
+        return sorted(self.eval.glob("*.json")) if self.eval.is_dir() else []
+
     @property
     def compare(self) -> Path:
         return self.root / "compare"
+
+    @property
+    def compare_table(self) -> Path:
+        """The data A/B: per arm the score and bpb over seeds, and the differences (``textbook compare``)."""
+        return self.compare / "compare.json"
+
+    @property
+    def compare_report(self) -> Path:
+        return self.compare / "compare.md"
+
+    @property
+    def compare_figure(self) -> Path:
+        return self.compare / "compare.png"
 
     def compare_arm(self, arm: str, seed_index: int) -> Path:
         return self.compare / arm / f"seed-{seed_index}"

@@ -111,3 +111,19 @@ def test_eval_does_not_import_training():
     edges = graph()
     assert [f"{m} -> {d}" for m, deps in edges.items() if m.startswith("pipeline.eval")
             for d in deps if d.startswith("pipeline.train")] == []
+
+
+def test_only_the_cli_entry_points_take_the_root_config():
+    """Below a stage's entry function, helpers take their section (plus the run directory, the seed)."""
+    from pipeline.cli import COMMANDS
+
+    entries = {target.replace(":", ".") for target, _ in COMMANDS.values()}
+    takers = set()
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+                if any(a.annotation is not None and ast.unparse(a.annotation).strip("'\"") == "Config" for a in args):
+                    takers.add(f"{module}.{node.name}")
+    assert takers - entries == set()
+    assert takers  # the check sees the entry points themselves

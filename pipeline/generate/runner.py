@@ -30,7 +30,7 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     from pipeline.generate.plan import plan_lineage, plan_requests
 
     gen = cfg.generate
-    requests, templates = plan_requests(cfg)
+    requests, templates = plan_requests(gen, cfg.seed, cfg.run_dir)
     template_info = {name: {"sha": t.sha, "requires": list(t.requires), "about": t.about}
                      for name, t in templates.items()}
     # the opening gate is generate's own (other stages' answers are labels, not prose)
@@ -42,7 +42,7 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
         postprocess = Faithfulness(gen.rephrase.min_faithfulness)
     spec = RunSpec("generate", RunDir(cfg.run_dir).generated, cfg.run_dir, gen, seed=cfg.seed,
                    scheduler=cfg.scheduler, workers=cfg.workers, postprocess=postprocess,
-                   dialogue=conversation_turns(gen), gate=gate, lineage=plan_lineage(cfg, templates),
+                   dialogue=conversation_turns(gen), gate=gate, lineage=plan_lineage(gen, cfg.seed, cfg.run_dir, templates),
                    config=public_dict(cfg), manifest_fields={"templates": template_info},
                    describe=lambda summary, previous: diversity(gen, summary, previous))
     summary = run_requests(spec, requests, restart=restart, dry_run=dry_run)

@@ -130,7 +130,8 @@ def test_kill_mid_conversations_then_rerun_gives_each_conversation_once_and_coun
         answered = len(srv.completed())
         resent = len(srv.requests) - mark
     table = read_shards(out)
-    planned, _ = plan_requests(load_config(None, _args(tmp_path, f"generate.num_samples={n}")))
+    cfg = load_config(None, _args(tmp_path, f"generate.num_samples={n}"))
+    planned, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     assert len(table) == n and set(table["id"]) == set(planned["id"])
     for messages in table["messages"]:
         assert [m["role"] for m in messages] == ["user", "assistant"] * 2

@@ -139,8 +139,9 @@ def test_generate_cli_end_to_end_with_diversity_report(tmp_path, capsys, schedul
                    "audience", "style", "noun", "features", "model", "temperature", "max_tokens",
                    "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "flags"]:
         assert column in table.columns, column
-    planned, _ = plan_requests(load_config(None, [f"run_dir={tmp_path}", "generate.model=stub-model",
-                                                  "generate.num_samples=25", "generate.max_tokens=40"]))
+    cfg = load_config(None, [f"run_dir={tmp_path}", "generate.model=stub-model", "generate.num_samples=25",
+                             "generate.max_tokens=40"])
+    planned, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     assert list(table["id"]) == list(planned["id"]) and list(table["prompt"]) == list(planned["prompt"])
     manifest = read_json(tmp_path / "generated" / "manifest.json")
     assert set(manifest["diversity"]) >= {"distinct_1", "distinct_2", "distinct_3", "top_opening_share",
@@ -239,7 +240,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once_and_the_ledger_counts_e
             "generate.max_tokens=20", "workers=1", NO_CONVERSATIONS]
     cfg = load_config(None, [f"run_dir={tmp_path}", "generate.model=stub-model", f"generate.num_samples={n}",
                              "generate.max_tokens=20", NO_CONVERSATIONS])
-    planned, _ = plan_requests(cfg)
+    planned, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     prompt_of = dict(zip(planned["id"], planned["prompt"], strict=True))
     out = tmp_path / "generated"
     env = {**os.environ, "OPENAI_BASE_URL": "", "OPENAI_API_KEY": "sk-test"}

@@ -169,7 +169,7 @@ def _classifier_report(run: Path, cfg, config: dict) -> None:
     metrics = evaluate_scores(VAL_LABELS, VAL_SCORES, 0.5)
     train = evaluate_scores([0] * 80 + [1] * 80, np.r_[np.linspace(0, 0.48, 80), np.linspace(0.52, 1, 80)])
     report = build_manifest(
-        "train-classifier", config, mode="dclm", label_rule=describe_labels(cfg, "dclm"), verdict="accepted",
+        "train-classifier", config, mode="dclm", label_rule=describe_labels(cfg.classifier, "dclm"), verdict="accepted",
         warnings=["only 19 validation documents in the smaller class: metrics are noisy"],
         counts={"used": 200, "train": 160, "validation": 40, "train_positives": 80, "validation_positives": 19,
                 "skipped": {"unlabelled": 0, "not_text": 0, "empty": 0, "duplicate": 2}},
