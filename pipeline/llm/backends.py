@@ -121,7 +121,7 @@ def openai_client(cfg: LLMConfig) -> Any:
     # the SDK's default pool keeps 100 connections, so a wider run would close and reopen them on
     # every burst
     pool = httpx2.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
-    # loading the CA bundle costs ~50 ms: once per worker process, not once per shard
+    # the CA bundle is loaded once per worker process, not once per shard
     tls = worker_cached(("ssl-context", "httpx"), httpx2.create_ssl_context)
     return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.request_timeout_s,
                               http_client=openai.DefaultAsyncHttpxClient(limits=pool, verify=tls))
@@ -160,8 +160,8 @@ class AioHttpChat:
     ``OPENAI_PROJECT_ID``).
 
     Why not the SDK: its request path (options, headers, retries wrapper, its own aiohttp adapter)
-    cost ~1.1 ms of CPU per request more than this on the project's server, which at C=64 and 0.2 s
-    latency is what kept a run below C/latency; its import adds ~0.6 s before the first request.
+    costs more client CPU per request than the request itself at high concurrency, and its import
+    delays the first request (bench/generate.py measures both).
     """
 
     def __init__(self, cfg: LLMConfig) -> None:
@@ -184,7 +184,7 @@ class AioHttpChat:
 
         tls: Any = True
         if self.url.startswith("https:"):
-            # loading the CA bundle costs ~50 ms: once per worker process, not once per shard
+            # the CA bundle is loaded once per worker process, not once per shard
             tls = worker_cached(("ssl-context", "aiohttp"), _ssl_context)
         # HTTP(S)_PROXY / NO_PROXY, as the SDK's httpx honours them: looked up once here, since
         # aiohttp's trust_env looks them (and ~/.netrc) up in a thread on every request

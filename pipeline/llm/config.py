@@ -36,7 +36,7 @@ class LLMConfig(Section):
     max_retries: int = Field(default=6, ge=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
     http_client: Literal["aiohttp", "httpx"] = "aiohttp"
-    """aiohttp: the chat completions wire protocol spoken directly over aiohttp (~0.3 ms of client CPU a request); httpx: through the openai SDK and its default httpx client (~1.4 ms)."""
+    """aiohttp: the chat completions wire protocol spoken directly over aiohttp (the least client CPU a request); httpx: through the openai SDK and its default httpx client."""
     batch_size: int = Field(default=8, ge=1)
     """Prompts per forward pass for the in-process transformers backend."""
     device: str | None = None
