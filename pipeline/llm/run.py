@@ -52,7 +52,7 @@ from pipeline.llm.journal import estimate_prompt_tokens
 from pipeline.llm.ledger import Ledger
 from pipeline.llm.resume import OutputState, resume_state, scan_output, write_history
 from pipeline.llm.rows import COMPLETION_COLUMNS
-from pipeline.llm.spec import Dialogue, Job, Outcome, RunSpec, RunSummary
+from pipeline.llm.spec import Dialogue, Executor, Job, Outcome, RunSpec, RunSummary
 from pipeline.rundir import (
     ID,
     MESSAGES,
@@ -112,7 +112,7 @@ def run_requests(spec: RunSpec, requests: pd.DataFrame, *, restart: bool = False
     return _finish(spec, requests, state, outcome, new_rows, stop_reason, changed or lost, start)
 
 
-def _executor(spec: RunSpec) -> Any:
+def _executor(spec: RunSpec) -> Executor:
     """The spec's executor (``generate.mode``)."""
     if spec.llm.mode == "batch":
         from pipeline.llm.batch import BatchExecutor

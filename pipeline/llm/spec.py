@@ -1,5 +1,5 @@
 """What a run of the engine is given and what it gives back: :class:`RunSpec` in, :class:`RunSummary`
-out; between the run skeleton and an executor, a :class:`Job` per wave and its :class:`Outcome`.
+out; between the run skeleton and an :class:`Executor`, a :class:`Job` per wave and its :class:`Outcome`.
 
 The callers' hooks are typed here too: the :class:`Dialogue` that builds rows turn by turn, the
 :class:`WaveGate` that judges a wave before the next is paid for, and ``describe``, the manifest
@@ -156,3 +156,31 @@ class Outcome:
     stop_reason: str | None = None
     changed: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    """How a run's requests reach the model: online (:mod:`pipeline.llm.online`) or through a Batch API
+    (:mod:`pipeline.llm.batch`). The run skeleton owns everything else; an executor holds what lives
+    across waves (a cluster, a batch book) between ``__enter__`` and ``__exit__``."""
+
+    def ledger(self, **totals: Any) -> Ledger:
+        """A ledger at this executor's prices, starting from ``totals``."""
+        ...
+
+    def prepare(self, restart: bool, dry_run: bool) -> None:
+        """Check the executor's own state against the run's lineage (``restart``: forget a stale one)."""
+        ...
+
+    def in_flight(self) -> set[str]:
+        """Row ids sent by an earlier run whose answers are still to be collected."""
+        ...
+
+    def estimate(self, estimate: dict[str, Any], done: set[str]) -> dict[str, Any]:
+        """The dry run's estimate, with what this executor adds to it."""
+        ...
+
+    def execute(self, job: Job) -> Outcome: ...
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
