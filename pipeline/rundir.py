@@ -14,6 +14,11 @@ naming, where manifests live, and the column names stages and the hub share.
       card/           README.md  model/README.md  manifest.json
       push/ push_model/ pushed.json  web_sample/
 
+Hidden beside a stage's outputs, the state a rerun resumes from: ``.lineage.json`` (the fingerprint the
+rows on disk were built from), ``.ledger.json`` and ``.journal/`` (the request engine's paid requests
+and unfinished shards), ``.batches.json`` (batches submitted to a Batch API), ``.staging/`` (parts of
+a pass not yet moved into place).
+
 A stage asks this module for a path (``RunDir(cfg.run_dir).filtered``) rather than joining strings,
 so a layout change is one edit here and a reader finds every artifact in one place.
 """
