@@ -121,8 +121,8 @@ def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     """Sample, label with the LLM, parse strictly; write ``RUN_DIR/annotations`` (resumable).
 
     Resumes only when the fingerprint (annotate section, the model and sampling it runs, seed,
-    template and the input files' digests) matches the stored one; ``restart`` discards annotations
-    built from others. The requests go out in waves (:func:`wave_ends`); a wave whose share of
+    template and the input files' digests) matches the stored one; ``restart`` discards the old
+    annotations (kept in the manifest's ``discarded_runs``) and asks again. The requests go out in waves (:func:`wave_ends`); a wave whose share of
     unparseable answers is over ``annotate.max_failure_share`` stops the run (`ClassifierError`)
     before the next wave is paid for.
     """
@@ -143,7 +143,7 @@ def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     spec = RunSpec("annotate", out_dir, cfg.run_dir, gen, seed=cfg.seed, scheduler=cfg.scheduler,
                    workers=cfg.workers, sampling=sampling, completion_column="answer",
                    postprocess=annotation_columns, waves=FailureGate(a), lineage=lineage,
-                   label="the annotation run", config=config,
+                   label="the annotation run", restart_discards="all", config=config,
                    manifest_fields={"template": {"name": template.name, "sha": template.sha}, "sample": counts},
                    describe=lambda summary, previous: annotation_counts(summary.out_dir))
     summary = run_requests(spec, requests, restart=restart, dry_run=dry_run)

@@ -56,8 +56,10 @@ class _Unplanned(Exception):
 
 
 def resume_state(out_dir: Path, shards: list[pd.DataFrame], stage: str, what: str,
-                 lineage: dict[str, Any] | None, restart: bool, dry_run: bool, llm: LLMConfig) -> OutputState:
-    """The state to resume from; stale state is refused, or with ``restart`` discarded (not in a dry run).
+                 lineage: dict[str, Any] | None, restart: bool, dry_run: bool, llm: LLMConfig,
+                 restart_discards: str = "stale") -> OutputState:
+    """The state to resume from; stale state is refused, or with ``restart`` discarded (not in a dry run),
+    and with ``restart_discards="all"`` so is state built from the same inputs.
 
     ``stage`` and ``what`` (the output) name it in messages."""
     stored = read_fingerprint(lineage_path(out_dir)) or read_fingerprint(manifest_path(out_dir))
@@ -65,6 +67,8 @@ def resume_state(out_dir: Path, shards: list[pd.DataFrame], stage: str, what: st
     change = None
     if has_rows and lineage is not None and not check_resume(what, stored, lineage, restart, out_dir):
         change = describe_change(stored or {}, lineage)
+    elif has_rows and restart and restart_discards == "all":
+        change = "--restart asks every request again"
     if change is None:
         try:
             return scan_output(out_dir, shards)

@@ -75,7 +75,7 @@ def run_requests(spec: RunSpec, requests: pd.DataFrame, *, restart: bool = False
     out_dir, llm = Path(spec.out_dir), spec.llm
     shards = cut(requests, llm.shard_size)
     state = resume_state(out_dir, shards, spec.stage, spec.label or f"{spec.stage} output", spec.lineage,
-                         restart, dry_run, llm)
+                         restart, dry_run, llm, spec.restart_discards)
     executor.prepare(restart, dry_run)
 
     if dry_run:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import pandas as pd
 
@@ -116,6 +116,9 @@ class RunSpec:
     lineage: dict[str, Any] | None = None
     label: str | None = None
     """What messages call the rows on disk (default: ``<stage> output``)."""
+    restart_discards: Literal["stale", "all"] = "stale"
+    """What ``--restart`` discards: rows built from other inputs, or every row (then a rerun asks
+    every request again: annotate's remedy after its failure gate, which no setting may have caused)."""
     config: dict[str, Any] | None = None
     manifest_fields: dict[str, Any] = field(default_factory=dict)
     describe: Describe | None = None
