@@ -89,7 +89,8 @@ def write_part(out_dir: Path, index: int, requests: pd.DataFrame, existing: pd.D
         table = assemble(requests, existing, fresh, postprocess)
         if len(table):
             write_parquet(table, part)
-    if not any(row_id not in finished | {r["id"] for r in fresh} for row_id in turns_of(events)):
+    finished = finished | {r["id"] for r in fresh}
+    if not any(row_id not in finished for row_id in turns_of(events)):
         journal.remove()  # else an unfinished conversation's paid turns stay for the rerun to continue
     return len(fresh)
 
