@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from pipeline.io import stable_hash, write_json
 from pipeline.lineage import fingerprint, manifest_ref, relative_name
 from pipeline.progress import progress
 from pipeline.rundir import ID, MODEL_CONFIG, PHASES, TEXT, RunDir, manifest_path
-from pipeline.train.config import TrainConfig
+from pipeline.sources import SourceConfig, read_source, validation_mask
 
 # Bumped whenever rendering or scoring changes, so old and new scores never share a digest.
 PROMPT_FORMAT = "v1: lm-eval cloze/mc, few-shot joined by a blank line, continuation delimiter ' '"
@@ -38,7 +39,7 @@ PROMPT_FORMAT = "v1: lm-eval cloze/mc, few-shot joined by a blank line, continua
 def evaluate(cfg: Config, checkpoint: str | None = None) -> int:
     """CLI entry: write ``RUN_DIR/eval/<name>.json`` for ``checkpoint`` and print its table."""
     path, name = resolve_checkpoint(cfg.run_dir, checkpoint)
-    result = score_checkpoint(path, cfg.eval, cfg.run_dir, cfg.train)
+    result = score_checkpoint(path, cfg.eval, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
     out = write_json(result, RunDir(cfg.run_dir).eval_result(name))
     print(format_table(result))
     print(f"wrote {out}")
@@ -82,10 +83,12 @@ def load_model(path: str, device_choice: str):
     return model.to(device).eval(), tok, device
 
 
-def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, train: TrainConfig) -> dict[str, Any]:
+def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, sources: Mapping[str, SourceConfig],
+                     val_fraction: float) -> dict[str, Any]:
     """The result file's content: per-task scores, the mean centered score, bpb per domain, the bundle.
 
-    ``train`` gives the bpb documents: the held-out part of each source ``e.bpb_domains`` names.
+    The bpb documents are the held-out part (``val_fraction``, as training splits them) of each of the
+    run's ``sources`` that ``e.bpb_domains`` names.
     """
     tasks = [load_task(t, e.seed) for t in e.tasks]
     bundle = bundle_of(e, tasks)
@@ -99,7 +102,7 @@ def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, train: TrainConfig
         "checkpoint": relative_name(path, run_dir) if Path(path).exists() else path,
         "tasks": scores,
         "score": float(np.mean([s["centered"] for s in scores.values()])) if scores else float("nan"),
-        "bpb": domain_bpb(model, tok, e, run_dir, train, max_length, device),
+        "bpb": domain_bpb(model, tok, e, run_dir, sources, val_fraction, max_length, device),
         "bundle_digest": stable_hash(bundle),
         "bundle": bundle,
         "items_per_s": items / seconds if seconds > 0 else None,
@@ -154,14 +157,12 @@ def score_task(model, tok, task: Task, e: EvalConfig, max_length: int, device: t
             "num_fewshot": task.config.num_fewshot, "form": task.config.form}
 
 
-def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, train: TrainConfig, max_length: int,
-               device: torch.device) -> dict[str, float]:
+def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, sources: Mapping[str, SourceConfig], val_fraction: float,
+               max_length: int, device: torch.device) -> dict[str, float]:
     """Bits per byte on each domain's held-out documents (the ones training never saw)."""
-    from pipeline.train.data import read_source, validation_mask
-
     out = {}
     for domain, source in e.bpb_domains.items():
-        spec = train.sources.get(source)
+        spec = sources.get(source)
         if spec is None or not spec.paths or e.bpb_docs == 0:
             continue
         try:
@@ -169,7 +170,7 @@ def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, train: TrainConfig, max
         except PipelineError as err:
             print(f"eval: bpb skips domain {domain!r}: {err}", file=sys.stderr)
             continue
-        held = docs[validation_mask(docs[ID].tolist(), train.val_fraction)]
+        held = docs[validation_mask(docs[ID].tolist(), val_fraction)]
         if held.empty:
             continue
         out[domain] = bits_per_byte(model, tok, held[TEXT].tolist()[: e.bpb_docs], max_length, device,

@@ -35,6 +35,8 @@ from pipeline.train.config import TrainConfig
 
 REQUIRED_METADATA = ("license", "language", "task_categories", "size_categories", "tags", "configs")
 
+_RUN = RunDir(Path())  # the run directory's layout, relative to its root: how the card names a file
+
 
 def write_card(cfg: Config, restart: bool = False) -> int:
     """Write the dataset card folder and the model card to ``RUN_DIR/card/``; print where they are.
@@ -88,9 +90,9 @@ def build_dataset_card(hub: HubConfig, art: RunArtifacts, configs: list[DataConf
         "filter_figure": _copy_figure(run.filter_report, figures, "filter_report.png"),
         "training": checkpoints.training_section(art),
         "untrained": [p for p in PHASES if p not in art.checkpoints],
-        "downstream": {name: section(art, f"eval/{name}.json", lambda _, r=r: downstream.eval_section(r))
+        "downstream": {name: section(art, _RUN.eval_result(name).as_posix(), lambda _, r=r: downstream.eval_section(r))
                        for name, r in downstream.eval_results(art.run_dir).items()},
-        "data_ab": section(art, "compare/compare.json", lambda a: downstream.compare_section(a.run_dir)),
+        "data_ab": section(art, _RUN.compare_table.as_posix(), lambda a: downstream.compare_section(a.run_dir)),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir),
         "notes": art.notes,
@@ -187,7 +189,7 @@ def build_model_card(hub: HubConfig, art: RunArtifacts, folder: Path) -> Path | 
         "architecture": checkpoints.architecture(ckpt.get("config")),
         "parameters": checkpoints.count_parameters(ckpt["path"]) or (ckpt.get("summary") or {}).get("parameters"),
         "phases": checkpoints.training_section(art),
-        "downstream": section(art, f"eval/{phase}.json",
+        "downstream": section(art, _RUN.eval_result(phase).as_posix(),
                               lambda a: downstream.eval_section(downstream.eval_results(a.run_dir).get(phase))),
         "loss_figure": _copy_figure(ckpt["path"] / LOSS_FIGURE, folder, LOSS_FIGURE),
         "reproduce": reproduce_section(art.manifests, art.run_dir),

@@ -116,7 +116,7 @@ def check_upload(run_dir: Path, folder: Path, secrets: dict[str, str], shown_as:
         assert_no_secret(folder, value, name, shown_as)
 
 
-def upload_secrets(cfg: Config, token: str | None) -> dict[str, str]:
+def upload_secrets(cfg: BaseModel, token: str | None) -> dict[str, str]:
     """{what: value} no uploaded file may hold: the configured secrets long enough to be credentials
     (:func:`configured_secrets`, which walks the whole config), then the Hugging Face token."""
     secrets = {name: value for name, value in configured_secrets(cfg).items() if len(value) >= _MIN_SECRET}
@@ -125,9 +125,9 @@ def upload_secrets(cfg: Config, token: str | None) -> dict[str, str]:
     return secrets
 
 
-def configured_secrets(cfg: Config) -> dict[str, str]:
-    """{what: value} of the secrets a run knows: every ``SecretStr`` of the config, any other value
-    ``public_dict`` strips, and OPENAI_API_KEY."""
+def configured_secrets(cfg: BaseModel) -> dict[str, str]:
+    """{what: value} of the secrets a run knows: every ``SecretStr`` of the config (the whole of it: any
+    section may hold one), any other value ``public_dict`` strips, and OPENAI_API_KEY."""
     found: dict[str, str] = {}
 
     def walk(node: object, public: object, key: str) -> None:

@@ -16,35 +16,14 @@ from pipeline.rundir import (
     EDU_SCORE,
     FLAGS,
     GENERATED_SOURCE,
-    ID,
     SHARD_GLOB,
     SOURCE,
     TEMPLATE,
-    TEXT,
     UNUSABLE_FLAGS,
     RunDir,
 )
 from pipeline.settings import Section
-
-
-class RowCondition(Section):
-    """Keep a source's rows where ``column op value``; ``percentile`` sets ``value`` to that percentile
-    of the column. A source lists its conditions under the YAML key ``filters``."""
-
-    column: str
-    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not in", "excludes"] = "=="
-    """``excludes``: a list column (e.g. ``flags``) holding none of ``value``."""
-    value: Any = None
-    percentile: float | None = Field(default=None, ge=0, le=100)
-
-
-class SourceConfig(Section):
-    paths: list[str] = []
-    text_column: str = TEXT
-    id_column: str = ID
-    filters: list[RowCondition] = []
-    max_docs: int | None = None
-    """Read at most this many documents (after filtering), in file order."""
+from pipeline.sources import RowCondition, SourceConfig
 
 
 class TokenizerConfig(Section):

@@ -22,8 +22,9 @@ from pipeline.errors import EmptySourceError, TrainError
 from pipeline.io import read_parquet
 from pipeline.lineage import file_digests
 from pipeline.rundir import ID, MESSAGES, TEXT, RunDir
-from pipeline.train.config import SFTConfig, SourceConfig
-from pipeline.train.data import cached_arrays, read_source, source_files, token_dtype, validation_mask
+from pipeline.sources import SourceConfig, read_source, source_files, validation_mask
+from pipeline.train.config import SFTConfig
+from pipeline.train.data import cached_arrays, token_dtype
 
 Conversation = list[dict[str, str]]
 
@@ -43,7 +44,7 @@ _ROLES = ("system", "user", "assistant")
 def stored_messages(files: Sequence[str], spec: SourceConfig) -> dict[str, Conversation]:
     """Row id -> its ``messages`` (a list of ``{role, content}``), for the files that have that column.
 
-    Ids are as :func:`~pipeline.train.data.read_source` gives them (the id column, else ``path:row``).
+    Ids are as :func:`~pipeline.sources.read_source` gives them (the id column, else ``path:row``).
     A message with another role than system/user/assistant is an error, never silently trained on.
     """
     out: dict[str, Conversation] = {}

@@ -54,13 +54,13 @@ def one_torch_thread():
 def test_random_model_scores_near_chance_and_a_trained_one_clearly_above(tmp_path, tiny_llama):
     task = write_mc(tmp_path / "yesno.jsonl", 300)
     cfg = eval_config(tmp_path / "run", task)
-    random_result = score_checkpoint(str(tiny_llama), cfg.eval, cfg.run_dir, cfg.train)
+    random_result = score_checkpoint(str(tiny_llama), cfg.eval, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
     s = random_result["tasks"]["yesno"]
     assert s["items"] == 200 and s["chance"] == pytest.approx(0.25)
     assert abs(random_result["score"]) < 0.2
 
     trained = train_on_answers(tmp_path / "trained", load_task(cfg.eval.tasks[0], seed=1))
-    trained_result = score_checkpoint(str(trained), cfg.eval, cfg.run_dir, cfg.train)
+    trained_result = score_checkpoint(str(trained), cfg.eval, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
     assert trained_result["score"] > random_result["score"] + 0.4
     assert trained_result["bundle_digest"] == random_result["bundle_digest"]
 

@@ -17,13 +17,14 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.generate.backends import Sampling, TransformersBackend
 from pipeline.generate.diversity import GATE_MIN_ROWS
-from pipeline.generate.journal import Journal
 from pipeline.generate.plan import plan_requests
-from pipeline.generate.runner import run_requests
-from pipeline.generate.stub_server import StubServer, textbook_responder
 from pipeline.io import list_shards, read_json, read_shards
+from pipeline.llm.backends import Sampling, TransformersBackend
+from pipeline.llm.journal import Journal
+from pipeline.llm.run import run_requests
+from pipeline.llm.spec import RunSpec
+from pipeline.llm.stub_server import StubServer, textbook_responder
 
 ROOT = Path(__file__).resolve().parents[2]
 # the default mix without conversations: one request a row (a conversation takes one per turn, see
@@ -45,10 +46,11 @@ def config(srv: StubServer, tmp_path: Path, scheduler: str, *overrides: str):
                               "generate.retry_backoff_s=0.05", f"scheduler={scheduler}", *overrides])
 
 
-def run(cfg, requests: pd.DataFrame, out_dir: Path, **kwargs):
+def run(cfg, requests: pd.DataFrame, out_dir: Path, stage: str, restart: bool = False, dry_run: bool = False,
+        **spec):
     """``run_requests`` with the generate section and the shared keys of a root config."""
-    return run_requests(cfg.generate, requests, out_dir, run_dir=cfg.run_dir, seed=cfg.seed,
-                        scheduler=cfg.scheduler, workers=cfg.workers, **kwargs)
+    return run_requests(RunSpec(stage, out_dir, cfg.run_dir, cfg.generate, seed=cfg.seed, scheduler=cfg.scheduler,
+                                workers=cfg.workers, **spec), requests, restart=restart, dry_run=dry_run)
 
 
 def test_run_requests_contract_postprocess_and_resume(tmp_path, scheduler):
@@ -145,8 +147,9 @@ def test_generate_cli_end_to_end_with_diversity_report(tmp_path, capsys, schedul
                    "audience", "style", "noun", "features", "model", "temperature", "max_tokens",
                    "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "flags"]:
         assert column in table.columns, column
-    planned, _ = plan_requests(load_config(None, [f"run_dir={tmp_path}", "generate.model=stub-model",
-                                                  "generate.num_samples=25", "generate.max_tokens=40"]))
+    cfg = load_config(None, [f"run_dir={tmp_path}", "generate.model=stub-model", "generate.num_samples=25",
+                             "generate.max_tokens=40"])
+    planned, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     assert list(table["id"]) == list(planned["id"]) and list(table["prompt"]) == list(planned["prompt"])
     manifest = read_json(tmp_path / "generated" / "manifest.json")
     assert set(manifest["diversity"]) >= {"distinct_1", "distinct_2", "distinct_3", "top_opening_share",
@@ -245,7 +248,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once_and_the_ledger_counts_e
             "generate.max_tokens=20", "workers=1", NO_CONVERSATIONS]
     cfg = load_config(None, [f"run_dir={tmp_path}", "generate.model=stub-model", f"generate.num_samples={n}",
                              "generate.max_tokens=20", NO_CONVERSATIONS])
-    planned, _ = plan_requests(cfg)
+    planned, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     prompt_of = dict(zip(planned["id"], planned["prompt"], strict=True))
     out = tmp_path / "generated"
     env = {**os.environ, "OPENAI_BASE_URL": "", "OPENAI_API_KEY": "sk-test"}

@@ -10,9 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.errors import EmptySourceError, TrainError
-from pipeline.train.config import SFTConfig, SourceConfig
+from pipeline.sources import SourceConfig
+from pipeline.train.config import SFTConfig
+from pipeline.train.distributed import Dist
 from pipeline.train.evals import IGNORE, batch_targets
-from pipeline.train.loop import Dist, train_step
+from pipeline.train.loop import train_step
 from pipeline.train.sft import conversation_parser, fit_chat, pack_chats, sft_data, tokenize_chat
 from pipeline.train.tokenizer import train_bpe
 from tests.conftest import SENTENCES

@@ -26,7 +26,7 @@ twice creates each once).
     with StubServer(faults=["429", None, "500"], api_key="sk-test") as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key="sk-test")
 
-    python -m pipeline.generate.stub_server --port 8000 --latency 0.2
+    python -m pipeline.llm.stub_server --port 8000 --latency 0.2
 """
 
 from __future__ import annotations
