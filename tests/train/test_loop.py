@@ -140,7 +140,7 @@ def test_torchrun_with_two_processes_shards_the_batch_and_only_rank_0_writes(tra
            "train.phase1.warmup_steps=2", "train.eval_every=10", "train.eval_sequences=4",
            "train.checkpoint_every=5", "train.val_fraction=0.1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     folder = run_dir / "checkpoints" / "phase1"
     summary = json.loads((folder / "train_summary.json").read_text())
