@@ -39,7 +39,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -111,8 +111,12 @@ class StubServer:
     def __init__(self, responder: Responder | None = None, faults: Iterable[str | Fault | None] = (),
                  api_key: str | None = None, models: Iterable[str] = ("stub-model",), latency_s: float = 0.0,
                  slow_s: float = 5.0, host: str = "127.0.0.1", port: int = 0, batch_delay_s: float = 0.0,
-                 batch_errors: Iterable[str] = (), batch_expiry: Iterable[int | None] = ()) -> None:
+                 batch_errors: Iterable[str] = (), batch_expiry: Iterable[int | None] = (),
+                 hold: Callable[[dict], Awaitable[None]] | None = None) -> None:
         self.responder = responder or textbook_responder
+        self.hold = hold
+        """Awaited on the server's loop before a chat request is answered: a test can keep an answer
+        back until another request has arrived, instead of timing it."""
         self.slow_s = slow_s
         self.faults: list[Fault | None] = [f if f is None or isinstance(f, Fault) else Fault(str(f), delay_s=slow_s)
                                            for f in faults]
@@ -251,6 +255,8 @@ class StubServer:
             return _error(404, f"The model '{model}' does not exist or you do not have access to it.",
                           "model_not_found")
         fault = self.faults.pop(0) if self.faults else None
+        if self.hold is not None:
+            await self.hold(body)
         return await self._chat(body, fault)
 
     async def _chat(self, body: dict, fault: Fault | None, latency: bool = True) -> _Reply:
