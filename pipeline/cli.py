@@ -12,7 +12,7 @@ import importlib
 import re
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
@@ -39,6 +39,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Stages that keep state between runs and so check their lineage before resuming.
 RESUMABLE = ("generate", "annotate", "train-classifier", "filter", "train", "compare", "card", "push", "demo")
+
+# Stages that write into the run directory: each holds it exclusively while it runs (pipeline.runlock).
+LOCKED = (*RESUMABLE, "eval")
+# ... of which these only read a run that exists (they refuse a missing one themselves)
+_READ_RUN = ("card", "push")
 
 # ``key=value`` with a dotted config key: an override wherever it stands on the line.
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")
@@ -129,6 +134,16 @@ def _imports_uncollected() -> Iterator[None]:
             gc.enable()
 
 
+def _exclusive(command: str, cfg: Config, rest: list[str]) -> AbstractContextManager:
+    """The run directory's lock for a stage that writes into it; nothing for the others. The
+    command it records leaves the overrides out (they may carry a key)."""
+    if command not in LOCKED:
+        return nullcontext()
+    from pipeline.runlock import run_lock
+
+    return run_lock(cfg.run_dir, " ".join(["textbook", *rest]), create=command not in _READ_RUN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; ``argv`` None: this process's command line, and the process ends with the stage."""
     rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
@@ -144,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             module_name, func_name = COMMANDS[args.command][0].split(":")
             stage = getattr(importlib.import_module(module_name), func_name)
         options = {k: v for k, v in vars(args).items() if k not in _COMMON}
-        code = stage(cfg, **options)
+        with _exclusive(args.command, cfg, rest):
+            code = stage(cfg, **options)
         return int(code or 0)
     except PipelineError as e:
         if args.debug:

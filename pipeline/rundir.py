@@ -13,6 +13,7 @@ naming, where manifests live, and the column names stages and the hub share.
       compare/        <arm>/seed-<k>/  compare.json compare.md compare.png
       card/           README.md  model/README.md  manifest.json
       push/ push_model/ pushed.json  web_sample/
+      .lock           held by the stage that runs (pipeline.runlock): one writer at a time
 
 A stage asks this module for a path (``RunDir(cfg.run_dir).filtered``) rather than joining strings,
 so a layout change is one edit here and a reader finds every artifact in one place.
@@ -76,6 +77,11 @@ class RunDir:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def lock(self) -> Path:
+        """The file a running stage holds locked (``pipeline.runlock``)."""
+        return self.root / ".lock"
 
     # generate and annotate
     @property
