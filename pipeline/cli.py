@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -136,8 +137,9 @@ def _imports_uncollected() -> Iterator[None]:
 
 def _exclusive(command: str, cfg: Config, rest: list[str]) -> AbstractContextManager:
     """The run directory's lock for a stage that writes into it; nothing for the others. The
-    command it records leaves the overrides out (they may carry a key)."""
-    if command not in LOCKED:
+    command it records leaves the overrides out (they may carry a key). Under torchrun rank 0
+    holds it for every rank."""
+    if command not in LOCKED or os.environ.get("RANK", "0") != "0":
         return nullcontext()
     from pipeline.runlock import run_lock
 
