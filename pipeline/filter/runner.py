@@ -96,8 +96,6 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     sources = discover(fc.input, fc.text_column, fc.id_column, cfg.run_dir, fc.include_generated, fc.limit)
     if not sources:
         raise FilterError("filter.input: nothing to filter (no inputs given and no RUN_DIR/generated shards)")
-    if restart:
-        discard(run)
     clock: dict[str, float] = {}
     address = scheduler or cfg.scheduler
     in_process = not address and (fc.in_process if fc.in_process is not None else
@@ -112,6 +110,8 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
             partitions, bad_files, limited = validate_inputs(client, sources, rows, fc.on_bad_file,
                                                              None if address else Path(copies))
         lineage = filter_lineage(cfg, partitions, filters, index)
+        if restart:  # only once every input has been read and found good
+            discard(run)
         with timed(clock, "score"):
             shards = score_shards(client, partitions, filters, run.scored)
         output_key = stable_hash({"shards": read_json(manifest_path(run.scored))["shards"],

@@ -59,7 +59,7 @@ from pipeline.rundir import (
 )
 from pipeline.train.checkpoint import LINEAGE, STATE, list_states, load_latest, save_state
 from pipeline.train.config import PhaseConfig, TrainConfig
-from pipeline.train.data import MixtureSampler, packed_source, read_source, source_files
+from pipeline.train.data import MixtureSampler, check_source, packed_source, read_source, source_files
 from pipeline.train.evals import (
     IGNORE,
     MetricsLog,
@@ -308,12 +308,12 @@ def tokenizer_id(folder: Path) -> str:
 
 
 def check_inputs(cfg: Config, plan: PhasePlan, mixture: dict[str, float]) -> None:
-    """The cheap checks, before a tokenizer is trained or a document read: sources with files, a
-    vocab that fits the special tokens, a sequence length the model can take, a previous phase,
-    an importable SFT parser."""
+    """The cheap checks, before a tokenizer is trained, a document read or a stale phase discarded:
+    sources with files that hold the columns they are read by, a vocab that fits the special tokens,
+    a sequence length the model can take, a previous phase, an importable SFT parser."""
     t = cfg.train
     for name in mixture:
-        source_files(name, t.sources[name], cfg.run_dir)
+        check_source(name, t.sources[name], cfg.run_dir)
     if plan.sft:
         conversation_parser(t.sft.parser)
     if plan.init_from is None:

@@ -20,7 +20,7 @@ from pipeline.lineage import LineageError
 from pipeline.train.compare import compare
 from pipeline.train.evals import read_metrics
 from pipeline.train.loop import train
-from tests.train.conftest import tiny_config, write_run
+from tests.train.conftest import tiny_config, tiny_overrides, write_run
 
 
 def _train_losses(folder):
@@ -178,6 +178,25 @@ def test_sft_with_an_unimportable_parser_fails_before_anything_is_built(run_dir)
     with pytest.raises(TrainError, match=r"train.sft.parser': cannot import 'nosuch.module:parse'"):
         train(tiny_config(run_dir, "train.sft.parser=nosuch.module:parse"), "sft")
     assert sorted(p.name for p in run_dir.iterdir()) == ["filtered", "generated"]
+
+
+def test_restart_checks_the_sources_before_it_discards_the_trained_phase(trained, tmp_path, capsys):
+    """--restart with a chat file missing its text column: the SFT checkpoint it would replace stays."""
+    import pandas as pd
+
+    from pipeline.io import write_parquet
+
+    bad = write_parquet(pd.DataFrame({"id": ["a", "b"], "body": ["Student: Hi?", "Teacher: Hello."]}),
+                        tmp_path / "chats.parquet")
+    sft = trained.run_dir / "checkpoints" / "sft"
+    before = {p.name: p.read_bytes() for p in sft.iterdir() if p.is_file()}
+    args = ["train", "--phase", "sft", "--restart", *tiny_overrides(trained.run_dir),
+            "train.phase2.mixture={web_top_edu: 0.7, synthetic: 0.3}", f"train.sources.chat.paths=[{bad}]",
+            "train.sources.chat.filters=[]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{bad}: source 'chat' needs column 'text'" in err and "(has: id, body)" in err
+    assert {p.name: p.read_bytes() for p in sft.iterdir() if p.is_file()} == before
 
 
 def test_a_tokenizer_built_with_other_settings_is_not_reused(trained):
