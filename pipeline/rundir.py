@@ -9,7 +9,7 @@ naming, where manifests live, and the column names stages and the hub share.
       tokenizer/      manifest.json + PreTrainedTokenizerFast files
       tokens/         packed token shards (a cache)
       checkpoints/    phase1/ phase2/ sft/  (save_pretrained + manifest.json train_summary.json ...)
-      eval/           <checkpoint>.json
+      eval/           <checkpoint>-<digest>.json  scores.png
       compare/        <arm>/seed-<k>/  compare.json compare.md compare.png
       card/           README.md  model/README.md  manifest.json
       push/ push_model/ pushed.json  web_sample/
@@ -156,8 +156,10 @@ class RunDir:
     def eval(self) -> Path:
         return self.root / "eval"
 
-    def eval_result(self, name: str) -> Path:
-        return self.eval / f"{name}.json"
+    def eval_result(self, name: str, digest: str) -> Path:
+        """``eval/<name>-<digest>.json``: results are keyed by the checkpoint's identity, not its folder's
+        name (another model named ``sft`` must not replace this run's result)."""
+        return self.eval / f"{name}-{digest}.json"
 
     @property
     def compare(self) -> Path:

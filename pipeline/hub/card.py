@@ -28,7 +28,7 @@ from pipeline.hub.layout import (
     DataConfig,
     data_configs,
 )
-from pipeline.hub.provenance import card_lineage, lineage_chain, verify_outputs
+from pipeline.hub.provenance import card_lineage, lineage_chain, verify_outputs, verify_parents
 from pipeline.hub.reproduce import reproduce_section, write_reproduce_configs
 from pipeline.io import atomic_dir, build_manifest, copy_file, read_json, write_json, write_text
 from pipeline.rundir import LOSS_FIGURE, PHASES, SHARD_GLOB, RunDir, manifest_path
@@ -46,6 +46,7 @@ def write_card(cfg: Config, restart: bool = False) -> int:
     """
     run_dir = require_run_dir(cfg.run_dir)
     verify_outputs(run_dir)
+    verify_parents(run_dir)
     art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)
     configs = data_configs(run_dir, sft_parser(cfg.train.sft.parser))
     out = RunDir(run_dir).card
@@ -88,8 +89,8 @@ def build_dataset_card(hub: HubConfig, art: RunArtifacts, configs: list[DataConf
         "filter_figure": _copy_figure(run.filter_report, figures, "filter_report.png"),
         "training": checkpoints.training_section(art),
         "untrained": [p for p in PHASES if p not in art.checkpoints],
-        "downstream": {name: section(art, f"eval/{name}.json", lambda _, r=r: downstream.eval_section(r))
-                       for name, r in downstream.eval_results(art.run_dir).items()},
+        "downstream": {phase: section(art, "eval/", lambda _, r=r: downstream.eval_section(r))
+                       for phase, r in art.evals.items()},
         "data_ab": section(art, "compare/compare.json", lambda a: downstream.compare_section(a.run_dir)),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir),
@@ -187,8 +188,7 @@ def build_model_card(hub: HubConfig, art: RunArtifacts, folder: Path) -> Path | 
         "architecture": checkpoints.architecture(ckpt.get("config")),
         "parameters": checkpoints.count_parameters(ckpt["path"]) or (ckpt.get("summary") or {}).get("parameters"),
         "phases": checkpoints.training_section(art),
-        "downstream": section(art, f"eval/{phase}.json",
-                              lambda a: downstream.eval_section(downstream.eval_results(a.run_dir).get(phase))),
+        "downstream": section(art, "eval/", lambda a: downstream.eval_section(a.evals.get(phase))),
         "loss_figure": _copy_figure(ckpt["path"] / LOSS_FIGURE, folder, LOSS_FIGURE),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir, start=manifest_path(ckpt["path"])),

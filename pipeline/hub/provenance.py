@@ -107,6 +107,28 @@ def verify_outputs(run_dir: Path) -> int:
     return checked
 
 
+def verify_parents(run_dir: Path) -> None:
+    """Every stage manifest was built from its parent manifests as they are now: a checkpoint trained
+    before the filter reran (or a filter run before the classifier was retrained) would publish data
+    beside a model that never saw it. A mismatch is a one-line :class:`LineageError` naming both and
+    the stage to rerun."""
+    run_dir = Path(run_dir)
+    for path in stage_manifests(run_dir):
+        manifest = _read(path)
+        parents = (manifest.get("lineage") or {}).get("parents") if isinstance(manifest.get("lineage"), dict) else None
+        for ref in (parents or {}).values():
+            if not isinstance(ref, dict) or not ref.get("manifest"):
+                continue
+            parent = _locate(str(ref["manifest"]), run_dir, run_dir)
+            now = content_digest(parent) if parent.is_file() else None
+            if now != ref.get("digest"):
+                what = relative_name(path.parent, run_dir)
+                how = "is gone" if now is None else "changed since"
+                raise LineageError(f"{what} was built from {public_path(str(ref['manifest']), run_dir)}, which {how}: "
+                                   f"it does not match the data this run holds now; rerun {rerun_command(manifest, path)}"
+                                   " (--restart to discard the old one), then textbook card")
+
+
 def _locate(name: str, run_dir: Path, folder: Path) -> Path:
     """An ``outputs`` name: relative to the run directory (the convention), else to the manifest's folder."""
     path = Path(name)

@@ -33,7 +33,7 @@ from pipeline.hub.layout import (
     data_configs,
     write_data,
 )
-from pipeline.hub.provenance import check_card_fresh, public_data, verify_outputs
+from pipeline.hub.provenance import check_card_fresh, public_data, verify_outputs, verify_parents
 from pipeline.io import atomic_dir, copy_file, read_json, write_json
 from pipeline.rundir import PHASES, TRAIN_SUMMARY, RunDir, manifest_path
 
@@ -112,6 +112,7 @@ def check_upload(run_dir: Path, folder: Path, secrets: dict[str, str], shown_as:
     """
     run_dir = Path(run_dir)
     verify_outputs(run_dir)
+    verify_parents(run_dir)
     check_card_fresh(run_dir)
     for name, value in secrets.items():
         assert_no_secret(folder, value, name, shown_as)

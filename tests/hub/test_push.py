@@ -12,7 +12,7 @@ from pipeline.cli import main
 from pipeline.config import validate
 from pipeline.errors import HubError
 from pipeline.hub.push import check_repo_id, push
-from tests.hub.conftest import record_outputs
+from tests.hub.conftest import record_outputs, relink
 from tests.hub.hub_server import HubStandIn
 
 TOKEN = "hf_FAKEtokenFORtests0123456789abcdef"
@@ -127,6 +127,7 @@ def test_offline_mode_is_a_clear_error(run_dir, online, monkeypatch):
 
 def test_push_refuses_a_folder_that_contains_the_token(run_dir, online, monkeypatch):
     (run_dir / "generated" / "manifest.json").write_text(f'{{"leaked": "{TOKEN}"}}')
+    relink(run_dir)  # the stages after it reran on it
     with HubStandIn(TOKEN) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         with pytest.raises(HubError, match="contains the Hugging Face token"):
@@ -136,6 +137,7 @@ def test_push_refuses_a_folder_that_contains_the_token(run_dir, online, monkeypa
 
 def test_a_dry_run_refuses_what_a_real_push_refuses(run_dir, online, capsys):
     (run_dir / "generated" / "manifest.json").write_text(f'{{"leaked": "{TOKEN}"}}')
+    relink(run_dir)
     assert main(["push", f"run_dir={run_dir}", "--repo-id", "acme/textbooks", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err == ("error: push/manifests/generate.json (copied from generated/manifest.json): contains the "
@@ -155,9 +157,10 @@ def test_push_refuses_a_card_built_from_other_manifests(run_dir, capsys):
     assert main(["card", f"run_dir={run_dir}"]) == 0
     manifest = run_dir / "filtered" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"documents_out": 50', '"documents_out": 49'))  # filter reran
+    relink(run_dir)  # and so did training
     assert main(["push", f"run_dir={run_dir}", "--dry-run"]) == 2
-    assert capsys.readouterr().err == ("error: card/ was built from other manifests (filtered/manifest.json changed): "
-                                       "rerun textbook card\n")
+    assert capsys.readouterr().err == ("error: card/ was built from other manifests (checkpoints/sft/manifest.json "
+                                       "changed, filtered/manifest.json changed): rerun textbook card\n")
     assert main(["card", f"run_dir={run_dir}"]) == 0
     assert main(["push", f"run_dir={run_dir}", "--dry-run"]) == 0
 
