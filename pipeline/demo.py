@@ -9,11 +9,8 @@ a turn format cannot leave it without data.
 from __future__ import annotations
 
 import glob
-import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +18,9 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError, HubError
-from pipeline.io import expand_inputs, iter_batches, write_parquet
-from pipeline.rundir import MODEL_CONFIG, SHARD_GLOB, RunDir, shard_path
+from pipeline.io import expand_inputs, hub_unreachable, in_hub_cache, iter_batches, write_parquet
+from pipeline.progress import stage_line
+from pipeline.rundir import SHARD_GLOB, RunDir, shard_path
 
 OFFLINE_HINT = "run it offline on local files: make demo MODEL=/path/to/model WEB=/path/to/web.parquet"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -67,8 +65,9 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
         ("push --dry-run", lambda: push(cfg, dry_run=True, restart=restart), run.push),
     ]
     timings: list[tuple[str, float, str]] = []
-    for name, step, made in steps:
-        print(f"\n=== {name} ===", flush=True)
+    began = time.perf_counter()
+    for k, (name, step, made) in enumerate(steps):
+        print("\n" + stage_line(name, k, len(steps), time.perf_counter() - began), flush=True)
         start = time.perf_counter()
         code = step()
         if code:
@@ -103,35 +102,18 @@ def check_hub_reachable(needs: list[str], timeout_s: float = 3.0) -> None:
     """Stop before any stage when the Hub is needed and offline mode is on or the endpoint does not answer.
 
     Without this, an offline demo ended after minutes of retries in a long ``httpx`` traceback.
-    Any HTTP answer (even an error status) counts as reachable; only a failed connection does not.
     """
     if not needs:
         return
-    from huggingface_hub import constants
-
-    wanted = f"the demo needs it for {', '.join(needs)}"
-    if constants.HF_HUB_OFFLINE:
-        raise HubUnreachableError(f"the Hugging Face Hub is unreachable (HF_HUB_OFFLINE=1 is set) and {wanted}; "
-                                  f"{OFFLINE_HINT}")
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        return
-    except (OSError, ValueError) as e:  # URLError, refused, DNS failure, timeout
-        reason = getattr(e, "reason", None) or e
-        raise HubUnreachableError(f"the Hugging Face Hub is unreachable ({endpoint}: {reason}) and {wanted}; "
-                                  f"{OFFLINE_HINT}") from None
+    reason = hub_unreachable(timeout_s)
+    if reason:
+        raise HubUnreachableError(f"the Hugging Face Hub is unreachable ({reason}) and the demo needs it for "
+                                  f"{', '.join(needs)}; {OFFLINE_HINT}")
 
 
 def _cached_model(model: str) -> bool:
-    """True when the model's config is in the local Hub cache (the library then loads it offline)."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if not _HUB_ID.match(model):
-        return False
-    found = try_to_load_from_cache(model, MODEL_CONFIG, cache_dir=constants.HF_HUB_CACHE)
-    return isinstance(found, str)
+    """True when the model is in the local Hub cache (the library then loads it offline)."""
+    return bool(_HUB_ID.match(model)) and in_hub_cache(model)
 
 
 def _on_hub(path: str) -> bool:

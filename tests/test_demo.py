@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -42,7 +43,10 @@ def test_demo_runs_every_stage_and_leaves_every_artifact(tmp_path: Path, capsys)
                      "checkpoints/phase1/config.json", "checkpoints/phase2/config.json",
                      "checkpoints/sft/config.json", "card/README.md", "push/README.md"):
         assert (run_dir / artifact).exists(), artifact
-    summary = capsys.readouterr().out.split("=== demo summary ===")[1]
+    out = capsys.readouterr().out
+    assert "=== [1/8] generate ===" in out  # stage k of N, then the time the rest may take
+    assert re.search(r"=== \[8/8\] push --dry-run \(~\d+ (s|min) left\) ===", out)
+    summary = out.split("=== demo summary ===")[1]
     assert "push --dry-run" in summary and "total" in summary
     assert "sft" in summary
 

@@ -15,6 +15,7 @@ know before trusting an A/B (nanochat and DCLM report differences of 0.007-0.04 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from pipeline.config import Config
 from pipeline.errors import TrainError
 from pipeline.io import read_json, write_json, write_png, write_text
 from pipeline.lineage import describe_change, fingerprint, manifest_ref
+from pipeline.progress import stage_line
 from pipeline.rundir import TRAIN_SUMMARY, RunDir, manifest_path
-from pipeline.train.loop import PhasePlan, run_phase
+from pipeline.train.loop import PhasePlan, check_inputs, check_mixture, run_phase
 
 TABLE, MARKDOWN, FIGURE = "compare.json", "compare.md", "compare.png"
 """In RUN_DIR/compare/: the table, its Markdown rendering and the figure."""
@@ -48,15 +50,20 @@ def compare(cfg: Config, restart: bool = False) -> int:
     phase1 = run.checkpoint("phase1")
     if not (phase1 / TRAIN_SUMMARY).exists():  # written after the final weights
         raise TrainError(f"{phase1}: no phase-1 checkpoint; run `textbook train --phase 1` first")
+    plans = {arm: [PhasePlan(f"phase2-{arm}-seed{k}", run.compare_arm(arm, k), phase1,
+                             cfg.train.phase2.model_copy(update={"mixture": mixture}), key="train.phase2",
+                             mixture_key=f"train.compare.arms.{arm}") for k in range(c.seeds)]
+             for arm, mixture in arms.items()}
+    check_arms(cfg, plans)
     out = run.compare
     runs: dict[str, list[dict[str, Any]]] = {}
-    for arm, mixture in arms.items():
+    total, started = len(arms) * c.seeds, time.perf_counter()
+    for arm, seeds in plans.items():
         runs[arm] = []
-        for k in range(c.seeds):
+        for k, plan in enumerate(seeds):
             seeded = cfg.model_copy(update={"seed": cfg.seed + k})
-            schedule = cfg.train.phase2.model_copy(update={"mixture": mixture})
-            plan = PhasePlan(f"phase2-{arm}-seed{k}", run.compare_arm(arm, k), phase1, schedule,
-                             key="train.phase2", mixture_key=f"train.compare.arms.{arm}")
+            done = sum(len(r) for r in runs.values())
+            print(stage_line(f"arm {arm!r}, seed {k}", done, total, time.perf_counter() - started), flush=True)
             summary = run_phase(seeded, plan, restart)
             if summary.get("stopped_early"):
                 raise TrainError(f"compare arm {arm!r} stopped at step {summary['steps_done']}; "
@@ -74,6 +81,22 @@ def compare(cfg: Config, restart: bool = False) -> int:
     plot_compare(table, out / FIGURE)
     print(markdown)
     return 0
+
+
+def check_arms(cfg: Config, plans: dict[str, list[PhasePlan]]) -> None:
+    """Everything that can fail cheaply, before the first arm trains (at scale an arm is GPU hours):
+    each arm's mixture and sources, and that every eval task loads (the Hub reached once, not after
+    the training)."""
+    from pipeline.eval.run import check_hub_reachable, hub_needs
+    from pipeline.eval.tasks import load_task
+
+    for seeds in plans.values():
+        plan = seeds[0]
+        check_inputs(cfg, plan, check_mixture(cfg.train, plan.mixture_key, plan.schedule.mixture))
+    if cfg.eval.tasks:
+        check_hub_reachable(hub_needs(cfg.eval, str(plans[next(iter(plans))][0].init_from)))
+        for task in cfg.eval.tasks:
+            load_task(task, cfg.eval.seed)
 
 
 def arm_eval(cfg: Config, checkpoint: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,13 +75,16 @@ def test_each_phase_leaves_a_loadable_checkpoint_and_a_summary(trained):
     assert "sft_assistant" in json.loads((sft / "train_summary.json").read_text())["final_val"]
 
 
-def test_compare_over_two_seeds_reports_the_spread_and_judges_differences_against_it(trained, tmp_path):
+def test_compare_over_two_seeds_reports_the_spread_and_judges_differences_against_it(trained, tmp_path, capsys):
     from tests.eval.test_eval import write_mc
 
     tasks = json.dumps([{"name": "facts", "path": str(write_mc(tmp_path / "facts.jsonl", 40)), "format": "mc_jsonl",
                          "max_items": 40}])
     cfg = trained.model_copy(update={"eval": load_config(None, [f"eval.tasks={tasks}"]).eval})
     assert compare(cfg) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("=== [")]
+    assert lines[0] == "=== [1/4] arm 'with_synthetic', seed 0 ==="  # arm k of N, then the time left
+    assert re.fullmatch(r"=== \[4/4\] arm 'web_only', seed 1 \(~\d+ s left\) ===", lines[3]), lines
     out = trained.run_dir / "compare"
     table = json.loads((out / "compare.json").read_text())
     assert table["baseline"] == "with_synthetic" and table["seeds"] == 2
@@ -103,6 +107,20 @@ def test_compare_over_two_seeds_reports_the_spread_and_judges_differences_agains
     stamp = (out / "web_only" / "seed-1" / "eval.json").stat().st_mtime_ns
     assert compare(cfg) == 0  # reused: same checkpoints, same bundle
     assert (out / "web_only" / "seed-1" / "eval.json").stat().st_mtime_ns == stamp
+
+
+def test_compare_checks_its_eval_tasks_and_arms_before_training_any(trained, tmp_path, capsys):
+    """At scale an arm is GPU hours: a task that cannot load is found before the first one trains."""
+    before = sorted((trained.run_dir / "compare").rglob("*")) if (trained.run_dir / "compare").exists() else []
+    args = ["compare", *tiny_overrides(trained.run_dir), "train.phase2.mixture={web_top_edu: 0.7, synthetic: 0.3}"]
+    missing = tmp_path / "facts.jsonl"
+    assert main([*args, f"eval.tasks=[{{name: facts, path: {missing}, format: mc_jsonl}}]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"eval task 'facts': {missing}: no input files match" in err
+    assert main([*args, "train.compare.arms={a: {web: 1.0}, b: {nosuch: 1.0}}"]) == 2
+    assert "train.compare.arms.b.nosuch': unknown source" in capsys.readouterr().err
+    after = sorted((trained.run_dir / "compare").rglob("*")) if (trained.run_dir / "compare").exists() else []
+    assert after == before  # no arm trained, nothing written
 
 
 def test_synthetic_share_sweep_preset():
