@@ -28,6 +28,7 @@ from pipeline.generate.render import PROMPTS_DIR, load_template
 from pipeline.generate.runner import run_requests
 from pipeline.io import (
     InputFile,
+    check_writable,
     expand_inputs,
     iter_batches,
     read_json,
@@ -150,6 +151,8 @@ def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     config = public_dict(cfg)  # what the manifest records: the sampling the requests ran with
     config["generate"].update(max_tokens=sampling.max_tokens, temperature=sampling.temperature)
     out_dir = RunDir(cfg.run_dir).annotations
+    if not dry_run:
+        check_writable(ClassifierError, out_dir)
     lineage = annotation_fingerprint(cfg, files, template.sha)
     manifest_fields = {"template": {"name": template.name, "sha": template.sha}, "sample": counts}
     engine = {"stage": "annotate", "run_dir": cfg.run_dir, "seed": cfg.seed, "workers": cfg.workers,

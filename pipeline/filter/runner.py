@@ -64,6 +64,7 @@ from pipeline.filter.plot import plot_report
 from pipeline.filter.report import decontamination_report, stage_table
 from pipeline.io import (
     build_manifest,
+    check_writable,
     list_shards,
     read_json,
     read_parquet,
@@ -90,6 +91,7 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     fc = cfg.filter
     run = RunDir(cfg.run_dir)
     folder = run.filtered
+    check_writable(FilterError, folder)
     filters = DocumentFilters.from_config(cfg)
     benchmarks = fc.decontaminate.benchmarks if fc.decontaminate.enabled else []
     index = benchmark_index(benchmarks, fc.decontaminate.ngram, fc.decontaminate.min_ratio) if benchmarks else None

@@ -36,7 +36,7 @@ from pipeline.generate.journal import (
 from pipeline.generate.ledger import Ledger
 from pipeline.generate.limits import CompletionGate, Coordinator
 from pipeline.generate.shard import COMPLETION_COLUMNS, ShardResult, ShardSpec, run_shard
-from pipeline.io import build_manifest, read_json, read_parquet, stable_hash, write_json
+from pipeline.io import build_manifest, check_writable, read_json, read_parquet, stable_hash, write_json
 from pipeline.lineage import (
     LineageError,
     check_resume,
@@ -483,8 +483,10 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     from pipeline.io import read_shards
 
     gen = cfg.generate
-    requests, templates = plan_requests(cfg)
     out_dir = RunDir(cfg.run_dir).generated
+    if not dry_run:  # before a request is paid for, not at the first write
+        check_writable(GenerateError, out_dir)
+    requests, templates = plan_requests(cfg)
     template_info = {name: {"sha": t.sha, "requires": list(t.requires), "about": t.about}
                      for name, t in templates.items()}
     # the opening gate is generate's own (other stages' answers are labels, not prose)

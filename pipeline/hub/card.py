@@ -30,7 +30,15 @@ from pipeline.hub.layout import (
 )
 from pipeline.hub.provenance import card_lineage, lineage_chain, verify_outputs, verify_parents
 from pipeline.hub.reproduce import reproduce_section, write_reproduce_configs
-from pipeline.io import atomic_dir, build_manifest, copy_file, read_json, write_json, write_text
+from pipeline.io import (
+    atomic_dir,
+    build_manifest,
+    check_writable,
+    copy_file,
+    read_json,
+    write_json,
+    write_text,
+)
 from pipeline.rundir import LOSS_FIGURE, PHASES, SHARD_GLOB, RunDir, manifest_path
 
 REQUIRED_METADATA = ("license", "language", "task_categories", "size_categories", "tags", "configs")
@@ -45,6 +53,7 @@ def write_card(cfg: Config, restart: bool = False) -> int:
     every stage accepts, has nothing to discard).
     """
     run_dir = require_run_dir(cfg.run_dir)
+    check_writable(HubError, RunDir(run_dir).card)
     verify_outputs(run_dir)
     verify_parents(run_dir)
     art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)

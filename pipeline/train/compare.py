@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.errors import TrainError
-from pipeline.io import read_json, write_json, write_png, write_text
+from pipeline.io import check_writable, read_json, write_json, write_png, write_text
 from pipeline.lineage import describe_change, fingerprint, manifest_ref
 from pipeline.progress import stage_line
 from pipeline.rundir import TRAIN_SUMMARY, RunDir, manifest_path
@@ -55,6 +55,7 @@ def compare(cfg: Config, restart: bool = False) -> int:
                              mixture_key=f"train.compare.arms.{arm}") for k in range(c.seeds)]
              for arm, mixture in arms.items()}
     check_arms(cfg, plans)
+    check_writable(TrainError, run.compare)
     out = run.compare
     runs: dict[str, list[dict[str, Any]]] = {}
     total, started = len(arms) * c.seeds, time.perf_counter()

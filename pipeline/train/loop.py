@@ -37,7 +37,15 @@ import torch
 
 from pipeline.config import Config, public_dict
 from pipeline.errors import EmptySourceError, PipelineError, TrainError
-from pipeline.io import atomic_dir, build_manifest, current_umask, read_json, stable_hash, write_json
+from pipeline.io import (
+    atomic_dir,
+    build_manifest,
+    check_writable,
+    current_umask,
+    read_json,
+    stable_hash,
+    write_json,
+)
 from pipeline.lineage import (
     check_resume,
     file_digests,
@@ -531,6 +539,8 @@ def prepare(cfg: Config, plan: PhasePlan, d: Dist, restart: bool) -> Run | dict[
         raise TrainError(f"config key '{plan.key}.tokens': budget {p.tokens} is less than one step of "
                          f"{tokens_per_step} tokens (batch_size x grad_accum x seq_len x world_size)")
     check_inputs(cfg, plan, mixture)
+    run_dir = RunDir(cfg.run_dir)
+    check_writable(TrainError, plan.out_dir, run_dir.tokens, *([run_dir.tokenizer] if plan.init_from is None else []))
     tok = phase_tokenizer(cfg, plan, d, restart)
     lineage = phase_fingerprint(cfg, plan, mixture, d.world)
     finished = reuse_or_discard(plan, lineage, restart, d)
