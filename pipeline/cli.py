@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import logging
 import os
 import re
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING
@@ -135,6 +139,44 @@ def _imports_uncollected() -> Iterator[None]:
             gc.enable()
 
 
+# What Ctrl-C leaves, per stage: the one line a user reads after it.
+_RESUME = "rerun the same command to resume"
+INTERRUPTED = {
+    "generate": f"every answered request is kept (journaled as it arrived); {_RESUME}",
+    "annotate": f"every answered request is kept (journaled as it arrived); {_RESUME}",
+    "filter": f"scored shards are kept; {_RESUME}",
+    "train": f"training resumes from the latest saved state (every train.checkpoint_every steps); {_RESUME}",
+    "compare": f"finished arms are kept and the running one resumes from its latest saved state; {_RESUME}",
+    "demo": f"finished stages are kept and the running one resumes as it would alone; {_RESUME}",
+}
+
+
+class _QuietInterrupt:
+    """From Ctrl-C on, the teardown is silent: the event loops, Dask workers and actors a stage was
+    running warn and log as they are torn down ("Task exception was never retrieved", unreleased
+    semaphore leases), which buried the one line that says what was kept. In the main thread only;
+    ``restore`` puts the previous handler, warnings and logging back (for callers in-process)."""
+
+    def __init__(self) -> None:
+        self.previous = None
+        self.filters: list | None = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._interrupt)
+
+    def _interrupt(self, signum: int, frame: object) -> None:
+        self.filters = list(warnings.filters)
+        warnings.simplefilter("ignore")
+        logging.disable(logging.CRITICAL)
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if self.filters is not None:
+            warnings.filters[:] = self.filters
+            logging.disable(logging.NOTSET)
+
+
 def _exclusive(command: str, cfg: Config, rest: list[str]) -> AbstractContextManager:
     """The run directory's lock for a stage that writes into it; nothing for the others. The
     command it records leaves the overrides out (they may carry a key). Under torchrun rank 0
@@ -150,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; ``argv`` None: this process's command line, and the process ends with the stage."""
     rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(rest)
+    quiet = _QuietInterrupt()
     try:
         with _imports_uncollected():
             from pipeline.config import load_config
@@ -170,9 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: completed shards are kept; rerun to resume", file=sys.stderr)
+        print(f"interrupted: {INTERRUPTED.get(args.command, 'nothing was written; rerun the command')}",
+              file=sys.stderr)
         return 130
     finally:
+        quiet.restore()
         if argv is None:
             # the process exits next: frozen, its objects are not walked by the interpreter's last
             # collection at exit (~0.3 s after a generate run, measured); the OS takes the memory back

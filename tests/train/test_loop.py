@@ -123,6 +123,27 @@ def test_compare_checks_its_eval_tasks_and_arms_before_training_any(trained, tmp
     assert after == before  # no arm trained, nothing written
 
 
+def test_ctrl_c_says_training_resumes_from_the_latest_saved_state(tmp_path):
+    import signal
+    import time
+
+    run_dir = write_run(tmp_path / "run")
+    args = [sys.executable, "-m", "pipeline", "train", "--phase", "1",
+            *tiny_overrides(run_dir, "train.phase1.tokens=2560000", "train.checkpoint_every=2")]
+    proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    state = run_dir / "checkpoints" / "phase1" / "state"
+    deadline = time.monotonic() + 300
+    while not (state / "step-000002").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == ("interrupted: training resumes from the latest saved state (every "
+                                            "train.checkpoint_every steps); rerun the same command to resume")
+
+
 def test_synthetic_share_sweep_preset():
     arms = load_config(None, ["train.compare.sweep=synthetic_share"]).train.compare.resolved_arms()
     assert list(arms) == ["synthetic_0", "synthetic_25", "synthetic_50", "synthetic_75"]
