@@ -503,7 +503,8 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
                            lineage=plan_lineage(cfg, templates), restart=restart)
     if dry_run:
         print(f"first prompt ({requests['template'].iloc[0]}):\n{requests['prompt'].iloc[0]}"
-              if len(requests) else "no rows planned (generate.num_samples=0)")
+              if len(requests) else "no rows planned (generate.num_samples=0"
+              + (f" and no documents to rephrase in {', '.join(gen.rephrase.input)})" if gen.rephrase.input else ")"))
         return 0
     if summary.rows == 0:
         return 0
