@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +111,17 @@ def sample_documents(cfg: Config) -> tuple[pd.DataFrame, dict[str, int]]:
     return docs, {"seen": seen, "skipped_empty": skipped, "duplicates": before - len(docs)}
 
 
+def short_sample(counts: dict[str, int], wanted: int) -> str:
+    """Why a sample holds fewer documents than asked: what the inputs hold, and the duplicates dropped."""
+    reasons = []
+    if counts["seen"] < wanted:
+        reasons.append(f"the inputs hold {counts['seen']:,} non-empty ({counts['skipped_empty']:,} empty skipped)")
+    if counts["duplicates"]:
+        reasons.append(f"{counts['duplicates']:,} drawn twice (the same id, or the same text without one) "
+                       "counted once")
+    return "; ".join(reasons)
+
+
 def build_requests(cfg: Config, docs: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
     """One chat request per document; the row key covers document, template version and model.
 
@@ -144,6 +156,9 @@ def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     if docs.empty:
         raise ClassifierError(f"annotate.input: no non-empty '{a.text_column}' documents in "
                               f"{', '.join(a.input)}")
+    if len(docs) < a.num_documents:
+        print(f"annotate: {len(docs):,} of annotate.num_documents={a.num_documents:,} documents: "
+              + short_sample(counts, a.num_documents), file=sys.stderr)
     requests, template = build_requests(cfg, docs)
     gen = cfg.generate
     # Labelling wants the rubric's own budget and deterministic decoding, not generation's.

@@ -277,6 +277,9 @@ def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_
     partitions = [p for parts, _, _ in results for p in parts]
     if not partitions:
         raise DataError("filter.input: no readable documents in any input")
+    if all(p.rows == 0 for p in partitions):  # an empty run would write a "kept 0/0" that looks like success
+        raise DataError(f"filter.input: no documents in {', '.join(s.label for s in sources)}: nothing to "
+                        "filter (nothing was written)")
     return partitions, bad, limited
 
 
@@ -488,7 +491,7 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
                                             for p in paths]))
             threshold = percentile_threshold(pool.to_numpy(), fc.quality.keep_top)
             filters = filters.with_threshold(threshold)
-            print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.4f}")
+            print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.6g}")
         if filters.quality:
             stats["quality"] = {"threshold": filters.quality.threshold, "keep_top": fc.quality.keep_top}
     shared_filters = dask.delayed(filters, traverse=False)  # one copy per worker, not one per task

@@ -118,11 +118,11 @@ def run_batch(gen: GenerateConfig, requests: pd.DataFrame, out_dir: Path, *, sta
     if book.batches and book.stored_lineage != book.lineage:
         live = len(book.live())
         if not restart:
-            raise LineageError(f"{out_dir}: its {len(book.batches)} submitted batches ({live} not collected) "
+            raise LineageError(f"{out_dir}: its {_batches(len(book.batches))} submitted ({live} not collected) "
                                f"were built from other inputs; use a new run_dir, or rerun with --restart "
                                "to forget them")
         if not dry_run:
-            print(f"{stage}: --restart: forgetting {len(book.batches)} batches of another plan ({live} not "
+            print(f"{stage}: --restart: forgetting {_batches(len(book.batches))} of another plan ({live} not "
                   "collected, billed by the provider when they finish)", file=sys.stderr)
             book.batches = []
             book.save()
@@ -244,7 +244,7 @@ class _BatchRun:
                 if not live:
                     return stop
                 if not self.gen.batch_wait:
-                    return f"{len(live)} batches submitted and not finished (generate.batch_wait=false): " \
+                    return f"{_batches(len(live))} submitted and not finished (generate.batch_wait=false): " \
                            "rerun to collect them"
                 if not finished:
                     time.sleep(self.gen.batch_poll_s)
@@ -447,3 +447,7 @@ TURN = "@turn"
 def row_of(custom_id: str) -> str:
     """The row id of a batch line's ``custom_id``."""
     return custom_id.split(TURN, 1)[0]
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch" if n == 1 else f"{n} batches"

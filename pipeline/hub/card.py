@@ -246,7 +246,8 @@ def sft_parser(name: str) -> ConversationParser:
 def render(template: str, context: dict[str, Any], missing: Any) -> str:
     env = Environment(loader=FileSystemLoader(Path(__file__).parent), undefined=StrictUndefined,
                       autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=_num, pct=_pct, f1=_fixed(1), f2=_fixed(2), f3=_fixed(3), usd=_usd, cell=_cell)
+    env.filters.update(num=_num, pct=_pct, f1=_fixed(1), f2=_fixed(2), f3=_fixed(3), sig=_significant, usd=_usd,
+                       cell=_cell)
     env.globals["missing"] = missing
     return env.get_template(template).render(**context)
 
@@ -276,6 +277,13 @@ def _fixed(digits: int) -> Any:
         return f"{value:.{digits}f}"
 
     return fmt
+
+
+def _significant(value: Any) -> str:
+    """A threshold as it cuts: six significant digits, so 3.2e-05 never reads as 0.000."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        return "-"
+    return f"{value:.6g}"
 
 
 def _usd(value: Any) -> str:

@@ -73,7 +73,7 @@ def test_the_card_body_is_a_datasheet_of_the_run(run_dir, capsys):
     assert "- warning: only 19 validation documents" in text
     assert "| heuristics | 120 | 100 | 20 | 16.7% |" in text and "| generated | 10 |" in text
     assert "**Dedup rate:** 20 of 70 documents\n(28.6%)" in text  # dedup runs after decontamination
-    assert "**Quality threshold:** documents kept when `edu_score >= 0.482` (the top 50.0% of web documents" in text
+    assert "**Quality threshold:** documents kept when `edu_score >= 0.4821` (the top 50.0% of web documents" in text
     assert "| gsm8k | 7 | 5 | 5 | 1,319 | 1,300 |" in text and "| mmlu | 3 | 3 | 3 | 14,042 | 14,000 |" in text
     assert 'hf download acme/textbooks --repo-type dataset --include "reproduce/*" --local-dir .' in text
     assert ".venv/bin/textbook generate -c reproduce/config.yaml" in text
@@ -351,6 +351,13 @@ def test_the_cards_show_the_downstream_scores_and_the_data_ab_with_their_bundle(
     write_json({**result, "score": 0.5}, run_dir / "eval" / "sft.json")  # a new eval after the card
     with pytest.raises(LineageError, match=r"eval/sft\.json changed"):
         check_card_fresh(run_dir)
+
+
+def test_a_small_quality_threshold_is_shown_as_it_cuts(run_dir):
+    stats = read_json(run_dir / "filtered" / "stats.json")
+    write_json({**stats, "quality": {"threshold": 3.2e-05, "keep_top": 0.9}}, run_dir / "filtered" / "stats.json")
+    write_card(validate({"run_dir": str(run_dir)}))
+    assert "documents kept when `edu_score >= 3.2e-05`" in (run_dir / "card" / "README.md").read_text()
 
 
 def _perturb(checkpoint: Path, shift: float) -> None:
