@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "card": ("pipeline.hub.card:write_card", "write the dataset card and model card"),
     "push": ("pipeline.hub.push:push", "upload the run to the Hugging Face Hub"),
     "demo": ("pipeline.demo:demo", "run every stage end to end on a small config"),
+    "status": ("pipeline.status:status", "what each stage of the run directory holds, up to date or stale, "
+               "and what it cost"),
     "config": ("pipeline.cli:show_config", "print the resolved config (secrets removed) or the key reference"),
 }
 

@@ -77,6 +77,22 @@ def manifest_ref(path: Path | str, run_dir: Path | str | None = None) -> dict[st
     return {"manifest": relative_name(p, run_dir), "digest": content_digest(p)}
 
 
+def changed_parent(lineage: Any, run_dir: Path | str) -> tuple[str, str] | None:
+    """The first parent manifest a ``lineage`` names that is not as it was when read: (its name as
+    recorded, ``"changed since"`` or ``"is gone"``); None when every parent still matches."""
+    parents = lineage.get("parents") if isinstance(lineage, Mapping) else None
+    for ref in (parents or {}).values():
+        if not isinstance(ref, Mapping) or not ref.get("manifest"):
+            continue
+        path = Path(str(ref["manifest"]))
+        path = path if path.is_absolute() else Path(run_dir) / path
+        if not path.is_file():
+            return str(ref["manifest"]), "is gone"
+        if content_digest(path) != ref.get("digest"):
+            return str(ref["manifest"]), "changed since"
+    return None
+
+
 def fingerprint(config: Any = None, inputs: Mapping[str, str] | None = None,
                 parents: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The canonical fingerprint dict stored in state files and manifests."""

@@ -18,7 +18,14 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from pipeline.io import read_json
-from pipeline.lineage import LineageError, content_digest, fingerprint, manifest_ref, relative_name
+from pipeline.lineage import (
+    LineageError,
+    changed_parent,
+    content_digest,
+    fingerprint,
+    manifest_ref,
+    relative_name,
+)
 from pipeline.rundir import MANIFEST, PHASES, SHARD_GLOB, TRAIN_SUMMARY, RunDir, list_shards, manifest_path
 
 SHORT = 8  # digest characters a card shows: enough to tell manifests apart by eye
@@ -115,18 +122,12 @@ def verify_parents(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     for path in stage_manifests(run_dir):
         manifest = _read(path)
-        parents = (manifest.get("lineage") or {}).get("parents") if isinstance(manifest.get("lineage"), dict) else None
-        for ref in (parents or {}).values():
-            if not isinstance(ref, dict) or not ref.get("manifest"):
-                continue
-            parent = _locate(str(ref["manifest"]), run_dir, run_dir)
-            now = content_digest(parent) if parent.is_file() else None
-            if now != ref.get("digest"):
-                what = relative_name(path.parent, run_dir)
-                how = "is gone" if now is None else "changed since"
-                raise LineageError(f"{what} was built from {public_path(str(ref['manifest']), run_dir)}, which {how}: "
-                                   f"it does not match the data this run holds now; rerun {rerun_command(manifest, path)}"
-                                   " (--restart to discard the old one), then textbook card")
+        changed = changed_parent(manifest.get("lineage"), run_dir)
+        if changed is not None:
+            parent, how = changed
+            raise LineageError(f"{relative_name(path.parent, run_dir)} was built from {public_path(parent, run_dir)}, "
+                               f"which {how}: it does not match the data this run holds now; rerun "
+                               f"{rerun_command(manifest, path)} (--restart to discard the old one), then textbook card")
 
 
 def _locate(name: str, run_dir: Path, folder: Path) -> Path:
