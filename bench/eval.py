@@ -168,7 +168,7 @@ def main() -> None:
         cfg = load_config(None, [f"run_dir={work / 'run'}", f"eval.tasks={tasks}",
                                  f"eval.batch_size={args.batch_size}", f"eval.device={args.device}"])
         start = time.perf_counter()
-        ours = score_checkpoint(str(ckpt), cfg.eval, cfg.run_dir, cfg.train)
+        ours = score_checkpoint(str(ckpt), cfg.eval, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
         ours_s = time.perf_counter() - start
         o = ours["tasks"]["mmlu_cloze"]
         rows = [("textbook eval (batched)", ours_s, o["accuracy"], o["accuracy_norm"])]

@@ -18,6 +18,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
@@ -179,7 +180,7 @@ class _QuietInterrupt:
             logging.disable(logging.NOTSET)
 
 
-def _exclusive(command: str, cfg: Config, rest: list[str]) -> AbstractContextManager:
+def _exclusive(command: str, run_dir: Path, rest: list[str]) -> AbstractContextManager:
     """The run directory's lock for a stage that writes into it; nothing for the others. The
     command it records leaves the overrides out (they may carry a key). Under torchrun rank 0
     holds it for every rank."""
@@ -187,7 +188,7 @@ def _exclusive(command: str, cfg: Config, rest: list[str]) -> AbstractContextMan
         return nullcontext()
     from pipeline.runlock import run_lock
 
-    return run_lock(cfg.run_dir, " ".join(["textbook", *rest]), create=command not in _READ_RUN)
+    return run_lock(run_dir, " ".join(["textbook", *rest]), create=command not in _READ_RUN)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             module_name, func_name = COMMANDS[args.command][0].split(":")
             stage = getattr(importlib.import_module(module_name), func_name)
         options = {k: v for k, v in vars(args).items() if k not in _COMMON}
-        with _exclusive(args.command, cfg, rest):
+        with _exclusive(args.command, cfg.run_dir, rest):
             code = stage(cfg, **options)
         return int(code or 0)
     except PipelineError as e:

@@ -19,6 +19,8 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.errors import ConfigError, HubError
 from pipeline.io import expand_inputs, hub_unreachable, in_hub_cache, iter_batches, write_parquet
+from pipeline.llm.config import LLMConfig
+from pipeline.models import local_model_path
 from pipeline.progress import stage_line
 from pipeline.rundir import SHARD_GLOB, RunDir, shard_path
 
@@ -39,7 +41,7 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
     if not cfg.filter.input:
         raise ConfigError("config key 'filter.input': the demo needs web text (pass WEB=... to make demo)")
     run_dir = Path(cfg.run_dir)
-    check_hub_reachable(hub_needs(cfg, run_dir))  # before the stages' heavy imports: an answer in seconds
+    check_hub_reachable(hub_needs(cfg.generate, cfg.filter.input, run_dir))  # before the stages' heavy imports: an answer in seconds
     from pipeline.classify.train import train_classifier
     from pipeline.filter.runner import run_filter
     from pipeline.generate.runner import generate
@@ -84,17 +86,17 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
     return 0
 
 
-def hub_needs(cfg: Config, run_dir: Path) -> list[str]:
+def hub_needs(gen: LLMConfig, web: list[str], run_dir: Path) -> list[str]:
     """The config keys whose values the demo would fetch from the Hub (``key=value``): a generator
-    model that is neither a local folder nor in the Hub cache, and web text on the Hub not yet
-    sampled into ``RUN_DIR/web_sample/``."""
+    model that is neither a local folder nor in the Hub cache, and web text (``filter.input``) on the
+    Hub not yet sampled into ``RUN_DIR/web_sample/``."""
     needs = []
-    model = cfg.generate.model
-    if cfg.generate.backend == "transformers" and model and not Path(model).expanduser().exists() \
+    model = gen.model
+    if gen.backend == "transformers" and model and local_model_path(model) is None \
             and not _cached_model(model):
         needs.append(f"generate.model={model}")
     if not shard_path(RunDir(run_dir).web_sample, 0).exists():
-        needs += [f"filter.input={p}" for p in map(str, cfg.filter.input) if _on_hub(p)]
+        needs += [f"filter.input={p}" for p in map(str, web) if _on_hub(p)]
     return needs
 
 

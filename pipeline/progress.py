@@ -38,6 +38,11 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def note(message: str) -> None:
+    """A one-line notice on stderr (not a Python warning with its source line)."""
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
 def progress(total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0,
              disable: bool = False, file: IO[str] | None = None, interval_s: float | None = None) -> Any:
     """A tqdm bar on a terminal, else a :class:`PlainProgress` (``TEXTBOOK_PROGRESS_S`` sets its interval)."""

@@ -134,7 +134,7 @@ def _phase(run: RunDir, phase: str, run_dir: Path) -> StageStatus:
 
 
 def _eval(run: RunDir, run_dir: Path) -> StageStatus:
-    results = {p.name: _manifest(p) for p in sorted(run.eval.glob("*.json"))} if run.eval.is_dir() else {}
+    results = {p.name: _manifest(p) for p in run.eval_results()}
     if not results:
         return StageStatus("eval", "-", "not run")
     current = {checkpoint_digest(run.checkpoint(p)): p for p in PHASES if (run.checkpoint(p) / MODEL_CONFIG).is_file()}

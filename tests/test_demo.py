@@ -12,8 +12,8 @@ import huggingface_hub.constants
 import pytest
 
 from pipeline.cli import main
-from pipeline.generate.stub_server import StubServer, textbook_responder
 from pipeline.io import read_shards
+from pipeline.llm.stub_server import StubServer, textbook_responder
 from tests.filters.corpus import SPAM, documents
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.generate.stub_server import StubServer
 from pipeline.io import read_shards
+from pipeline.llm.stub_server import StubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "generate.templates={textbook: 0.5, story: 0.5}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,8 @@ from pipeline.io import (
 from pipeline.lineage import checkpoint_digest, fingerprint, manifest_ref, relative_name
 from pipeline.progress import progress
 from pipeline.rundir import ID, MODEL_CONFIG, PHASES, TEXT, RunDir, manifest_path
-from pipeline.train.config import TrainConfig
+from pipeline.sources import SourceConfig, read_source, validation_mask
 
-SCORES_FIGURE = "scores.png"
-"""In RUN_DIR/eval/: every evaluated checkpoint's score."""
 # Bumped whenever rendering or scoring changes, so old and new scores never share a digest.
 PROMPT_FORMAT = "v1: lm-eval cloze/mc, few-shot joined by a blank line, continuation delimiter ' '"
 
@@ -56,9 +55,9 @@ def evaluate(cfg: Config, checkpoint: str | None = None) -> int:
     path, name = resolve_checkpoint(cfg.run_dir, checkpoint)
     check_hub_reachable(hub_needs(e, path))
     check_writable(EvalError, run.eval)  # before the scoring, not after it
-    result = score_checkpoint(path, e, cfg.run_dir, cfg.train)
+    result = score_checkpoint(path, e, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
     out = write_json(result, run.eval_result(name, result["checkpoint_digest"]))
-    plot_scores(run.eval)
+    plot_scores(run)
     print(format_table(result))
     print(f"wrote {out}")
     return 0
@@ -121,10 +120,12 @@ def load_model(path: str, device_choice: str):
     return model.to(device).eval(), tok, device
 
 
-def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, train: TrainConfig) -> dict[str, Any]:
+def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, sources: Mapping[str, SourceConfig],
+                     val_fraction: float) -> dict[str, Any]:
     """The result file's content: per-task scores, the mean centered score, bpb per domain, the bundle.
 
-    ``train`` gives the bpb documents: the held-out part of each source ``e.bpb_domains`` names.
+    The bpb documents are the held-out part (``val_fraction``, as training splits them) of each of the
+    run's ``sources`` that ``e.bpb_domains`` names.
     """
     tasks = [load_task(t, e.seed) for t in e.tasks]
     bundle = bundle_of(e, tasks)
@@ -139,7 +140,7 @@ def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, train: TrainConfig
         "checkpoint_digest": checkpoint_identity(path),
         "tasks": scores,
         "score": float(np.mean([s["centered"] for s in scores.values()])) if scores else float("nan"),
-        "bpb": domain_bpb(model, tok, e, run_dir, train, max_length, device),
+        "bpb": domain_bpb(model, tok, e, run_dir, sources, val_fraction, max_length, device),
         "bundle_digest": stable_hash(bundle),
         "bundle": bundle,
         "items_per_s": items / seconds if seconds > 0 else None,
@@ -205,14 +206,12 @@ def score_task(model, tok, task: Task, e: EvalConfig, max_length: int, device: t
             "num_fewshot": task.config.num_fewshot, "form": task.config.form}
 
 
-def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, train: TrainConfig, max_length: int,
-               device: torch.device) -> dict[str, float]:
+def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, sources: Mapping[str, SourceConfig], val_fraction: float,
+               max_length: int, device: torch.device) -> dict[str, float]:
     """Bits per byte on each domain's held-out documents (the ones training never saw)."""
-    from pipeline.train.data import read_source, validation_mask
-
     out = {}
     for domain, source in e.bpb_domains.items():
-        spec = train.sources.get(source)
+        spec = sources.get(source)
         if spec is None or not spec.paths or e.bpb_docs == 0:
             continue
         try:
@@ -220,7 +219,7 @@ def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, train: TrainConfig, max
         except PipelineError as err:
             print(f"eval: bpb skips domain {domain!r}: {err}", file=sys.stderr)
             continue
-        held = docs[validation_mask(docs[ID].tolist(), train.val_fraction)]
+        held = docs[validation_mask(docs[ID].tolist(), val_fraction)]
         if held.empty:
             continue
         out[domain] = bits_per_byte(model, tok, held[TEXT].tolist()[: e.bpb_docs], max_length, device,
@@ -241,10 +240,10 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_scores(folder: Path) -> Path | None:
-    """``eval/scores.png``: the score of every checkpoint evaluated in ``folder``, one panel per task bundle
+def plot_scores(run: RunDir) -> Path | None:
+    """``eval/scores.png``: the score of every checkpoint evaluated in the run, one panel per task bundle
     (only scores under one bundle compare)."""
-    results = [r for r in (read_json(p) for p in sorted(folder.glob("*.json")))
+    results = [r for r in (read_json(p) for p in run.eval_results())
                if isinstance(r, dict) and "score" in r and "bundle_digest" in r]
     if not results:
         return None
@@ -264,4 +263,4 @@ def plot_scores(folder: Path) -> Path | None:
         ax.set_ylabel("score (mean centered accuracy)")
         ax.set_title(f"bundle {bundle}", fontsize=9)
     fig.tight_layout()
-    return write_png(fig, folder / SCORES_FIGURE)
+    return write_png(fig, run.eval_figure)

@@ -26,14 +26,14 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import Config, public_dict
 from pipeline.errors import ConfigError, DataError
-from pipeline.generate.config import RephraseConfig, RouteCondition, RouteConfig
+from pipeline.generate.config import GenerateConfig, RephraseConfig, RouteCondition, RouteConfig
 from pipeline.generate.render import Template, load_templates
 from pipeline.generate.sampler import SEED_VARIABLES, Vocabulary, draw_seeds
 from pipeline.io import InputFile, expand_inputs, iter_batches, stable_hash
 from pipeline.lineage import content_digest, relative_name
 from pipeline.rundir import GENERATED_SOURCE, REASON, SHARD_GLOB, SOURCE, RunDir
+from pipeline.settings import public_dict
 
 DOCUMENT = "document"
 """The template variable (and column) holding the chunk's text."""
@@ -131,13 +131,13 @@ def route_of(doc: Document, routes: Sequence[RouteConfig]) -> RouteConfig | None
 def resolve_inputs(rc: RephraseConfig, run_dir: Path | str) -> list[tuple[InputFile, str]]:
     """Each input file with its origin: ``filtered`` and ``rejected`` name the run's filter outputs."""
     run = RunDir(run_dir)
-    rejected_dir = (run.filtered / "rejected").resolve()
+    rejected_dir = run.rejected.resolve()
     found: list[tuple[InputFile, str]] = []
     for entry in rc.input:
         if entry == "filtered":
             files, origin = expand_inputs(str(run.filtered / SHARD_GLOB)), "kept"
         elif entry == "rejected":
-            files, origin = expand_inputs(str(run.filtered / "rejected" / SHARD_GLOB)), "rejected"
+            files, origin = expand_inputs(str(run.rejected / SHARD_GLOB)), "rejected"
         else:
             files, origin = expand_inputs(entry), None
         for f in files:
@@ -185,9 +185,10 @@ def _number(value: Any) -> Any:
         return value
 
 
-def plan_rephrase(cfg: Config, prompts_dir: Path, vocab: Vocabulary) -> tuple[pd.DataFrame, dict[str, Template]]:
-    """The rephrase rows of ``cfg`` (see the module docstring) and the templates they use."""
-    gen, rc = cfg.generate, cfg.generate.rephrase
+def plan_rephrase(gen: GenerateConfig, seed: int, run_dir: Path, prompts_dir: Path,
+                  vocab: Vocabulary) -> tuple[pd.DataFrame, dict[str, Template]]:
+    """The rephrase rows of ``generate.rephrase`` (see the module docstring) and the templates they use."""
+    rc = gen.rephrase
     names = list(dict.fromkeys(r.name for r in rc.routes))
     if len(names) != len(rc.routes):
         raise ConfigError("config key 'generate.rephrase.routes': route names must be unique")
@@ -208,7 +209,7 @@ def plan_rephrase(cfg: Config, prompts_dir: Path, vocab: Vocabulary) -> tuple[pd
     read = unrouted = 0
     tested = {c.column for r in rc.routes for c in r.when}
     unscored: dict[str, int] = {}  # a tested score column -> documents without it
-    for doc in load_documents(rc, cfg.run_dir):
+    for doc in load_documents(rc, run_dir):
         read += 1
         route = route_of(doc, rc.routes)
         if route is None:
@@ -219,7 +220,7 @@ def plan_rephrase(cfg: Config, prompts_dir: Path, vocab: Vocabulary) -> tuple[pd
         route_names = list(route.templates)
         for chunk, text in enumerate(chunk_text(doc.text, rc.chunk_tokens)):
             for k in range(rc.rows_per_chunk):
-                rng = random.Random(f"textbook-rephrase:{cfg.seed}:{doc.source_id}:{chunk}:{k}")
+                rng = random.Random(f"textbook-rephrase:{seed}:{doc.source_id}:{chunk}:{k}")
                 name = rng.choices(route_names, weights=[route.templates[n] for n in route_names])[0]
                 template = templates[name]
                 seeds = draw_seeds(rng, name, [v for v in template.requires if v != DOCUMENT], vocab,
@@ -227,7 +228,7 @@ def plan_rephrase(cfg: Config, prompts_dir: Path, vocab: Vocabulary) -> tuple[pd
                 prompt = template.render({**seeds, DOCUMENT: text})
                 lineage = {"source_id": doc.source_id, "chunk": chunk, "route": route.name}
                 key = stable_hash({"template_sha": template.sha, "seeds": seeds, "document": text, **lineage,
-                                   "variant": k, **sampling, "seed": cfg.seed})
+                                   "variant": k, **sampling, "seed": seed})
                 rows.append({"id": key, "messages": [{"role": "user", "content": prompt}], "prompt": prompt,
                              "template": name, "template_sha": template.sha, **seeds, DOCUMENT: text, **lineage,
                              **{f"source_{c}": doc.scores.get(c) for c in rc.score_columns}})
@@ -258,17 +259,16 @@ def unrouted_reason(rc: RephraseConfig, read: int, unrouted: int, unscored: dict
     return f"{head}: no route's origin and conditions hold for them (generate.rephrase.routes)"
 
 
-def rephrase_lineage(cfg: Config) -> tuple[dict[str, Any], dict[str, str]]:
+def rephrase_lineage(rc: RephraseConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """What shapes the rephrase rows: the section (inputs by name) and each local input by content
     (a Hub source by name), so a changed source document stops a resume."""
-    rc = cfg.generate.rephrase
     config = public_dict(rc)
     remote, inputs = [], {}
-    for source, origin in resolve_inputs(rc, cfg.run_dir):
+    for source, origin in resolve_inputs(rc, run_dir):
         if source.on_hub:
             remote.append(source.path)
         else:
-            inputs[f"rephrase:{origin}:{relative_name(source.path, cfg.run_dir)}"] = content_digest(source.path)
+            inputs[f"rephrase:{origin}:{relative_name(source.path, run_dir)}"] = content_digest(source.path)
     config["remote"] = remote
     return config, inputs
 

@@ -24,7 +24,6 @@ from pipeline.hub.layout import (
     CARD_FILE,
     FIGURES_DIR,
     MODEL_CARD_DIR,
-    ConversationParser,
     DataConfig,
     data_configs,
 )
@@ -40,8 +39,11 @@ from pipeline.io import (
     write_text,
 )
 from pipeline.rundir import LOSS_FIGURE, PHASES, SHARD_GLOB, RunDir, manifest_path
+from pipeline.train.config import TrainConfig
 
 REQUIRED_METADATA = ("license", "language", "task_categories", "size_categories", "tags", "configs")
+
+_RUN = RunDir(Path())  # the run directory's layout, relative to its root: how the card names a file
 
 
 def write_card(cfg: Config, restart: bool = False) -> int:
@@ -57,7 +59,7 @@ def write_card(cfg: Config, restart: bool = False) -> int:
     verify_outputs(run_dir)
     verify_parents(run_dir)
     art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)
-    configs = data_configs(run_dir, sft_parser(cfg.train.sft.parser))
+    configs = data_configs(run_dir, sft_chats(cfg.train, run_dir))
     out = RunDir(run_dir).card
     with atomic_dir(out) as tmp:
         build_dataset_card(cfg.hub, art, configs, tmp, cfg.seed)
@@ -98,9 +100,9 @@ def build_dataset_card(hub: HubConfig, art: RunArtifacts, configs: list[DataConf
         "filter_figure": _copy_figure(run.filter_report, figures, "filter_report.png"),
         "training": checkpoints.training_section(art),
         "untrained": [p for p in PHASES if p not in art.checkpoints],
-        "downstream": {phase: section(art, "eval/", lambda _, r=r: downstream.eval_section(r))
+        "downstream": {phase: section(art, _RUN.eval.as_posix(), lambda _, r=r: downstream.eval_section(r))
                        for phase, r in art.evals.items()},
-        "data_ab": section(art, "compare/compare.json", lambda a: downstream.compare_section(a.run_dir)),
+        "data_ab": section(art, _RUN.compare_table.as_posix(), lambda a: downstream.compare_section(a.run_dir)),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir),
         "notes": art.notes,
@@ -197,7 +199,7 @@ def build_model_card(hub: HubConfig, art: RunArtifacts, folder: Path) -> Path | 
         "architecture": checkpoints.architecture(ckpt.get("config")),
         "parameters": checkpoints.count_parameters(ckpt["path"]) or (ckpt.get("summary") or {}).get("parameters"),
         "phases": checkpoints.training_section(art),
-        "downstream": section(art, "eval/", lambda a: downstream.eval_section(a.evals.get(phase))),
+        "downstream": section(art, _RUN.eval.as_posix(), lambda a: downstream.eval_section(a.evals.get(phase))),
         "loss_figure": _copy_figure(ckpt["path"] / LOSS_FIGURE, folder, LOSS_FIGURE),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir, start=manifest_path(ckpt["path"])),
@@ -233,12 +235,19 @@ def model_repo_id(hub: HubConfig) -> str | None:
     return f"{hub.repo_id}-model" if hub.repo_id else None
 
 
-def sft_parser(name: str) -> ConversationParser:
-    """The conversation parser SFT training uses (``train.sft.parser``), so the card's ``sft`` config
-    matches what was trained on."""
-    from pipeline.train.sft import conversation_parser
+def sft_chats(train: TrainConfig, run_dir: Path) -> dict[str, list[dict[str, str]]] | None:
+    """The conversations SFT trains on, by the same selection (``train.sft`` and its source), so the
+    card's ``sft`` config is what was trained on; None when the run has none."""
+    from pipeline.errors import TrainError
+    from pipeline.train.sft import sft_conversations
 
-    return conversation_parser(name)
+    spec = train.sources.get(train.sft.source)
+    if spec is None or not spec.paths:
+        return None
+    try:
+        return sft_conversations(train.sft, spec, run_dir)[0]
+    except TrainError:  # no chat rows (or none left after the source's filters): no sft config
+        return None
 
 
 # --- rendering -----------------------------------------------------------------------------------

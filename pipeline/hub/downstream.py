@@ -11,13 +11,10 @@ from pipeline.io import read_json
 from pipeline.lineage import checkpoint_digest, relative_name
 from pipeline.rundir import MODEL_CONFIG, PHASES, RunDir
 
-TABLE = "compare.json"
-
 
 def eval_results(run_dir: Path) -> dict[str, dict[str, Any]]:
     """``RUN_DIR/eval/*.json`` by file name (without ``.json``)."""
-    folder = RunDir(run_dir).eval
-    return {p.stem: read_json(p) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    return {p.stem: read_json(p) for p in RunDir(run_dir).eval_results()}
 
 
 def checkpoint_results(run_dir: Path, notes: list[str]) -> dict[str, dict[str, Any]]:
@@ -56,7 +53,7 @@ def eval_section(result: dict[str, Any] | None) -> dict[str, Any] | None:
 def compare_section(run_dir: Path) -> dict[str, Any] | None:
     """The data A/B from ``compare/compare.json``: per arm its mixture, score (mean and seed range) and
     the verdict against the baseline (beyond the seed noise or not)."""
-    path = RunDir(run_dir).compare / TABLE
+    path = RunDir(run_dir).compare_table
     if not path.is_file():
         return None
     table = read_json(path)

@@ -15,7 +15,6 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.hub.provenance import public_path
 from pipeline.io import copy_file, current_umask, list_shards, read_table, write_parquet
-from pipeline.rundir import CONVERSATION, GENERATED_SOURCE, ID, MESSAGES, SOURCE, TEMPLATE, TEXT, RunDir
+from pipeline.rundir import GENERATED_SOURCE, ID, MESSAGES, SOURCE, RunDir
 
 # The upload folder, which is the published repo's layout (a contract of its own: the card links
 # these paths and readers download them), apart from the run directory's (pipeline.rundir).
@@ -36,7 +35,7 @@ CLASSIFIER_DIR = "classifier"
 REPRODUCE_DIR = "reproduce"
 
 Transform = Callable[[pa.Table], pa.Table]
-ConversationParser = Callable[[str], list[dict[str, str]]]
+Conversation = list[dict[str, str]]
 
 
 @dataclass
@@ -84,8 +83,12 @@ class DataConfig:
                 yield table
 
 
-def data_configs(run_dir: Path, conversation_parser: ConversationParser | None = None) -> list[DataConfig]:
-    """The configs a run can publish, with their row counts; configs without rows are left out."""
+def data_configs(run_dir: Path, sft_chats: dict[str, Conversation] | None = None) -> list[DataConfig]:
+    """The configs a run can publish, with their row counts; configs without rows are left out.
+
+    ``sft_chats`` are the conversations SFT trains on (``pipeline.train.sft.sft_conversations``): the
+    published SFT set is exactly what trains.
+    """
     run = RunDir(run_dir)
     generated = list_shards(run.generated)
     candidates = [
@@ -96,11 +99,11 @@ def data_configs(run_dir: Path, conversation_parser: ConversationParser | None =
                    "Web text kept by the filter (heuristics, edu score, dedup, decontamination).",
                    list_shards(run.filtered), _web_rows),
     ]
-    if conversation_parser is not None:
+    if sft_chats:
         candidates.append(DataConfig(
-            "sft", "train", "Synthetic student/teacher conversations as chat messages, for SFT "
-            "(truncated, empty and refused ones left out).",
-            generated, _sft_rows(conversation_parser)))
+            "sft", "train", "Synthetic student/teacher conversations as chat messages, for SFT: the ones "
+            "the run's SFT trained on (truncated, empty, refused and repetitive ones left out).",
+            generated, _sft_rows(sft_chats)))
     configs = []
     for config in candidates:
         config.run_dir = Path(run_dir)
@@ -187,24 +190,15 @@ def _web_rows(table: pa.Table) -> pa.Table:
     return table.filter(pc.fill_null(pc.not_equal(table[SOURCE], GENERATED_SOURCE), True))
 
 
-def _sft_rows(parse: ConversationParser) -> Transform:
+def _sft_rows(chats: dict[str, Conversation]) -> Transform:
     def transform(table: pa.Table) -> pa.Table:
-        if TEMPLATE not in table.column_names:
+        if ID not in table.column_names:
             return table.slice(0, 0).select([])
-        chats = table.filter(pc.fill_null(pc.equal(table[TEMPLATE], CONVERSATION), False))
-        flags = chats.column("flags").to_pylist() if "flags" in chats.column_names else [None] * chats.num_rows
-        rows: dict[str, list[Any]] = {ID: [], MESSAGES: [], "topic": [], "audience": []}
-        for row, row_flags in zip(chats.to_pylist(), flags, strict=True):
-            if set(row_flags or ()) & {"truncated", "empty", "refusal"}:
-                continue  # a cut-off or refused dialogue teaches the wrong turn-taking
-            messages = parse(row.get(TEXT) or "")
-            if len(messages) < 2:
-                continue
-            rows[ID].append(row.get(ID))
-            rows[MESSAGES].append(messages)
-            rows["topic"].append(row.get("topic"))
-            rows["audience"].append(row.get("audience"))
-        return pa.table(rows, schema=_SFT_SCHEMA)
+        rows = table.filter(pc.is_in(table[ID], pa.array(list(chats), pa.string())))
+        columns = {c: rows[c].to_pylist() if c in rows.column_names else [None] * rows.num_rows
+                   for c in ("topic", "audience")}
+        ids = rows[ID].to_pylist()
+        return pa.table({ID: ids, MESSAGES: [chats[i] for i in ids], **columns}, schema=_SFT_SCHEMA)
 
     return transform
 

@@ -144,7 +144,7 @@ def card_parents(run_dir: Path) -> dict[str, dict[str, str]]:
     """{name: {"manifest", "digest"}} of every manifest and report a card reads, as they are now."""
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
-    results = [*sorted(run.eval.glob("*.json")), run.compare / "compare.json"]  # the scores the cards print
+    results = [*run.eval_results(), run.compare_table]  # the scores the cards print
     files = [*stage_manifests(run_dir), *[run_dir / r for r in _REPORTS], *results]
     refs = {relative_name(p, run_dir): manifest_ref(p, run_dir) for p in files}
     return {name: ref for name, ref in sorted(refs.items()) if ref}

@@ -329,7 +329,8 @@ def test_the_cards_show_the_downstream_scores_and_the_data_ab_with_their_bundle(
 
     tasks = [{"name": "facts", "path": str(write_mc(tmp_path / "facts.jsonl", 24)), "format": "mc_jsonl"}]
     cfg = validate({"run_dir": str(run_dir), "eval": {"tasks": tasks, "bpb_docs": 0}})
-    result = score_checkpoint(str(run_dir / "checkpoints" / "sft"), cfg.eval, cfg.run_dir, cfg.train)
+    result = score_checkpoint(str(run_dir / "checkpoints" / "sft"), cfg.eval, cfg.run_dir, cfg.train.sources,
+                              cfg.train.val_fraction)
     write_json(result, run_dir / "eval" / "sft.json")
     runs = {arm: [{"seed": k, "summary": {"final_val": {"web": {"bpb": 1.0 + 0.01 * k}}, "tokens": 640},
                    "eval": {**result, "score": result["score"] + shift + 0.02 * k}} for k in (0, 1)]

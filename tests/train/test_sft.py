@@ -10,9 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.errors import EmptySourceError, TrainError
-from pipeline.train.config import SFTConfig, SourceConfig
+from pipeline.sources import SourceConfig
+from pipeline.train.config import SFTConfig
+from pipeline.train.distributed import Dist
 from pipeline.train.evals import IGNORE, batch_targets
-from pipeline.train.loop import Dist, train_step
+from pipeline.train.loop import train_step
 from pipeline.train.sft import conversation_parser, fit_chat, pack_chats, sft_data, tokenize_chat
 from pipeline.train.tokenizer import train_bpe
 from tests.conftest import SENTENCES
@@ -97,7 +99,7 @@ def test_sft_reads_the_messages_column_when_present(tmp_path):
 
 def test_chat_data_with_only_a_messages_column_is_read(tmp_path):
     """TRL / datasets chat data: no text column, only ``messages``; every source reader takes it."""
-    from pipeline.train.data import check_source, read_source
+    from pipeline.sources import check_source, read_source
 
     tok = _tok(tmp_path / "tok")
     chat = [{"role": "user", "content": "Why is the sky blue?"}, {"role": "assistant", "content": "Blue scatters most."}]

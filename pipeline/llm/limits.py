@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from pipeline.generate.ledger import Ledger
+from pipeline.llm.ledger import Ledger
 
 
 class CompletionGate(Protocol):

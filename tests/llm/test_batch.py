@@ -15,10 +15,11 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.generate.batch import BATCHES_FILE
-from pipeline.generate.runner import run_requests
-from pipeline.generate.stub_server import StubServer
 from pipeline.io import list_shards, read_json, read_shards
+from pipeline.llm.run import run_requests
+from pipeline.llm.spec import RunSpec
+from pipeline.llm.stub_server import StubServer
+from pipeline.rundir import BATCHES_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,8 +38,9 @@ def batch_config(srv: StubServer, tmp_path: Path, *overrides: str):
                               "generate.batch_poll_s=0.05", "generate.retry_backoff_s=0.05", *overrides])
 
 
-def run(cfg, requests: pd.DataFrame, out: Path, **kwargs):
-    return run_requests(cfg.generate, requests, out, stage="generate", run_dir=cfg.run_dir, seed=cfg.seed, **kwargs)
+def run(cfg, requests: pd.DataFrame, out: Path, restart: bool = False, dry_run: bool = False, **spec):
+    return run_requests(RunSpec("generate", out, cfg.run_dir, cfg.generate, seed=cfg.seed, **spec), requests,
+                        restart=restart, dry_run=dry_run)
 
 
 def batch_ids(srv: StubServer) -> list[list[str]]:
