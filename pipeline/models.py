@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ def converted_gguf(path: Path) -> Path:
     with open(folder.parent / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "config.json").exists():
+            print(f"{path.name}: converting to a save_pretrained folder once ({folder})", file=sys.stderr, flush=True)
             _convert(path, folder)
     return folder
 

@@ -24,11 +24,11 @@ def interactive(stream: IO[str] | None = None) -> bool:
         return False
 
 
-def stage_line(what: str, done: int, total: int, elapsed_s: float) -> str:
-    """``=== [k/N] what ===`` for the k-th of N steps of a long command (the demo's stages, compare's
-    arms), with the time the rest would take at the pace so far once there is one."""
-    left = f" (~{duration(elapsed_s / done * (total - done))} left)" if done else ""
-    return f"=== [{done + 1}/{total}] {what}{left} ==="
+def stage_line(what: str, done: int, total: int, elapsed_s: float, unit: str = "stage") -> str:
+    """``=== what (stage k of N) ===`` for the k-th of N steps of a long command (the demo's stages,
+    compare's runs), with the time the rest would take at the pace so far once there is one."""
+    left = f", ~{duration(elapsed_s / done * (total - done))} left" if done else ""
+    return f"=== {what} ({unit} {done + 1} of {total}{left}) ==="
 
 
 def duration(seconds: float) -> str:

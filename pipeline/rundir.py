@@ -261,6 +261,16 @@ class RunDir:
     def web_sample(self) -> Path:
         return self.root / "web_sample"
 
+    @property
+    def installed_docs(self) -> Path:
+        """The demo's web text with no Hub: the documentation installed on this machine."""
+        return self.web_sample / "installed-docs.parquet"
+
+    @property
+    def web_sources(self) -> Path:
+        """File name in ``web_sample/`` -> what it holds (the demo writes it, the card reads it)."""
+        return self.web_sample / "sources.json"
+
 
 # Files inside a checkpoint folder.
 TRAIN_SUMMARY = "train_summary.json"

@@ -60,6 +60,11 @@ def _concat(plain: pd.DataFrame, rephrased: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({**{c: "str" for c in plain.columns if c != "messages"}, "chunk": "Int64"})
 
 
+def _set_penalty(gen: GenerateConfig) -> dict[str, float]:
+    """The repetition penalty, in row keys and lineage only when set: runs without it keep their ids."""
+    return {} if gen.repetition_penalty is None else {"repetition_penalty": gen.repetition_penalty}
+
+
 def plan_lineage(gen: GenerateConfig, seed: int, run_dir: Path, templates: dict[str, Template]) -> dict:
     """The fingerprint of what shapes the rows: the settings in the row key, the template and seed
     files (by content) and the local web-seed files (by content; other sources by name).
@@ -71,7 +76,7 @@ def plan_lineage(gen: GenerateConfig, seed: int, run_dir: Path, templates: dict[
     config: dict = {"seed": seed, "generate": {
         "backend": gen.backend, "model": gen.model, "temperature": gen.temperature, "top_p": gen.top_p,
         "max_tokens": gen.max_tokens, "templates": dict(gen.templates), "shard_size": gen.shard_size,
-        "generations_per_prompt": gen.generations_per_prompt}}
+        "generations_per_prompt": gen.generations_per_prompt, **_set_penalty(gen)}}
     if gen.backend == "transformers":
         config["generate"]["batch_size"] = gen.batch_size  # a batch shares one sampling seed
     inputs = {f"prompts/{t.path.name}": content_digest(t.path) for t in templates.values()}
@@ -120,7 +125,7 @@ def build_requests(gen: GenerateConfig, seed: int, templates: dict[str, Template
     requires = {name: t.requires for name, t in templates.items()}
     own = {name: t.variables for name, t in templates.items() if t.variables}
     sampling = {"model": gen.model, "temperature": gen.temperature, "top_p": gen.top_p,
-                "max_tokens": gen.max_tokens}
+                "max_tokens": gen.max_tokens, **_set_penalty(gen)}
     prompts_needed = -(-gen.num_samples // per_prompt)
     space = {name: seed_space(requires[name], vocab, extracts, own.get(name)) for name in gen.templates}
     possible = sum(space.values())

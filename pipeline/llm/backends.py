@@ -47,11 +47,18 @@ class Sampling:
     max_tokens: int
     temperature: float
     top_p: float
+    repetition_penalty: float | None = None
 
     @classmethod
     def of(cls, cfg: LLMConfig) -> Sampling:
         """The section's sampling."""
-        return cls(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        return cls(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                   repetition_penalty=cfg.repetition_penalty)
+
+    def body(self) -> dict[str, Any]:
+        """The request body's sampling fields (a server that does not know an unset one never sees it)."""
+        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        return fields if self.repetition_penalty is None else {**fields, "repetition_penalty": self.repetition_penalty}
 
 
 class Backend(Protocol):
@@ -261,8 +268,7 @@ class OpenAIBackend:
     async def complete_one(self, messages: Messages, params: Sampling) -> Completion:
         """One chat completion, retried on transient failures."""
         cfg = self.cfg
-        body = {"model": cfg.model, "messages": messages, "temperature": params.temperature,
-                "top_p": params.top_p, "max_tokens": params.max_tokens}
+        body = {"model": cfg.model, "messages": messages, **params.body()}
         last = ""
         for attempt in range(cfg.max_retries + 1):
             start = time.perf_counter()
@@ -497,8 +503,9 @@ class TransformersBackend:
         enc = tok([self._prompt(m) for m in batch], return_tensors="pt", padding=True,
                   add_special_tokens=False).to(self.device)
         torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} \
-            if params.temperature > 0 else {"do_sample": False}
+        penalty = {} if params.repetition_penalty is None else {"repetition_penalty": params.repetition_penalty}
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, **penalty} \
+            if params.temperature > 0 else {"do_sample": False, **penalty}
         with torch.no_grad():
             out = self.model.generate(**enc, max_new_tokens=params.max_tokens, pad_token_id=tok.pad_token_id,
                                       **sampling)

@@ -41,8 +41,7 @@ TERMINAL = ("completed", "expired", "failed", "cancelled")
 def request_line(row_id: str, messages: list[dict], model: str, sampling: Sampling) -> dict[str, Any]:
     """One line of a batch input file: the online request's body under the row id."""
     return {"custom_id": row_id, "method": "POST", "url": BatchAPI.ENDPOINT, "body": {
-        "model": model, "messages": list(messages), "temperature": sampling.temperature,
-        "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}}
+        "model": model, "messages": list(messages), **sampling.body()}}
 
 
 class BatchBook:

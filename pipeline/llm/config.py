@@ -29,6 +29,8 @@ class LLMConfig(Section):
     max_tokens: int = Field(default=1024, ge=1)
     temperature: float = Field(default=0.8, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    """Penalise tokens already in the text (transformers' ``repetition_penalty``; 1.1-1.3 keeps a small model from looping). The transformers backend applies it; a server gets it only when set (vLLM, TGI, llama.cpp and transformers serve accept it, OpenAI's API does not)."""
     max_cost_usd: float | None = Field(default=None, gt=0)
     price_input_per_million: float = Field(default=0.0, ge=0)
     price_output_per_million: float = Field(default=0.0, ge=0)

@@ -67,7 +67,8 @@ def compare(cfg: Config, restart: bool = False) -> int:
         runs[arm] = []
         for k, plan in enumerate(seeds):
             done = sum(len(r) for r in runs.values())
-            print(stage_line(f"arm {arm!r}, seed {k}", done, total, time.perf_counter() - started), flush=True)
+            print(stage_line(f"arm {arm!r}, seed {k}", done, total, time.perf_counter() - started, "run"),
+                  flush=True)
             summary = run_phase(cfg.train, cfg.run_dir, plan, restart)
             if summary.get("stopped_early"):
                 raise TrainError(f"compare arm {arm!r} stopped at step {summary['steps_done']}; "

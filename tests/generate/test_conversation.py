@@ -125,7 +125,7 @@ def test_kill_mid_conversations_then_rerun_gives_each_conversation_once_and_coun
             time.sleep(0.05)
         mark = len(srv.requests)
         rerun = subprocess.run([*args, f"scheduler={scheduler}"], cwd=ROOT, env=env, capture_output=True,
-                               text=True, timeout=120)
+                               text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         answered = len(srv.completed())
         resent = len(srv.requests) - mark

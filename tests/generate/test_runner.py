@@ -271,7 +271,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once_and_the_ledger_counts_e
             time.sleep(0.05)
         mark = len(srv.requests)
         rerun = subprocess.run([*args, f"scheduler={scheduler}", "generate.concurrency=12"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=120)
+                               capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         asked_again = {m["messages"][0]["content"] for m in srv.requests[mark:]}
         answered = len(srv.completed())

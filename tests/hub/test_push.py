@@ -200,3 +200,28 @@ def test_published_rows_show_public_names_not_local_paths(run_dir, capsys):
     for path in (run_dir / "push").rglob("*"):
         assert not path.is_file() or b"/home/someone" not in path.read_bytes(), path
     assert pd.read_parquet(generated)["model"].iloc[0] == "/home/someone/models/SmolLM2-local"  # the run's own
+
+
+def test_the_published_sft_set_is_what_sft_trains_on(run_dir):
+    """A conversation flagged repetitive or truncated neither trains nor is published; the rest do both."""
+    import pandas as pd
+
+    from pipeline.io import read_parquet, write_parquet
+    from pipeline.rundir import RunDir, shard_path
+    from pipeline.train.sft import sft_conversations
+
+    shard = shard_path(RunDir(run_dir).generated, 0)
+    rows = read_parquet(shard)
+    looping = rows.index[rows["template"] == "conversation"][0]
+    rows.at[looping, "flags"] = ["repetitive"]
+    write_parquet(rows, shard)
+    record_outputs(run_dir, "generated")
+    cfg = validate({"run_dir": str(run_dir)})
+    trained, _ = sft_conversations(cfg.train.sft, cfg.train.sources[cfg.train.sft.source], run_dir)
+    assert rows.at[looping, "id"] not in trained
+
+    push(cfg, repo_id="acme/textbooks", dry_run=True)
+    published = pd.concat([read_parquet(p) for p in (run_dir / "push" / "data" / "sft").glob("*.parquet")])
+    assert list(published["id"]) == list(trained)
+    for row_id, messages in zip(published["id"], published["messages"], strict=True):
+        assert [dict(m) for m in messages] == trained[row_id]
