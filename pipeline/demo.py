@@ -9,11 +9,8 @@ a turn format cannot leave it without data.
 from __future__ import annotations
 
 import glob
-import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +20,19 @@ import pandas as pd
 from pipeline import installed_docs
 from pipeline.config import Config
 from pipeline.errors import ConfigError, HubError
-from pipeline.io import expand_inputs, iter_batches, read_json, read_shards, write_json, write_parquet
+from pipeline.io import (
+    expand_inputs,
+    hub_unreachable,
+    iter_batches,
+    read_json,
+    read_shards,
+    write_json,
+    write_parquet,
+)
 from pipeline.llm.config import LLMConfig
 from pipeline.llm.flags import flag_counts
 from pipeline.models import local_model_path
+from pipeline.progress import stage_line
 from pipeline.rundir import (
     CONVERSATION,
     FLAGS,
@@ -98,7 +104,7 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
     timings: list[tuple[str, float]] = []
     started = time.perf_counter()
     for k, (name, step) in enumerate(steps, 1):
-        print(f"\n=== {name} (stage {k} of {len(steps)}) ===", flush=True)
+        print("\n" + stage_line(name, k - 1, len(steps), time.perf_counter() - started), flush=True)
         start = time.perf_counter()
         code = step()
         if code:
@@ -164,25 +170,6 @@ def hub_needs(gen: LLMConfig, web: list[str], run_dir: Path) -> list[str]:
     if not shard_path(RunDir(run_dir).web_sample, 0).exists():
         needs += [f"filter.input={p}" for p in map(str, web) if _on_hub(p)]
     return needs
-
-
-def hub_unreachable(timeout_s: float = 3.0) -> str | None:
-    """Why the Hub cannot be reached (offline mode, or the endpoint does not answer), else None.
-
-    Any HTTP answer (even an error status) counts as reachable; only a failed connection does not.
-    """
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE=1 is set"
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        return None
-    except (OSError, ValueError) as e:  # URLError, refused, DNS failure, timeout
-        return f"{endpoint}: {getattr(e, 'reason', None) or e}"
-    return None
 
 
 def _cached_model(model: str) -> bool:

@@ -9,10 +9,11 @@ naming, where manifests live, and the column names stages and the hub share.
       tokenizer/      manifest.json + PreTrainedTokenizerFast files
       tokens/         packed token shards (a cache)
       checkpoints/    phase1/ phase2/ sft/  (save_pretrained + manifest.json train_summary.json ...)
-      eval/           <checkpoint>.json
+      eval/           <checkpoint>-<digest>.json  scores.png
       compare/        <arm>/seed-<k>/  compare.json compare.md compare.png
       card/           README.md  model/README.md  manifest.json
       push/ push_model/ pushed.json  web_sample/
+      .lock           held by the stage that runs (pipeline.runlock): one writer at a time
 
 Hidden beside a stage's outputs, the state a rerun resumes from: ``.lineage.json`` (the fingerprint the
 rows on disk were built from), ``.ledger.json`` and ``.journal/`` (the request engine's paid requests
@@ -127,6 +128,11 @@ class RunDir:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
+    @property
+    def lock(self) -> Path:
+        """The file a running stage holds locked (``pipeline.runlock``)."""
+        return self.root / ".lock"
+
     # generate and annotate
     @property
     def generated(self) -> Path:
@@ -200,11 +206,18 @@ class RunDir:
     def eval(self) -> Path:
         return self.root / "eval"
 
-    def eval_result(self, name: str) -> Path:
-        return self.eval / f"{name}.json"
+    def eval_result(self, name: str, digest: str) -> Path:
+        """``eval/<name>-<digest>.json``: results are keyed by the checkpoint's identity, not its folder's
+        name (another model named ``sft`` must not replace this run's result)."""
+        return self.eval / f"{name}-{digest}.json"
+
+    @property
+    def eval_figure(self) -> Path:
+        """``eval/scores.png``: every evaluated checkpoint's score (``textbook eval`` redraws it)."""
+        return self.eval / "scores.png"
 
     def eval_results(self) -> list[Path]:
-        """Every ``eval/<checkpoint>.json`` written so far, by name."""
+        """Every ``eval/<checkpoint>-<digest>.json`` written so far, by name."""
         return sorted(self.eval.glob("*.json")) if self.eval.is_dir() else []
 
     @property

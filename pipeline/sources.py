@@ -17,7 +17,7 @@ from pydantic import Field
 from pipeline.errors import EmptySourceError, PipelineError, TrainError
 from pipeline.io import expand_inputs, read_parquet
 from pipeline.lineage import manifest_ref, relative_name
-from pipeline.rundir import ID, TEXT, manifest_path
+from pipeline.rundir import ID, MESSAGES, TEXT, manifest_path
 from pipeline.settings import Section
 
 
@@ -60,18 +60,58 @@ def source_files(name: str, spec: SourceConfig, run_dir: Path) -> list[str]:
         raise TrainError(f"train.sources.{name}: {e}") from None
 
 
+def check_source(name: str, spec: SourceConfig, run_dir: Path) -> list[str]:
+    """The source's files, each holding (by its footer alone) the columns reading it needs: a cheap
+    check before anything is built or discarded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = source_files(name, spec, run_dir)
+    for path in files:
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, pa.ArrowException) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise TrainError(f"{path}: source {name!r}: cannot read Parquet ({first})") from None
+        check_columns(path, name, spec, names)
+    return files
+
+
+def check_columns(path: str, name: str, spec: SourceConfig, names: Sequence[str]) -> None:
+    """A file of source ``name`` has its text (or a ``messages`` conversation) and every column its
+    row conditions test (an ``excludes`` column may be absent: the file has none of the values);
+    else one line naming the file, the column and what it has."""
+    has = ", ".join(names)
+    if spec.text_column not in names and MESSAGES not in names:
+        raise TrainError(f"{path}: source {name!r} needs column {spec.text_column!r} "
+                         f"(train.sources.{name}.text_column) or {MESSAGES!r} (has: {has})")
+    for f in spec.filters:
+        if f.column not in names and f.op != "excludes":
+            raise TrainError(f"{path}: source {name!r} needs column {f.column!r} for its row condition "
+                             f"(train.sources.{name}.filters; set it to [] for data without it) (has: {has})")
+
+
+def chat_text(messages: Sequence[dict]) -> str:
+    """The text of a conversation stored only as ``messages``: each turn as ``role: content``."""
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
 def read_source(name: str, spec: SourceConfig, run_dir: Path) -> pd.DataFrame:
-    """All documents of a source after its row conditions, as columns ``id`` and ``text``, in file order."""
+    """All documents of a source after its row conditions, as columns ``id`` and ``text``, in file order.
+
+    A file without the text column but with ``messages`` (TRL / ``datasets`` chat data) gives each
+    conversation's :func:`chat_text`; SFT reads its ``messages`` themselves.
+    """
     files = source_files(name, spec, run_dir)
     columns = list(dict.fromkeys([spec.text_column, *(f.column for f in spec.filters)]))
     frames = []
     for path in files:
         df = read_parquet(Path(path))
+        check_columns(path, name, spec, list(df.columns))
         # a file without the column of an ``excludes`` condition holds none of the values (no flags)
         df = df.assign(**{f.column: None for f in spec.filters if f.op == "excludes" and f.column not in df.columns})
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise TrainError(f"{path}: source {name!r} needs column {missing[0]!r} (has: {', '.join(df.columns)})")
+        if spec.text_column not in df.columns:
+            df[spec.text_column] = [chat_text(m) if m is not None else "" for m in df[MESSAGES]]
         ids = df[spec.id_column].astype(str) if spec.id_column in df.columns else (
             pd.Series([f"{path}:{i}" for i in range(len(df))], index=df.index))
         frames.append(df[columns].assign(**{ID: ids.values}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def test_demo_runs_every_stage_and_leaves_every_artifact(tmp_path: Path, capsys)
                      "checkpoints/phase1/config.json", "checkpoints/phase2/config.json",
                      "checkpoints/sft/config.json", "card/README.md", "push/README.md"):
         assert (run_dir / artifact).exists(), artifact
-    summary = capsys.readouterr().out.split("=== demo summary ===")[1]
+    out = capsys.readouterr().out
+    assert "=== generate (stage 1 of 8) ===" in out  # stage k of N, then the time the rest may take
+    assert re.search(r"=== push --dry-run \(stage 8 of 8, ~\d+ (s|min) left\) ===", out)
+    summary = out.split("=== demo summary ===")[1]
     assert "push --dry-run" in summary and "total" in summary
     assert "sft" in summary
 

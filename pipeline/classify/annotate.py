@@ -9,6 +9,7 @@ end in a valid score line is kept with ``score`` null and an ``annotation_error`
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from pipeline.config import Config, public_dict
 from pipeline.errors import ClassifierError
 from pipeline.generate.config import GenerateConfig
 from pipeline.generate.render import PROMPTS_DIR, load_template
-from pipeline.io import InputFile, expand_inputs, iter_batches, read_shards, stable_hash
+from pipeline.io import InputFile, check_writable, expand_inputs, iter_batches, read_shards, stable_hash
 from pipeline.lineage import file_digests, fingerprint
 from pipeline.llm.backends import Sampling
 from pipeline.llm.run import run_requests
@@ -98,6 +99,17 @@ def sample_documents(a: AnnotateConfig, seed: int) -> tuple[pd.DataFrame, dict[s
     return docs, {"seen": seen, "skipped_empty": skipped, "duplicates": before - len(docs)}
 
 
+def short_sample(counts: dict[str, int], wanted: int) -> str:
+    """Why a sample holds fewer documents than asked: what the inputs hold, and the duplicates dropped."""
+    reasons = []
+    if counts["seen"] < wanted:
+        reasons.append(f"the inputs hold {counts['seen']:,} non-empty ({counts['skipped_empty']:,} empty skipped)")
+    if counts["duplicates"]:
+        reasons.append(f"{counts['duplicates']:,} drawn twice (the same id, or the same text without one) "
+                       "counted once")
+    return "; ".join(reasons)
+
+
 def build_requests(a: AnnotateConfig, gen: GenerateConfig, docs: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
     """One chat request per document; the row key covers document, template version and model.
 
@@ -132,6 +144,9 @@ def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     if docs.empty:
         raise ClassifierError(f"annotate.input: no non-empty '{a.text_column}' documents in "
                               f"{', '.join(a.input)}")
+    if len(docs) < a.num_documents:
+        print(f"annotate: {len(docs):,} of annotate.num_documents={a.num_documents:,} documents: "
+              + short_sample(counts, a.num_documents), file=sys.stderr)
     gen = cfg.generate
     requests, template = build_requests(a, gen, docs)
     # Labelling wants the rubric's own budget and deterministic decoding, not generation's.
@@ -139,6 +154,8 @@ def annotate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     config = public_dict(cfg)  # what the manifest records: the sampling the requests ran with
     config["generate"].update(max_tokens=sampling.max_tokens, temperature=sampling.temperature)
     out_dir = RunDir(cfg.run_dir).annotations
+    if not dry_run:  # before a request is paid for
+        check_writable(ClassifierError, out_dir)
     lineage = annotation_fingerprint(a, gen, cfg.seed, cfg.run_dir, files, template.sha)
     spec = RunSpec("annotate", out_dir, cfg.run_dir, gen, seed=cfg.seed, scheduler=cfg.scheduler,
                    workers=cfg.workers, sampling=sampling, completion_column="answer",

@@ -28,7 +28,15 @@ from pipeline.classify.config import ClassifierConfig
 from pipeline.classify.report import evaluate_scores, plot_classifier_report, roc_auc_interval
 from pipeline.config import Config, public_dict
 from pipeline.errors import ClassifierError, DataError
-from pipeline.io import build_manifest, expand_inputs, iter_batches, list_shards, read_json, write_json
+from pipeline.io import (
+    build_manifest,
+    check_writable,
+    expand_inputs,
+    iter_batches,
+    list_shards,
+    read_json,
+    write_json,
+)
 from pipeline.lineage import (
     LineageError,
     content_digest,
@@ -139,6 +147,7 @@ def train_classifier(cfg: Config, restart: bool = False) -> int:
     """Train, evaluate and install the edu classifier; `ClassifierError` if it is no better than chance."""
     cc, run = cfg.classifier, RunDir(cfg.run_dir)
     started = time.perf_counter()
+    check_writable(ClassifierError, run.classifier)
     docs, mode = load_labelled(cc, run)
     lineage = training_fingerprint(cc, run, cfg.seed, mode)  # of the files as read, not as they are after training
     if not restart and installed_from(cfg.run_dir, lineage):

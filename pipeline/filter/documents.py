@@ -110,7 +110,7 @@ class DocumentFilters:
                 route_cut[route] = percentile_threshold(scores[(ranked["route"] == route).to_numpy()].to_numpy(),
                                                         fraction)
                 print(f"filter: keep_top_per_route {route}={fraction} of {int((ranked['route'] == route).sum()):,} "
-                      f"rewrites -> edu_score >= {route_cut[route]:.4f}")
+                      f"rewrites -> edu_score >= {route_cut[route]:.6g}")
         return replace(self, route_of=route_of, route_cut=route_cut, unfaithful=unfaithful)
 
     def filters(self) -> list[Filter]:

@@ -64,6 +64,7 @@ from pipeline.filter.plot import plot_report
 from pipeline.filter.report import decontamination_report, stage_table
 from pipeline.io import (
     build_manifest,
+    check_writable,
     list_shards,
     read_json,
     read_parquet,
@@ -100,14 +101,13 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     fc = cfg.filter
     run = RunDir(cfg.run_dir)
     folder = run.filtered
+    check_writable(FilterError, folder)
     filters = DocumentFilters.of(fc, run)
     benchmarks = fc.decontaminate.benchmarks if fc.decontaminate.enabled else []
     index = benchmark_index(benchmarks, fc.decontaminate.ngram, fc.decontaminate.min_ratio) if benchmarks else None
     sources = discover(fc.input, fc.text_column, fc.id_column, cfg.run_dir, fc.include_generated, fc.limit)
     if not sources:
         raise FilterError("filter.input: nothing to filter (no inputs given and no RUN_DIR/generated shards)")
-    if restart:
-        discard(run)
     clock: dict[str, float] = {}
     address = scheduler or cfg.scheduler
     in_process = not address and (fc.in_process if fc.in_process is not None else
@@ -122,6 +122,8 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
             partitions, bad_files, limited = validate_inputs(client, sources, rows, fc.on_bad_file,
                                                              None if address else Path(copies))
         lineage = filter_lineage(fc, cfg.run_dir, cfg.seed, partitions, filters, index)
+        if restart:  # only once every input has been read and found good
+            discard(run)
         with timed(clock, "score"):
             shards = score_shards(client, partitions, filters, run.scored)
         output_key = stable_hash({"shards": read_json(manifest_path(run.scored))["shards"],
@@ -285,6 +287,9 @@ def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_
     partitions = [p for parts, _, _ in results for p in parts]
     if not partitions:
         raise DataError("filter.input: no readable documents in any input")
+    if all(p.rows == 0 for p in partitions):  # an empty run would write a "kept 0/0" that looks like success
+        raise DataError(f"filter.input: no documents in {', '.join(s.label for s in sources)}: nothing to "
+                        "filter (nothing was written)")
     return partitions, bad, limited
 
 
@@ -495,7 +500,7 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, fc:
                                             for p in paths]))
             threshold = percentile_threshold(pool.to_numpy(), fc.quality.keep_top)
             filters = filters.with_threshold(threshold)
-            print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.4f}")
+            print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.6g}")
         if filters.quality:
             stats["quality"] = {"threshold": filters.quality.threshold, "keep_top": fc.quality.keep_top}
     shared_filters = dask.delayed(filters, traverse=False)  # one copy per worker, not one per task

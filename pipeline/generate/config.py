@@ -72,7 +72,8 @@ class RephraseConfig(Section):
     max_documents: int | None = Field(default=None, ge=1)
     """Read at most this many documents (over all inputs, in order)."""
     min_faithfulness: float = Field(default=0.0, ge=0, le=1)
-    """Flag ``unfaithful`` a rewrite keeping less than this share of its source's content words (0 = off)."""
+    """Flag ``unfaithful`` a rewrite keeping less than this share of its source's content words (0 = off; a
+    rewrite with almost no content, under 5 distinct content words, is flagged whatever this is)."""
 
 
 class ConversationConfig(Section):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,9 +206,16 @@ def plan_rephrase(gen: GenerateConfig, seed: int, run_dir: Path, prompts_dir: Pa
                 "max_tokens": gen.max_tokens}
     score_columns = [f"source_{c}" for c in rc.score_columns]
     rows = []
+    read = unrouted = 0
+    tested = {c.column for r in rc.routes for c in r.when}
+    unscored: dict[str, int] = {}  # a tested score column -> documents without it
     for doc in load_documents(rc, run_dir):
+        read += 1
         route = route_of(doc, rc.routes)
         if route is None:
+            unrouted += 1
+            for column in tested - {k for k, v in doc.scores.items() if v is not None and v == v}:
+                unscored[column] = unscored.get(column, 0) + 1
             continue
         route_names = list(route.templates)
         for chunk, text in enumerate(chunk_text(doc.text, rc.chunk_tokens)):
@@ -224,6 +232,11 @@ def plan_rephrase(gen: GenerateConfig, seed: int, run_dir: Path, prompts_dir: Pa
                 rows.append({"id": key, "messages": [{"role": "user", "content": prompt}], "prompt": prompt,
                              "template": name, "template_sha": template.sha, **seeds, DOCUMENT: text, **lineage,
                              **{f"source_{c}": doc.scores.get(c) for c in rc.score_columns}})
+    if unrouted:
+        why = unrouted_reason(rc, read, unrouted, unscored)
+        if unrouted == read:
+            raise ConfigError(why)
+        print(f"generate: {why}", file=sys.stderr)
     own_columns = sorted({v for t in templates.values() for v in t.variables})
     columns = ["id", "messages", "prompt", "template", "template_sha", *SEED_VARIABLES, *own_columns, DOCUMENT,
                *LINEAGE_COLUMNS, *score_columns]
@@ -231,6 +244,19 @@ def plan_rephrase(gen: GenerateConfig, seed: int, run_dir: Path, prompts_dir: Pa
     dtypes = {c: "str" for c in columns if c not in ("messages", "chunk", *score_columns)}
     dtypes |= {"chunk": "int64"} | {c: "float64" for c in score_columns}
     return frame.astype(dtypes), templates
+
+
+def unrouted_reason(rc: RephraseConfig, read: int, unrouted: int, unscored: dict[str, int]) -> str:
+    """Why ``unrouted`` of the ``read`` documents took no route: the score the routes test is missing
+    (the usual cause: text that was never scored), or their conditions and origins excluded them."""
+    inputs = ", ".join(rc.input)
+    head = f"generate.rephrase: {unrouted:,} of {read:,} documents of {inputs} take no route"
+    if unscored:
+        column, count = max(unscored.items(), key=lambda kv: kv[1])
+        return (f"{head}: {count:,} have no {column!r} to route by (generate.rephrase.routes test it); score them "
+                f"first (textbook score --input ... --output ..., or rephrase 'filtered' / 'rejected', which "
+                f"the filter scored), or route by origin alone (a route with origin any and no 'when')")
+    return f"{head}: no route's origin and conditions hold for them (generate.rephrase.routes)"
 
 
 def rephrase_lineage(rc: RephraseConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -265,6 +291,16 @@ def content_words(text: str) -> set[str]:
     return {w.lower() for w in set(text.translate(_ASCII_NON_LETTERS).split()) if len(w) > 3} - _STOPWORDS
 
 
+MIN_CONTENT_WORDS = 5
+"""A rewrite with fewer distinct content words than this (or than its source has) says next to nothing."""
+
+
+def says_nothing(source: str, rewrite: str) -> bool:
+    """Whether ``rewrite`` has almost no content (a lone ``\"\"\"``, a heading, a stub) against its
+    source: fewer distinct content words than ``MIN_CONTENT_WORDS``, or than its source has."""
+    return len(content_words(rewrite)) < min(MIN_CONTENT_WORDS, len(content_words(source)))
+
+
 def faithfulness(source: str, rewrite: str) -> float:
     """Share of the source's distinct content words that the rewrite keeps (1.0 for a source with none)."""
     words = content_words(source)
@@ -276,7 +312,8 @@ def faithfulness(source: str, rewrite: str) -> float:
 @dataclass(frozen=True)
 class Faithfulness:
     """The postprocess of a run with rephrase rows: ``faithfulness`` per rephrased row, and the flag
-    ``unfaithful`` below ``min_faithfulness`` (0 = never flagged). Other rows get NaN."""
+    ``unfaithful`` below ``min_faithfulness``, or whatever it is for a rewrite that says next to
+    nothing (:func:`says_nothing`; a real small model wrote lone ``\"\"\"`` rewrites). Other rows get NaN."""
 
     min_faithfulness: float
     completion_column: str = "text"
@@ -290,9 +327,10 @@ class Faithfulness:
         source = row.get(DOCUMENT)
         if not isinstance(source, str) or not source:
             return {"faithfulness": float("nan")}
-        score = faithfulness(source, str(row.get(self.completion_column) or ""))
+        rewrite = str(row.get(self.completion_column) or "")
+        score = faithfulness(source, rewrite)
         out: dict[str, Any] = {"faithfulness": score}
-        if score < self.min_faithfulness:
+        if score < self.min_faithfulness or says_nothing(source, rewrite):
             flags = row.get("flags")
             out["flags"] = [*([] if flags is None else list(flags)), "unfaithful"]
         return out

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, public_dict
+from pipeline.errors import GenerateError
 from pipeline.generate.config import GenerateConfig
-from pipeline.io import read_shards
+from pipeline.io import check_writable, read_shards
 from pipeline.llm.run import run_requests
 from pipeline.llm.spec import RunSpec, RunSummary
 from pipeline.rundir import FLAGS, TEXT, RunDir
@@ -31,6 +32,9 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     from pipeline.generate.plan import plan_lineage, plan_requests
 
     gen = cfg.generate
+    out_dir = RunDir(cfg.run_dir).generated
+    if not dry_run:  # before a request is paid for, not at the first write
+        check_writable(GenerateError, out_dir)
     requests, templates = plan_requests(gen, cfg.seed, cfg.run_dir)
     template_info = {name: {"sha": t.sha, "requires": list(t.requires), "about": t.about}
                      for name, t in templates.items()}
@@ -41,7 +45,7 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
         from pipeline.generate.rephrase import Faithfulness
 
         postprocess = Faithfulness(gen.rephrase.min_faithfulness)
-    spec = RunSpec("generate", RunDir(cfg.run_dir).generated, cfg.run_dir, gen, seed=cfg.seed,
+    spec = RunSpec("generate", out_dir, cfg.run_dir, gen, seed=cfg.seed,
                    scheduler=cfg.scheduler, workers=cfg.workers, postprocess=postprocess,
                    dialogue=conversation_turns(gen), gate=gate, lineage=plan_lineage(gen, cfg.seed, cfg.run_dir, templates),
                    config=public_dict(cfg), manifest_fields={"templates": template_info},
@@ -49,7 +53,8 @@ def generate(cfg: Config, dry_run: bool = False, restart: bool = False, **_: Any
     summary = run_requests(spec, requests, restart=restart, dry_run=dry_run)
     if dry_run:
         print(f"first prompt ({requests['template'].iloc[0]}):\n{requests['prompt'].iloc[0]}"
-              if len(requests) else "no rows planned (generate.num_samples=0)")
+              if len(requests) else "no rows planned (generate.num_samples=0"
+              + (f" and no documents to rephrase in {', '.join(gen.rephrase.input)})" if gen.rephrase.input else ")"))
         return 0
     if summary.rows == 0:
         return 0

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.hub.provenance import public_path
 from pipeline.io import copy_file, current_umask, list_shards, read_table, write_parquet
 from pipeline.rundir import GENERATED_SOURCE, ID, MESSAGES, SOURCE, RunDir
 
@@ -46,6 +47,8 @@ class DataConfig:
     description: str
     sources: list[Path]
     transform: Transform | None = None
+    run_dir: Path | None = None
+    """The run whose local paths the published rows show by their public names."""
     rows: int = 0
     files: list[str] = field(default_factory=list)
     """Paths of the written files, relative to the upload folder (filled by :func:`write_data`)."""
@@ -64,6 +67,18 @@ class DataConfig:
         for source in self.sources:
             table = read_table(source)
             table = self.transform(table) if self.transform else table
+            if table.num_rows:
+                yield table
+
+    def published(self) -> Iterator[Path | pa.Table]:
+        """What each source shard publishes: the shard itself when it goes out unchanged (it is linked,
+        not rewritten), else its selected rows with local paths shown by their public names."""
+        for source in self.sources:
+            if self.transform is None and not _local_paths(source, self.run_dir):
+                yield source
+                continue
+            table = read_table(source)
+            table = public_names(self.transform(table) if self.transform else table, self.run_dir)
             if table.num_rows:
                 yield table
 
@@ -91,6 +106,7 @@ def data_configs(run_dir: Path, sft_chats: dict[str, Conversation] | None = None
             generated, _sft_rows(sft_chats)))
     configs = []
     for config in candidates:
+        config.run_dir = Path(run_dir)
         config.rows = _count(config)
         if config.rows:
             configs.append(config)
@@ -104,8 +120,7 @@ def write_data(configs: list[DataConfig], dest: Path) -> list[DataConfig]:
     """
     for config in configs:
         config.files = []
-        tables = config.tables() if config.transform else config.sources
-        for i, table in enumerate(tables):
+        for i, table in enumerate(config.published()):
             rel = f"{config.folder}/{config.split}-{i:05d}.parquet"
             if isinstance(table, Path):
                 _link_or_copy(table, dest / rel)
@@ -113,6 +128,39 @@ def write_data(configs: list[DataConfig], dest: Path) -> list[DataConfig]:
                 write_parquet(table, dest / rel)
             config.files.append(rel)
     return configs
+
+
+# Columns whose values may name a local file or folder: the generator model (a local folder) and a
+# filtered document's input file. Published rows show them as the card does (public_path).
+PUBLIC_COLUMNS = ("model", SOURCE)
+
+
+def public_names(table: pa.Table, run_dir: Path | None) -> pa.Table:
+    """``table`` with every local path in ``PUBLIC_COLUMNS`` replaced by its public name."""
+    for name, shown in _public_values(table, run_dir).items():
+        column = table[name]
+        index = pc.index_in(column, value_set=pa.array(list(shown)))
+        public = pc.take(pa.array(list(shown.values()), column.type), index)
+        table = table.set_column(table.column_names.index(name), name, pc.coalesce(public, column))
+    return table
+
+
+def _public_values(table: pa.Table, run_dir: Path | None) -> dict[str, dict[str, str]]:
+    """{column: {local path: public name}} of the values of ``PUBLIC_COLUMNS`` that name local paths."""
+    found = {}
+    for name in PUBLIC_COLUMNS:
+        kind = table.schema.field(name).type if name in table.column_names else None
+        if kind is not None and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            values = (v for v in pc.unique(table[name]).to_pylist() if isinstance(v, str))
+            shown = {v: p for v in values if (p := public_path(v, run_dir or Path())) != v}
+            if shown:
+                found[name] = shown
+    return found
+
+
+def _local_paths(shard: Path, run_dir: Path | None) -> bool:
+    columns = [c for c in PUBLIC_COLUMNS if c in pq.read_schema(shard).names]
+    return bool(columns) and bool(_public_values(read_table(shard, columns), run_dir))
 
 
 def _count(config: DataConfig) -> int:

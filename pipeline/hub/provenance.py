@@ -18,7 +18,14 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from pipeline.io import read_json
-from pipeline.lineage import LineageError, content_digest, fingerprint, manifest_ref, relative_name
+from pipeline.lineage import (
+    LineageError,
+    changed_parent,
+    content_digest,
+    fingerprint,
+    manifest_ref,
+    relative_name,
+)
 from pipeline.rundir import MANIFEST, PHASES, SHARD_GLOB, TRAIN_SUMMARY, RunDir, list_shards, manifest_path
 
 SHORT = 8  # digest characters a card shows: enough to tell manifests apart by eye
@@ -105,6 +112,22 @@ def verify_outputs(run_dir: Path) -> int:
                     raise LineageError(f"{relative_name(shard, run_dir)}: not listed in {where} "
                                        f"(left by another run?); rerun {rerun}")
     return checked
+
+
+def verify_parents(run_dir: Path) -> None:
+    """Every stage manifest was built from its parent manifests as they are now: a checkpoint trained
+    before the filter reran (or a filter run before the classifier was retrained) would publish data
+    beside a model that never saw it. A mismatch is a one-line :class:`LineageError` naming both and
+    the stage to rerun."""
+    run_dir = Path(run_dir)
+    for path in stage_manifests(run_dir):
+        manifest = _read(path)
+        changed = changed_parent(manifest.get("lineage"), run_dir)
+        if changed is not None:
+            parent, how = changed
+            raise LineageError(f"{relative_name(path.parent, run_dir)} was built from {public_path(parent, run_dir)}, "
+                               f"which {how}: it does not match the data this run holds now; rerun "
+                               f"{rerun_command(manifest, path)} (--restart to discard the old one), then textbook card")
 
 
 def _locate(name: str, run_dir: Path, folder: Path) -> Path:

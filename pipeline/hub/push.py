@@ -32,8 +32,8 @@ from pipeline.hub.layout import (
     data_configs,
     write_data,
 )
-from pipeline.hub.provenance import check_card_fresh, public_data, verify_outputs
-from pipeline.io import atomic_dir, copy_file, read_json, write_json
+from pipeline.hub.provenance import check_card_fresh, public_data, verify_outputs, verify_parents
+from pipeline.io import atomic_dir, check_writable, copy_file, read_json, write_json
 from pipeline.rundir import PHASES, TRAIN_SUMMARY, RunDir, manifest_path
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -74,6 +74,7 @@ def push(cfg: Config, repo_id: str | None = None, private: bool = False, dry_run
         hub = hub.model_copy(update={"repo_id": repo_id})
     token = known_token() if dry_run else resolve_token()
     dest = RunDir(run_dir).push_model if model else RunDir(run_dir).push
+    check_writable(HubError, dest)
     with atomic_dir(dest) as folder:
         if model:
             assemble_model(hub, run_dir, folder, cfg.seed)
@@ -111,6 +112,7 @@ def check_upload(run_dir: Path, folder: Path, secrets: dict[str, str], shown_as:
     """
     run_dir = Path(run_dir)
     verify_outputs(run_dir)
+    verify_parents(run_dir)
     check_card_fresh(run_dir)
     for name, value in secrets.items():
         assert_no_secret(folder, value, name, shown_as)

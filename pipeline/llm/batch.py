@@ -92,11 +92,11 @@ class BatchExecutor:
             return
         live = len(book.live())
         if not restart:
-            raise LineageError(f"{self.spec.out_dir}: its {len(book.batches)} submitted batches ({live} not "
+            raise LineageError(f"{self.spec.out_dir}: its {_batches(len(book.batches))} submitted ({live} not "
                                "collected) were built from other inputs; use a new run_dir, or rerun with "
                                "--restart to forget them")
         if not dry_run:
-            print(f"{self.spec.stage}: --restart: forgetting {len(book.batches)} batches of another plan ({live} "
+            print(f"{self.spec.stage}: --restart: forgetting {_batches(len(book.batches))} of another plan ({live} "
                   "not collected, billed by the provider when they finish)", file=sys.stderr)
             book.batches = []
             book.save()
@@ -190,7 +190,7 @@ class _BatchRun:
                 if not live:
                     return stop
                 if not self.llm.batch_wait:
-                    return f"{len(live)} batches submitted and not finished (generate.batch_wait=false): " \
+                    return f"{_batches(len(live))} submitted and not finished (generate.batch_wait=false): " \
                            "rerun to collect them"
                 if not finished:
                     time.sleep(self.llm.batch_poll_s)
@@ -359,3 +359,7 @@ TURN = "@turn"
 def row_of(custom_id: str) -> str:
     """The row id of a batch line's ``custom_id``."""
     return custom_id.split(TURN, 1)[0]
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch" if n == 1 else f"{n} batches"

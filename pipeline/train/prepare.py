@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from pipeline.errors import EmptySourceError, PipelineError, TrainError, first_line
-from pipeline.io import write_json
+from pipeline.io import check_writable, write_json
 from pipeline.progress import interactive, note
 from pipeline.rundir import TRAIN_SUMMARY, RunDir
-from pipeline.sources import source_files
+from pipeline.sources import check_source
 from pipeline.train.checkpoint import (
     load_latest,
     phase_fingerprint,
@@ -99,6 +99,8 @@ def prepare(t: TrainConfig, run_dir: Path, plan: PhasePlan, d: Dist, restart: bo
         raise TrainError(f"config key '{plan.key}.tokens': budget {p.tokens} is less than one step of "
                          f"{tokens_per_step} tokens (batch_size x grad_accum x seq_len x world_size)")
     check_inputs(t, run_dir, plan, mixture)
+    run = RunDir(run_dir)
+    check_writable(TrainError, plan.out_dir, run.tokens, *([run.tokenizer] if plan.init_from is None else []))
     tok = phase_tokenizer(t, run_dir, plan, d, restart)
     lineage = phase_fingerprint(t, run_dir, plan, mixture, d.world)
     finished = reuse_or_discard(plan, lineage, restart, d)
@@ -144,11 +146,11 @@ def check_mixture(t: TrainConfig, key: str, mixture: dict[str, float]) -> dict[s
 
 
 def check_inputs(t: TrainConfig, run_dir: Path, plan: PhasePlan, mixture: dict[str, float]) -> None:
-    """The cheap checks, before a tokenizer is trained or a document read: sources with files, a
-    vocab that fits the special tokens, a sequence length the model can take, a previous phase,
-    an importable SFT parser."""
+    """The cheap checks, before a tokenizer is trained, a document read or a stale phase discarded:
+    sources with files that hold the columns they are read by, a vocab that fits the special tokens,
+    a sequence length the model can take, a previous phase, an importable SFT parser."""
     for name in mixture:
-        source_files(name, t.sources[name], run_dir)
+        check_source(name, t.sources[name], run_dir)
     if plan.sft:
         conversation_parser(t.sft.parser)
     if plan.init_from is None:

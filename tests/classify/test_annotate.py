@@ -117,6 +117,21 @@ def test_dry_run_sends_nothing(tmp_path, capsys):
     assert not (tmp_path / "annotations").exists()
 
 
+def test_a_sample_short_of_num_documents_says_why(tmp_path, capsys):
+    web = tmp_path / "web.jsonl"
+    texts = list(make_corpus(5, seed=1)["text"])
+    web.write_text("".join(json.dumps({"text": t}) + "\n" for t in [*texts, texts[0], ""]))
+    assert main(["annotate", "--dry-run", f"run_dir={tmp_path}", f"annotate.input=[{web}]",
+                 "annotate.num_documents=6", "generate.model=stub-model"]) == 0
+    out, err = capsys.readouterr()
+    assert "5 requests to send" in out
+    assert ("annotate: 5 of annotate.num_documents=6 documents: 1 drawn twice (the same id, or the same text "
+            "without one) counted once") in err
+    assert main(["annotate", "--dry-run", f"run_dir={tmp_path}", f"annotate.input=[{web}]",
+                 "annotate.num_documents=10", "generate.model=stub-model"]) == 0
+    assert "the inputs hold 6 non-empty (1 empty skipped)" in capsys.readouterr().err
+
+
 def test_an_engine_column_never_overwrites_a_passthrough(tmp_path):
     requests = pd.DataFrame({"id": ["a"], "messages": [[{"role": "user", "content": "hi"}]], "answer": ["doc"]})
     cfg = load_config(None, [f"run_dir={tmp_path}"])

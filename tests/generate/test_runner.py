@@ -285,6 +285,35 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once_and_the_ledger_counts_e
     assert f"{answered} requests (incl. {answered - n} lost in flight" in rerun.stdout
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_mid_run_says_one_line_and_the_rerun_resumes(tmp_path, workers):
+    """Ctrl-C reaches the whole process group (driver and worker processes): what the user reads is
+    the progress so far and one line saying what was kept, not the teardown of loops and actors."""
+    n = 40
+    args = [sys.executable, "-m", "pipeline", "generate", f"run_dir={tmp_path}", "generate.model=stub-model",
+            f"generate.num_samples={n}", "generate.concurrency=4", "generate.max_tokens=20", f"workers={workers}",
+            NO_CONVERSATIONS]
+    with StubServer(latency_s=1.0, api_key="sk-test") as srv:
+        env = {**os.environ, "OPENAI_BASE_URL": srv.base_url, "OPENAI_API_KEY": "sk-test"}
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while len(srv.requests) < 4 or srv.in_flight < 4:  # answers written, requests in flight
+            assert proc.poll() is None and time.monotonic() < deadline, "run ended before it could be interrupted"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130
+        lines = [line for line in err.splitlines() if not line.startswith("generate: ")]  # the progress lines
+        assert lines == ["interrupted: every answered request is kept (journaled as it arrived); rerun the same "
+                         "command to resume"], err[-3000:]
+        srv.latency_s = 0.0
+        rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    table = read_shards(tmp_path / "generated")
+    assert len(table) == n and table["id"].is_unique
+
+
 def _done_ids(out: Path) -> set[str]:
     ids = set()
     for part in list_shards(out):

@@ -22,6 +22,7 @@ from pipeline.config import public_dict, validate
 from pipeline.filter.report import decontamination_report, stage_table
 from pipeline.generate.diversity import diversity_report
 from pipeline.generate.sampler import SEED_VARIABLES
+from pipeline.hub.provenance import stage_manifests
 from pipeline.io import build_manifest, list_shards, read_json, shard_path, write_json, write_parquet
 from pipeline.lineage import file_digests, fingerprint, manifest_ref
 from pipeline.llm.ledger import Ledger
@@ -121,10 +122,23 @@ def _generate_manifest(run: Path, config: dict, df: pd.DataFrame) -> None:
 
 
 def record_outputs(run: Path, folder: str) -> None:
-    """Set ``outputs`` of ``folder/manifest.json`` to the shards now in the folder, as the stage writes it."""
+    """Set ``outputs`` of ``folder/manifest.json`` to the shards now in the folder, as the stage writes it,
+    and re-link the manifests downstream of it, as rerunning those stages would."""
     manifest = read_json(manifest_path(run / folder))
     manifest["outputs"] = file_digests([*list_shards(run / folder), *list_shards(run / folder / "rejected")], run)
     write_json(manifest, manifest_path(run / folder))
+    relink(run)
+
+
+def relink(run: Path) -> None:
+    """Point every manifest's parents at the parent manifests as they are now, in pipeline order."""
+    for path in stage_manifests(run):
+        manifest = read_json(path)
+        parents = (manifest.get("lineage") or {}).get("parents") or {}
+        if parents:
+            for name, ref in parents.items():
+                parents[name] = manifest_ref(run / ref["manifest"], run)
+            write_json(manifest, path)
 
 
 def _filter_outputs(run: Path, config: dict, df: pd.DataFrame) -> None:

@@ -129,7 +129,9 @@ def test_no_wait_then_a_batch_id_lost_to_a_kill_is_found_by_its_file_not_submitt
     out = tmp_path / "out"
     with StubServer(api_key="sk-test", batch_delay_s=0.5) as srv:
         first = run(batch_config(srv, tmp_path, "generate.batch_wait=false"), requests_frame(6), out)
-        assert not first.complete and "rerun to collect" in first.stop_reason and first.rows == 0
+        assert not first.complete and first.rows == 0
+        assert first.stop_reason == ("1 batch submitted and not finished (generate.batch_wait=false): rerun to "
+                                     "collect them")
         book = json.loads((out / BATCHES_FILE).read_text())
         assert len(book["batches"]) == 1 and book["batches"][0]["batch_id"] == "batch_000001"
         book["batches"][0]["batch_id"] = None  # what a kill right after batches.create leaves
@@ -233,9 +235,9 @@ def test_batches_in_flight_from_another_config_stop_a_rerun_unless_restart(tmp_p
         assert main(["generate", url, *args, "generate.batch_wait=false"]) == 0
         assert len(srv.batches) == 1 and not list_shards(tmp_path / "generated")
         assert main(["generate", url, *args, "generate.max_tokens=64"]) != 0
-        assert "submitted batches" in capsys.readouterr().err and len(srv.batches) == 1
+        assert "its 1 batch submitted (1 not collected)" in capsys.readouterr().err and len(srv.batches) == 1
         assert main(["generate", url, *args, "generate.max_tokens=64", "--restart"]) == 0
         assert len(srv.batches) == 2
-    assert "forgetting 1 batches of another plan" in capsys.readouterr().err
+    assert "forgetting 1 batch of another plan" in capsys.readouterr().err
     table = read_shards(tmp_path / "generated")
     assert len(table) == 4 and (table["max_tokens"] == 64).all()

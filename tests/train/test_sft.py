@@ -97,6 +97,23 @@ def test_sft_reads_the_messages_column_when_present(tmp_path):
     assert "Why is the sky blue?" not in trained and "A film of water forms." in trained
 
 
+def test_chat_data_with_only_a_messages_column_is_read(tmp_path):
+    """TRL / datasets chat data: no text column, only ``messages``; every source reader takes it."""
+    from pipeline.sources import check_source, read_source
+
+    tok = _tok(tmp_path / "tok")
+    chat = [{"role": "user", "content": "Why is the sky blue?"}, {"role": "assistant", "content": "Blue scatters most."}]
+    spec = _chat_source(tmp_path, [{"messages": chat} for _ in range(5)])
+    check_source("chat", spec, tmp_path / "run")
+    docs = read_source("chat", spec, tmp_path / "run")
+    assert docs["text"].tolist() == ["user: Why is the sky blue?\n\nassistant: Blue scatters most."] * 5
+    arrays, info = sft_data(SFTConfig(), spec, tmp_path / "run", tok, "tok", seq_len=512, val_fraction=0.2)
+    assert info["conversations"] == 5 and info["from_messages"] == 5
+    trained = tok.decode(np.concatenate([arrays["train"], arrays["val"]])[
+        np.concatenate([arrays["train_mask"], arrays["val_mask"]])].tolist())
+    assert trained.count("Blue scatters most.<|im_end|>") == 5
+
+
 def test_sft_on_user_data_without_conversations_fails_loudly(tmp_path):
     tok = _tok(tmp_path / "tok")
     spec = _chat_source(tmp_path, [{"id": f"d{i}", "text": "Just an essay, no turns."} for i in range(4)])
