@@ -10,6 +10,7 @@ list-like pages (work for the heuristics and the language filter), and short fra
 from __future__ import annotations
 
 import ast
+import re
 import sysconfig
 from collections.abc import Iterator
 from importlib import metadata
@@ -22,6 +23,7 @@ NAME = "installed documentation (Python's reference, package READMEs and license
 MIN_CHARS = 200
 MAX_FILE_BYTES = 200_000
 _LICENSE_NAMES = ("licen", "copying", "notice")
+_KEEP_LINE = re.compile(r"^(\s{4}|\t|\s*([-*+>|]|\d+[.)])\s|\s*```|\s*>>>)")
 
 
 def installed_docs() -> pd.DataFrame:
@@ -29,9 +31,22 @@ def installed_docs() -> pd.DataFrame:
 
     Rows come in an order fixed by their ids' hashes, so any prefix is a mix of every kind.
     """
-    rows = {doc_id: (text, where) for doc_id, text, where in _documents() if len(text.strip()) >= MIN_CHARS}
+    rows = {doc_id: (text, where) for doc_id, raw, where in _documents() if len(text := unwrap(raw)) >= MIN_CHARS}
     ids = sorted(rows, key=lambda i: xxhash.xxh64_intdigest(i.encode()))
     return pd.DataFrame({"id": ids, "text": [rows[i][0] for i in ids], "url": [rows[i][1] for i in ids]})
+
+
+def unwrap(text: str) -> str:
+    """Each hard-wrapped paragraph on one line, as text extracted from a web page has it; list items
+    and indented (code) lines keep their own lines."""
+    out = []
+    for paragraph in re.split(r"\n\s*\n", text.strip()):
+        lines = paragraph.split("\n")
+        if any(_KEEP_LINE.match(line) for line in lines):
+            out.append(paragraph)
+        else:
+            out.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
 
 
 def _documents() -> Iterator[tuple[str, str, str]]:

@@ -130,16 +130,16 @@ def test_offline_demo_without_arguments_filters_the_installed_documentation_and_
     with StubServer() as server:
         code = main(["demo", "-c", "configs/demo.yaml", f"run_dir={run_dir}", "workers=1",
                      "generate.backend=openai", f"generate.base_url={server.base_url}", "generate.model=stub-model",
-                     "generate.num_samples=30", "filter.limit=400", "train.phase1.tokens=8000",
+                     "generate.num_samples=30", "train.phase1.tokens=8000",
                      "train.phase2.tokens=4000", "train.sft.tokens=2000", "train.eval_every=5", "train.compile=false"])
     out = capsys.readouterr().out
     assert code == 0, out
     line = next(x for x in out.splitlines() if x.startswith("demo: web text:"))
     assert "installed documentation" in line and "HF_HUB_OFFLINE=1" in line
     stats = json.loads((run_dir / "filtered" / "stats.json").read_text())
-    assert stats["documents_in"] > 400 and 0 < stats["documents_out"] < stats["documents_in"]
+    assert stats["documents_in"] > 500 and 0 < stats["documents_out"] < stats["documents_in"]
     reasons = stats["removed_by_reason"]
-    assert "exact_dup" in reasons  # the same license text in many packages
+    assert {"exact_dup", "near_dup"} & set(reasons)  # the same license text in many packages
     assert any(r.startswith(("gopher", "c4", "fineweb")) for r in reasons)
     card = (run_dir / "card" / "README.md").read_text()
     assert "installed documentation (Python's reference" in card

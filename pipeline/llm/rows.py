@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline.io import read_parquet, write_parquet
 from pipeline.llm.backends import Completion, Sampling
-from pipeline.llm.flags import completion_flags, is_repetitive
+from pipeline.llm.flags import completion_flags
 from pipeline.llm.journal import EVENT, Journal, turns_of
 from pipeline.rundir import ID, MESSAGES, shard_path
 
@@ -51,10 +51,8 @@ class RowBuilder:
         """The row of a conversation whose every turn is in: its messages and text, the turns' summed cost."""
         assert self.render is not None
         messages = [{"role": t["role"], "content": t["content"]} for t in turns]
-        text = self.render(messages)
         flags = [f for t in turns for f in completion_flags(t["content"], t["finish_reason"])]
-        flags += ["repetitive"] if is_repetitive(text) else []  # a loop across turns, each turn fine
-        return {"id": row_id, self.column: text, MESSAGES: messages, "requests": len(turns),
+        return {"id": row_id, self.column: self.render(messages), MESSAGES: messages, "requests": len(turns),
                 "model": self.model, "temperature": self.sampling.temperature,
                 "max_tokens": self.sampling.max_tokens, "finish_reason": turns[-1]["finish_reason"],
                 "prompt_tokens": sum(t["prompt_tokens"] for t in turns),

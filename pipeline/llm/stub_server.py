@@ -46,31 +46,27 @@ from typing import Any
 
 Responder = Callable[[list[dict], dict], str]
 
-_SENTENCES = [
-    "A definition gives a precise name to an idea so that we can reason about it.",
-    "Consider a worked example that applies the idea step by step.",
-    "First we write down what is known, then we ask what must follow from it.",
-    "Notice how each step depends only on the step before it.",
-    "A common mistake is to skip the check at the end, so always verify the result.",
-    "We can picture the situation with a simple diagram of its parts.",
-    "The same reasoning carries over to larger cases with only small changes.",
-    "Try the exercise below before reading the solution that follows it.",
-    "In summary, the key property explains why the method works.",
-    "Historically, this question was first studied by careful observation.",
-    "Each term in the formula has a meaning that we can state in words.",
-    "An analogy from everyday life makes the abstract rule easier to remember.",
-]
+# An answer's sentences are drawn from subject x verb x object (1,728 of them) without repeats, so a
+# conversation of several answers does not repeat itself (the Gopher repetition rules flag that).
+_SUBJECTS = ["A definition", "A worked example", "The first step", "Each step", "A common mistake", "A simple diagram",
+             "The same reasoning", "The exercise below", "The key property", "Careful observation", "Each term",
+             "An everyday analogy"]
+_VERBS = ["names", "shows", "checks", "explains", "connects", "tests", "builds on", "separates", "compares",
+          "supports", "describes", "follows from"]
+_OBJECTS = ["the idea we study", "what must follow", "the case before it", "the final result", "its separate parts",
+            "the larger cases", "the worked solution", "why the method works", "the first question",
+            "the formula in words", "the abstract rule", "a careful estimate"]
 _MAX_HEADER_BYTES = 64 * 1024
 
 
 def textbook_responder(messages: list[dict], params: dict) -> str:
     """Deterministic textbook-like prose: the same prompt always gets the same answer."""
     prompt = "\n".join(m.get("content", "") for m in messages)
-    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    digest = hashlib.sha512(prompt.encode("utf-8")).digest()
     topic = " ".join(prompt.split()[:6])
-    lines = [_SENTENCES[digest[0] % len(_SENTENCES)], f"This lesson is about {topic}."]
-    lines += [_SENTENCES[b % len(_SENTENCES)] for b in digest[1:12]]
-    return " ".join(lines)
+    picks = dict.fromkeys((digest[k] % 12, digest[k + 1] % 12, digest[k + 2] % 12) for k in range(0, 60, 3))
+    lines = [f"{_SUBJECTS[s]} {_VERBS[v]} {_OBJECTS[o]}." for s, v, o in list(picks)[:12]]
+    return " ".join([lines[0], f"This lesson is about {topic}.", *lines[1:]])
 
 
 @dataclass
