@@ -38,7 +38,6 @@ import json
 import os
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -234,30 +233,36 @@ def build_corpus(folder: Path, mb: float, seed: int = 0) -> tuple[pd.DataFrame, 
 # --- running a process ------------------------------------------------------------------------
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall seconds, CPU seconds (user + system of the process tree), the peak RSS of the tree and of
-    its largest process (GB, sampled every 50 ms) and the load average at the start; raises with the
-    tail of the output on failure."""
+    """Wall seconds, CPU seconds (user + system of every process of the tree, sampled every 50 ms: a
+    process's last 50 ms may be missed; datatrove's tasks are not our children, so rusage misses
+    them), the peak RSS of the tree and of its largest process (GB) and the load average at the
+    start; raises with the tail of the output on failure."""
     load = os.getloadavg()[0]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
     root, tree, largest = psutil.Process(proc.pid), 0, 0
+    cpu: dict[int, float] = {}
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
         with suppress(psutil.Error):
-            sizes = [p.memory_info().rss for p in (root, *root.children(recursive=True))]
+            processes = [root, *root.children(recursive=True)]
+            sizes = []
+            for p in processes:
+                with suppress(psutil.Error):
+                    sizes.append(p.memory_info().rss)
+                    times = p.cpu_times()
+                    cpu[p.pid] = times.user + times.system + times.children_user + times.children_system
             tree, largest = max(tree, sum(sizes)), max(largest, *sizes)
         time.sleep(0.05)
     seconds = time.perf_counter() - start
     reader.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited {proc.returncode}:\n{''.join(output)[-3000:]}")
-    return {"seconds": seconds, "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-            "tree_gb": tree / 1e9, "process_gb": largest / 1e9, "load": load}
+    return {"seconds": seconds, "cpu": sum(cpu.values()), "tree_gb": tree / 1e9, "process_gb": largest / 1e9,
+            "load": load}
 
 
 # --- the tools --------------------------------------------------------------------------------
@@ -287,7 +292,7 @@ def textbook_reasons(run_dir: Path) -> dict[str, str]:
 
 
 def textbook_verdicts(run_dir: Path) -> pd.DataFrame:
-    """Per document and per filter, whether textbook's filter rejects it, from the stored scores
+    """Per document and per filter, textbook's filter's reason ("" = passes), from the stored scores
     (every filter scores every document, whatever an earlier one decided)."""
     from filters.language import LanguageFilter
     from pipeline.filter.config import HeuristicsConfig
@@ -299,7 +304,7 @@ def textbook_verdicts(run_dir: Path) -> pd.DataFrame:
     verdicts = {"id": scored["id"]}
     for name, f in (("language", LanguageFilter()), ("gopher_repetition", h.gopher_repetition),
                     ("gopher_quality", h.gopher_quality), ("c4", h.c4), ("fineweb", h.fineweb)):
-        verdicts[name] = ~f.keep(scored)[0].to_numpy()
+        verdicts[name] = f.keep(scored)[1].to_numpy()
     return pd.DataFrame(verdicts).set_index("id")
 
 
@@ -322,7 +327,8 @@ FT176LID.MODEL_URL = "file://" + os.environ["LID176_MODEL"]
 def main():
     data, work, tasks = sys.argv[1], sys.argv[2], int(sys.argv[3])
     dropped = lambda name: JsonlWriter(f"{work}/dropped/{name}", compression=None,
-                                       adapter=lambda self, doc: {"id": doc.id})
+                                       adapter=lambda self, doc: {"id": doc.id,
+                                                                  "reason": doc.metadata.get("filter_reason")})
     run = lambda steps, n, name: LocalPipelineExecutor(pipeline=steps, tasks=n, workers=tasks,
                                                        logging_dir=f"{work}/logs/{name}", skip_completed=False).run()
     run([ParquetReader(data, glob_pattern="*.parquet", id_key="id", text_key="text"),
@@ -349,8 +355,8 @@ if __name__ == "__main__":  # datatrove starts its tasks by forkserver, which im
 
 
 def run_datatrove(python: Path, data: Path, work: Path, workers: int) -> tuple[dict[str, float], dict[str, str]]:
-    """datatrove's FineWeb filters then its 4 MinHash stages. Returns the measures and the filter that
-    dropped each document ("" = kept)."""
+    """datatrove's FineWeb filters then its 4 MinHash stages. Returns the measures and, per dropped
+    document, the filter that dropped it and its reason (``filter:reason``)."""
     script = work / "run_datatrove.py"
     script.write_text(textwrap.dedent(DATATROVE))
     # found, not imported: the wheel is installed without the dependencies its module imports
@@ -361,7 +367,8 @@ def run_datatrove(python: Path, data: Path, work: Path, workers: int) -> tuple[d
     reasons: dict[str, str] = {}
     for folder in sorted((work / "dropped").iterdir()):
         for path in folder.glob("*.jsonl"):
-            reasons.update((json.loads(line)["id"], folder.name) for line in path.open())
+            for row in map(json.loads, path.open()):
+                reasons[row["id"]] = f"{folder.name}:{row.get('reason') or ''}"
     return measured, reasons
 
 
@@ -384,32 +391,41 @@ ORDER = ("language", "gopher_repetition", "gopher_quality", "c4", "fineweb")
 """datatrove's order (FineWeb's): the filters a document reaches there."""
 
 
-def agreement(ids: list[str], ours: dict[str, str], theirs: dict[str, str], verdicts: pd.DataFrame) -> dict:
-    """Both keep, and per filter the share judged alike among the documents that reach it in datatrove."""
+def agreement(corpus: pd.DataFrame, ours: dict[str, str], theirs: dict[str, str], verdicts: pd.DataFrame) -> dict:
+    """Both keep, and per filter the share judged alike among the documents that reach it in datatrove;
+    where they differ, the reasons and the corpus groups."""
+    ids = corpus["id"].tolist()
+    group = pd.Series(corpus["group"].to_numpy(), index=ids)
     ours_kept = pd.Series([ours.get(i, "?") == "" for i in ids], index=ids)
     theirs_kept = pd.Series([i not in theirs for i in ids], index=ids)
     out: dict = {"docs": len(ids), "textbook_kept": int(ours_kept.sum()), "datatrove_kept": int(theirs_kept.sum()),
                  "both_kept": int((ours_kept & theirs_kept).sum()),
                  "same_final": float((ours_kept == theirs_kept).mean()), "filters": {}}
-    stage = pd.Series([theirs.get(i, "kept") for i in ids], index=ids)
+    full = pd.Series([theirs.get(i, "kept:") for i in ids], index=ids)
+    stage = full.str.split(":").str[0]
     reached = pd.Series(True, index=ids)
     verdicts = verdicts.reindex(ids)
     for name in ORDER:
-        theirs_reject = stage[reached] == name
-        ours_reject = verdicts.loc[reached[reached].index, name].astype(bool)
+        at = reached[reached].index
+        theirs_reject = stage[at] == name
+        why = verdicts.loc[at, name].astype(str)
+        ours_reject = why != ""
         same = theirs_reject == ours_reject
-        out["filters"][name] = {"reached": int(reached.sum()), "same": float(same.mean()) if len(same) else 1.0,
-                                "datatrove_only": int((theirs_reject & ~ours_reject).sum()),
-                                "textbook_only": int((~theirs_reject & ours_reject).sum())}
+        only_theirs, only_ours = at[theirs_reject & ~ours_reject], at[~theirs_reject & ours_reject]
+        out["filters"][name] = {
+            "reached": len(at), "same": float(same.mean()) if len(same) else 1.0,
+            "datatrove_only": len(only_theirs), "textbook_only": len(only_ours),
+            "datatrove_only_why": full[only_theirs].value_counts().head(4).to_dict(),
+            "datatrove_only_groups": group[only_theirs].value_counts().to_dict(),
+            "textbook_only_why": why[only_ours].value_counts().head(4).to_dict(),
+            "textbook_only_groups": group[only_ours].value_counts().to_dict()}
         reached &= stage != name
-    dedup = stage[reached]
-    ours_dup = pd.Series([ours.get(i, "") in ("exact_dup", "near_dup") for i in dedup.index], index=dedup.index)
-    # dedup: among documents both let through every filter
-    both = [i for i in dedup.index if ours.get(i, "") in ("", "exact_dup", "near_dup")]
-    theirs_dup = dedup.loc[both] == "minhash"
-    out["filters"]["dedup"] = {"reached": len(both), "same": float((theirs_dup == ours_dup.loc[both]).mean())
-                               if both else 1.0, "datatrove_only": int((theirs_dup & ~ours_dup.loc[both]).sum()),
-                               "textbook_only": int((~theirs_dup & ours_dup.loc[both]).sum())}
+    at = [i for i in reached[reached].index if ours.get(i, "") in ("", "exact_dup", "near_dup")]
+    theirs_dup = stage[at] == "minhash"
+    ours_dup = pd.Series([ours.get(i) in ("exact_dup", "near_dup") for i in at], index=at)
+    out["filters"]["dedup"] = {"reached": len(at), "same": float((theirs_dup == ours_dup).mean()) if at else 1.0,
+                               "datatrove_only": int((theirs_dup & ~ours_dup).sum()),
+                               "textbook_only": int((~theirs_dup & ours_dup).sum())}
     return out
 
 
@@ -458,7 +474,7 @@ def main() -> None:
                 if tool == "textbook":
                     verdicts = textbook_verdicts(scratch / "textbook_run")
             if {"textbook", "datatrove"} <= set(reasons):
-                agreements.append(agreement(ids, reasons["textbook"], reasons["datatrove"], verdicts))
+                agreements.append(agreement(corpus, reasons["textbook"], reasons["datatrove"], verdicts))
     base = {rep: m["seconds"] for tool, rep, m, _ in results if tool == "textbook"}
     print(f"\n{mb:.0f} MB, {len(corpus):,} documents, {args.workers} cores; every run listed")
     print(f"{'tool':<11}{'run':>4}{'seconds':>9}{'vs textbook':>13}{'CPU s':>8}{'load':>6}{'peak GB':>9}"
@@ -479,6 +495,10 @@ def main() -> None:
         print(f"{'filter':<19}{'reached':>9}{'same':>8}{'only datatrove rejects':>24}{'only textbook rejects':>23}")
         for name, f in a["filters"].items():
             print(f"{name:<19}{f['reached']:>9,}{f['same']:>8.1%}{f['datatrove_only']:>24,}{f['textbook_only']:>23,}")
+        for name, f in a["filters"].items():
+            if "datatrove_only_why" in f and (f["datatrove_only"] or f["textbook_only"]):
+                print(f"  {name}: only datatrove rejects: {f['datatrove_only_why']} by group {f['datatrove_only_groups']}; "
+                      f"only textbook rejects: {f['textbook_only_why']} by group {f['textbook_only_groups']}")
     print("(per filter: the documents that reach it in datatrove, which runs them in this order and drops a "
           "document at the first that rejects it; textbook's verdict is its filter's on its stored scores; "
           "dedup: documents both let through every filter)")
