@@ -5,7 +5,7 @@
     .venv/bin/python bench/dedup_peers.py --tools textbook,rensa --repeat 3
 
 The corpus is real English text available offline (Python's pydoc topics, man pages, the news
-articles in ../shared/data/web): documents of 400-1,600 words built from consecutive paragraphs,
+articles of --data when there, see bench/shared_data.py): documents of 400-1,600 words built from consecutive paragraphs,
 plus planted near-duplicates (word edits at known rates), written as Parquet files of about 20,000
 rows each. Truth is the exact Jaccard of word 5-gram sets over every pair that shares a 5-gram
 (a sparse matrix product, no hashing).
@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dedup_accuracy import EDIT_RATES, perturb, real_texts  # noqa: E402
+import shared_data  # noqa: E402
+from dedup_accuracy import EDIT_RATES, perturb, real_texts, say_sources  # noqa: E402
 
 from filters.minhash import dedup_form  # noqa: E402
 
@@ -287,7 +288,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    shared_data.add_argument(ap)
     args = ap.parse_args()
+    shared_data.use(args.data)
+    say_sources()
     tools = args.tools.split(",")
     python = ensure_peers() if set(tools) - {"textbook"} else None
     with tempfile.TemporaryDirectory(prefix="dedup_peers_") as tmp:

@@ -43,7 +43,7 @@ from pipeline.cluster import as_completed, dask_client, local_threads, worker_ca
 from pipeline.config import Config, public_dict
 from pipeline.errors import DataError, FilterError
 from pipeline.filter.benchmarks import load_benchmark
-from pipeline.filter.config import BenchmarkConfig, DecontaminateConfig
+from pipeline.filter.config import BenchmarkConfig, DecontaminateConfig, FilterConfig
 from pipeline.filter.dedup import (
     EXACT_DUP,
     NEAR_DUP,
@@ -64,6 +64,7 @@ from pipeline.filter.plot import plot_report
 from pipeline.filter.report import decontamination_report, stage_table
 from pipeline.io import (
     build_manifest,
+    check_writable,
     list_shards,
     read_json,
     read_parquet,
@@ -74,7 +75,17 @@ from pipeline.io import (
 )
 from pipeline.lineage import content_digest, file_digests, fingerprint, manifest_ref, relative_name
 from pipeline.progress import progress
-from pipeline.rundir import EDU_SCORE, GENERATED_SOURCE, ID, REASON, SOURCE, TEXT, RunDir, manifest_path
+from pipeline.rundir import (
+    EDU_SCORE,
+    GENERATED_SOURCE,
+    ID,
+    REASON,
+    SOURCE,
+    TEXT,
+    RunDir,
+    manifest_path,
+    staging_dir,
+)
 from pipeline.timing import timed
 
 EDU_BINS = np.linspace(0.0, 1.0, 41)
@@ -90,14 +101,13 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     fc = cfg.filter
     run = RunDir(cfg.run_dir)
     folder = run.filtered
-    filters = DocumentFilters.from_config(cfg)
+    check_writable(FilterError, folder)
+    filters = DocumentFilters.of(fc, run)
     benchmarks = fc.decontaminate.benchmarks if fc.decontaminate.enabled else []
     index = benchmark_index(benchmarks, fc.decontaminate.ngram, fc.decontaminate.min_ratio) if benchmarks else None
     sources = discover(fc.input, fc.text_column, fc.id_column, cfg.run_dir, fc.include_generated, fc.limit)
     if not sources:
         raise FilterError("filter.input: nothing to filter (no inputs given and no RUN_DIR/generated shards)")
-    if restart:
-        discard(run)
     clock: dict[str, float] = {}
     address = scheduler or cfg.scheduler
     in_process = not address and (fc.in_process if fc.in_process is not None else
@@ -111,7 +121,9 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
             rows = partition_rows(sources, fc.partition_rows, cluster["threads"], fc.partition_mb)
             partitions, bad_files, limited = validate_inputs(client, sources, rows, fc.on_bad_file,
                                                              None if address else Path(copies))
-        lineage = filter_lineage(cfg, partitions, filters, index)
+        lineage = filter_lineage(fc, cfg.run_dir, cfg.seed, partitions, filters, index)
+        if restart:  # only once every input has been read and found good
+            discard(run)
         with timed(clock, "score"):
             shards = score_shards(client, partitions, filters, run.scored)
         output_key = stable_hash({"shards": read_json(manifest_path(run.scored))["shards"],
@@ -119,13 +131,13 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
         if _up_to_date(run, output_key):
             print(f"filter: {folder} is up to date (same inputs, scores and config); nothing to do")
             return 0
-        stats, staged = filter_corpus(client, shards, filters, cfg, folder, index, clock)
+        stats, staged = filter_corpus(client, shards, filters, fc, folder, index, clock)
     stats["cluster"] = cluster
-    _record(run, cfg, stats, clock, filters, output_key, partitions, lineage, staged, bad_files, limited)
+    _record(run, public_dict(cfg), stats, clock, filters, output_key, partitions, lineage, staged, bad_files, limited)
     return 0
 
 
-def _record(run: RunDir, cfg: Config, stats: dict[str, Any], clock: dict[str, float], filters: DocumentFilters,
+def _record(run: RunDir, config: dict[str, Any], stats: dict[str, Any], clock: dict[str, float], filters: DocumentFilters,
             output_key: str, partitions: list[Partition], lineage: dict[str, Any], staged: dict[str, str],
             bad_files: list[dict[str, str]], limited: list[dict[str, Any]]) -> None:
     """Timings and per-stage seconds into ``stats``, then the outputs into place (``finish``)."""
@@ -144,7 +156,7 @@ def _record(run: RunDir, cfg: Config, stats: dict[str, Any], clock: dict[str, fl
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + hashing[step]
     for row in stats["stages"]:  # per-document stages: worker seconds; global stages: wall seconds
         row["seconds"] = round(stage_seconds.get(row["stage"], 0.0), 3)
-    finish(run, cfg, stats, output_key, partitions, lineage, staged)
+    finish(run, config, stats, output_key, partitions, lineage, staged)
 
 
 def _releases_gil(filters: DocumentFilters, index: BenchmarkIndex | None) -> bool:
@@ -208,15 +220,15 @@ def discard(run: RunDir) -> None:
     """Forget the stored scores and the manifest that vouches for the outputs (``--restart``)."""
     manifest_path(run.filtered).unlink(missing_ok=True)
     shutil.rmtree(run.scored, ignore_errors=True)
-    shutil.rmtree(run.filtered / ".staging", ignore_errors=True)
+    shutil.rmtree(staging_dir(run.filtered), ignore_errors=True)
 
 
-def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFilters,
-                   index: BenchmarkIndex | None) -> dict[str, Any]:
+def filter_lineage(fc: FilterConfig, run_dir: Path, seed: int, partitions: list[Partition],
+                   filters: DocumentFilters, index: BenchmarkIndex | None) -> dict[str, Any]:
     """What the outputs are made of: the filter section and seed; the content digests of the local
     inputs read (Hub sources by name), the edu model and the benchmark words; the manifests of the
     run's generated shards and classifier when they were used."""
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(run_dir)
     run = RunDir(run_dir)
     inputs: dict[str, str] = {}
     for part in partitions:
@@ -234,9 +246,9 @@ def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFi
         parents["classifier"] = classifier_parent(run_dir, model)
     if index is not None:
         inputs["decontaminate.benchmarks"] = index.digest()
-    if cfg.filter.minhash.enabled:  # the same seed gives other signatures under another rensa algorithm
+    if fc.minhash.enabled:  # the same seed gives other signatures under another rensa algorithm
         inputs["minhash.signatures"] = signature_scheme()
-    return fingerprint({"filter": public_dict(cfg.filter), "seed": cfg.seed}, inputs,
+    return fingerprint({"filter": public_dict(fc), "seed": seed}, inputs,
                        {name: ref for name, ref in parents.items() if ref is not None})
 
 
@@ -275,6 +287,9 @@ def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_
     partitions = [p for parts, _, _ in results for p in parts]
     if not partitions:
         raise DataError("filter.input: no readable documents in any input")
+    if all(p.rows == 0 for p in partitions):  # an empty run would write a "kept 0/0" that looks like success
+        raise DataError(f"filter.input: no documents in {', '.join(s.label for s in sources)}: nothing to "
+                        "filter (nothing was written)")
     return partitions, bad, limited
 
 
@@ -463,7 +478,7 @@ def _write_shard(path: str, number: int, filters: DocumentFilters, hits: pd.Data
             _write_part(rejected, str(shard_path(Path(staging) / "rejected", number)), schemas[True], True)]
 
 
-def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg: Config, folder: Path,
+def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, fc: FilterConfig, folder: Path,
                   index: BenchmarkIndex | None, clock: dict[str, float]) -> tuple[dict[str, Any], dict[str, str]]:
     """Thresholds, decontamination, exact dedup and MinHash dedup over the scored shards; write the
     outputs to staging. Returns stats and the content digest of each staged shard.
@@ -472,7 +487,6 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
     dedups hash the text in one pass. Tables that cross passes are small: duplicate ids, hits, copies,
     cluster members.
     """
-    fc = cfg.filter
     paths = [str(p) for p in shards]
     stats: dict[str, Any] = {}
     with timed(clock, "thresholds"):
@@ -486,7 +500,7 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
                                             for p in paths]))
             threshold = percentile_threshold(pool.to_numpy(), fc.quality.keep_top)
             filters = filters.with_threshold(threshold)
-            print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.4f}")
+            print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.6g}")
         if filters.quality:
             stats["quality"] = {"threshold": filters.quality.threshold, "keep_top": fc.quality.keep_top}
     shared_filters = dask.delayed(filters, traverse=False)  # one copy per worker, not one per task
@@ -533,7 +547,7 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, cfg
             stats["minhash"] = lsh
     schemas = _output_schemas(_outputs(meta, None if losers is None else losers.iloc[:0],
                                        None if clusters is None else clusters.iloc[:0])[0])
-    staging = folder / ".staging"
+    staging = staging_dir(folder)
     shutil.rmtree(staging, ignore_errors=True)
     shared_losers, shared_clusters = dask.delayed(losers, traverse=False), dask.delayed(clusters, traverse=False)
     writes = [dask.delayed(_write_shard)(p, n, shared_filters, shared_hits, shared_losers, shared_clusters,
@@ -645,12 +659,13 @@ def _up_to_date(run: RunDir, output_key: str) -> bool:
     return made.get("output_key") == output_key and made.get("outputs") == output_digests(run)
 
 
-def finish(run: RunDir, cfg: Config, stats: dict[str, Any], output_key: str, partitions: list[Partition],
-           lineage: dict[str, Any], staged: dict[str, str]) -> None:
+def finish(run: RunDir, config: dict[str, Any], stats: dict[str, Any], output_key: str,
+           partitions: list[Partition], lineage: dict[str, Any], staged: dict[str, str]) -> None:
     """Move staged outputs into place (renumbered, every old shard removed first, so old and new
     outputs never mix), then write stats.json, report.png and manifest.json: lineage, and the content
-    digest of every shard (``staged``: digests by ``kept/part-…`` or ``rejected/part-…`` staging name)."""
-    staging = run.filtered / ".staging"
+    digest of every shard (``staged``: digests by ``kept/part-…`` or ``rejected/part-…`` staging name).
+    ``config`` is the public config the manifest records."""
+    staging = staging_dir(run.filtered)
     manifest_path(run.filtered).unlink(missing_ok=True)  # outputs are in flux until the manifest is back
     outputs: dict[str, str] = {}
     for sub, dest in (("kept", run.filtered), ("rejected", run.rejected)):
@@ -660,14 +675,14 @@ def finish(run: RunDir, cfg: Config, stats: dict[str, Any], output_key: str, par
         for j, part in enumerate(list_shards(staging / sub)):
             final = shard_path(dest, j)
             part.replace(final)
-            outputs[relative_name(final, cfg.run_dir)] = staged[f"{sub}/{part.name}"]
+            outputs[relative_name(final, run.root)] = staged[f"{sub}/{part.name}"]
     shutil.rmtree(staging, ignore_errors=True)
     write_json(stats, run.filter_stats)
     hist = stats["edu_hist"]
     plot_report(run.filter_report, stats["stages"], np.asarray(hist["bins"]), np.asarray(hist["scored"]),
                 np.asarray(hist["kept"]))
     inputs = sorted({(p.source.file.path, p.digest) for p in partitions})
-    write_json(build_manifest("filter", public_dict(cfg), output_key=output_key,
+    write_json(build_manifest("filter", config, output_key=output_key,
                               inputs=[{"path": p, "digest": d} for p, d in inputs], lineage=lineage,
                               outputs=dict(sorted(outputs.items())), documents_in=stats["documents_in"],
                               documents_out=stats["documents_out"], timings_s=stats["timings_s"]),

@@ -12,6 +12,7 @@ import pytest
 
 from filters.minhash import signature_scheme
 from pipeline.config import load_config, public_dict
+from pipeline.errors import PipelineError
 from pipeline.filter.runner import run_filter
 from pipeline.io import list_shards, read_shards
 from pipeline.lineage import LineageError, content_digest, file_digests, manifest_ref
@@ -133,3 +134,17 @@ def test_an_input_changed_in_place_is_rescored_whatever_its_size_and_mtime(tmp_p
     assert web.stat().st_size == before.st_size
     run_filter(config(tmp_path, [web]), scheduler=cluster)
     assert read_shards(tmp_path / "run" / "filtered").text.tolist() == [changed]
+
+
+def test_restart_validates_the_inputs_before_it_discards_the_scores(tmp_path: Path) -> None:
+    good = write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "text": t} for i, t in enumerate(DOCS)])
+    assert run_filter(config(tmp_path, [good])) == 0
+    scored = tmp_path / "run" / "filtered" / "scored"
+    kept = {p.name: p.read_bytes() for p in scored.rglob("*") if p.is_file()}
+    before = manifest(tmp_path)
+    broken = tmp_path / "b.jsonl"
+    broken.write_bytes(b'{"id": "b0", "text": "fine"}\n{"id": "b1", "text": "\xff\xfe"}\n')
+    with pytest.raises(PipelineError, match=r"b\.jsonl:2"):
+        run_filter(config(tmp_path, [good, broken]), restart=True)
+    assert {p.name: p.read_bytes() for p in scored.rglob("*") if p.is_file()} == kept
+    assert manifest(tmp_path) == before

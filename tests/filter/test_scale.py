@@ -36,8 +36,8 @@ def external_cluster(tmp_path: Path) -> Iterator[str]:
             worker = [BIN / "dask", "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
                       "--host", "127.0.0.1", "--no-dashboard"]
             procs.append(subprocess.Popen(worker, stdout=logs, stderr=logs, env=env))
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
+        with Client(address, timeout="300s") as client:
+            client.wait_for_workers(2, timeout=600)
         yield address
     finally:
         for p in reversed(procs):  # workers first, while their scheduler is still there to say goodbye to
@@ -54,7 +54,7 @@ def external_cluster(tmp_path: Path) -> Iterator[str]:
 def test_textbook_filter_runs_on_an_existing_cluster(planted: dict, external_cluster: str) -> None:
     args = [*planted["overrides"], "filter.minhash.enabled=true"]
     done = subprocess.run([BIN / "textbook", "filter", "--scheduler", external_cluster, *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "bands x" in done.stdout and "kept" in done.stdout
 

@@ -26,7 +26,7 @@ twice creates each once).
     with StubServer(faults=["429", None, "500"], api_key="sk-test") as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key="sk-test")
 
-    python -m pipeline.generate.stub_server --port 8000 --latency 0.2
+    python -m pipeline.llm.stub_server --port 8000 --latency 0.2
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -111,8 +111,12 @@ class StubServer:
     def __init__(self, responder: Responder | None = None, faults: Iterable[str | Fault | None] = (),
                  api_key: str | None = None, models: Iterable[str] = ("stub-model",), latency_s: float = 0.0,
                  slow_s: float = 5.0, host: str = "127.0.0.1", port: int = 0, batch_delay_s: float = 0.0,
-                 batch_errors: Iterable[str] = (), batch_expiry: Iterable[int | None] = ()) -> None:
+                 batch_errors: Iterable[str] = (), batch_expiry: Iterable[int | None] = (),
+                 hold: Callable[[dict], Awaitable[None]] | None = None) -> None:
         self.responder = responder or textbook_responder
+        self.hold = hold
+        """Awaited on the server's loop before a chat request is answered: a test can keep an answer
+        back until another request has arrived, instead of timing it."""
         self.slow_s = slow_s
         self.faults: list[Fault | None] = [f if f is None or isinstance(f, Fault) else Fault(str(f), delay_s=slow_s)
                                            for f in faults]
@@ -189,13 +193,14 @@ class StubServer:
         """One keep-alive connection: read a request, answer it, repeat until the client goes."""
         self._open[writer] = asyncio.current_task()
         self.connections += 1
+        connection = self.connections
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
                 method, path = head[0].split(" ")[:2]
                 headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
                 body = await reader.readexactly(int(headers.get("content-length") or 0))
-                reply = await self._answer(method, path.split("?")[0].rstrip("/"), headers, body)
+                reply = await self._answer(method, path.split("?")[0].rstrip("/"), headers, body, connection)
                 if reply.status is None:
                     return  # a dropped connection: closed below without an answer
                 writer.write(_encode(reply))
@@ -208,7 +213,8 @@ class StubServer:
             self._open.pop(writer, None)
             writer.close()
 
-    async def _answer(self, method: str, route: str, headers: dict[str, str], raw: bytes) -> _Reply:
+    async def _answer(self, method: str, route: str, headers: dict[str, str], raw: bytes,
+                      connection: int) -> _Reply:
         if method == "GET" and route == "/v1/models":
             return self._unauthorized(headers) or _Reply(200, {"object": "list", "data": [
                 {"id": m, "object": "model", "created": 0, "owned_by": "stub"} for m in self.models]})
@@ -224,7 +230,8 @@ class StubServer:
             return _error(400, "'messages' is required and must be a non-empty list", "invalid_request")
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        entry = {"time": time.time(), "model": body.get("model"), "messages": body["messages"], "status": 0}
+        entry = {"time": time.time(), "model": body.get("model"), "messages": body["messages"], "status": 0,
+                 "connection": connection}
         try:
             reply = await self._complete(headers, body)
             entry["status"] = reply.status or 0
@@ -248,6 +255,8 @@ class StubServer:
             return _error(404, f"The model '{model}' does not exist or you do not have access to it.",
                           "model_not_found")
         fault = self.faults.pop(0) if self.faults else None
+        if self.hold is not None:
+            await self.hold(body)
         return await self._chat(body, fault)
 
     async def _chat(self, body: dict, fault: Fault | None, latency: bool = True) -> _Reply:
