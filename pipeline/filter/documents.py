@@ -22,6 +22,7 @@ import pandas as pd
 
 from filters.base import TEXT, Filter, ModelError
 from filters.edu_score import EduScore
+from filters.heuristics import HeuristicFilter, score_heuristics
 from filters.normalize import LengthBounds, normalize_texts, utf8_sizes
 from pipeline.errors import ClassifierError, FilterError
 from pipeline.filter.config import FilterConfig
@@ -139,7 +140,13 @@ class DocumentFilters:
                                  text=normalize_texts(raw, self.length.form).set_axis(frame.index))
             frame = frame.join(self.length.score(frame))
         scorable = frame[(frame.n_chars > 0) & (frame.n_chars <= self.length.max_chars)]
+        # the heuristics share one segmentation of the text (its seconds: the "segments" step)
+        shared = [f for f in self.filters() if isinstance(f, HeuristicFilter)]
+        measured = dict(zip([f.name for f in shared], score_heuristics(shared, scorable[TEXT], clock), strict=True))
         for f in self.filters():
+            if f.name in measured:
+                frame = frame.join(measured[f.name].reindex(frame.index))
+                continue
             with timed(clock, f.name):
                 try:
                     frame = frame.join(f.score(scorable).reindex(frame.index))

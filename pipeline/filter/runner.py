@@ -145,7 +145,7 @@ def _record(run: RunDir, config: dict[str, Any], stats: dict[str, Any], clock: d
     stats.update(bad_files=bad_files, limited=limited, timings_s={k: round(v, 3) for k, v in clock.items()},
                  score_seconds=steps)
     stage_seconds: dict[str, float] = {"normalize": steps.get("normalize", 0.0), "quality": steps.get("quality", 0.0),
-                                       "heuristics": 0}
+                                       "heuristics": steps.get("segments", 0.0)}  # what the heuristics share
     for f in [*filters.sections, *filters.heuristics]:  # a stage's seconds: those of its filters
         stage_seconds[f.stage] = stage_seconds.get(f.stage, 0) + steps.get(f.name, 0.0)
     stage_seconds.update(clock)
