@@ -69,6 +69,9 @@ class EvalConfig(Section):
     bpb_docs: int = Field(default=200, ge=0)
     """Held-out documents per bpb domain."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    add_bos_token: bool | None = None
+    """Put BOS before every context: None uses the tokenizer's own special tokens, as lm-eval does by
+    default (for SmolLM2: none); true matches lm-eval's ``add_bos_token=True``. Part of the bundle digest."""
 
     @field_validator("tasks")
     @classmethod

@@ -172,7 +172,7 @@ def checkpoint_lineage(e: EvalConfig, run_dir: Path, tasks: list[Task], path: st
 
 def bundle_of(e: EvalConfig, tasks: list[Task]) -> dict[str, Any]:
     """What a score depends on besides the model: task settings, the files' digests, seed, prompt format."""
-    return {"seed": e.seed, "prompt_format": PROMPT_FORMAT,
+    return {"seed": e.seed, "prompt_format": PROMPT_FORMAT, "add_bos_token": e.add_bos_token,
             "tasks": [{**t.config.model_dump(mode="json", exclude={"path"}), "files": t.source_digest}
                       for t in tasks]}
 
@@ -185,7 +185,8 @@ def score_task(model, tok, task: Task, e: EvalConfig, max_length: int, device: t
     with progress(total=len(flat), desc=f"eval {task.config.name}", unit="choice") as bar:
         step = max(e.batch_size * 8, 1)
         for start in range(0, len(flat), step):
-            lls.extend(loglikelihoods(model, tok, flat[start:start + step], e.batch_size, max_length, device))
+            lls.extend(loglikelihoods(model, tok, flat[start:start + step], e.batch_size, max_length, device,
+                                      e.add_bos_token))
             bar.update(min(step, len(flat) - start))
     correct = correct_norm = chance = 0.0
     k = 0

@@ -15,27 +15,40 @@ import torch
 import torch.nn.functional as F
 
 
-def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context ids with BOS, continuation ids) for one request."""
+def special_prefix(tok, add_bos_token: bool | None) -> list[int]:
+    """The ids put before every context: the tokenizer's own special tokens (``None``, lm-eval's
+    default), its BOS (``True``) or nothing (``False``)."""
+    if add_bos_token is not None:
+        return [tok.bos_token_id] if add_bos_token and tok.bos_token_id is not None else []
+    plain = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a")["input_ids"]
+    start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+    return full[:start]
+
+
+def encode_pair(tok, context: str, continuation: str, prefix: list[int]) -> tuple[list[int], list[int]]:
+    """(context ids after ``prefix``, continuation ids) for one request; an empty context starts
+    from BOS (else EOS), as lm-eval's does."""
     if context.endswith(" ") and not continuation.startswith(" "):  # keep the space with the answer
         context, continuation = context[:-1], " " + continuation
     whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
     ctx = tok(context, add_special_tokens=False)["input_ids"]
     cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else tok(continuation, add_special_tokens=False)["input_ids"]
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    return bos + ctx, cont or [tok.eos_token_id]
+    start = prefix or ([] if ctx else [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id])
+    return start + ctx, cont or [tok.eos_token_id]
 
 
 @torch.no_grad()
 def loglikelihoods(model, tok, requests: Sequence[tuple[str, str]], batch_size: int, max_length: int,
-                   device: torch.device) -> list[float]:
+                   device: torch.device, add_bos_token: bool | None = None) -> list[float]:
     """Summed log-probability (nats) of each continuation given its context, in request order.
 
     Rows are left-padded (with explicit position ids) so every continuation ends at the last
     position, and only the last positions' logits are computed (``logits_to_keep``): the vocabulary
     projection over the whole context is most of the work for a small model.
     """
-    encoded = [encode_pair(tok, c, x) for c, x in requests]
+    prefix = special_prefix(tok, add_bos_token)
+    encoded = [encode_pair(tok, c, x, prefix) for c, x in requests]
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out = [0.0] * len(encoded)

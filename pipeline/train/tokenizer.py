@@ -48,7 +48,7 @@ def check_vocab_size(vocab_size: int) -> None:
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of ``vocab_size`` (special tokens included) on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE())
@@ -57,6 +57,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
+    # documents are trained BOS-framed: a plain encode starts with BOS too, so lm-eval's default sees it
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
+                                                       special_tokens=[(BOS, tok.token_to_id(BOS))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    additional_special_tokens=[IM_START, IM_END])
     fast.chat_template = CHAT_TEMPLATE

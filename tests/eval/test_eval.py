@@ -113,6 +113,9 @@ def test_bundle_digest_changes_when_a_task_file_changes(tmp_path):
     write_mc(task_path, 20, seed=1)
     after = stable_hash(bundle_of(cfg.eval, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks]))
     assert before != after
+    bos = cfg.eval.model_copy(update={"add_bos_token": True})
+    assert bundle_of(bos, [load_task(t, bos.seed) for t in bos.tasks])["add_bos_token"] is True
+    assert stable_hash(bundle_of(bos, [load_task(t, bos.seed) for t in bos.tasks])) != after
 
 
 def test_mmlu_csv_with_and_without_header(tmp_path):
@@ -264,18 +267,40 @@ def test_hub_task_offline_is_one_line_naming_the_task(tmp_path, tiny_llama, caps
 def test_batched_left_padded_scores_equal_one_plain_forward_each(tiny_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.eval.score import encode_pair, loglikelihoods
+    from pipeline.eval.score import encode_pair, loglikelihoods, special_prefix
 
     tok, model = AutoTokenizer.from_pretrained(tiny_llama), AutoModelForCausalLM.from_pretrained(tiny_llama)
+    prefix = special_prefix(tok, None)
     requests = [("Question: why is the sky blue?\nAnswer:", " light scatters"), ("A", " b"),
                 ("The French Revolution began in", " 1789 and changed how Europeans thought"),
                 ("Photosynthesis is", " the process")]
     plain = []
     with torch.no_grad():
         for ctx, cont in requests:
-            c, x = encode_pair(tok, ctx, cont)
+            c, x = encode_pair(tok, ctx, cont, prefix)
             ids = torch.tensor([c + x])
             logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
             plain.append(float(logp[len(c) - 1:].gather(1, ids[0, len(c):, None]).sum()))
     batched = loglikelihoods(model, tok, requests, batch_size=4, max_length=512, device=torch.device("cpu"))
     assert batched == pytest.approx(plain, abs=1e-4)
+
+
+def test_bos_follows_the_tokenizer_as_lm_eval_does_unless_eval_says(tiny_llama):
+    """lm-eval's default puts before a context what the tokenizer itself adds: nothing for this one
+    (as for SmolLM2), BOS for the run's own tokenizer (its documents were trained BOS-framed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.eval.score import encode_pair, loglikelihoods, special_prefix
+    from pipeline.train.tokenizer import train_bpe
+    from tests.conftest import SENTENCES
+
+    tok, model = AutoTokenizer.from_pretrained(tiny_llama), AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert special_prefix(tok, None) == [] and special_prefix(tok, True) == [tok.bos_token_id]
+    assert encode_pair(tok, "The sky is", " blue", [])[0] == tok("The sky is", add_special_tokens=False)["input_ids"]
+    assert encode_pair(tok, "", " blue", [])[0] == [tok.bos_token_id]  # an empty context starts from BOS
+    ours = train_bpe(SENTENCES * 5, 300)
+    assert special_prefix(ours, None) == [ours.bos_token_id] and special_prefix(ours, False) == []
+    requests = [("The sky is", " blue"), ("Water boils at", " 100 degrees")]
+    default = loglikelihoods(model, tok, requests, 2, 512, torch.device("cpu"))
+    with_bos = loglikelihoods(model, tok, requests, 2, 512, torch.device("cpu"), add_bos_token=True)
+    assert default != pytest.approx(with_bos, abs=1e-4)
