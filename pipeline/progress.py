@@ -24,11 +24,15 @@ def interactive(stream: IO[str] | None = None) -> bool:
         return False
 
 
-def stage_line(what: str, done: int, total: int, elapsed_s: float, unit: str = "stage") -> str:
+def stage_line(what: str, done: int, total: int, elapsed_s: float, unit: str = "stage",
+               alike: bool = True) -> str:
     """``=== what (stage k of N) ===`` for the k-th of N steps of a long command (the demo's stages,
-    compare's runs), with the time the rest would take at the pace so far once there is one."""
-    left = f", ~{duration(elapsed_s / done * (total - done))} left" if done else ""
-    return f"=== {what} ({unit} {done + 1} of {total}{left}) ==="
+    compare's runs). Steps that are ``alike`` (compare's runs) get the time the rest would take at
+    the pace so far; others (the demo's stages, one of which takes most of the time) the time so far."""
+    if not done:
+        return f"=== {what} ({unit} {done + 1} of {total}) ==="
+    clock = f"~{duration(elapsed_s / done * (total - done))} left" if alike else f"{duration(elapsed_s)} so far"
+    return f"=== {what} ({unit} {done + 1} of {total}, {clock}) ==="
 
 
 def duration(seconds: float) -> str:

@@ -43,8 +43,8 @@ def test_demo_runs_every_stage_and_leaves_every_artifact(tmp_path: Path, capsys)
                      "checkpoints/sft/config.json", "card/README.md", "push/README.md"):
         assert (run_dir / artifact).exists(), artifact
     out = capsys.readouterr().out
-    assert "=== generate (stage 1 of 8) ===" in out  # stage k of N, then the time the rest may take
-    assert re.search(r"=== push --dry-run \(stage 8 of 8, ~\d+ (s|min) left\) ===", out)
+    assert "=== generate (stage 1 of 8) ===" in out  # stage k of N, then the time so far
+    assert re.search(r"=== push --dry-run \(stage 8 of 8, \d+ (s|min) so far\) ===", out)
     summary = out.split("=== demo summary ===")[1]
     assert "push --dry-run" in summary and "total" in summary
     assert "sft" in summary
@@ -77,7 +77,8 @@ def test_demo_trains_sft_even_when_the_generator_ignores_every_turn_format(tmp_p
     chats = chats[chats["template"] == "conversation"]
     assert len(chats)
     for messages in chats["messages"]:
-        assert [m["role"] for m in messages] == ["user", "assistant"] * 2
+        roles = [m["role"] for m in messages]
+        assert len(roles) >= 2 and set(roles[0::2]) == {"user"} and set(roles[1::2]) == {"assistant"}
 
 
 @pytest.fixture

@@ -497,6 +497,7 @@ class TransformersBackend:
 
     def _generate(self, batch: list[Messages], params: Sampling, seed: int) -> list[Completion]:
         import torch
+        from transformers import StoppingCriteriaList
 
         tok = self.tokenizer
         start = time.perf_counter()
@@ -506,23 +507,60 @@ class TransformersBackend:
         penalty = {} if params.repetition_penalty is None else {"repetition_penalty": params.repetition_penalty}
         sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, **penalty} \
             if params.temperature > 0 else {"do_sample": False, **penalty}
-        with torch.no_grad():
-            out = self.model.generate(**enc, max_new_tokens=params.max_tokens, pad_token_id=tok.pad_token_id,
-                                      **sampling)
-        latency = (time.perf_counter() - start) / len(batch)
         eos = {tok.eos_token_id, *([self.model.generation_config.eos_token_id]
                                    if isinstance(self.model.generation_config.eos_token_id, int)
                                    else self.model.generation_config.eos_token_id or [])}
+        loops = LoopStop(enc["input_ids"].shape[1], eos)
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=params.max_tokens, pad_token_id=tok.pad_token_id,
+                                      stopping_criteria=StoppingCriteriaList([loops]), **sampling)
+        latency = (time.perf_counter() - start) / len(batch)
         results = []
-        for row, mask in zip(out[:, enc["input_ids"].shape[1]:].tolist(), enc["attention_mask"], strict=True):
+        rows = out[:, enc["input_ids"].shape[1]:].tolist()
+        for r, (row, mask) in enumerate(zip(rows, enc["attention_mask"], strict=True)):
             stop = next((i for i, t in enumerate(row) if t in eos), None)
-            kept = row if stop is None else row[:stop]
+            if r in loops.stopped:  # cut off in a loop: no ending of its own (the padding after is EOS)
+                stop = None
+            kept = row[:loops.stopped[r]] if r in loops.stopped else row if stop is None else row[:stop]
             results.append(Completion(
                 text=tok.decode(kept, skip_special_tokens=True).strip(),
                 finish_reason="stop" if stop is not None else "length",
                 prompt_tokens=int(mask.sum()), completion_tokens=len(kept) + (stop is not None),
                 latency_s=round(latency, 4)))
         return results
+
+
+class LoopStop:
+    """Stops a row whose last ``span`` tokens already stand twice earlier in its completion: a small
+    model that loops would otherwise spend its whole ``max_tokens`` (and hold its batch) repeating.
+    A row that has ended (an ``eos`` token; its padding repeats) is left alone. ``stopped`` maps each
+    row it stopped to its completion length then."""
+
+    def __init__(self, prompt_length: int, eos: set[int], span: int = 24, every: int = 8) -> None:
+        self.prompt_length, self.eos, self.span, self.every = prompt_length, eos, span, every
+        self.stopped: dict[int, int] = {}
+
+    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+        import torch
+
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        length = input_ids.shape[1] - self.prompt_length
+        if length < 3 * self.span or length % self.every:
+            for r in self.stopped:
+                done[r] = True
+            return done
+        for r, row in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            if r in self.stopped:
+                done[r] = True
+                continue
+            if self.eos.intersection(row):
+                continue
+            text = "," + ",".join(map(str, row)) + ","
+            tail = "," + ",".join(map(str, row[-self.span:])) + ","
+            if text.count(tail) >= 3:
+                self.stopped[r] = length
+                done[r] = True
+        return done
 
 
 def load_quietly(cfg: LLMConfig) -> TransformersBackend:

@@ -207,3 +207,22 @@ def test_the_batch_api_comes_from_the_one_backend_factory_with_one_line_errors()
         api.retrieve(batch.id)  # the server is gone: no answer, a one-line error of its own kind
     with pytest.raises(GenerateError, match="generate.mode=batch needs generate.backend=openai"):
         open_backend(gen.model_copy(update={"backend": "transformers"}), batch=True)
+
+
+def test_a_row_that_loops_is_stopped_and_the_rest_go_on():
+    """The transformers backend's stopping criterion: a row whose last tokens already stand twice
+    earlier stops there (finish_reason length), so a looping row no longer holds its batch."""
+    import torch
+
+    from pipeline.llm.backends import LoopStop
+
+    prompt, eos = [7, 7], 0
+    looping = prompt + [1, 2, 3, 4] * 6
+    varied = prompt + list(range(20, 44))
+    ended = prompt + list(range(20, 32)) + [eos] * 12  # finished: its padding repeats
+    stop = LoopStop(prompt_length=2, eos={eos}, span=4, every=1)
+    done = stop(torch.tensor([looping, varied, ended]), None)
+    assert done.tolist() == [True, False, False] and stop.stopped == {0: 24}
+    assert stop(torch.tensor([looping + [5], varied + [5], ended + [eos]]), None).tolist() == [True, False, False]
+    not_now = LoopStop(prompt_length=2, eos={eos}, span=4, every=5)  # 24 tokens: not a check step
+    assert not_now(torch.tensor([looping]), None).tolist() == [False]
