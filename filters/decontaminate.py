@@ -27,7 +27,7 @@ from filters.base import TEXT, Filter
 from filters.ngrams import ngram_hashes
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_BITMAP_SIZE = 1 << 24  # 16 MiB of bools: ~10% false probes for MMLU-sized sets
+_BITMAP_SIZE = 1 << 24  # 16 MiB of bools: large enough that MMLU-sized sets give few false probes
 
 
 def words(text: str) -> list[str]:

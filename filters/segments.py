@@ -95,7 +95,7 @@ def runs(flag: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def first_occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(codes, counts of each code, is the first occurrence of its key)``: codes number the
     distinct keys in the order of their first occurrence."""
-    codes, _ = pd.factorize(keys.view(np.int64) if keys.dtype == np.uint64 else keys)  # int64: ~2x uint64
+    codes, _ = pd.factorize(keys.view(np.int64) if keys.dtype == np.uint64 else keys)  # pandas hashes int64 faster than uint64
     counts = np.bincount(codes) if len(codes) else np.zeros(0, dtype=np.int64)
     seen = np.maximum.accumulate(codes) if len(codes) else codes
     first = np.ones(len(codes), dtype=bool)

@@ -126,11 +126,8 @@ def _imports_uncollected() -> Iterator[None]:
     """Hold the cyclic garbage collector while the config and the stage's modules load, then keep
     what they built out of every later collection (``gc.freeze``).
 
-    The imports build ~100,000 long-lived container objects: collected while they arrive, that cost
-    ~0.2 s of the ~2 s before ``generate``'s first request (measured), and every later full
-    collection (~0.08 s each, during a run or the diversity report after it) walked them all again.
-    Imports make next to no garbage (~1,400 unreachable objects), so freezing keeps nothing that
-    matters.
+    The imports build many long-lived container objects and next to no garbage: collecting them as
+    they arrive delays the first request, and every later full collection would walk them again.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -223,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet.restore()
         if argv is None:
             # the process exits next: frozen, its objects are not walked by the interpreter's last
-            # collection at exit (~0.3 s after a generate run, measured); the OS takes the memory back
+            # collection at exit; the OS takes the memory back
             gc.freeze()
         else:
             gc.unfreeze()  # called in-process (the tests): the caller's collector as it was

@@ -32,15 +32,15 @@ _WORKER_CACHE: dict[Any, Any] = {}
 # glibc settings for worker processes (read at process start, so set before the nanny spawns one).
 # Dask's own default, MALLOC_TRIM_THRESHOLD_=65536, also pins glibc's mmap threshold at 128 KiB:
 # every large numpy temporary is then returned to the kernel when freed, and the next task
-# page-faults and zeroes it again. That put 20-25% of a MinHash task's time in the kernel, where
-# two workers contend. Blocks up to 64 MiB now stay in the worker's heap and are reused; peak
-# memory is unchanged (it is set by the largest task), only the kernel round-trips go.
+# page-faults and zeroes it again, in the kernel, where two workers contend. Blocks up to 64 MiB
+# now stay in the worker's heap and are reused; peak memory is unchanged (it is set by the largest
+# task), only the kernel round-trips go.
 WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": 64 << 20, "MALLOC_MMAP_THRESHOLD_": 64 << 20}
 
 # What a LocalCluster runs beside the tasks, for a dashboard nobody may be watching: each worker's
 # statistical profiler (a stack sample every 10 ms), the event-loop tick (every 20 ms) and the
-# system monitor (every 0.5 s). On 2 cores they took CPU from the two workers that share them:
-# idle, 0.24 s of the driver's and 0.18 s of each worker's every 5 s; with these, 0.10 and 0.05.
+# system monitor (every 0.5 s). On a small machine they take CPU from the workers that share its
+# cores, so they are turned down or off.
 QUIET_CLUSTER = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
                  "distributed.admin.system-monitor.interval": "2s"}
 
@@ -62,8 +62,8 @@ def local_cluster(workers: int | None = None, processes: bool = True) -> Iterato
     (dask's rule), and so does one a plain ``LocalCluster`` left in this process's environment.
     The cluster runs with ``QUIET_CLUSTER``, less any of it the user's dask config sets.
 
-    ``processes=False`` runs one worker with ``workers`` threads inside this process: it starts in
-    ~0.05 s instead of ~1 s plus each worker's imports, for work that waits on I/O or releases the
+    ``processes=False`` runs one worker with ``workers`` threads inside this process: it starts at
+    once, with no worker process to spawn and import, for work that waits on I/O or releases the
     GIL (the same scheduler, futures and task graph as the process cluster).
     """
     from distributed import LocalCluster
@@ -124,7 +124,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
 class ThreadClient:
     """The part of a ``distributed.Client`` the filter stage uses (``submit``, ``map``, ``gather``,
     ``compute``, ``scheduler_info``) on a pool of threads in this process; ``dask.compute`` runs on
-    threads too. It starts in microseconds and imports no ``distributed`` (0.3-0.7 s), so a small
+    threads too. It starts at once and imports no ``distributed``, so a small
     run, or one whose tasks release the GIL, pays for neither a scheduler nor worker processes."""
 
     def __init__(self, threads: int) -> None:

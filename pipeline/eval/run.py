@@ -98,7 +98,7 @@ def hub_needs(e: EvalConfig, checkpoint: str) -> list[str]:
 
 
 def check_hub_reachable(needs: list[str]) -> None:
-    """One quick check before any task or model loads (offline, the libraries retry for ~30 s each)."""
+    """One quick check before any task or model loads (offline, the libraries would retry each task at length)."""
     reason = hub_unreachable() if needs else None
     if reason:
         raise EvalError(f"the Hugging Face Hub is unreachable ({reason}) and eval needs it for {', '.join(needs)}; "

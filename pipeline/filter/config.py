@@ -160,7 +160,7 @@ class FilterConfig(Section):
     in_process: bool | None = None
     """Run on `workers` threads in this process (true) or on a LocalCluster of worker processes (false); default (null): threads for small inputs (in_process_mb) and for runs whose per-document work all releases the GIL (no heuristics, language, quality or decontamination), processes otherwise. Ignored with a scheduler."""
     in_process_mb: float = Field(default=8, ge=0)
-    """Local inputs up to this many MB in all count as small for `in_process`: threads start at once, worker processes in ~1 s plus their imports."""
+    """Local inputs up to this many MB in all count as small for `in_process`: threads start at once, worker processes must be spawned and import the stage first."""
     normalize: LengthBounds = LengthBounds()
     language: LanguageFilter = LanguageFilter()
     """Language identification (CLD3), first as in FineWeb: keep `languages` with language_score >= min_score."""

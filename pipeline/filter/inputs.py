@@ -289,9 +289,9 @@ def document_id(source: str, row: int) -> str:
     return xxhash.xxh3_64_hexdigest(f"{source}\0{row}".encode())
 
 
-# Text per decoded batch. A batch's pages are decoded at once: 8,192 rows of 7 KB documents held
-# a whole 40 MB file (0.15 GB above the rows kept); ~4 MB batches, read through a 1 MB buffer
-# instead of whole column chunks, hold ~60 MB, and decode sooner.
+# Text per decoded batch. A batch's pages are decoded at once, so a batch of rows (pyarrow's 8,192)
+# of long documents can hold a whole file; batches of a few MB of text, read through a 1 MB buffer
+# instead of whole column chunks, hold what one partition needs, and decode sooner.
 _BATCH_BYTES = 4 << 20
 
 

@@ -1,8 +1,8 @@
 """report.png of the filter stage: the edu_score histogram and the removal waterfall, drawn with Pillow.
 
-Two bar charts need no plotting library: matplotlib's import and one ``savefig`` take ~1 s and
-~1.3 CPU seconds, as long as filtering a small corpus, where Pillow draws the same panels in
-~0.1 s. Pillow (a matplotlib dependency) brings its own scalable font.
+Two bar charts need no plotting library: matplotlib's import and one ``savefig`` cost as much as
+filtering a small corpus, where Pillow draws the same panels at a fraction of it. Pillow (a
+matplotlib dependency) brings its own scalable font.
 """
 
 from __future__ import annotations
