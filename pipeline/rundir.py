@@ -6,6 +6,8 @@ naming, where manifests live, and the column names stages and the hub share.
       annotations/    part-*.parquet  manifest.json        (textbook annotate)
       classifier/     edu_fasttext.bin report.json report.png manifest.json  rejected/
       filtered/       part-*.parquet  rejected/  scored/  stats.json report.png manifest.json
+        scored/         part-*.parquet  part-*.json (each shard's entry)  manifest.json (merged once)
+        dedup/          <pass>/*.arrow  <pass>/manifest.json  (the dedup passes; gone when the outputs are)
       tokenizer/      manifest.json + PreTrainedTokenizerFast files
       tokens/         packed token shards (a cache)
       checkpoints/    phase1/ phase2/ sft/  (save_pretrained + manifest.json train_summary.json ...)
@@ -44,6 +46,16 @@ def list_shards(folder: Path) -> list[Path]:
 def manifest_path(folder: Path) -> Path:
     """Where a stage folder's manifest lives."""
     return Path(folder) / MANIFEST
+
+
+def shard_entry_path(folder: Path, index: int) -> Path:
+    """``folder/part-NNNNN.json``: what one shard was made from, written beside it by the task that made it."""
+    return Path(folder) / f"part-{index:05d}.json"
+
+
+def block_path(folder: Path, index: int, kind: str = "part") -> Path:
+    """``folder/<kind>-NNNNN.arrow``: a file of a dedup pass, one per task or one per partition."""
+    return Path(folder) / f"{kind}-{index:05d}.arrow"
 
 
 # --- columns shared between stages and the hub ------------------------------------------------
@@ -119,6 +131,11 @@ class RunDir:
     @property
     def scored(self) -> Path:
         return self.filtered / "scored"
+
+    @property
+    def dedup(self) -> Path:
+        """The dedup passes' files and records (``pipeline.filter.passes``), while a run is under way."""
+        return self.filtered / "dedup"
 
     @property
     def filter_stats(self) -> Path:

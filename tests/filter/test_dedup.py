@@ -12,7 +12,6 @@ import pytest
 from filters.minhash import exact_hashes, shingle_hashes
 from pipeline.cluster import dask_client
 from pipeline.errors import FilterError
-from pipeline.filter import shuffle
 from pipeline.filter.dedup import exact_dedup, minhash_dedup
 
 SUBJECTS = ["the student", "a teacher", "the river", "our class", "the engine", "a farmer", "the planet",
@@ -161,9 +160,7 @@ def result(out: pd.DataFrame) -> pd.DataFrame:
     return out.set_index("id").sort_index()[["cluster_id", "cluster_size", "near_dup", "exact_dup"]]
 
 
-@pytest.mark.parametrize("single_stage_inputs", [shuffle.SINGLE_STAGE_INPUTS, 0], ids=["one-stage", "p2p"])
-def test_results_do_not_depend_on_partitioning_or_workers(corpus, monkeypatch, single_stage_inputs):
-    monkeypatch.setattr(shuffle, "SINGLE_STAGE_INPUTS", single_stage_inputs)
+def test_results_do_not_depend_on_partitioning_or_workers(corpus):
     frame = pd.concat([corpus, corpus.head(3).assign(id=lambda f: f["id"] + "-copy")], ignore_index=True)
 
     def run(npartitions: int) -> pd.DataFrame:
