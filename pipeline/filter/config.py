@@ -140,7 +140,7 @@ class FilterConfig(Section):
     in_process: bool | None = None
     """Run on `workers` threads in this process (true) or on a LocalCluster of worker processes (false); default (null): threads for small inputs (in_process_mb) and for runs whose per-document work all releases the GIL (no heuristics, language, quality or decontamination), processes otherwise. Ignored with a scheduler."""
     worker_wait_s: float = Field(default=300, ge=0)
-    """With no Dask worker left (all killed, or gone from `--scheduler`), how long the driver waits for one: it says so on one line, goes on if a worker joins within this many seconds, else stops with one line. The passes done so far are kept and a rerun resumes at the first unfinished one."""
+    """With no Dask worker left (all killed, or gone from `--scheduler`), how long the driver waits for one: it says so on one line, goes on if a worker joins within this many seconds, else stops with one line. The passes done so far are kept and a rerun resumes at the first unfinished one (with any value of this key: it is not part of the outputs' lineage)."""
     in_process_mb: float = Field(default=8, ge=0)
     """Local inputs up to this many MB in all count as small for `in_process`: threads start at once, worker processes in ~1 s plus their imports."""
     normalize: LengthBounds = LengthBounds()

@@ -89,6 +89,9 @@ from pipeline.rundir import (
 from pipeline.timing import timed
 
 EDU_BINS = np.linspace(0.0, 1.0, 41)
+# Keys of the filter section that shape no output, only how long a run waits: a rerun with another
+# value resumes (the natural answer to running out of it)
+WAIT_KEYS = ("worker_wait_s",)
 # Flags that the kept/rejected split already says; the scores themselves stay as columns.
 _DROPPED = (EXACT_DUP, NEAR_DUP)
 
@@ -250,7 +253,8 @@ def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFi
         inputs["decontaminate.benchmarks"] = index.digest()
     if cfg.filter.minhash.enabled:  # the same seed gives other signatures under another rensa algorithm
         inputs["minhash.signatures"] = signature_scheme()
-    return fingerprint({"filter": public_dict(cfg.filter), "seed": cfg.seed}, inputs,
+    config = {k: v for k, v in public_dict(cfg.filter).items() if k not in WAIT_KEYS}
+    return fingerprint({"filter": config, "seed": cfg.seed}, inputs,
                        {name: ref for name, ref in parents.items() if ref is not None})
 
 
