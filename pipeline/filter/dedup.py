@@ -446,9 +446,9 @@ def _cluster_docs(source: str, reducers: int, reducer: int, folder: str, members
                  "size": nodes["size"].take(pa.array(at)), "doc": table["doc"].take(found),
                  "length": table["length"].take(found), "score": table["score"].take(found)}
         if shingles:
-            small = (_column(nodes, "size")[at] <= max_cluster)
+            compared = _compared(_column(nodes, "size")[at], max_cluster)
             sets = table["shingles"].take(found)
-            piece["shingles"] = pc.if_else(pa.array(small), sets, pa.scalar([], SHINGLES))
+            piece["shingles"] = pc.if_else(pa.array(compared), sets, pa.scalar([], SHINGLES))
         else:
             piece["shingles"] = pa.array([[]] * len(at), SHINGLES)
         pieces.append(pa.table(piece))
@@ -456,6 +456,13 @@ def _cluster_docs(source: str, reducers: int, reducer: int, folder: str, members
     table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
     return {"files": [write_blocks(table, reducer_of(_column(table, "label"), reducers), reducers,
                                    block_path(Path(folder), reducer))]}
+
+
+def _compared(size: np.ndarray, max_cluster: int) -> np.ndarray:
+    """Which members of components of these sizes are resolved on their shingles: not those of a
+    giant component (its best member is kept), nor those of a pair (its one edge is verified: the
+    worse one resembles the better one)."""
+    return (size > 2) & (size <= max_cluster)
 
 
 def _cluster_schema(corpus: Corpus) -> pa.Schema:
@@ -476,14 +483,15 @@ def _clusters(source: str, reducers: int, reducer: int, folder: str, corpus: Cor
     members = table.drop_columns(["shingles"]).to_pandas()
     label = members["label"].to_numpy()
     near = np.zeros(len(members), dtype=bool)
+    compared = _compared(members["size"].to_numpy(), max_cluster)
+    if compared.any():
+        part = members[compared].reset_index(drop=True)
+        near[compared] = resolve_clusters(label[compared], part["doc"].to_numpy(), part["score"].to_numpy(),
+                                          part["length"].to_numpy(),
+                                          set_offsets(table["shingles"].filter(pa.array(compared))), min_similarity)
+    if (~compared).any():  # pairs and giant components: the best member is kept, the rest removed
+        near[~compared] = ~keep_best(members[~compared].reset_index(drop=True), "label").to_numpy()
     small = members["size"].to_numpy() <= max_cluster
-    if small.any():
-        part = members[small].reset_index(drop=True)
-        near[small] = resolve_clusters(label[small], part["doc"].to_numpy(), part["score"].to_numpy(),
-                                       part["length"].to_numpy(), set_offsets(table["shingles"].filter(pa.array(small))),
-                                       min_similarity)
-    if (~small).any():  # a giant component keeps its best member only
-        near[~small] = ~keep_best(members[~small].reset_index(drop=True), "label").to_numpy()
     cluster_id = members.groupby("label")["doc"].transform("min")
     out = pa.table([table["key"], pa.array(cluster_id, corpus.id_type, from_pandas=True), table["size"],
                     pa.array(near)], schema=_decision_schema(corpus))

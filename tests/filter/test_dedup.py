@@ -108,6 +108,22 @@ def test_candidates_are_verified_on_their_exact_jaccard():
     assert unverified["near_dup"].tolist() == [False, True]
 
 
+def test_a_cluster_above_max_cluster_keeps_its_best_member_only():
+    rng = random.Random(19)
+    a = document(rng)
+    b = edit(rng, a, 4)
+    c = edit(rng, b, 4)  # a chain: a ~ b ~ c, but a !~ c
+    assert jaccard(a, b) > 0.88 and jaccard(b, c) > 0.88 and jaccard(a, c) < 0.8
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "text": [a, b, c], "edu_score": [0.9, 0.5, 0.1]})
+    resolved = minhash_dedup(frame)  # best first: c resembles only b, which is removed, so c stays
+    assert resolved["near_dup"].tolist() == [False, True, False]
+    stats: dict = {}
+    capped = minhash_dedup(frame, max_cluster=2, stats=stats)  # 3 members > 2: the best is kept, the rest go
+    assert capped["near_dup"].tolist() == [False, True, True]
+    assert capped["cluster_size"].tolist() == [3, 3, 3] and capped["cluster_id"].tolist() == ["a", "a", "a"]
+    assert stats["giant_clusters"] == 1 and stats["clusters"] == 1 and stats["removed"] == 2
+
+
 def test_keep_rule_without_a_score_column_prefers_longest_then_smallest_id():
     rng = random.Random(3)
     base = document(rng)
