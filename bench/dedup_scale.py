@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -127,14 +128,14 @@ def kept_digest(run_dir: Path) -> tuple[int, str]:
     return len(ids), hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
 
 
-def run_filter(data: Path, work: Path, mode: str) -> dict:
+def run_filter(data: Path, work: Path, mode: str, partition_mb: float | None = None) -> dict:
     """One ``textbook filter`` run, dedup only; its wall and CPU seconds, peaks and kept ids."""
     run_dir = work / "run"
     cmd = [str(BIN / "textbook"), "filter", f"run_dir={run_dir}", f"filter.input=[{data}/*.parquet]",
            "filter.include_generated=false", "filter.heuristics.enabled=false", "filter.quality.enabled=false",
            "filter.decontaminate.enabled=false", "filter.language.enabled=false",
            f"filter.minhash.threshold={THRESHOLD}", f"filter.minhash.num_perm={NUM_PERM}",
-           f"filter.minhash.ngram={NGRAM}"]
+           f"filter.minhash.ngram={NGRAM}"] + ([f"filter.partition_mb={partition_mb}"] if partition_mb else [])
     cluster: list[subprocess.Popen] = []
     if mode == "scheduler":
         address, cluster = start_cluster(work / "cluster.log")
@@ -173,7 +174,10 @@ def run_filter(data: Path, work: Path, mode: str) -> dict:
     cpu = sum(v - cpu_before.get(pid, 0.0) for pid, v in sampler.cpu.items())
     kept, digest = kept_digest(run_dir)
     stats = json.loads((run_dir / "filtered" / "stats.json").read_text())
-    return {"seconds": seconds, "cpu": cpu, "load": load, "driver": sampler.peak("driver")[-1],
+    documents = stats["documents_in"]
+    passes = {name: p["bytes"] / documents for name, p in stats.get("passes", {}).items()}
+    return {"seconds": seconds, "cpu": cpu, "load": load, "driver": sampler.peak("driver")[-1], "passes": passes,
+            "partitions": len(list((run_dir / "filtered").glob("part-*.parquet"))),
             "workers": [w for w in sampler.peak("worker") if w > 60], "scheduler": (sampler.peak("scheduler") or [0])[-1],
             "kept": kept, "digest": digest, "timings": stats["timings_s"]}
 
@@ -185,28 +189,30 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--partition-mb", default="", help="filter.partition_mb values to run (default: the config's)")
     ap.add_argument("--label", default=os.environ.get("PYTHONPATH", "") and f"PYTHONPATH={os.environ['PYTHONPATH']}"
                     or "this checkout")
     args = ap.parse_args()
     sizes = [int(m) for m in args.mb.split(",")]
+    partition_mbs = [float(m) for m in args.partition_mb.split(",") if m] or [None]
     results = []
     for mb in sizes:
         data, documents, text_mb = corpus(args.data, mb, args.seed)
-        for rep in range(args.repeat):
-            for mode in args.modes.split(","):
-                with tempfile.TemporaryDirectory(prefix="dedup_scale_", dir=args.data) as tmp:
-                    r = run_filter(data, Path(tmp), mode)
-                r.update(mb=mb, text_mb=text_mb, documents=documents, mode=mode, rep=rep + 1)
-                results.append(r)
-                print(f"  {mb} MB {mode} run {rep + 1}: {r['seconds']:.1f} s, driver {r['driver']:.0f} MB, workers "
-                      f"{', '.join(f'{w:.0f}' for w in r['workers'])} MB, scheduler {r['scheduler']:.0f} MB, "
-                      f"kept {r['kept']:,} ({r['digest']}), load {r['load']:.1f}", flush=True)
+        for rep, mode, partition_mb in itertools.product(range(args.repeat), args.modes.split(","), partition_mbs):
+            with tempfile.TemporaryDirectory(prefix="dedup_scale_", dir=args.data) as tmp:
+                r = run_filter(data, Path(tmp), mode, partition_mb)
+            r.update(mb=mb, text_mb=text_mb, documents=documents, mode=mode, rep=rep + 1, partition_mb=partition_mb)
+            results.append(r)
+            print(f"  {mb} MB {mode} run {rep + 1} (partition_mb {partition_mb or 'default'}, {r['partitions']} "
+                  f"output shards): {r['seconds']:.1f} s, driver {r['driver']:.0f} MB, workers "
+                  f"{', '.join(f'{w:.0f}' for w in r['workers'])} MB, scheduler {r['scheduler']:.0f} MB, "
+                  f"kept {r['kept']:,} ({r['digest']}), load {r['load']:.1f}", flush=True)
     print(f"\ndedup only (exact + MinHash), 2 worker threads; code: {args.label}; every run listed")
-    print(f"{'MB':>6}{'docs':>9}{'mode':>11}{'run':>4}{'load':>6}{'seconds':>9}{'MB/s/core':>10}{'MB/cpu s':>9}"
+    print(f"{'MB':>6}{'docs':>9}{'mode':>11}{'run':>4}{'parts':>6}{'load':>6}{'seconds':>9}{'MB/s/core':>10}{'MB/cpu s':>9}"
           f"{'driver MB':>10}{'x first':>8}{'workers MB':>13}{'x 400':>7}{'sched MB':>9}{'x 200 tput':>11}"
           f"{'kept':>9}{'digest':>14}")
     for r in results:
-        same = [x for x in results if x["mode"] == r["mode"]]
+        same = [x for x in results if x["mode"] == r["mode"] and x["partition_mb"] == r["partition_mb"]]
         first = next(x for x in same if x["mb"] == min(sizes))
         at400 = [x for x in same if x["mb"] == 400]
         at200 = [x for x in same if x["mb"] == 200]
@@ -215,13 +221,20 @@ def main() -> None:
         w400 = max(max(x["workers"]) for x in at400) if at400 and all(x["workers"] for x in at400) else float("nan")
         t200 = max(x["text_mb"] / x["seconds"] / 2 for x in at200) if at200 else float("nan")
         workers = "/".join(f"{w:.0f}" for w in r["workers"]) or "-"
-        print(f"{r['mb']:>6}{r['documents']:>9,}{r['mode']:>11}{r['rep']:>4}{r['load']:>6.1f}{r['seconds']:>9.1f}"
+        print(f"{r['mb']:>6}{r['documents']:>9,}{r['mode']:>11}{r['rep']:>4}{r['partitions']:>6}{r['load']:>6.1f}{r['seconds']:>9.1f}"
               f"{tput:>10.2f}{r['text_mb'] / r['cpu']:>9.2f}{r['driver']:>10.0f}{r['driver'] / first['driver']:>8.2f}"
               f"{workers:>13}{worker / w400:>7.2f}{r['scheduler']:>9.0f}{tput / t200:>11.2f}{r['kept']:>9,}"
               f"{r['digest']:>14}")
     print("(x first: driver peak over the driver peak of the smallest size in the same mode; x 400: the largest "
           "worker peak over the largest at 400 MB; x 200 tput: MB/s/core over the best 200 MB run of the mode; "
           "load: 1-minute load average at the run's start)")
+    names = list(dict.fromkeys(k for r in results for k in r["passes"]))
+    if names:
+        print("\nbytes each pass wrote per input document (stats.json passes)")
+        print(f"{'MB':>6}{'mode':>11}{'run':>4}{'part MB':>8}" + "".join(f"{n[:9]:>10}" for n in names) + f"{'total':>10}")
+        for r in results:
+            print(f"{r['mb']:>6}{r['mode']:>11}{r['rep']:>4}{r['partition_mb'] or 0:>8g}"
+                  + "".join(f"{r['passes'].get(n, 0.0):>10.1f}" for n in names) + f"{sum(r['passes'].values()):>10.1f}")
     print("\nwall seconds per phase (stats.json timings_s)")
     names = list(dict.fromkeys(k for r in results for k in r["timings"]))
     print(f"{'MB':>6}{'mode':>11}{'run':>4}" + "".join(f"{n[:12]:>13}" for n in names))

@@ -191,11 +191,12 @@ class Corpus:
     def read(self, partition: int, rows: np.ndarray, text: bool = False) -> pa.Table:
         """``doc``, ``length``, ``score`` (and ``text``) of rows ``rows`` of a partition, in that order."""
         path = self.path(partition)
-        names = pq.read_schema(path).names if self.kind != "docs" else read_table(path).column_names
+        whole = read_table(path) if self.kind == "docs" else None  # memory-mapped: columns read when touched
+        names = whole.column_names if whole is not None else pq.read_schema(path).names
         wanted = [c for c in (self.id, self.score, self.length) if c and c in names]
         if text or self.length not in names:
             wanted.append(self.text)
-        table = pq.read_table(path, columns=wanted) if self.kind != "docs" else read_table(path).select(wanted)
+        table = whole.select(wanted) if whole is not None else pq.read_table(path, columns=wanted)
         table = table.take(pa.array(rows, pa.int64()))
         if self.length in names:
             length = table[self.length].cast(pa.int64())

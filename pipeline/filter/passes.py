@@ -47,7 +47,8 @@ class Passes:
         self._key = stable_hash(key)
         self.done: list[str] = []  # passes found recorded
         self.ran: list[str] = []
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # wall seconds of each pass run now
+        self.bytes: dict[str, int] = {}  # bytes of each pass's files
 
     def folder_of(self, name: str) -> Path:
         return self.folder / name
@@ -80,6 +81,7 @@ class Passes:
         elif not self.ran:
             self.done.append(name)
         outputs = [f["digest"] for s in summaries for f in s.get("files", [])]
+        self.bytes[name] = sum(f["bytes"] for s in summaries for f in s.get("files", []))
         self._key = stable_hash([key, outputs])
         return summaries
 

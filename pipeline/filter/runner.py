@@ -590,6 +590,8 @@ def filter_corpus(passes: Passes, shards: list[Path], filters: DocumentFilters, 
     summaries = [s for w in written for s in w["summaries"]]
     stats.update(_summarise(summaries, index, hits))
     stats["dedup_seconds"] = {k: round(v, 3) for k, v in dedup_seconds.items()}
+    # what each pass wrote (its shuffle and state on disk) and its wall seconds, for sizing a cluster
+    stats["passes"] = {name: {"bytes": size, "seconds": passes.seconds.get(name)} for name, size in passes.bytes.items()}
     return stats, {s["file"]: s["digest"] for s in summaries if "file" in s}
 
 
