@@ -124,7 +124,7 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
         with timed(clock, "validate"):
             rows = partition_rows(sources, fc.partition_rows, cluster["threads"], fc.partition_mb)
             partitions, bad_files, limited = validate_inputs(client, sources, rows, fc.on_bad_file,
-                                                             None if address else Path(copies))
+                                                             None if address else Path(copies), fc.worker_wait_s)
         lineage = filter_lineage(cfg, partitions, filters, index)
         with timed(clock, "score"):
             shards = score_shards(client, partitions, filters, run.scored, fc.worker_wait_s)
@@ -268,16 +268,26 @@ def _validate_one(source: Source, partition_rows: int, copies: str | None
         return [], None, str(e)
 
 
+def _results(client: Any, futures: list[Any], worker_wait_s: float | None) -> list[Any]:
+    """The results of ``futures`` in order; with no worker left, as ``as_completed`` says."""
+    index = {f: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    for future in as_completed(futures, client, worker_wait_s, "filter.worker_wait_s", "filter"):
+        results[index[future]] = future.result()
+    return results
+
+
 def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_bad_file: str,
-                    copies: Path | None = None) -> tuple[list[Partition], list[dict[str, str]], list[dict[str, Any]]]:
+                    copies: Path | None = None, worker_wait_s: float | None = None) -> tuple[list[Partition], list[dict[str, str]], list[dict[str, Any]]]:
     """Validate every input on the cluster before any output; stop on a bad file or skip and report it.
     With ``copies`` (a folder), the rows validation decodes are kept there for scoring (``validate_input``).
 
     Returns the partitions, the skipped files and the inputs ``filter.limit`` cut short (each with
     the documents read and the documents it holds), which are printed as well.
     """
-    results = client.gather(client.map(_validate_one, sources, partition_rows=partition_rows, copies=copies and str(copies),
-                                       pure=False))
+    futures = client.map(_validate_one, sources, partition_rows=partition_rows, copies=copies and str(copies),
+                         pure=False)
+    results = _results(client, futures, worker_wait_s)
     bad = [{"path": s.file.path, "error": err} for s, (_, _, err) in zip(sources, results, strict=True) if err]
     if bad and on_bad_file == "fail":
         more = f" (and {len(bad) - 1} more bad input(s))" if len(bad) > 1 else ""
@@ -532,8 +542,8 @@ def filter_corpus(passes: Passes, shards: list[Path], filters: DocumentFilters, 
     with timed(clock, "thresholds"):
         check_ids(passes, paths, reducers)
         if filters.quality and fc.quality.keep_top:
-            pool = pd.concat(dask.compute(*[dask.delayed(filters.quality_pool)(dask.delayed(_scores)(p))
-                                            for p in paths]))
+            pool = pd.concat(_results(passes.client, passes.client.compute(
+                [dask.delayed(filters.quality_pool)(dask.delayed(_scores)(p)) for p in paths]), fc.worker_wait_s))
             threshold = percentile_threshold(pool.to_numpy(), fc.quality.keep_top)
             filters = filters.with_threshold(threshold)
             print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.4f}")
@@ -544,8 +554,9 @@ def filter_corpus(passes: Passes, shards: list[Path], filters: DocumentFilters, 
     hits = None
     if index is not None:  # before dedup: a contaminated copy must never be the one a cluster keeps
         with timed(clock, "decontaminate"):
-            hits = pd.concat(dask.compute(*[dask.delayed(_hits_of)(p, shared_filters, fc.decontaminate)
-                                            for p in paths]), ignore_index=True)
+            hits = pd.concat(_results(passes.client, passes.client.compute(
+                [dask.delayed(_hits_of)(p, shared_filters, fc.decontaminate) for p in paths]), fc.worker_wait_s),
+                ignore_index=True)
         meta = _flag_decontaminated(meta, _no_hits(meta[ID]))
     shared_hits = dask.delayed(hits, traverse=False)
     # what the documents dedup sees depend on beyond the scores: the thresholds and the hits
