@@ -559,7 +559,7 @@ def filter_corpus(passes: Passes, shards: list[Path], filters: DocumentFilters, 
                 ignore_index=True)
         meta = _flag_decontaminated(meta, _no_hits(meta[ID]))
     shared_hits = dask.delayed(hits, traverse=False)
-    # what the documents dedup sees depend on beyond the scores: the thresholds and the hits
+    # what the documents dedup sees depends on beyond the scores: the thresholds and the hits
     passes.depend({"quality": filters.quality.threshold if filters.quality else None,
                    "hits": None if hits is None else stable_hash(hits.astype(str).to_dict("list"))})
     exact = fc.exact_dedup.enabled
