@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from pipeline.io import atomic_path
-from pipeline.lineage import content_digest
+from pipeline.lineage import DIGEST_CHARS
 
 INPUTS_PER_REDUCER = 8
 """Input partitions per reducer: a reducer's rows (hashes, keys, candidate shingles) are a fraction
@@ -46,12 +47,19 @@ def write_blocks(table: pa.Table, reducer: np.ndarray, reducers: int, path: Path
 
 
 def write_table(table: pa.Table, path: Path) -> dict[str, object]:
-    """Write ``table`` to ``path`` as one Arrow IPC file, atomically; its name, rows, bytes and digest."""
-    with atomic_path(Path(path)) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
-            pa.ipc.new_file(sink, table.schema) as writer:
+    """Write ``table`` to ``path`` as one Arrow IPC file, atomically; its name, rows, bytes and digest.
+
+    The digest is xxh3-128 of the bytes, taken from memory before they are written: these files are
+    the passes' own state, hashed as they are made (sha256 of a file read back cost ~10x more).
+    """
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    return {"file": Path(path).name, "rows": len(table), "bytes": Path(path).stat().st_size,
-            "digest": content_digest(path)}
+    data = sink.getvalue()
+    with atomic_path(Path(path)) as tmp, pa.OSFile(str(tmp), "wb") as out:
+        out.write(data)
+    return {"file": Path(path).name, "rows": len(table), "bytes": data.size,
+            "digest": xxhash.xxh3_128_hexdigest(memoryview(data))[:DIGEST_CHARS]}
 
 
 def read_table(path: Path) -> pa.Table:
