@@ -13,23 +13,40 @@ MODEL  ?=
 WEB    ?=
 REPO_ID ?=
 CHECKPOINT ?=
+TORCH ?= cpu
+TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 
-.PHONY: install test lint demo generate annotate classifier filter train-phase1 train-phase2 sft \
+.PHONY: install lock test test-fast lint demo generate annotate classifier filter train-phase1 train-phase2 sft \
         eval compare card push bench docs clean
 
 install: $(VENV)/.installed
 
-# torch is installed first, pinned to the machine's local CPU wheel, so the project's `torch`
-# requirement is already met and pip never pulls the multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# .venv is exactly requirements.lock (every package pinned, with hashes), then the project itself
+# without dependencies: a clone installs what CI tested, whatever PyPI has released since.
+# A changed lock rebuilds .venv from nothing, so no package it dropped stays behind. TORCH=cu130
+# (or another PyTorch CUDA tag) swaps the CPU build for PyTorch's CUDA one, the lock's one exception.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test]"
-	touch $@
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(if $(filter-out cpu,$(TORCH)),$(PY) -m pip install -q "torch==2.13.0+$(TORCH)" --index-url https://download.pytorch.org/whl/$(TORCH))
+	echo "torch=$(TORCH)" > $@
+
+# Resolve pyproject.toml (dependencies, the test extra, the dev group) again for Linux x86-64 and
+# CPython 3.11, what CI runs; the CPU torch wheel comes from TORCH_WHEELS.
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml --group dev --extra test --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --generate-hashes \
+	    -q -o requirements.lock
+	@echo "requirements.lock refreshed: run 'make install' to apply it, then 'make test'"
 
 test: install lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:logging
+
+# For development: everything but the end-to-end tests marked slow; `make test` (and CI) runs all.
+test-fast: install lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:logging -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check pipeline filters tests bench

@@ -1,8 +1,9 @@
 """Benchmark the edu classifier: scoring throughput per core and training time.
 
-Documents are ~3 KB windows of real text: web pages (../shared/data/web, with their boilerplate)
-as negatives and the system's documentation (/usr/share/doc) as positives. Scoring runs on one
-core and is compared with the baseline of calling fastText's ``predict`` once per document.
+Documents are ~3 KB windows of real text: web pages with their boilerplate as negatives (the
+``web`` folder of ``--data``, see bench/shared_data.py; without it the machine's man pages stand in) and
+the system's documentation (/usr/share/doc) as positives. Scoring runs on one core and is compared
+with the baseline of calling fastText's ``predict`` once per document.
 
     .venv/bin/python bench/classify.py                         # scoring + training on 100k documents
     .venv/bin/python bench/classify.py --train-docs 20000      # quicker
@@ -25,16 +26,20 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import shared_data  # noqa: E402
 
 from filters.edu_score import EduClassifier, normalize_for_fasttext  # noqa: E402
 from pipeline.classify.train import TrainParams, train_fasttext  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-
-def read_web() -> list[str]:
+def read_web(given: Path | None) -> list[str]:
+    folder = shared_data.find("web", "web pages (the negatives)", given, stand_in="the machine's man pages")
+    if folder is None:
+        return list(shared_data.man_pages())
     texts = []
-    for path in sorted((SHARED / "web").glob("**/*.jsonl")):
+    for path in sorted(folder.glob("**/*.jsonl")):
         with open(path, encoding="utf-8", errors="replace") as f:
             texts += [json.loads(line).get("text") or "" for line in f if line.strip()]
     return [t for t in texts if t]
@@ -96,9 +101,10 @@ def main() -> None:
     ap.add_argument("--epoch", type=int, default=TrainParams.epoch)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--fineweb", action="store_true", help="also train/evaluate on the 150 LLM-scored texts")
+    shared_data.add_argument(ap)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    web, docs = read_web(), read_docs()
+    web, docs = read_web(args.data), read_docs()
     print(f"corpus: {len(web)} web pages ({sum(map(len, web)) / 1e6:.1f} MB), "
           f"{len(docs)} documentation files ({sum(map(len, docs)) / 1e6:.1f} MB)")
 
@@ -162,14 +168,17 @@ def main() -> None:
     print(f"\nheld-out ROC-AUC docs-vs-web on the scored sample: {roc_auc(truth, scores):.3f}")
 
     if args.fineweb:
-        fineweb_sanity()
+        fineweb_sanity(args.data)
 
 
-def fineweb_sanity() -> None:
+def fineweb_sanity(given: Path | None) -> None:
     """Train/evaluate through the real CLI on the 150 FineWeb-Edu texts scored by Llama-3.3-70B."""
     from pipeline.cli import main as cli
 
-    csv = SHARED / "edu_labels" / "fineweb_edu_llm_scored_150.csv"
+    csv = shared_data.find("edu_labels/fineweb_edu_llm_scored_150.csv", "LLM-scored FineWeb-Edu texts", given,
+                    stand_in="nothing: the --fineweb run is skipped")
+    if csv is None:
+        return
     frame = pd.read_csv(csv)
     work = Path(tempfile.mkdtemp())
     frame[["text", "score"]].to_parquet(work / "labels.parquet")

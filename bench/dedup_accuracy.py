@@ -1,6 +1,6 @@
 """Near-dedup accuracy on real text with planted near-duplicates, against brute-force Jaccard.
 
-Real English prose (Python's own docs, man pages, news articles from ../shared/data) is cut into
+Real English prose (Python's own docs, man pages, news articles from --data, see bench/shared_data.py) is cut into
 documents of 120-400 words; copies of some of them are planted with word edits at known rates.
 Ground truth is the exact Jaccard of word 5-gram sets of EVERY pair (sparse matrix product).
 Candidates are verified on the exact Jaccard of their shingle sets (the default). Reports
@@ -31,12 +31,14 @@ from scipy import sparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import shared_data  # noqa: E402
 
 from filters.minhash import dedup_form, estimated_jaccard, minhash_signatures  # noqa: E402
 from pipeline.cluster import dask_client  # noqa: E402
 from pipeline.filter.dedup import minhash_dedup  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
 EDIT_RATES = [0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1]
 _ROFF = re.compile(r"\\f[BIRP]|\\\(..|\\[-&e|^]|\\s[-+]?\d")
 
@@ -52,19 +54,29 @@ def _man_page_text(path: Path) -> str:
     return "\n\n".join(lines)
 
 
+ARTICLES = "web/scrapinghub_articles.jsonl"
+
+
 def real_texts() -> Iterator[str]:
-    """Long real English texts available offline on this machine (each source is optional)."""
+    """Long real English texts available offline on this machine: Python's documentation, the news
+    articles of ``--data`` when there (bench/shared_data.py), the man pages."""
     try:
         from pydoc_data.topics import topics
         yield from topics.values()
     except ImportError:
         pass
-    for name in ("scrapinghub_articles.jsonl",):
-        path = SHARED / "web" / name
-        if path.exists():
-            yield from (json.loads(line)["text"] for line in path.open())
+    path = shared_data.root() / ARTICLES
+    if path.exists():
+        yield from (json.loads(line)["text"] for line in path.open())
     for path in sorted(Path("/usr/share/man").glob("man[1-8]/*.gz")):
         yield _man_page_text(path)
+
+
+def say_sources() -> None:
+    """The ``data:`` line of a benchmark whose corpus is :func:`real_texts`."""
+    path = shared_data.root() / ARTICLES
+    print("data: Python's documentation, " + (f"news articles ({path}), " if path.exists() else
+          f"no news articles ({path} not found: --data names its folder), ") + "the machine's man pages")
 
 
 def real_documents(limit: int, min_words: int = 120, max_words: int = 400, seed: int = 0) -> list[str]:
@@ -180,9 +192,9 @@ def audit(out: pd.DataFrame, jac: np.ndarray, threshold: float, samples: int, se
 
 def graded_pairs_curve(num_perm: int, seed: int) -> None:
     """Threshold curve on the Clough & Stevenson human-graded pairs (true and estimated Jaccard)."""
-    path = SHARED / "near_dup" / "pairs.jsonl"
-    if not path.exists():
-        print(f"(skipped graded pairs: {path} not found)")
+    path = shared_data.find("near_dup/pairs.jsonl", "human-graded text-reuse pairs", None,
+                            stand_in="nothing: the graded-pairs curve is skipped")
+    if path is None:
         return
     pairs = pd.DataFrame([json.loads(line) for line in path.open()])
     texts = pairs["answer"].tolist() + pairs["source"].tolist()
@@ -208,7 +220,10 @@ def main() -> None:
     parser.add_argument("--recall-at", type=float, default=0.85)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    shared_data.add_argument(parser)
     args = parser.parse_args()
+    shared_data.use(args.data)
+    say_sources()
     n_docs = 600 if args.quick else args.docs
     rng = random.Random(args.seed)
 

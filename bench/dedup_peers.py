@@ -9,7 +9,7 @@
 checkout's venv) in the same rounds, on the same corpus: a change measured against the code before it.
 
 The corpus is real English text available offline (Python's pydoc topics, man pages, the news
-articles in ../shared/data/web): documents of 400-1,600 words built from consecutive paragraphs,
+articles of --data when there, see bench/shared_data.py): documents of 400-1,600 words built from consecutive paragraphs,
 plus planted near-duplicates (word edits at known rates), written as Parquet files of about 20,000
 rows each. Truth is the exact Jaccard of word 5-gram sets over every pair that shares a 5-gram
 (a sparse matrix product, no hashing).
@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dedup_accuracy import EDIT_RATES, perturb, real_texts  # noqa: E402
+import shared_data  # noqa: E402
+from dedup_accuracy import EDIT_RATES, perturb, real_texts, say_sources  # noqa: E402
 
 from filters.minhash import dedup_form  # noqa: E402
 
@@ -294,7 +295,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--code", action="append", default=[], metavar="NAME=PATH",
                     help="another checkout, run as the tool textbook@NAME")
+    shared_data.add_argument(ap)
     args = ap.parse_args()
+    shared_data.use(args.data)
+    say_sources()
     tools = args.tools.split(",")
     checkouts = dict(c.split("=", 1) for c in args.code)
     python = ensure_peers() if {t.split("@")[0] for t in tools} - {"textbook"} else None

@@ -4,8 +4,10 @@ lm-evaluation-harness on the same checkpoint and the same items, in one script.
     .venv/bin/python bench/eval.py                         # CPU, tiny preset, 200 MMLU items, 0-shot
     .venv/bin/python bench/eval.py --preset 100m --device cuda --items 2000 --batch-size 64
 
-The items are real MMLU test questions (``../shared/data/benchmarks/mmlu``; cloze form, four choices)
-written as the project's ``mc_jsonl`` layout, which lm-eval reads through a task YAML of the same
+The items are real MMLU test questions (``benchmarks/mmlu/test`` of ``--data``, see
+bench/shared_data.py; cloze form, four choices; without them, four-choice cloze items made of
+sentences of Python's documentation stand in: the last word, against three others) written as the
+project's ``mc_jsonl`` layout, which lm-eval reads through a task YAML of the same
 protocol (``doc_to_text: query``, choices, gold, target delimiter " "). The model is the project's
 Llama preset with random weights and a BPE trained on pydoc's topic pages: speed does not depend on
 the weights, and agreement of accuracies on a random model checks the scoring protocol, not luck.
@@ -31,6 +33,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import shared_data  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.eval.run import load_model, score_checkpoint  # noqa: E402
@@ -38,13 +43,17 @@ from pipeline.eval.score import encode_pair  # noqa: E402
 from pipeline.train.model import build_model  # noqa: E402
 from pipeline.train.tokenizer import train_bpe  # noqa: E402
 
-MMLU = ROOT.parent / "shared" / "data" / "benchmarks" / "mmlu" / "test"
 LMEVAL_VENV = ROOT / "bench" / ".venv-lmeval"
 
 
-def write_items(path: Path, n: int, seed: int) -> int:
+def write_items(path: Path, n: int, seed: int, given: Path | None) -> tuple[int, str]:
+    """``n`` items in the mc_jsonl layout at ``path``; (items written, what they are)."""
+    mmlu = shared_data.find("benchmarks/mmlu/test", "MMLU test questions", given,
+                            stand_in="cloze items made of Python's documentation")
+    if mmlu is None:
+        return write_standin_items(path, n, seed), "Python-docs cloze"
     rows = []
-    for f in sorted(glob.glob(str(MMLU / "*.csv"))):
+    for f in sorted(glob.glob(str(mmlu / "*.csv"))):
         with open(f, newline="", encoding="utf-8") as fh:
             for r in csv.reader(fh):
                 if r and r[0] != "question":
@@ -55,7 +64,24 @@ def write_items(path: Path, n: int, seed: int) -> int:
             answer = int(r[-1]) if r[-1].isdigit() else "ABCD".index(r[-1])
             out.write(json.dumps({"query": f"Question: {r[0].strip()}\nAnswer:", "choices": r[1:5],
                                   "gold": answer}) + "\n")
-    return min(n, len(rows))
+    return min(n, len(rows)), "MMLU"
+
+
+def write_standin_items(path: Path, n: int, seed: int) -> int:
+    """Four-choice cloze items from sentences of Python's documentation: the sentence less its last
+    word is the context, that word and three others of the docs are the choices."""
+    rng = random.Random(seed)
+    sentences = [s.split() for text in shared_data.python_docs() for s in text.replace("\n", " ").split(". ")]
+    sentences = [w for w in sentences if 8 <= len(w) <= 40 and w[-1].isalpha()]
+    vocabulary = sorted({w[-1] for w in sentences})
+    rng.shuffle(sentences)
+    with open(path, "w", encoding="utf-8") as out:
+        for words in sentences[:n]:
+            choices = [words[-1], *rng.sample([v for v in vocabulary if v != words[-1]], 3)]
+            rng.shuffle(choices)
+            out.write(json.dumps({"query": " ".join(words[:-1]), "choices": choices,
+                                  "gold": choices.index(words[-1])}) + "\n")
+    return min(n, len(sentences))
 
 
 def build_checkpoint(path: Path, preset: str, vocab: int) -> None:
@@ -129,19 +155,20 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-lm-eval", action="store_true")
+    shared_data.add_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         items = work / "items.jsonl"
-        n = write_items(items, args.items, seed=0)
+        n, kind = write_items(items, args.items, seed=0, given=args.data)
         ckpt = work / "ckpt"
         build_checkpoint(ckpt, args.preset, args.vocab)
         tasks = json.dumps([{"name": "mmlu_cloze", "path": str(items), "format": "mc_jsonl", "max_items": n}])
         cfg = load_config(None, [f"run_dir={work / 'run'}", f"eval.tasks={tasks}",
                                  f"eval.batch_size={args.batch_size}", f"eval.device={args.device}"])
         start = time.perf_counter()
-        ours = score_checkpoint(str(ckpt), cfg.eval, cfg.run_dir, cfg.train)
+        ours = score_checkpoint(str(ckpt), cfg.eval, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
         ours_s = time.perf_counter() - start
         o = ours["tasks"]["mmlu_cloze"]
         rows = [("textbook eval (batched)", ours_s, o["accuracy"], o["accuracy_norm"])]
@@ -150,7 +177,7 @@ def main() -> None:
         if not args.no_lm_eval:
             lm_s, lm = run_lm_eval(ensure_lm_eval(), str(ckpt), items, work, args.batch_size, args.device)
             rows.append(("lm-eval (whole process)", lm_s, lm["acc,none"], lm["acc_norm,none"]))
-    print(f"\n{n} MMLU items, 4 choices, 0-shot, preset {args.preset}, device {args.device}, "
+    print(f"\n{n} {kind} items, 4 choices, 0-shot, preset {args.preset}, device {args.device}, "
           f"{args.threads} threads")
     print(f"{'runner':<50}{'seconds':>9}{'items/s':>10}{'vs ours':>9}{'acc':>8}{'acc_norm':>10}")
     for name, seconds, acc, acc_norm in rows:

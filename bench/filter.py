@@ -49,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dedup_accuracy import perturb, real_documents  # noqa: E402
+import shared_data  # noqa: E402
+from dedup_accuracy import perturb, real_documents, say_sources  # noqa: E402
 
 import filters.minhash as kernels  # noqa: E402
 from filters.minhash import dedup_form, minhash_signatures  # noqa: E402
@@ -486,7 +487,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="1-vs-2-worker pairs to run (median reported); --kernels: runs of each kernel")
     parser.add_argument("--kernels", action="store_true", help="per-core speed of the dedup kernels of one partition")
     parser.add_argument("--corpus", type=Path, help="--kernels: a Parquet file with a text column")
+    shared_data.add_argument(parser)
     args = parser.parse_args()
+    shared_data.use(args.data)
+    say_sources()
     if args.kernels:
         if args.corpus is not None:
             run_kernels(args.corpus, args.repeat)

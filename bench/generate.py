@@ -32,7 +32,7 @@ import psutil
 
 
 def serve(port_queue: multiprocessing.Queue, latency: float) -> None:
-    from pipeline.generate.stub_server import StubServer
+    from pipeline.llm.stub_server import StubServer
 
     srv = StubServer(latency_s=latency, responder=lambda messages, params: "A short answer. " * 8)
     port_queue.put(int(srv.base_url.rsplit(":", 1)[1].split("/")[0]))
@@ -79,7 +79,7 @@ def rephrase_prompts(n: int, base_url: str) -> pd.DataFrame:
         docs = rephrase_documents(Path(tmp) / "docs.jsonl", n)
         cfg = load_config(None, [f"generate.base_url={base_url}", "generate.model=stub-model", "generate.num_samples=0",
                                  f"run_dir={tmp}", f"generate.rephrase.input=[{docs}]"])
-        return plan_requests(cfg)[0]
+        return plan_requests(cfg.generate, cfg.seed, cfg.run_dir)[0]
 
 
 def worker_cpu() -> float:
@@ -102,7 +102,8 @@ def pipeline_run(base_url: str, n: int, concurrency: int, workers: int, rephrase
     from pipeline.config import load_config
     from pipeline.generate.plan import plan_requests
     from pipeline.generate.rephrase import Faithfulness
-    from pipeline.generate.runner import run_requests
+    from pipeline.llm.run import run_requests
+    from pipeline.llm.spec import RunSpec
 
     def bare(k: int, tag: str) -> pd.DataFrame:
         return pd.DataFrame({"id": [f"{tag}{i}" for i in range(k)],
@@ -122,26 +123,26 @@ def pipeline_run(base_url: str, n: int, concurrency: int, workers: int, rephrase
             client = stack.enter_context(Client(cluster))
             where = {"scheduler": cluster.scheduler_address}
         cfg = load_config(None, overrides)
-        run_requests(cfg.generate, bare(2 * concurrency, "warm"), Path(tmp) / "warm", stage="warmup", run_dir=tmp,
-                     **where)
+        run_requests(RunSpec("warmup", Path(tmp) / "warm", Path(tmp), cfg.generate, **where), bare(2 * concurrency, "warm"))
         docs = rephrase_documents(Path(tmp) / "docs.jsonl", n) if rephrase else None  # the input, before timing
         before = sum(client.run(worker_cpu).values()) if client else 0.0
         cpu, start = time.process_time(), time.perf_counter()
         if rephrase:
             rcfg = load_config(None, [*overrides, "generate.num_samples=0", f"generate.rephrase.input=[{docs}]",
                                       "generate.rephrase.min_faithfulness=0.2"])
-            planned, _ = plan_requests(rcfg)
+            planned, _ = plan_requests(rcfg.generate, rcfg.seed, rcfg.run_dir)
             assert len(planned) == n, len(planned)
-            summary = run_requests(rcfg.generate, planned, Path(tmp) / "out", stage="bench", run_dir=tmp,
-                                   postprocess=Faithfulness(0.2), **where)
+            summary = run_requests(RunSpec("bench", Path(tmp) / "out", Path(tmp), rcfg.generate,
+                                           postprocess=Faithfulness(0.2), **where), planned)
         elif prompts is not None:
-            planned, _ = plan_requests(load_config(None, [*overrides, f"generate.num_samples={n}"]))
+            pcfg = load_config(None, [*overrides, f"generate.num_samples={n}"])
+            planned, _ = plan_requests(pcfg.generate, pcfg.seed, pcfg.run_dir)
             texts = [m[-1]["content"] for m in prompts["messages"]]
             planned["messages"] = [[{"role": "user", "content": texts[i % len(texts)]}] for i in range(n)]
             planned["prompt"] = [texts[i % len(texts)] for i in range(n)]
-            summary = run_requests(cfg.generate, planned, Path(tmp) / "out", stage="bench", run_dir=tmp, **where)
+            summary = run_requests(RunSpec("bench", Path(tmp) / "out", Path(tmp), cfg.generate, **where), planned)
         else:
-            summary = run_requests(cfg.generate, bare(n, "r"), Path(tmp) / "out", stage="bench", run_dir=tmp, **where)
+            summary = run_requests(RunSpec("bench", Path(tmp) / "out", Path(tmp), cfg.generate, **where), bare(n, "r"))
         wall = time.perf_counter() - start
         driver = time.process_time() - cpu
         workers_cpu = sum(client.run(worker_cpu).values()) - before if client else 0.0

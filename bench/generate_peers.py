@@ -4,7 +4,7 @@
     .venv/bin/python bench/generate_peers.py --repeat 3 --tools textbook,loop
 
 Every tool runs as its own process, timed from start to exit, against the project's test server
-(``pipeline.generate.stub_server``, in a process of its own) at a fixed latency L per request, with
+(``pipeline.llm.stub_server``, in a process of its own) at a fixed latency L per request, with
 C requests in flight at most, max_tokens 64 and the SAME prompts: the ones ``textbook generate``
 plans for ``configs/default.yaml`` with one request per row (the default template mix without
 ``conversation``, whose rows take two requests a turn). The peers read them from a file:
@@ -73,7 +73,7 @@ ONE_REQUEST_A_ROW = "{textbook: 0.35, exercises: 0.2, story: 0.15, wikihow: 0.15
 
 SERVER = """
 import hashlib, json, sys, time
-from pipeline.generate.stub_server import StubServer, textbook_responder
+from pipeline.llm.stub_server import StubServer, textbook_responder
 
 answers = []
 def responder(messages, params):  # called once the latency has passed: the answer's time
@@ -258,7 +258,7 @@ def plan_prompts(args: argparse.Namespace, run_dir: Path) -> list[str]:
     from pipeline.generate.plan import plan_requests
 
     cfg = load_config(ROOT / "configs" / "default.yaml", textbook_overrides(args, "http://127.0.0.1:9/v1", run_dir))
-    return plan_requests(cfg)[0]["prompt"].tolist()
+    return plan_requests(cfg.generate, cfg.seed, cfg.run_dir)[0]["prompt"].tolist()
 
 
 def textbook_overrides(args: argparse.Namespace, base_url: str, run_dir: Path) -> list[str]:

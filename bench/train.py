@@ -32,7 +32,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.io import shard_path, write_parquet  # noqa: E402
 from pipeline.rundir import EDU_SCORE, ID, METRICS, SOURCE, TEXT, RunDir  # noqa: E402
 from pipeline.train.data import MixtureSampler  # noqa: E402
-from pipeline.train.loop import PhasePlan, run_phase  # noqa: E402
+from pipeline.train.loop import run_phase  # noqa: E402
 from pipeline.train.model import MODEL_PRESETS, build_model, flops_per_token, peak_flops  # noqa: E402
 
 
@@ -102,10 +102,13 @@ def measure(args: argparse.Namespace, run_dir: Path) -> None:
         "train.eval_every=0", f"train.checkpoint_every={args.steps}", "train.eval_domains={}",
     ])
 
+    from pipeline.config import public_dict
     from pipeline.train.data import packed_source
-    from pipeline.train.loop import ensure_tokenizer, init_distributed, tokenizer_id
+    from pipeline.train.distributed import init_distributed
+    from pipeline.train.plan import PhasePlan
+    from pipeline.train.tokenizer import ensure_tokenizer, tokenizer_id
 
-    tok = ensure_tokenizer(cfg, init_distributed(args.device))
+    tok = ensure_tokenizer(cfg.train, run_dir, cfg.seed, init_distributed(args.device), config=public_dict(cfg))
     src = packed_source("web", cfg.train.sources["web"], run_dir, tok, tokenizer_id(RunDir(run_dir).tokenizer),
                         args.seq_len, cfg.train.val_fraction)
     sampler = MixtureSampler({"web": src.train}, {"web": 1.0}, args.steps * args.batch_size, cfg.seed)
@@ -119,7 +122,8 @@ def measure(args: argparse.Namespace, run_dir: Path) -> None:
                                     compile_=device.type == "cuda" and cfg.train.compile)
         base_tps = max(base_tps, statistics.median(base_rates[warm:]))
         out = RunDir(run_dir).checkpoint(f"round-{i}")
-        ours = run_phase(cfg, PhasePlan("phase1", out, None, cfg.train.phase1))
+        ours = run_phase(cfg.train, run_dir, PhasePlan("phase1", out, None, cfg.train.phase1, cfg.seed,
+                                                       config=public_dict(cfg)))
         ours_rates = [r["tokens_per_s"] for r in map(json.loads, (out / METRICS).read_text().splitlines())
                       if r["kind"] == "train"]
         ours_tps = max(ours_tps, statistics.median(ours_rates[warm:]))

@@ -14,6 +14,7 @@ A document is scored as one line (newlines become spaces, as fastText-style mode
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from importlib.metadata import version
 from typing import Any, ClassVar
 
@@ -52,15 +53,35 @@ def identify_language(text: Any) -> tuple[str, float]:
 
     Contract: never raises. ``None``/NaN/non-text and text without letters give ``("und", 0.0)``.
     """
-    if not isinstance(text, str):
-        return UNDETERMINED, 0.0
-    line = " ".join(text[:MAX_BYTES].split())  # one line: newlines and runs of blanks become one space
-    if not line:
-        return UNDETERMINED, 0.0
-    found = _identifier().FindLanguage(text=line.encode("utf-8", errors="replace").decode("utf-8"))
-    if found.language == UNDETERMINED:
-        return UNDETERMINED, 0.0
-    return _ISO_639_1.get(found.language, found.language), float(found.probability)
+    codes, scores = identify_languages([text])
+    return codes[0], scores[0]
+
+
+def identify_languages(texts: Iterable[Any]) -> tuple[list[str], list[float]]:
+    """``identify_language`` of each text: the ISO codes and the probabilities, in one loop over the
+    model's calls (the Python work of a call is a tenth of the model's)."""
+    find = _identifier().FindLanguage
+    codes: list[str] = []
+    scores: list[float] = []
+    for text in texts:
+        # one line: newlines and runs of blanks become one space
+        line = " ".join(text[:MAX_BYTES].split()) if isinstance(text, str) else ""
+        if not line:
+            codes.append(UNDETERMINED)
+            scores.append(0.0)
+            continue
+        try:
+            found = find(text=line)
+        except TypeError:  # the binding cannot encode a lone surrogate (JSON "\ud800"): as U+FFFD
+            found = find(text=line.encode("utf-8", errors="replace").decode("utf-8"))
+        language = found.language
+        if language == UNDETERMINED:
+            codes.append(UNDETERMINED)
+            scores.append(0.0)
+        else:
+            codes.append(_ISO_639_1.get(language, language))
+            scores.append(float(found.probability))
+    return codes, scores
 
 
 class LanguageFilter(Filter):
@@ -96,10 +117,10 @@ class LanguageFilter(Filter):
         return {**super().score_key(), "model": f"cld3-py {version('cld3-py')}", "max_bytes": MAX_BYTES}
 
     def score(self, batch: pd.DataFrame) -> pd.DataFrame:
-        found = [identify_language(t) for t in batch[TEXT]]
+        codes, scores = identify_languages(batch[TEXT])
         return pd.DataFrame({
-            LANGUAGE: pd.Series([code for code, _ in found], index=batch.index, dtype=object),
-            LANGUAGE_SCORE: pd.Series([p for _, p in found], index=batch.index, dtype="float64"),
+            LANGUAGE: pd.Series(codes, index=batch.index, dtype=object),
+            LANGUAGE_SCORE: pd.Series(scores, index=batch.index, dtype="float64"),
         })
 
     def keep(self, scores: pd.DataFrame) -> tuple[pd.Series, pd.Series]:

@@ -9,10 +9,16 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import logging
+import os
 import re
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
@@ -33,12 +39,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "card": ("pipeline.hub.card:write_card", "write the dataset card and model card"),
     "push": ("pipeline.hub.push:push", "upload the run to the Hugging Face Hub"),
     "demo": ("pipeline.demo:demo", "run every stage end to end on a small config"),
+    "status": ("pipeline.status:status", "what each stage of the run directory holds, up to date or stale, "
+               "and what it cost"),
     "config": ("pipeline.cli:show_config", "print the resolved config (secrets removed) or the key reference"),
 }
 
 
 # Stages that keep state between runs and so check their lineage before resuming.
 RESUMABLE = ("generate", "annotate", "train-classifier", "filter", "train", "compare", "card", "push", "demo")
+
+# Stages that write into the run directory: each holds it exclusively while it runs (pipeline.runlock).
+LOCKED = (*RESUMABLE, "eval")
+# ... of which these only read a run that exists (they refuse a missing one themselves)
+_READ_RUN = ("card", "push")
 
 # ``key=value`` with a dotted config key: an override wherever it stands on the line.
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")
@@ -129,10 +142,60 @@ def _imports_uncollected() -> Iterator[None]:
             gc.enable()
 
 
+# What Ctrl-C leaves, per stage: the one line a user reads after it.
+_RESUME = "rerun the same command to resume"
+INTERRUPTED = {
+    "generate": f"every answered request is kept (journaled as it arrived); {_RESUME}",
+    "annotate": f"every answered request is kept (journaled as it arrived); {_RESUME}",
+    "filter": f"scored shards are kept; {_RESUME}",
+    "train": f"training resumes from the latest saved state (every train.checkpoint_every steps); {_RESUME}",
+    "compare": f"finished arms are kept and the running one resumes from its latest saved state; {_RESUME}",
+    "demo": f"finished stages are kept and the running one resumes as it would alone; {_RESUME}",
+}
+
+
+class _QuietInterrupt:
+    """From Ctrl-C on, the teardown is silent: the event loops, Dask workers and actors a stage was
+    running warn and log as they are torn down ("Task exception was never retrieved", unreleased
+    semaphore leases), which buried the one line that says what was kept. In the main thread only;
+    ``restore`` puts the previous handler, warnings and logging back (for callers in-process)."""
+
+    def __init__(self) -> None:
+        self.previous = None
+        self.filters: list | None = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._interrupt)
+
+    def _interrupt(self, signum: int, frame: object) -> None:
+        self.filters = list(warnings.filters)
+        warnings.simplefilter("ignore")
+        logging.disable(logging.CRITICAL)
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if self.filters is not None:
+            warnings.filters[:] = self.filters
+            logging.disable(logging.NOTSET)
+
+
+def _exclusive(command: str, run_dir: Path, rest: list[str]) -> AbstractContextManager:
+    """The run directory's lock for a stage that writes into it; nothing for the others. The
+    command it records leaves the overrides out (they may carry a key). Under torchrun rank 0
+    holds it for every rank."""
+    if command not in LOCKED or os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    from pipeline.runlock import run_lock
+
+    return run_lock(run_dir, " ".join(["textbook", *rest]), create=command not in _READ_RUN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; ``argv`` None: this process's command line, and the process ends with the stage."""
     rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(rest)
+    quiet = _QuietInterrupt()
     try:
         with _imports_uncollected():
             from pipeline.config import load_config
@@ -144,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             module_name, func_name = COMMANDS[args.command][0].split(":")
             stage = getattr(importlib.import_module(module_name), func_name)
         options = {k: v for k, v in vars(args).items() if k not in _COMMON}
-        code = stage(cfg, **options)
+        with _exclusive(args.command, cfg.run_dir, rest):
+            code = stage(cfg, **options)
         return int(code or 0)
     except PipelineError as e:
         if args.debug:
@@ -152,9 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: completed shards are kept; rerun to resume", file=sys.stderr)
+        print(f"interrupted: {INTERRUPTED.get(args.command, 'nothing was written; rerun the command')}",
+              file=sys.stderr)
         return 130
     finally:
+        quiet.restore()
         if argv is None:
             # the process exits next: frozen, its objects are not walked by the interpreter's last
             # collection at exit (~0.3 s after a generate run, measured); the OS takes the memory back

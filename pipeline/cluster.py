@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -78,10 +79,26 @@ def local_cluster(workers: int | None = None, processes: bool = True) -> Iterato
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
     # Task errors reach the client as exceptions and are reported there on one line; the workers'
     # own "Compute Failed" tracebacks would only bury that line.
-    with dask.config.set({**quiet, "distributed.nanny.pre-spawn-environ": environ}), \
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                         silence_logs=logging.CRITICAL) as cluster:
+    with dask.config.set({**quiet, "distributed.nanny.pre-spawn-environ": environ}), _sigint_ignored():
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.CRITICAL)
+    with cluster:
         yield cluster
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Worker processes started meanwhile inherit SIGINT ignored (Python then installs no handler of
+    its own): Ctrl-C reaches the whole process group, and the driver, not each worker, stops the
+    run; every worker's KeyboardInterrupt traceback buried the driver's one line."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager

@@ -25,7 +25,8 @@ from pipeline.filter.config import FilterConfig
 from pipeline.generate.config import GenerateConfig
 from pipeline.hub.config import HubConfig
 from pipeline.io import read_yaml
-from pipeline.settings import Section
+from pipeline.settings import Section, strip_secrets
+from pipeline.settings import public_dict as public_dict  # where stages import it from
 from pipeline.train.config import TrainConfig
 
 
@@ -158,28 +159,6 @@ def _closest(loc: list[str]) -> str | None:
     return ".".join([*loc[:-1], match[0]]) if match else None
 
 
-def public_dict(cfg: BaseModel) -> dict[str, Any]:
-    """The config as JSON-able data with secrets removed: what manifests and cards may hold."""
-    return _strip_secrets(cfg.model_dump(mode="json"))
-
-
-def _strip_secrets(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            k: (None if _is_secret_key(k) else _strip_secrets(v))
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_strip_secrets(v) for v in node]
-    return node
-
-
-def _is_secret_key(key: str) -> bool:
-    """``api_key``, ``hf_token``, ``password``: yes; ``max_tokens``, ``tokenizer``: no (a substring test blanked them)."""
-    words = key.lower().replace("-", "_").split("_")
-    return "token" in words or "password" in words or "secret" in words or "api_key" in key.lower()
-
-
 def reference_rows(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted key, default, description) for every leaf key of the config, in declaration order."""
     rows: list[tuple[str, str, str]] = []
@@ -192,7 +171,7 @@ def reference_rows(model: type[BaseModel] = Config, prefix: str = "") -> list[tu
         default = field.get_default(call_default_factory=True)
         if isinstance(default, BaseModel):
             default = default.model_dump(mode="json")
-        shown = yaml.safe_dump(_strip_secrets({"v": _jsonable(default)}), default_flow_style=True,
+        shown = yaml.safe_dump(strip_secrets({"v": _jsonable(default)}), default_flow_style=True,
                                width=10_000).strip()[4:-1]
         description = " ".join((field.description or field_docs(model).get(name, "")).split())
         rows.append((key, shown, description))

@@ -35,3 +35,9 @@ class EmptySourceError(TrainError):
 
 class HubError(PipelineError):
     """Dataset card or Hub push failed."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (a KeyError's key unquoted), else its type's name."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return (text.splitlines() or [type(e).__name__])[0]

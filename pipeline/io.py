@@ -355,6 +355,11 @@ def _jsonl_batches(path: str, columns: list[str] | None, batch_size: int) -> Ite
 
 
 def _jsonl_rows(path: str, columns: list[str] | None) -> Iterator[dict]:
+    for where, row in _numbered_jsonl_rows(path):
+        yield _project(row, columns, where)
+
+
+def _numbered_jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -364,12 +369,25 @@ def _jsonl_rows(path: str, columns: list[str] | None) -> Iterator[dict]:
                 try:
                     row = json.loads(raw.decode("utf-8", errors="replace"))
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+                    raise DataError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object per line")
-                yield _project(row, columns, f"{path}:{lineno}")
+                yield f"{path}:{lineno}", row
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read JSONL: {_first_line(e)}") from None
+
+
+def iter_rows(source: InputFile) -> Iterator[tuple[str, dict]]:
+    """Every row of an input with where it stands, as an error names it: ``path:line`` (JSONL) or
+    ``path: row N`` (1-based)."""
+    if source.kind == "jsonl":
+        yield from _numbered_jsonl_rows(source.path)
+        return
+    n = 0
+    for batch in _raw_batches(source, None, 10_000):
+        for row in batch.to_dict("records"):
+            n += 1
+            yield f"{source.path}: row {n}", row
 
 
 def _hf_dataset_batches(spec: str, columns: list[str] | None, batch_size: int) -> Iterator[pd.DataFrame]:
@@ -409,3 +427,67 @@ def _batched(rows: Iterator[dict], batch_size: int) -> Iterator[pd.DataFrame]:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# --- before a stage starts: can it write, can it reach the Hub -----------------------------------
+
+def unwritable(folder: Path) -> Path | None:
+    """The folder in the way of writing into ``folder``: ``folder`` itself or a folder under it that
+    this process cannot write into, or the nearest existing parent when ``folder`` does not exist
+    yet (None: nothing is in the way). A stage asks before its work, not at its first write."""
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return existing
+    if existing == folder:
+        for root, dirs, _ in os.walk(folder):
+            for d in dirs:
+                if not os.access(Path(root) / d, os.W_OK | os.X_OK):
+                    return Path(root) / d
+    return None
+
+
+def check_writable(error: type[Exception], *folders: Path) -> None:
+    """Raise ``error`` in one line when a stage could not write one of ``folders`` (see :func:`unwritable`)."""
+    for folder in folders:
+        blocked = unwritable(folder)
+        if blocked is not None:
+            where = "" if blocked == Path(folder).absolute() else f" ({blocked} is not)"
+            raise error(f"{folder}: cannot write there{where}: permission denied; fix its permissions or "
+                        "choose another run_dir")
+
+
+def in_hub_cache(repo_id: str, repo_type: str = "model") -> bool:
+    """Whether the local Hub cache holds a snapshot of ``repo_id`` (the libraries then load it offline)."""
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "snapshots"
+    if folder.is_dir() and any(folder.iterdir()):
+        return True
+    if repo_type != "dataset":
+        return False
+    # a dataset `datasets` has already prepared loads from its own cache too
+    prepared = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
+    return (prepared / repo_id.replace("/", "___")).is_dir()
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached now (offline mode, or no answer from the endpoint
+    within ``timeout_s``), None when it answers. Any HTTP answer, even an error status, counts."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1 is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as e:  # URLError, refused, DNS failure, timeout
+        return f"{endpoint}: {getattr(e, 'reason', None) or e}"
+    return None

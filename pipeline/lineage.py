@@ -54,12 +54,43 @@ def file_digests(paths: Iterable[Path | str], run_dir: Path | str | None = None)
     return {relative_name(p, run_dir): content_digest(p) for p in sorted(map(str, paths))}
 
 
+# What makes a save_pretrained checkpoint the model it is: config, weights and tokenizer (not the
+# metrics, cards and eval results that sit beside them)
+CHECKPOINT_FILES = ("config.json", "*.safetensors", "pytorch_model*.bin", "tokenizer.json", "tokenizer.model",
+                    "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                    "chat_template.jinja")
+
+
+def checkpoint_digest(folder: Path | str) -> str:
+    """The identity of a checkpoint folder: a digest of its model and tokenizer files' content digests,
+    so a copy has the same identity and a retrained (or another) model with the same name does not."""
+    files = sorted({p for pattern in CHECKPOINT_FILES for p in Path(folder).glob(pattern) if p.is_file()})
+    listing = json.dumps({p.name: content_digest(p) for p in files}, sort_keys=True)
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()[:DIGEST_CHARS]
+
+
 def manifest_ref(path: Path | str, run_dir: Path | str | None = None) -> dict[str, str] | None:
     """A parent reference ``{"manifest": name, "digest": ...}``, or None when there is no manifest."""
     p = Path(path)
     if not p.is_file():
         return None
     return {"manifest": relative_name(p, run_dir), "digest": content_digest(p)}
+
+
+def changed_parent(lineage: Any, run_dir: Path | str) -> tuple[str, str] | None:
+    """The first parent manifest a ``lineage`` names that is not as it was when read: (its name as
+    recorded, ``"changed since"`` or ``"is gone"``); None when every parent still matches."""
+    parents = lineage.get("parents") if isinstance(lineage, Mapping) else None
+    for ref in (parents or {}).values():
+        if not isinstance(ref, Mapping) or not ref.get("manifest"):
+            continue
+        path = Path(str(ref["manifest"]))
+        path = path if path.is_absolute() else Path(run_dir) / path
+        if not path.is_file():
+            return str(ref["manifest"]), "is gone"
+        if content_digest(path) != ref.get("digest"):
+            return str(ref["manifest"]), "changed since"
+    return None
 
 
 def fingerprint(config: Any = None, inputs: Mapping[str, str] | None = None,

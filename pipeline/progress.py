@@ -24,6 +24,29 @@ def interactive(stream: IO[str] | None = None) -> bool:
         return False
 
 
+def stage_line(what: str, done: int, total: int, elapsed_s: float, unit: str = "stage",
+               alike: bool = True) -> str:
+    """``=== what (stage k of N) ===`` for the k-th of N steps of a long command (the demo's stages,
+    compare's runs). Steps that are ``alike`` (compare's runs) get the time the rest would take at
+    the pace so far; others (the demo's stages, one of which takes most of the time) the time so far."""
+    if not done:
+        return f"=== {what} ({unit} {done + 1} of {total}) ==="
+    clock = f"~{duration(elapsed_s / done * (total - done))} left" if alike else f"{duration(elapsed_s)} so far"
+    return f"=== {what} ({unit} {done + 1} of {total}, {clock}) ==="
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: ``42 s``, ``12 min``, ``3.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def note(message: str) -> None:
+    """A one-line notice on stderr (not a Python warning with its source line)."""
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
 def progress(total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0,
              disable: bool = False, file: IO[str] | None = None, interval_s: float | None = None) -> Any:
     """A tqdm bar on a terminal, else a :class:`PlainProgress` (``TEXTBOOK_PROGRESS_S`` sets its interval)."""

@@ -11,10 +11,16 @@ naming, where manifests live, and the column names stages and the hub share.
       tokenizer/      manifest.json + PreTrainedTokenizerFast files
       tokens/         packed token shards (a cache)
       checkpoints/    phase1/ phase2/ sft/  (save_pretrained + manifest.json train_summary.json ...)
-      eval/           <checkpoint>.json
+      eval/           <checkpoint>-<digest>.json  scores.png
       compare/        <arm>/seed-<k>/  compare.json compare.md compare.png
       card/           README.md  model/README.md  manifest.json
       push/ push_model/ pushed.json  web_sample/
+      .lock           held by the stage that runs (pipeline.runlock): one writer at a time
+
+Hidden beside a stage's outputs, the state a rerun resumes from: ``.lineage.json`` (the fingerprint the
+rows on disk were built from), ``.ledger.json`` and ``.journal/`` (the request engine's paid requests
+and unfinished shards), ``.batches.json`` (batches submitted to a Batch API). The filter's dedup passes
+and its staged outputs live in ``filtered/dedup/`` until the outputs are in place.
 
 A stage asks this module for a path (``RunDir(cfg.run_dir).filtered``) rather than joining strings,
 so a layout change is one edit here and a reader finds every artifact in one place.
@@ -58,6 +64,40 @@ def block_path(folder: Path, index: int, kind: str = "part") -> Path:
     return Path(folder) / f"{kind}-{index:05d}.arrow"
 
 
+# --- hidden state inside a stage's folder (what a rerun resumes from) ---------------------------
+
+LINEAGE_FILE = ".lineage.json"
+"""The fingerprint the rows on disk were built from, written before the first request of a run."""
+LEDGER_FILE = ".ledger.json"
+"""What was paid for but is not a row on disk: requests lost to kills, and the ledgers of discarded runs."""
+BATCHES_FILE = ".batches.json"
+"""The durable record of the batches submitted to a provider's Batch API: row ids, input file, batch id."""
+JOURNAL_DIR = ".journal"
+"""The journals of a request engine's unfinished shards."""
+
+
+def lineage_path(folder: Path) -> Path:
+    return Path(folder) / LINEAGE_FILE
+
+
+def ledger_path(folder: Path) -> Path:
+    return Path(folder) / LEDGER_FILE
+
+
+def batches_path(folder: Path) -> Path:
+    return Path(folder) / BATCHES_FILE
+
+
+def journal_dir(folder: Path) -> Path:
+    return Path(folder) / JOURNAL_DIR
+
+
+def journal_path(folder: Path, index: int) -> Path:
+    """``folder/.journal/part-NNNNN.jsonl``: named like the shard it becomes."""
+    return journal_dir(folder) / shard_path("", index).with_suffix(".jsonl").name
+
+
+
 # --- columns shared between stages and the hub ------------------------------------------------
 
 ID = "id"
@@ -73,11 +113,17 @@ MESSAGES = "messages"
 """A conversation as ``[{role, content}]`` (the TRL convention)."""
 CONVERSATION = "conversation"
 """The ``template`` of generated Student/Teacher conversations (the chat source of SFT, the card's chats)."""
+FLAGS = "flags"
+"""A generated row's quality flags (``pipeline.generate.flags``)."""
+UNUSABLE_FLAGS = ("truncated", "empty", "refusal", "repetitive")
+"""Flags that keep a generated row out of training and of the published SFT set."""
 
 # --- the run directory ------------------------------------------------------------------------
 
 PHASES = ("phase1", "phase2", "sft")
 CLASSIFIER_MODEL = "edu_fasttext.bin"
+CLASSIFIER_REPORT, CLASSIFIER_FIGURE = "report.json", "report.png"
+"""In classifier/ (an accepted model) or classifier/rejected/ (a refused one): its metrics and figure."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +134,11 @@ class RunDir:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def lock(self) -> Path:
+        """The file a running stage holds locked (``pipeline.runlock``)."""
+        return self.root / ".lock"
 
     # generate and annotate
     @property
@@ -109,11 +160,11 @@ class RunDir:
 
     @property
     def classifier_report(self) -> Path:
-        return self.classifier / "report.json"
+        return self.classifier / CLASSIFIER_REPORT
 
     @property
     def classifier_figure(self) -> Path:
-        return self.classifier / "report.png"
+        return self.classifier / CLASSIFIER_FIGURE
 
     @property
     def classifier_rejected(self) -> Path:
@@ -167,12 +218,36 @@ class RunDir:
     def eval(self) -> Path:
         return self.root / "eval"
 
-    def eval_result(self, name: str) -> Path:
-        return self.eval / f"{name}.json"
+    def eval_result(self, name: str, digest: str) -> Path:
+        """``eval/<name>-<digest>.json``: results are keyed by the checkpoint's identity, not its folder's
+        name (another model named ``sft`` must not replace this run's result)."""
+        return self.eval / f"{name}-{digest}.json"
+
+    @property
+    def eval_figure(self) -> Path:
+        """``eval/scores.png``: every evaluated checkpoint's score (``textbook eval`` redraws it)."""
+        return self.eval / "scores.png"
+
+    def eval_results(self) -> list[Path]:
+        """Every ``eval/<checkpoint>-<digest>.json`` written so far, by name."""
+        return sorted(self.eval.glob("*.json")) if self.eval.is_dir() else []
 
     @property
     def compare(self) -> Path:
         return self.root / "compare"
+
+    @property
+    def compare_table(self) -> Path:
+        """The data A/B: per arm the score and bpb over seeds, and the differences (``textbook compare``)."""
+        return self.compare / "compare.json"
+
+    @property
+    def compare_report(self) -> Path:
+        return self.compare / "compare.md"
+
+    @property
+    def compare_figure(self) -> Path:
+        return self.compare / "compare.png"
 
     def compare_arm(self, arm: str, seed_index: int) -> Path:
         return self.compare / arm / f"seed-{seed_index}"
@@ -197,6 +272,16 @@ class RunDir:
     @property
     def web_sample(self) -> Path:
         return self.root / "web_sample"
+
+    @property
+    def installed_docs(self) -> Path:
+        """The demo's web text with no Hub: the documentation installed on this machine."""
+        return self.web_sample / "installed-docs.parquet"
+
+    @property
+    def web_sources(self) -> Path:
+        """File name in ``web_sample/`` -> what it holds (the demo writes it, the card reads it)."""
+        return self.web_sample / "sources.json"
 
 
 # Files inside a checkpoint folder.

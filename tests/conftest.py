@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,13 @@ def build_tiny_llama(path: Path, vocab_size: int = 512) -> Path:
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny random Llama chat model with its tokenizer (AutoModel/AutoTokenizer load it)."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def scheduler() -> Iterator[str]:
+    """Address of one real LocalCluster of two worker processes, as ``dask_client`` starts, shared by
+    the engine and generate tests (starting one costs seconds)."""
+    from pipeline.cluster import local_cluster
+
+    with local_cluster(workers=2) as cluster:
+        yield cluster.scheduler_address

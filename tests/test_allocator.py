@@ -27,7 +27,7 @@ print(os.environ["MIMALLOC_PURGE_DELAY"], (peak - base) // 10**6, (process.memor
 
 def held(environ: dict[str, str]) -> tuple[str, int, int]:
     out = subprocess.run([sys.executable, "-c", FREE_AFTER_USE], capture_output=True, text=True, cwd=ROOT,
-                         env=environ, timeout=120, check=True)
+                         env=environ, timeout=600, check=True)
     delay, peak, after = out.stdout.split()
     return delay, int(peak), int(after)
 

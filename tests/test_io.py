@@ -35,8 +35,8 @@ def test_errors_name_the_file_and_line(tmp_path):
     [source] = expand_inputs([str(bad)])
     with pytest.raises(DataError, match=r"bad.jsonl:2: missing column 'text'"):
         list(iter_batches(source, ["text"]))
-    bad.write_text('{"text": "ok"}\nnot json\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid JSON"):
+    bad.write_text('{"text": "ok"}\n{"text": "a" "b"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2:14: invalid JSON"):  # line and column, as YAML errors
         list(iter_batches(source, ["text"]))
     with pytest.raises(DataError, match="no input files match"):
         expand_inputs([str(tmp_path / "missing-*.parquet")])

@@ -27,3 +27,16 @@ def test_the_reference_documents_a_key_by_the_docstring_under_its_field():
     assert described["generate.concurrency"] == "In-flight requests across the whole cluster."
     assert described["train.phase2.mixture"] == described["train.phase1.mixture"] != ""
     assert described["filter.partition_mb"].startswith("Text per partition of local Parquet inputs")
+
+
+def test_the_contents_list_every_section_in_order_with_working_links():
+    import re
+
+    text = README.read_text(encoding="utf-8")
+    body = re.sub(r"```.*?```", "", text, flags=re.S)  # headings inside code blocks are not sections
+    headings = [h for h in re.findall(r"^#{2,3} (.+)$", body, re.M) if h != "Contents"]
+    contents = text.split("## Contents\n", 1)[1].split("\n## ", 1)[0]
+    links = re.findall(r"^\s*- \[(.+?)\]\(#(.+?)\)$", contents, re.M)
+    assert [title for title, _ in links] == headings
+    for title, anchor in links:  # GitHub's anchors: lower case, punctuation dropped, spaces as '-'
+        assert anchor == re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-"), title

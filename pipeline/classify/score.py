@@ -14,6 +14,7 @@ from filters.base import ModelError
 from filters.edu_score import EduClassifier, load_edu_classifier
 from pipeline.config import Config
 from pipeline.errors import ClassifierError
+from pipeline.filter.config import QualityConfig
 from pipeline.io import expand_inputs, iter_batches, write_parquet
 from pipeline.progress import progress
 from pipeline.rundir import RunDir
@@ -21,9 +22,9 @@ from pipeline.rundir import RunDir
 BATCH_SIZE = 4096
 
 
-def model_path(cfg: Config) -> Path:
+def model_path(quality: QualityConfig, run: RunDir) -> Path:
     """The classifier to score with: ``filter.quality.model``, else the run's trained model."""
-    return Path(cfg.filter.quality.model) if cfg.filter.quality.model else RunDir(cfg.run_dir).classifier_model
+    return Path(quality.model) if quality.model else run.classifier_model
 
 
 def score_frame(df: pd.DataFrame, model: str | Path, text_column: str = "text") -> pd.DataFrame:
@@ -43,7 +44,7 @@ def _load(model: str | Path) -> EduClassifier:
 
 def score_files(cfg: Config, input: list[str], output: str) -> int:
     """Score ``input`` (files or globs) into one Parquet at ``output``: every input column + ``edu_score``."""
-    model = model_path(cfg)
+    model = model_path(cfg.filter.quality, RunDir(cfg.run_dir))
     _load(model)  # fail on a missing model before reading any data
     column = cfg.classifier.text_column
     files = expand_inputs(input)

@@ -28,7 +28,15 @@ from pipeline.classify.config import ClassifierConfig
 from pipeline.classify.report import evaluate_scores, plot_classifier_report, roc_auc_interval
 from pipeline.config import Config, public_dict
 from pipeline.errors import ClassifierError, DataError
-from pipeline.io import build_manifest, expand_inputs, iter_batches, list_shards, read_json, write_json
+from pipeline.io import (
+    build_manifest,
+    check_writable,
+    expand_inputs,
+    iter_batches,
+    list_shards,
+    read_json,
+    write_json,
+)
 from pipeline.lineage import (
     LineageError,
     content_digest,
@@ -39,7 +47,14 @@ from pipeline.lineage import (
     relative_name,
 )
 from pipeline.progress import progress
-from pipeline.rundir import CLASSIFIER_MODEL, MANIFEST, RunDir, manifest_path
+from pipeline.rundir import (
+    CLASSIFIER_FIGURE,
+    CLASSIFIER_MODEL,
+    CLASSIFIER_REPORT,
+    MANIFEST,
+    RunDir,
+    manifest_path,
+)
 
 MIN_RELIABLE_PER_CLASS = 50
 SCORE_SPREAD_QUANTILES = (0.05, 0.95)
@@ -130,19 +145,20 @@ except RuntimeError as e:
 
 def train_classifier(cfg: Config, restart: bool = False) -> int:
     """Train, evaluate and install the edu classifier; `ClassifierError` if it is no better than chance."""
-    cc = cfg.classifier
+    cc, run = cfg.classifier, RunDir(cfg.run_dir)
     started = time.perf_counter()
-    docs, mode = load_labelled(cfg)
-    lineage = training_fingerprint(cfg, mode)  # of the files as they were read, not as they are after training
+    check_writable(ClassifierError, run.classifier)
+    docs, mode = load_labelled(cc, run)
+    lineage = training_fingerprint(cc, run, cfg.seed, mode)  # of the files as read, not as they are after training
     if not restart and installed_from(cfg.run_dir, lineage):
         # the same inputs and settings: retraining would give the same model, and a rewritten
         # manifest would make every stage that recorded it as a parent (the filter) start over
-        print(f"classifier: {RunDir(cfg.run_dir).classifier_model} is up to date (trained on these inputs and "
+        print(f"classifier: {run.classifier_model} is up to date (trained on these inputs and "
               "settings); nothing to do")
         return 0
     docs, skipped = prepare_examples(docs)
     docs = cap_documents(docs, cc.max_documents, cfg.seed)
-    train_df, val_df = stratified_split(docs, cc.validation_fraction, cfg.seed, describe_labels(cfg, mode))
+    train_df, val_df = stratified_split(docs, cc.validation_fraction, cfg.seed, describe_labels(cc, mode))
 
     t0 = time.perf_counter()
     model, lr_used = train_fasttext(train_df["line"].tolist(), train_df["label"].tolist(), TrainParams(
@@ -163,7 +179,7 @@ def train_classifier(cfg: Config, restart: bool = False) -> int:
     report = build_manifest(
         "train-classifier", public_dict(cfg),
         mode=mode,
-        label_rule=describe_labels(cfg, mode),
+        label_rule=describe_labels(cc, mode),
         verdict=verdict,
         warnings=warnings,
         counts={
@@ -180,15 +196,14 @@ def train_classifier(cfg: Config, restart: bool = False) -> int:
         model_size_bytes=None,
     )
 
-    run = RunDir(cfg.run_dir)
     out = run.classifier if verdict == "accepted" else run.classifier_rejected
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{CLASSIFIER_MODEL}.{os.getpid()}.tmp"
     model.save_model(str(tmp))
     report["model_size_bytes"] = tmp.stat().st_size
-    plot_classifier_report(val_df["label"].to_numpy(), val_scores, metrics, out / "report.png",
-                           heading=f"edu classifier ({mode}: {describe_labels(cfg, mode)}): {verdict}")
-    write_json(report, out / "report.json")
+    plot_classifier_report(val_df["label"].to_numpy(), val_scores, metrics, out / CLASSIFIER_FIGURE,
+                           heading=f"edu classifier ({mode}: {describe_labels(cc, mode)}): {verdict}")
+    write_json(report, out / CLASSIFIER_REPORT)
     os.replace(tmp, out / CLASSIFIER_MODEL)
 
     if verdict == "accepted":
@@ -200,7 +215,7 @@ def train_classifier(cfg: Config, restart: bool = False) -> int:
     summary = f"validation n={metrics['n']}: {describe_metrics(metrics)}; trained in {train_s:.1f}s"
     if verdict != "accepted":
         raise ClassifierError(f"classifier {verdict}; {summary}; not installed (any earlier model is unchanged), "
-                              f"see {out}/report.json and report.png")
+                              f"see {out}/{CLASSIFIER_REPORT} and {CLASSIFIER_FIGURE}")
     shutil.rmtree(run.classifier_rejected, ignore_errors=True)  # an earlier refusal no longer describes this run
     print(f"classifier: {out / CLASSIFIER_MODEL}\n{summary}")
     for w in warnings:
@@ -220,28 +235,26 @@ def describe_metrics(m: dict[str, Any]) -> str:
 
 # --- lineage ---------------------------------------------------------------------------------
 
-def training_files(cfg: Config, mode: str) -> tuple[list[str], bool]:
+def training_files(cc: ClassifierConfig, run: RunDir, mode: str) -> tuple[list[str], bool]:
     """The files a training run reads, and whether they are the run's annotations."""
-    cc = cfg.classifier
     if mode == "dclm":
         patterns = [*cc.positives, *cc.negatives]
     elif cc.input:
         patterns = list(cc.input)
     else:
-        return [str(p) for p in list_shards(RunDir(cfg.run_dir).annotations)], True
+        return [str(p) for p in list_shards(run.annotations)], True
     return [f.path for f in expand_inputs(patterns)], False
 
 
-def training_fingerprint(cfg: Config, mode: str) -> dict[str, Any]:
+def training_fingerprint(cc: ClassifierConfig, run: RunDir, seed: int, mode: str) -> dict[str, Any]:
     """config = the classifier section and seed, inputs = the labelled files' digests, parents = the
     annotations' manifest when it trained on them."""
-    paths, annotations = training_files(cfg, mode)
+    paths, annotations = training_files(cc, run, mode)
     local = [p for p in paths if Path(p).is_file()]
-    inputs = file_digests(local, cfg.run_dir)
+    inputs = file_digests(local, run.root)
     inputs.update({p: "hub" for p in paths if p not in local})  # a Hub file has no local bytes to digest
-    run_dir = Path(cfg.run_dir)
-    parents = {"annotations": manifest_ref(manifest_path(RunDir(run_dir).annotations), run_dir)} if annotations else {}
-    config = {"classifier": cfg.classifier.model_dump(mode="json"), "seed": cfg.seed}
+    parents = {"annotations": manifest_ref(manifest_path(run.annotations), run.root)} if annotations else {}
+    config = {"classifier": cc.model_dump(mode="json"), "seed": seed}
     return fingerprint(config, inputs, {k: v for k, v in parents.items() if v is not None})
 
 
@@ -293,9 +306,8 @@ def classifier_parent(run_dir: Path, model: Path) -> dict[str, str] | None:
 
 # --- loading ---------------------------------------------------------------------------------
 
-def load_labelled(cfg: Config) -> tuple[pd.DataFrame, str]:
+def load_labelled(cc: ClassifierConfig, run: RunDir) -> tuple[pd.DataFrame, str]:
     """Columns ``text``, ``label`` (0/1), ``llm_score`` (the raw label, NaN in DCLM mode), ``source``."""
-    cc = cfg.classifier
     if cc.positives or cc.negatives:
         if not (cc.positives and cc.negatives):
             raise ClassifierError("classifier.positives and classifier.negatives must both be set (DCLM style)")
@@ -309,7 +321,7 @@ def load_labelled(cfg: Config) -> tuple[pd.DataFrame, str]:
     paths = list(cc.input)
     key = "classifier.input"
     if not paths:
-        annotations = RunDir(cfg.run_dir).annotations
+        annotations = run.annotations
         if not list_shards(annotations):
             raise ClassifierError(f"no labelled data: {annotations} has no part-*.parquet "
                                   "(run `textbook annotate`, or set classifier.input or positives/negatives)")
@@ -322,7 +334,7 @@ def load_labelled(cfg: Config) -> tuple[pd.DataFrame, str]:
     if unlabelled == len(values):
         if key == "annotations":
             raise ClassifierError(f"all {unlabelled} annotations have no score (every LLM answer was unparseable: "
-                                  f"see annotation_error in {Path(cfg.run_dir) / 'annotations'}); fix the model or "
+                                  f"see annotation_error in {run.annotations}); fix the model or "
                                   "template and rerun `textbook annotate --restart`")
         raise ClassifierError(f"{key}: all {unlabelled} documents have no {cc.label_column!r} label; "
                               "set classifier.label_column")
@@ -357,10 +369,11 @@ def parse_labels(raw: pd.Series, column: str, sources: pd.Series) -> np.ndarray:
     return values
 
 
-def describe_labels(cfg: Config, mode: str) -> str:
+def describe_labels(cc: ClassifierConfig, mode: str) -> str:
+    """The label rule in words."""
     if mode == "dclm":
         return "positive: classifier.positives; negative: classifier.negatives"
-    return f"positive when {cfg.classifier.label_column} >= {cfg.classifier.threshold}"
+    return f"positive when {cc.label_column} >= {cc.threshold}"
 
 
 # --- preparation -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.settings import Section
 
@@ -69,3 +69,12 @@ class EvalConfig(Section):
     bpb_docs: int = Field(default=200, ge=0)
     """Held-out documents per bpb domain."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_names(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        names = [t.name for t in tasks]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise ValueError(f"two tasks are named {twice!r}: a name keys a task's scores, so each must be unique")
+        return tasks

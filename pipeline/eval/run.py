@@ -12,8 +12,10 @@ matches.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +27,43 @@ from pipeline.errors import PipelineError
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.score import bits_per_byte, loglikelihoods
 from pipeline.eval.tasks import NORMALISED, EvalError, Task, load_task
-from pipeline.io import stable_hash, write_json
-from pipeline.lineage import fingerprint, manifest_ref, relative_name
+from pipeline.io import (
+    check_writable,
+    hub_unreachable,
+    in_hub_cache,
+    read_json,
+    stable_hash,
+    write_json,
+    write_png,
+)
+from pipeline.lineage import checkpoint_digest, fingerprint, manifest_ref, relative_name
 from pipeline.progress import progress
 from pipeline.rundir import ID, MODEL_CONFIG, PHASES, TEXT, RunDir, manifest_path
-from pipeline.train.config import TrainConfig
+from pipeline.sources import SourceConfig, read_source, validation_mask
 
 # Bumped whenever rendering or scoring changes, so old and new scores never share a digest.
 PROMPT_FORMAT = "v1: lm-eval cloze/mc, few-shot joined by a blank line, continuation delimiter ' '"
 
 
 def evaluate(cfg: Config, checkpoint: str | None = None) -> int:
-    """CLI entry: write ``RUN_DIR/eval/<name>.json`` for ``checkpoint`` and print its table."""
+    """CLI entry: write ``RUN_DIR/eval/<name>-<checkpoint digest>.json`` for ``checkpoint``, redraw
+    ``eval/scores.png`` and print the table."""
+    e, run = cfg.eval, RunDir(cfg.run_dir)
+    if not e.tasks:
+        raise EvalError("config key 'eval.tasks': no tasks to score; list at least one (see `textbook config "
+                        "--reference`)")
     path, name = resolve_checkpoint(cfg.run_dir, checkpoint)
-    result = score_checkpoint(path, cfg.eval, cfg.run_dir, cfg.train)
-    out = write_json(result, RunDir(cfg.run_dir).eval_result(name))
+    check_hub_reachable(hub_needs(e, path))
+    check_writable(EvalError, run.eval)  # before the scoring, not after it
+    result = score_checkpoint(path, e, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
+    out = write_json(result, run.eval_result(name, result["checkpoint_digest"]))
+    plot_scores(run)
     print(format_table(result))
     print(f"wrote {out}")
     return 0
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> tuple[str, str]:
@@ -64,7 +85,24 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> tuple[str, str]
         if not (local / MODEL_CONFIG).exists():
             raise EvalError(f"{local}: not a save_pretrained folder (no config.json)")
         return str(local), local.resolve().name
+    if not _HUB_ID.match(checkpoint):
+        raise EvalError(f"--checkpoint {checkpoint}: no such checkpoint: use {'|'.join(PHASES)} (this run's), a "
+                        "save_pretrained folder, or a Hub id ORG/NAME")
     return checkpoint, checkpoint.replace("/", "__")
+
+
+def hub_needs(e: EvalConfig, checkpoint: str) -> list[str]:
+    """What an eval would fetch from the Hub: a Hub checkpoint or tasks not in the local cache."""
+    needs = [] if Path(checkpoint).exists() or in_hub_cache(checkpoint) else [f"--checkpoint {checkpoint}"]
+    return needs + [f"eval.tasks {t.name} ({t.hf})" for t in e.tasks if t.hf and not in_hub_cache(t.hf, "dataset")]
+
+
+def check_hub_reachable(needs: list[str]) -> None:
+    """One quick check before any task or model loads (offline, the libraries retry for ~30 s each)."""
+    reason = hub_unreachable() if needs else None
+    if reason:
+        raise EvalError(f"the Hugging Face Hub is unreachable ({reason}) and eval needs it for {', '.join(needs)}; "
+                        "give each task a local path (and the checkpoint a local folder)")
 
 
 def load_model(path: str, device_choice: str):
@@ -82,10 +120,12 @@ def load_model(path: str, device_choice: str):
     return model.to(device).eval(), tok, device
 
 
-def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, train: TrainConfig) -> dict[str, Any]:
+def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, sources: Mapping[str, SourceConfig],
+                     val_fraction: float) -> dict[str, Any]:
     """The result file's content: per-task scores, the mean centered score, bpb per domain, the bundle.
 
-    ``train`` gives the bpb documents: the held-out part of each source ``e.bpb_domains`` names.
+    The bpb documents are the held-out part (``val_fraction``, as training splits them) of each of the
+    run's ``sources`` that ``e.bpb_domains`` names.
     """
     tasks = [load_task(t, e.seed) for t in e.tasks]
     bundle = bundle_of(e, tasks)
@@ -97,9 +137,10 @@ def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, train: TrainConfig
     items = sum(s["items"] for s in scores.values())
     result: dict[str, Any] = {
         "checkpoint": relative_name(path, run_dir) if Path(path).exists() else path,
+        "checkpoint_digest": checkpoint_identity(path),
         "tasks": scores,
         "score": float(np.mean([s["centered"] for s in scores.values()])) if scores else float("nan"),
-        "bpb": domain_bpb(model, tok, e, run_dir, train, max_length, device),
+        "bpb": domain_bpb(model, tok, e, run_dir, sources, val_fraction, max_length, device),
         "bundle_digest": stable_hash(bundle),
         "bundle": bundle,
         "items_per_s": items / seconds if seconds > 0 else None,
@@ -108,6 +149,17 @@ def score_checkpoint(path: str, e: EvalConfig, run_dir: Path, train: TrainConfig
     }
     result["lineage"] = checkpoint_lineage(e, run_dir, tasks, path)
     return result
+
+
+def checkpoint_identity(path: str) -> str:
+    """The digest that keys a result (:func:`~pipeline.lineage.checkpoint_digest`): of the folder, or of
+    the Hub checkpoint's snapshot in the local cache (loading it put it there)."""
+    if Path(path).is_dir():
+        return checkpoint_digest(path)
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(path, MODEL_CONFIG)
+    return checkpoint_digest(Path(found).parent) if isinstance(found, str) else stable_hash({"hub": path})
 
 
 def checkpoint_lineage(e: EvalConfig, run_dir: Path, tasks: list[Task], path: str) -> dict[str, Any]:
@@ -154,14 +206,12 @@ def score_task(model, tok, task: Task, e: EvalConfig, max_length: int, device: t
             "num_fewshot": task.config.num_fewshot, "form": task.config.form}
 
 
-def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, train: TrainConfig, max_length: int,
-               device: torch.device) -> dict[str, float]:
+def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, sources: Mapping[str, SourceConfig], val_fraction: float,
+               max_length: int, device: torch.device) -> dict[str, float]:
     """Bits per byte on each domain's held-out documents (the ones training never saw)."""
-    from pipeline.train.data import read_source, validation_mask
-
     out = {}
     for domain, source in e.bpb_domains.items():
-        spec = train.sources.get(source)
+        spec = sources.get(source)
         if spec is None or not spec.paths or e.bpb_docs == 0:
             continue
         try:
@@ -169,7 +219,7 @@ def domain_bpb(model, tok, e: EvalConfig, run_dir: Path, train: TrainConfig, max
         except PipelineError as err:
             print(f"eval: bpb skips domain {domain!r}: {err}", file=sys.stderr)
             continue
-        held = docs[validation_mask(docs[ID].tolist(), train.val_fraction)]
+        held = docs[validation_mask(docs[ID].tolist(), val_fraction)]
         if held.empty:
             continue
         out[domain] = bits_per_byte(model, tok, held[TEXT].tolist()[: e.bpb_docs], max_length, device,
@@ -188,3 +238,29 @@ def format_table(result: dict[str, Any]) -> str:
     if result["bpb"]:
         lines.append("bits per byte: " + ", ".join(f"{d} {v:.3f}" for d, v in result["bpb"].items()))
     return "\n".join(lines)
+
+
+def plot_scores(run: RunDir) -> Path | None:
+    """``eval/scores.png``: the score of every checkpoint evaluated in the run, one panel per task bundle
+    (only scores under one bundle compare)."""
+    results = [r for r in (read_json(p) for p in run.eval_results())
+               if isinstance(r, dict) and "score" in r and "bundle_digest" in r]
+    if not results:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bundles = sorted({r["bundle_digest"] for r in results})
+    fig, axes = plt.subplots(1, len(bundles), figsize=(4 + 2.5 * len(bundles), 4), squeeze=False)
+    for ax, bundle in zip(axes[0], bundles, strict=True):
+        shown = [r for r in results if r["bundle_digest"] == bundle]
+        names = [f"{Path(str(r['checkpoint'])).name}\n{str(r.get('checkpoint_digest', ''))[:8]}" for r in shown]
+        ax.bar(range(len(shown)), [r["score"] for r in shown], color="C0")
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(shown)), names, fontsize=8)
+        ax.set_ylabel("score (mean centered accuracy)")
+        ax.set_title(f"bundle {bundle}", fontsize=9)
+    fig.tight_layout()
+    return write_png(fig, run.eval_figure)

@@ -22,7 +22,7 @@ import xxhash
 
 from pipeline.errors import PipelineError
 from pipeline.eval.config import TaskConfig
-from pipeline.io import expand_inputs, iter_batches
+from pipeline.io import expand_inputs, iter_rows
 from pipeline.lineage import content_digest
 
 LETTERS = "ABCDEFGHIJ"
@@ -89,7 +89,7 @@ def load_task(config: TaskConfig, seed: int) -> Task:
     try:
         items, digest = _read(config, config.split)
         if not items:
-            raise EvalError(f"eval task {config.name!r}: no items in {config.path or config.hf} ({config.split})")
+            raise EvalError(f"no items in {config.path or config.hf} ({config.split})")
         if config.max_items is not None and len(items) > config.max_items:
             rng = np.random.default_rng([seed, _name_seed(config.name)])
             keep = np.sort(rng.choice(len(items), size=config.max_items, replace=False))
@@ -99,6 +99,11 @@ def load_task(config: TaskConfig, seed: int) -> Task:
             pool, pool_digest = _read(config, config.fewshot_split)
             digest.update({f"fewshot:{k}": v for k, v in pool_digest.items()})
             pool_is_items = False
+        available = len(pool) - 1 if pool_is_items else len(pool)  # never an item as its own example
+        if config.num_fewshot > available:
+            where = f"fewshot_split {config.fewshot_split}" if not pool_is_items else "the task's own items"
+            raise EvalError(f"num_fewshot={config.num_fewshot} but {where} give only {available} examples; "
+                            "lower num_fewshot or give a larger fewshot_split")
     except PipelineError as e:
         raise EvalError(f"eval task {config.name!r}: {e}") from None
     return Task(config, items, pool, pool_is_items, digest)
@@ -119,16 +124,19 @@ def _read(config: TaskConfig, split: str) -> tuple[list[Item], dict[str, str]]:
         path = config.path if split == config.split else split
         rows, digest = _local_rows(config, str(path))
     items = []
-    for n, row in enumerate(rows):
+    for where, row in rows:
         try:
-            items.append(parse(row))
+            item = parse(row)
         except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise EvalError(f"{config.path or config.hf}: item {n}: not a {config.format} row ({type(e).__name__}: "
-                            f"{e})") from None
+            raise EvalError(f"{where}: not a {config.format} row ({type(e).__name__}: {e})") from None
+        if len(item.choices) < 2:
+            raise EvalError(f"{where}: {len(item.choices)} choice(s); a multiple-choice item needs at least 2")
+        items.append(item)
     return items, digest
 
 
-def _local_rows(config: TaskConfig, path: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _local_rows(config: TaskConfig, path: str) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, str]]:
+    """(where, row) of every row (``file:line``, 1-based, as other errors name them) and {file: digest}."""
     if config.format == "mmlu_csv":
         local = Path(path)
         files = sorted(glob.glob(str(local / "*.csv"))) if local.is_dir() else sorted(glob.glob(path))
@@ -136,25 +144,24 @@ def _local_rows(config: TaskConfig, path: str) -> tuple[list[dict[str, Any]], di
             raise EvalError(f"{path}: no CSV files match")
         return [row for f in files for row in _mmlu_csv_rows(f)], {f: content_digest(f) for f in files}
     inputs = expand_inputs([path])
-    rows: list[dict[str, Any]] = []
-    for source in inputs:
-        for batch in iter_batches(source):
-            rows.extend(batch.to_dict("records"))
+    rows = [row for source in inputs for row in iter_rows(source)]
     return rows, {s.path: content_digest(s.path) for s in inputs}
 
 
-def _mmlu_csv_rows(path: str) -> Iterator[dict[str, Any]]:
+def _mmlu_csv_rows(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """The original MMLU CSV (no header: question, A, B, C, D, letter) or a re-export with a header row."""
     with open(path, newline="", encoding="utf-8") as f:
-        for n, row in enumerate(csv.reader(f)):
+        reader = csv.reader(f)
+        for n, row in enumerate(reader):
             if n == 0 and row and row[0].strip().lower() == "question":
                 continue
+            where = f"{path}:{reader.line_num}"
             if len(row) < 6:
-                raise EvalError(f"{path}:{n + 1}: expected question, four choices and an answer")
-            yield {"question": row[0], "choices": row[1:-1], "answer": row[-1], "subject": Path(path).stem}
+                raise EvalError(f"{where}: expected question, four choices and an answer")
+            yield where, {"question": row[0], "choices": row[1:-1], "answer": row[-1], "subject": Path(path).stem}
 
 
-def _hub_rows(config: TaskConfig, split: str) -> tuple[Iterable[dict[str, Any]], dict[str, str]]:
+def _hub_rows(config: TaskConfig, split: str) -> tuple[Iterable[tuple[str, dict[str, Any]]], dict[str, str]]:
     import datasets
 
     try:
@@ -164,7 +171,8 @@ def _hub_rows(config: TaskConfig, split: str) -> tuple[Iterable[dict[str, Any]],
         raise EvalError(f"cannot load {config.hf} ({split}) from the Hub: {first}; give the task a local path")\
             from None
     name = f"hf://{config.hf}" + (f"/{config.subset}" if config.subset else "") + f":{split}"
-    return ds, {name: str(getattr(ds, "_fingerprint", "") or len(ds))}
+    return ((f"{name}: row {n}", row) for n, row in enumerate(ds, 1)), \
+        {name: str(getattr(ds, "_fingerprint", "") or len(ds))}
 
 
 # --- layouts ----------------------------------------------------------------------------------

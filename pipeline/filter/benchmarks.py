@@ -1,40 +1,16 @@
-"""Benchmark sets for decontamination: ready presets and a loader for local files or Hub datasets."""
+"""Benchmark sets for decontamination: a loader for local files or Hub datasets (the presets are config)."""
 
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from filters.decontaminate import item_text
 from pipeline.errors import DataError
+from pipeline.filter.config import BenchmarkConfig
 from pipeline.io import InputFile, iter_batches
-
-if TYPE_CHECKING:
-    from pipeline.filter.config import BenchmarkConfig
-
-
-@dataclass(frozen=True)
-class Preset:
-    path: str
-    columns: list[str]
-    subset: str | None = None
-    split: str = "test"
-
-
-# The evaluation splits of the benchmarks small models report, with the text columns that a
-# contaminated document would reproduce (question and answer/solution, not labels).
-PRESETS: dict[str, Preset] = {
-    "gsm8k": Preset("openai/gsm8k", ["question", "answer"], subset="main"),
-    "mmlu": Preset("cais/mmlu", ["question", "choices"], subset="all"),
-    "humaneval": Preset("openai/openai_humaneval", ["prompt", "canonical_solution"]),
-    "arc": Preset("allenai/ai2_arc", ["question", "choices"], subset="ARC-Challenge"),
-    "arc_easy": Preset("allenai/ai2_arc", ["question", "choices"], subset="ARC-Easy"),
-    "hellaswag": Preset("Rowan/hellaswag", ["ctx", "endings"], split="validation"),
-}
 
 _LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".parquet", ".csv")
 

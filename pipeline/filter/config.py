@@ -6,6 +6,7 @@ their published defaults live in one place (``filters/``) and every parameter is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -13,7 +14,6 @@ from pydantic import Field, model_validator
 from filters.heuristics import C4Lines, FineWebQuality, GopherQuality, GopherRepetition
 from filters.language import LanguageFilter
 from filters.normalize import LengthBounds
-from pipeline.filter.benchmarks import PRESETS
 from pipeline.settings import Section
 
 
@@ -85,6 +85,28 @@ class MinHashConfig(StageConfig):
         if self.bands is not None and self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
         return self
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Where a named benchmark lives on the Hub and which of its columns a contaminated document reproduces."""
+
+    path: str
+    columns: list[str]
+    subset: str | None = None
+    split: str = "test"
+
+
+# The evaluation splits of the benchmarks small models report, with the text columns that a
+# contaminated document would reproduce (question and answer/solution, not labels).
+PRESETS: dict[str, Preset] = {
+    "gsm8k": Preset("openai/gsm8k", ["question", "answer"], subset="main"),
+    "mmlu": Preset("cais/mmlu", ["question", "choices"], subset="all"),
+    "humaneval": Preset("openai/openai_humaneval", ["prompt", "canonical_solution"]),
+    "arc": Preset("allenai/ai2_arc", ["question", "choices"], subset="ARC-Challenge"),
+    "arc_easy": Preset("allenai/ai2_arc", ["question", "choices"], subset="ARC-Easy"),
+    "hellaswag": Preset("Rowan/hellaswag", ["ctx", "endings"], split="validation"),
+}
 
 
 class BenchmarkConfig(Section):

@@ -22,6 +22,7 @@ import pandas as pd
 
 from filters.base import TEXT, Filter, ModelError
 from filters.edu_score import EduScore
+from filters.heuristics import HeuristicFilter, score_heuristics
 from filters.normalize import LengthBounds, normalize_texts, utf8_sizes
 from pipeline.errors import ClassifierError, FilterError
 from pipeline.filter.config import FilterConfig
@@ -67,15 +68,15 @@ class DocumentFilters:
     """Ids of generated rows flagged ``unfaithful`` at generation, rejected as ``rephrase:unfaithful``."""
 
     @classmethod
-    def from_config(cls, cfg: Any) -> DocumentFilters:
-        """From the root config; FilterError when quality is on and no classifier model exists."""
-        fc = cfg.filter
+    def of(cls, fc: FilterConfig, run: RunDir) -> DocumentFilters:
+        """The filters the ``filter`` section turns on (the run's classifier and generated rows where it
+        uses them); FilterError when quality is on and no classifier model exists."""
         heuristics: list[Filter] = []
         if fc.heuristics.enabled:
             heuristics = [f for _, f in fc.heuristics if isinstance(f, Filter) and f.enabled]
         quality = None
         if fc.quality.enabled:
-            model = Path(fc.quality.model) if fc.quality.model else RunDir(cfg.run_dir).classifier_model
+            model = Path(fc.quality.model) if fc.quality.model else run.classifier_model
             if not model.is_file():
                 raise FilterError(f"filter.quality: no edu classifier at {model}: run `textbook train-classifier`, "
                                   "set filter.quality.model, or set filter.quality.enabled=false")
@@ -83,19 +84,18 @@ class DocumentFilters:
                                threshold=fc.quality.threshold if fc.quality.threshold is not None else 0.5)
         filters = cls(fc.normalize, heuristics, fc.heuristics.apply_to_generated, quality,
                       fc.quality.apply_to_generated, section_filters(fc))
-        return filters.with_rephrase_pass(cfg)
+        return filters.with_rephrase_pass(fc, run)
 
-    def with_rephrase_pass(self, cfg: Any) -> DocumentFilters:
+    def with_rephrase_pass(self, fc: FilterConfig, run: RunDir) -> DocumentFilters:
         """The second pass over rephrased generated rows (those with a ``route``): ``keep_top_per_route``
         becomes a threshold per route, the percentile of the edu scores of that route's rows (scored
         here with the same normalisation and model as the stage scores them), and rows flagged
         ``unfaithful`` are rejected when ``filter.quality.reject_unfaithful``."""
-        fc = cfg.filter
         keep = fc.quality.keep_top_per_route
         if keep and self.quality is None:
             raise FilterError("filter.quality.keep_top_per_route ranks rewrites by edu_score: it needs "
                               "filter.quality.enabled=true and a classifier")
-        generated = _rephrased_rows(RunDir(cfg.run_dir).generated) if fc.include_generated else None
+        generated = _rephrased_rows(run.generated) if fc.include_generated else None
         if generated is None:
             return self
         unfaithful = frozenset(generated.loc[generated["unfaithful"], ID]) if fc.quality.reject_unfaithful \
@@ -111,7 +111,7 @@ class DocumentFilters:
                 route_cut[route] = percentile_threshold(scores[(ranked["route"] == route).to_numpy()].to_numpy(),
                                                         fraction)
                 print(f"filter: keep_top_per_route {route}={fraction} of {int((ranked['route'] == route).sum()):,} "
-                      f"rewrites -> edu_score >= {route_cut[route]:.4f}")
+                      f"rewrites -> edu_score >= {route_cut[route]:.6g}")
         return replace(self, route_of=route_of, route_cut=route_cut, unfaithful=unfaithful)
 
     def filters(self) -> list[Filter]:
@@ -140,7 +140,13 @@ class DocumentFilters:
                                  text=normalize_texts(raw, self.length.form).set_axis(frame.index))
             frame = frame.join(self.length.score(frame))
         scorable = frame[(frame.n_chars > 0) & (frame.n_chars <= self.length.max_chars)]
+        # the heuristics share one segmentation of the text (its seconds: the "segments" step)
+        shared = [f for f in self.filters() if isinstance(f, HeuristicFilter)]
+        measured = dict(zip([f.name for f in shared], score_heuristics(shared, scorable[TEXT], clock), strict=True))
         for f in self.filters():
+            if f.name in measured:
+                frame = frame.join(measured[f.name].reindex(frame.index))
+                continue
             with timed(clock, f.name):
                 try:
                     frame = frame.join(f.score(scorable).reindex(frame.index))

@@ -233,7 +233,7 @@ def _validate_jsonl(source: Source, partition_rows: int) -> tuple[list[Partition
                 except UnicodeDecodeError as e:
                     raise DataError(f"{path}:{lineno}: invalid UTF-8 (byte {e.start})") from None
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+                    raise DataError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
                 if not isinstance(record, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object per line")
                 if source.text_column not in record:

@@ -43,7 +43,7 @@ from pipeline.cluster import as_completed, dask_client, local_threads, worker_ca
 from pipeline.config import Config, public_dict
 from pipeline.errors import DataError, FilterError
 from pipeline.filter.benchmarks import load_benchmark
-from pipeline.filter.config import BenchmarkConfig, DecontaminateConfig
+from pipeline.filter.config import BenchmarkConfig, DecontaminateConfig, FilterConfig
 from pipeline.filter.dedup import (
     EXACT_DUP,
     NEAR_DUP,
@@ -64,6 +64,7 @@ from pipeline.filter.report import decontamination_report, stage_table
 from pipeline.filter.shuffle import read_block, reducer_of, reducers_for, write_blocks
 from pipeline.io import (
     build_manifest,
+    check_writable,
     list_shards,
     read_json,
     read_parquet,
@@ -104,14 +105,13 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
     fc = cfg.filter
     run = RunDir(cfg.run_dir)
     folder = run.filtered
-    filters = DocumentFilters.from_config(cfg)
+    check_writable(FilterError, folder)
+    filters = DocumentFilters.of(fc, run)
     benchmarks = fc.decontaminate.benchmarks if fc.decontaminate.enabled else []
     index = benchmark_index(benchmarks, fc.decontaminate.ngram, fc.decontaminate.min_ratio) if benchmarks else None
     sources = discover(fc.input, fc.text_column, fc.id_column, cfg.run_dir, fc.include_generated, fc.limit)
     if not sources:
         raise FilterError("filter.input: nothing to filter (no inputs given and no RUN_DIR/generated shards)")
-    if restart:
-        discard(run)
     clock: dict[str, float] = {}
     address = scheduler or cfg.scheduler
     in_process = not address and (fc.in_process if fc.in_process is not None else
@@ -125,7 +125,9 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
             rows = partition_rows(sources, fc.partition_rows, cluster["threads"], fc.partition_mb)
             partitions, bad_files, limited = validate_inputs(client, sources, rows, fc.on_bad_file,
                                                              None if address else Path(copies), fc.worker_wait_s)
-        lineage = filter_lineage(cfg, partitions, filters, index)
+        lineage = filter_lineage(fc, cfg.run_dir, cfg.seed, partitions, filters, index)
+        if restart:  # only once every input has been read and found good
+            discard(run)
         with timed(clock, "score"):
             shards = score_shards(client, partitions, filters, run.scored, fc.worker_wait_s)
         output_key = stable_hash({"shards": read_json(manifest_path(run.scored))["shards"],
@@ -137,11 +139,11 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
         passes = Passes(run.dedup, output_key, client, fc.worker_wait_s)
         stats, staged = filter_corpus(passes, shards, filters, cfg, index, clock)
     stats["cluster"] = cluster
-    _record(run, cfg, stats, clock, filters, output_key, partitions, lineage, staged, bad_files, limited)
+    _record(run, public_dict(cfg), stats, clock, filters, output_key, partitions, lineage, staged, bad_files, limited)
     return 0
 
 
-def _record(run: RunDir, cfg: Config, stats: dict[str, Any], clock: dict[str, float], filters: DocumentFilters,
+def _record(run: RunDir, config: dict[str, Any], stats: dict[str, Any], clock: dict[str, float], filters: DocumentFilters,
             output_key: str, partitions: list[Partition], lineage: dict[str, Any], staged: dict[str, str],
             bad_files: list[dict[str, str]], limited: list[dict[str, Any]]) -> None:
     """Timings and per-stage seconds into ``stats``, then the outputs into place (``finish``)."""
@@ -149,7 +151,7 @@ def _record(run: RunDir, cfg: Config, stats: dict[str, Any], clock: dict[str, fl
     stats.update(bad_files=bad_files, limited=limited, timings_s={k: round(v, 3) for k, v in clock.items()},
                  score_seconds=steps)
     stage_seconds: dict[str, float] = {"normalize": steps.get("normalize", 0.0), "quality": steps.get("quality", 0.0),
-                                       "heuristics": 0}
+                                       "heuristics": steps.get("segments", 0.0)}  # what the heuristics share
     for f in [*filters.sections, *filters.heuristics]:  # a stage's seconds: those of its filters
         stage_seconds[f.stage] = stage_seconds.get(f.stage, 0) + steps.get(f.name, 0.0)
     stage_seconds.update(clock)
@@ -160,7 +162,7 @@ def _record(run: RunDir, cfg: Config, stats: dict[str, Any], clock: dict[str, fl
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + hashing[step]
     for row in stats["stages"]:  # per-document stages: worker seconds; global stages: wall seconds
         row["seconds"] = round(stage_seconds.get(row["stage"], 0.0), 3)
-    finish(run, cfg, stats, output_key, partitions, lineage, staged)
+    finish(run, config, stats, output_key, partitions, lineage, staged)
     shutil.rmtree(run.dedup, ignore_errors=True)  # the passes' files: the outputs are in place
 
 
@@ -228,12 +230,12 @@ def discard(run: RunDir) -> None:
     shutil.rmtree(run.dedup, ignore_errors=True)
 
 
-def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFilters,
-                   index: BenchmarkIndex | None) -> dict[str, Any]:
+def filter_lineage(fc: FilterConfig, run_dir: Path, seed: int, partitions: list[Partition],
+                   filters: DocumentFilters, index: BenchmarkIndex | None) -> dict[str, Any]:
     """What the outputs are made of: the filter section and seed; the content digests of the local
     inputs read (Hub sources by name), the edu model and the benchmark words; the manifests of the
     run's generated shards and classifier when they were used."""
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(run_dir)
     run = RunDir(run_dir)
     inputs: dict[str, str] = {}
     for part in partitions:
@@ -251,10 +253,10 @@ def filter_lineage(cfg: Config, partitions: list[Partition], filters: DocumentFi
         parents["classifier"] = classifier_parent(run_dir, model)
     if index is not None:
         inputs["decontaminate.benchmarks"] = index.digest()
-    if cfg.filter.minhash.enabled:  # the same seed gives other signatures under another rensa algorithm
+    if fc.minhash.enabled:  # the same seed gives other signatures under another rensa algorithm
         inputs["minhash.signatures"] = signature_scheme()
-    config = {k: v for k, v in public_dict(cfg.filter).items() if k not in WAIT_KEYS}
-    return fingerprint({"filter": config, "seed": cfg.seed}, inputs,
+    config = {k: v for k, v in public_dict(fc).items() if k not in WAIT_KEYS}
+    return fingerprint({"filter": config, "seed": seed}, inputs,
                        {name: ref for name, ref in parents.items() if ref is not None})
 
 
@@ -303,6 +305,9 @@ def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_
     partitions = [p for parts, _, _ in results for p in parts]
     if not partitions:
         raise DataError("filter.input: no readable documents in any input")
+    if all(p.rows == 0 for p in partitions):  # an empty run would write a "kept 0/0" that looks like success
+        raise DataError(f"filter.input: no documents in {', '.join(s.label for s in sources)}: nothing to "
+                        "filter (nothing was written)")
     return partitions, bad, limited
 
 
@@ -546,7 +551,7 @@ def filter_corpus(passes: Passes, shards: list[Path], filters: DocumentFilters, 
                 [dask.delayed(filters.quality_pool)(dask.delayed(_scores)(p)) for p in paths]), fc.worker_wait_s))
             threshold = percentile_threshold(pool.to_numpy(), fc.quality.keep_top)
             filters = filters.with_threshold(threshold)
-            print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.4f}")
+            print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.6g}")
         if filters.quality:
             stats["quality"] = {"threshold": filters.quality.threshold, "keep_top": fc.quality.keep_top}
     shared_filters = dask.delayed(filters, traverse=False)  # one copy per worker, not one per task
@@ -702,11 +707,12 @@ def _up_to_date(run: RunDir, output_key: str) -> bool:
     return made.get("output_key") == output_key and made.get("outputs") == output_digests(run)
 
 
-def finish(run: RunDir, cfg: Config, stats: dict[str, Any], output_key: str, partitions: list[Partition],
-           lineage: dict[str, Any], staged: dict[str, str]) -> None:
+def finish(run: RunDir, config: dict[str, Any], stats: dict[str, Any], output_key: str,
+           partitions: list[Partition], lineage: dict[str, Any], staged: dict[str, str]) -> None:
     """Move staged outputs into place (renumbered, every old shard removed first, so old and new
     outputs never mix), then write stats.json, report.png and manifest.json: lineage, and the content
-    digest of every shard (``staged``: digests by ``kept/part-…`` or ``rejected/part-…`` staging name)."""
+    digest of every shard (``staged``: digests by ``kept/part-…`` or ``rejected/part-…`` staging name).
+    ``config`` is the public config the manifest records."""
     staging = run.dedup / "write"
     manifest_path(run.filtered).unlink(missing_ok=True)  # outputs are in flux until the manifest is back
     outputs: dict[str, str] = {}
@@ -717,14 +723,14 @@ def finish(run: RunDir, cfg: Config, stats: dict[str, Any], output_key: str, par
         for j, part in enumerate(list_shards(staging / sub)):
             final = shard_path(dest, j)
             part.replace(final)
-            outputs[relative_name(final, cfg.run_dir)] = staged[f"{sub}/{part.name}"]
+            outputs[relative_name(final, run.root)] = staged[f"{sub}/{part.name}"]
     shutil.rmtree(staging, ignore_errors=True)
     write_json(stats, run.filter_stats)
     hist = stats["edu_hist"]
     plot_report(run.filter_report, stats["stages"], np.asarray(hist["bins"]), np.asarray(hist["scored"]),
                 np.asarray(hist["kept"]))
     inputs = sorted({(p.source.file.path, p.digest) for p in partitions})
-    write_json(build_manifest("filter", public_dict(cfg), output_key=output_key,
+    write_json(build_manifest("filter", config, output_key=output_key,
                               inputs=[{"path": p, "digest": d} for p, d in inputs], lineage=lineage,
                               outputs=dict(sorted(outputs.items())), documents_in=stats["documents_in"],
                               documents_out=stats["documents_out"], timings_s=stats["timings_s"]),

@@ -1,11 +1,12 @@
-"""The `generate` section: backend, model, sampling, scale, limits and prices."""
+"""The `generate` section: the engine's settings plus templates, seeds, rephrasing and the diversity gate."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
+from pipeline.llm.config import LLMConfig
 from pipeline.settings import Section
 
 
@@ -71,7 +72,8 @@ class RephraseConfig(Section):
     max_documents: int | None = Field(default=None, ge=1)
     """Read at most this many documents (over all inputs, in order)."""
     min_faithfulness: float = Field(default=0.0, ge=0, le=1)
-    """Flag ``unfaithful`` a rewrite keeping less than this share of its source's content words (0 = off)."""
+    """Flag ``unfaithful`` a rewrite keeping less than this share of its source's content words (0 = off; a
+    rewrite with almost no content, under 5 distinct content words, is flagged whatever this is)."""
 
 
 class ConversationConfig(Section):
@@ -82,28 +84,12 @@ class ConversationConfig(Section):
     conversation costs 2 * turns requests."""
 
 
-class GenerateConfig(Section):
-    backend: Literal["openai", "transformers"] = "openai"
-    model: str = "gpt-4o-mini"
-    base_url: str | None = None
-    """OpenAI-compatible endpoint; falls back to OPENAI_BASE_URL, then the OpenAI API."""
-    api_key: SecretStr | None = None
-    """Falls back to OPENAI_API_KEY. Never written to manifests, logs or cards."""
+class GenerateConfig(LLMConfig):
+    """The engine's settings (:class:`~pipeline.llm.config.LLMConfig`) and what generate prompts with."""
+
     num_samples: int = Field(default=1000, ge=0)
     generations_per_prompt: int = Field(default=1, ge=1)
     """Rows per distinct prompt: 1 gives every row its own prompt; n asks for n completions of each (consecutive rows, own ids)."""
-    concurrency: int = Field(default=16, ge=1)
-    """In-flight requests across the whole cluster."""
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    """Requests started per minute across the cluster (null: no cap); a cap that makes requests wait is named once on stderr."""
-    tokens_per_minute: float | None = Field(default=None, gt=0)
-    """Tokens per minute across the cluster, a request counted as its prompt (~4 characters a token) plus max_tokens (null: no cap)."""
-    max_tokens: int = Field(default=1024, ge=1)
-    temperature: float = Field(default=0.8, ge=0)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    max_cost_usd: float | None = Field(default=None, gt=0)
-    price_input_per_million: float = Field(default=0.0, ge=0)
-    price_output_per_million: float = Field(default=0.0, ge=0)
     templates: dict[str, float] = Field(
         default_factory=lambda: {
             "textbook": 0.35,
@@ -120,30 +106,9 @@ class GenerateConfig(Section):
     conversation: ConversationConfig = ConversationConfig()
     rephrase: RephraseConfig = RephraseConfig()
     """Rephrasing web text by quality route; rows follow the ``num_samples`` template rows."""
-    shard_size: int = Field(default=100, ge=1)
-    max_retries: int = Field(default=6, ge=0)
-    request_timeout_s: float = Field(default=120.0, gt=0)
-    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
-    """aiohttp: the chat completions wire protocol spoken directly over aiohttp (~0.3 ms of client CPU a request); httpx: through the openai SDK and its default httpx client (~1.4 ms)."""
-    batch_size: int = Field(default=8, ge=1)
-    """Prompts per forward pass for the in-process transformers backend."""
-    device: str | None = None
-    """torch device for the transformers backend (default: cuda if available, else cpu)."""
     diversity_max_opening_share: float = Field(default=0.25, gt=0, le=1)
     """Largest share of rows that may start with the same 3-word opening (TinyStories: 59%)."""
+    max_flagged_share: float = Field(default=0.2, ge=0, le=1)
+    """Share of rows flagged ``truncated`` or ``repetitive`` above which the run says, in one line, what to change."""
     diversity_gate: Literal["warn", "fail", "off"] = "warn"
     """When the opening share is exceeded: warn (after the run), fail (stop the run once 50 rows show it, exit 1), or off."""
-    retry_backoff_s: float = Field(default=0.5, gt=0)
-    """First retry delay; doubles per attempt (with jitter, capped at 30 s) unless Retry-After says more."""
-    mode: Literal["online", "batch"] = "online"
-    """online: one request per row now; batch: the same rows through the provider's Batch API (/v1/files + /v1/batches: results within 24 h at batch prices)."""
-    batch_discount: float = Field(default=0.5, gt=0, le=1)
-    """Batch price as a share of the online prices (OpenAI's Batch API: half); the ledger and the dry-run estimate use it in batch mode."""
-    batch_poll_s: float = Field(default=30.0, gt=0)
-    """Seconds between polls of the submitted batches."""
-    batch_completion_window: Literal["24h"] = "24h"
-    """The batches' completion window (the only one OpenAI offers)."""
-    batch_max_requests: int = Field(default=50_000, ge=1)
-    """Rows per batch file (OpenAI's limit: 50,000 requests and 200 MB)."""
-    batch_wait: bool = True
-    """Wait for the batches to finish; false submits them and returns (a rerun collects the results)."""

@@ -1,4 +1,4 @@
-"""Conversations: built turn by turn by the generate engine, or parsed from free text.
+"""Conversations: built turn by turn by the request engine, or parsed from free text.
 
 The ``conversation`` template's rows are built one request per turn (:class:`TurnByTurn`), so their
 ``messages`` column (``[{role, content}]``, roles ``user``/``assistant``) alternates by construction;
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.generate.config import GenerateConfig
 from pipeline.rundir import CONVERSATION, TEMPLATE
 
 _SPEAKER = re.compile(r"^\s*[*_]{0,2}\s*(student|teacher)\s*[*_]{0,2}\s*:\s*[*_]{0,2}\s*", re.IGNORECASE | re.MULTILINE)
@@ -101,6 +102,11 @@ class TurnByTurn:
         """A turn's text without a speaker label the model may have put in front of it."""
         return _LEADING_LABEL.sub("", text.strip(), count=1).strip()
 
+    @staticmethod
+    def render(messages: list[dict[str, str]]) -> str:
+        """The row's ``text``: :func:`render_conversation`."""
+        return render_conversation(messages)
+
 
 def render_conversation(messages: list[dict[str, str]]) -> str:
     """The ``text`` form of a conversation: ``Student:`` / ``Teacher:`` turns that
@@ -121,22 +127,21 @@ def turn_by_turn(prompts_dir: Path, template: str, turns: int) -> TurnByTurn:
     return TurnByTurn(template, turns, load_template(path, [*SEED_VARIABLES, *TURN_VARIABLES]))
 
 
-def conversation_turns(cfg: Any) -> TurnByTurn | None:
-    """The run's :class:`TurnByTurn` (root config ``cfg``), or None when the mix has no ``conversation``."""
+def conversation_turns(gen: GenerateConfig) -> TurnByTurn | None:
+    """The run's :class:`TurnByTurn`, or None when the template mix has no ``conversation``."""
     from pipeline.generate.render import PROMPTS_DIR
 
-    gen = cfg.generate
     if CONVERSATION not in gen.templates:
         return None
     return turn_by_turn(Path(gen.prompts_dir) if gen.prompts_dir else PROMPTS_DIR, CONVERSATION,
                         gen.conversation.turns)
 
 
-def conversation_lineage(cfg: Any) -> tuple[dict, dict[str, str]]:
+def conversation_lineage(gen: GenerateConfig) -> tuple[dict, dict[str, str]]:
     """What shapes turn-by-turn rows besides the row's own prompt: the settings and the turn template."""
     from pipeline.lineage import content_digest
 
-    turns = conversation_turns(cfg)
+    turns = conversation_turns(gen)
     assert turns is not None
-    return cfg.generate.conversation.model_dump(), {
+    return gen.conversation.model_dump(), {
         f"prompts/{turns.student.path.name}": content_digest(turns.student.path)}

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import Config
 from pipeline.errors import DataError, GenerateError
-from pipeline.generate.config import WebSeedConfig
+from pipeline.generate.config import GenerateConfig, WebSeedConfig
 from pipeline.generate.render import PROMPTS_DIR, Template, load_templates
 from pipeline.generate.sampler import (
     SEED_VARIABLES,
@@ -24,7 +23,7 @@ from pipeline.io import expand_inputs, iter_batches, stable_hash
 from pipeline.lineage import content_digest, fingerprint, relative_name
 
 
-def plan_requests(cfg: Config) -> tuple[pd.DataFrame, dict[str, Template]]:
+def plan_requests(gen: GenerateConfig, seed: int, run_dir: Path) -> tuple[pd.DataFrame, dict[str, Template]]:
     """Rows ``0..num_samples-1`` as requests: ``id``, ``messages``, ``prompt``, ``template``,
     ``template_sha`` and the seed values (``None`` where the row's template does not use one).
 
@@ -33,7 +32,6 @@ def plan_requests(cfg: Config) -> tuple[pd.DataFrame, dict[str, Template]]:
     sampling parameters, plus the run seed and row index: rows of one prompt are still separate
     samples (at temperature > 0 they differ), and must not collapse into one key.
     """
-    gen = cfg.generate
     prompts_dir = Path(gen.prompts_dir) if gen.prompts_dir else PROMPTS_DIR
     templates = load_templates(prompts_dir, gen.templates, SEED_VARIABLES)
     vocab = load_vocabulary(prompts_dir / "seeds")
@@ -44,11 +42,11 @@ def plan_requests(cfg: Config) -> tuple[pd.DataFrame, dict[str, Template]]:
             raise GenerateError(f"config key 'generate.web_seed.path': template '{needs_web[0]}' is web-seeded; "
                                 "give Parquet/JSONL files with a text column")
         extracts = load_extracts(gen.web_seed)
-    requests = build_requests(cfg, templates, vocab, extracts)
+    requests = build_requests(gen, seed, templates, vocab, extracts)
     if gen.rephrase.input:
         from pipeline.generate.rephrase import plan_rephrase
 
-        rephrased, rephrase_templates = plan_rephrase(cfg, prompts_dir, vocab)
+        rephrased, rephrase_templates = plan_rephrase(gen, seed, run_dir, prompts_dir, vocab)
         requests = _concat(requests, rephrased)
         templates = {**templates, **rephrase_templates}
     return requests, templates
@@ -62,19 +60,23 @@ def _concat(plain: pd.DataFrame, rephrased: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({**{c: "str" for c in plain.columns if c != "messages"}, "chunk": "Int64"})
 
 
-def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
+def _set_penalty(gen: GenerateConfig) -> dict[str, float]:
+    """The repetition penalty, in row keys and lineage only when set: runs without it keep their ids."""
+    return {} if gen.repetition_penalty is None else {"repetition_penalty": gen.repetition_penalty}
+
+
+def plan_lineage(gen: GenerateConfig, seed: int, run_dir: Path, templates: dict[str, Template]) -> dict:
     """The fingerprint of what shapes the rows: the settings in the row key, the template and seed
     files (by content) and the local web-seed files (by content; other sources by name).
 
     ``num_samples`` is not part of it: row ``i`` does not depend on it, so a run may grow.
     ``shard_size`` is: it decides which part holds a row.
     """
-    gen = cfg.generate
     prompts_dir = Path(gen.prompts_dir) if gen.prompts_dir else PROMPTS_DIR
-    config: dict = {"seed": cfg.seed, "generate": {
+    config: dict = {"seed": seed, "generate": {
         "backend": gen.backend, "model": gen.model, "temperature": gen.temperature, "top_p": gen.top_p,
         "max_tokens": gen.max_tokens, "templates": dict(gen.templates), "shard_size": gen.shard_size,
-        "generations_per_prompt": gen.generations_per_prompt}}
+        "generations_per_prompt": gen.generations_per_prompt, **_set_penalty(gen)}}
     if gen.backend == "transformers":
         config["generate"]["batch_size"] = gen.batch_size  # a batch shares one sampling seed
     inputs = {f"prompts/{t.path.name}": content_digest(t.path) for t in templates.values()}
@@ -82,12 +84,12 @@ def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
     if "conversation" in gen.templates:  # its rows are built turn by turn: the turn settings and template
         from pipeline.generate.conversation import conversation_lineage
 
-        config["generate"]["conversation"], turn_inputs = conversation_lineage(cfg)
+        config["generate"]["conversation"], turn_inputs = conversation_lineage(gen)
         inputs |= turn_inputs
     if gen.rephrase.input:
         from pipeline.generate.rephrase import rephrase_lineage
 
-        extra_config, extra_inputs = rephrase_lineage(cfg)
+        extra_config, extra_inputs = rephrase_lineage(gen.rephrase, run_dir)
         config["generate"]["rephrase"] = extra_config
         inputs |= extra_inputs
     if any("extract" in t.requires for t in templates.values() if t.name in gen.templates):
@@ -97,7 +99,7 @@ def plan_lineage(cfg: Config, templates: dict[str, Template]) -> dict:
             if source.on_hub:
                 remote.append(source.path)
             else:
-                inputs[relative_name(source.path, cfg.run_dir)] = content_digest(source.path)
+                inputs[relative_name(source.path, run_dir)] = content_digest(source.path)
         config["generate"]["web_seed"] = {"text_column": web.text_column, "max_chars": web.max_chars,
                                           "max_documents": web.max_documents, "remote": remote}
     return fingerprint(config, inputs, {})
@@ -108,8 +110,8 @@ MAX_DRAWS = 10_000
 a template's variable space most draws repeat, and a plan must not spin there."""
 
 
-def build_requests(cfg: Config, templates: dict[str, Template], vocab: Vocabulary, extracts: list[str],
-                   generations_per_prompt: int | None = None) -> pd.DataFrame:
+def build_requests(gen: GenerateConfig, seed: int, templates: dict[str, Template], vocab: Vocabulary,
+                   extracts: list[str], generations_per_prompt: int | None = None) -> pd.DataFrame:
     """The ``num_samples`` template rows: each prompt distinct, repeated ``generations_per_prompt``
     times in a row (default: the config's ``generate.generations_per_prompt``).
 
@@ -119,12 +121,11 @@ def build_requests(cfg: Config, templates: dict[str, Template], vocab: Vocabular
     of a larger one, and a rerun plans the same rows, ids and prompts. With ``g = 1`` a prompt that
     repeats nothing is the one its row drew before prompts were made distinct.
     """
-    gen = cfg.generate
     per_prompt = generations_per_prompt or gen.generations_per_prompt
     requires = {name: t.requires for name, t in templates.items()}
     own = {name: t.variables for name, t in templates.items() if t.variables}
     sampling = {"model": gen.model, "temperature": gen.temperature, "top_p": gen.top_p,
-                "max_tokens": gen.max_tokens}
+                "max_tokens": gen.max_tokens, **_set_penalty(gen)}
     prompts_needed = -(-gen.num_samples // per_prompt)
     space = {name: seed_space(requires[name], vocab, extracts, own.get(name)) for name in gen.templates}
     possible = sum(space.values())
@@ -134,7 +135,7 @@ def build_requests(cfg: Config, templates: dict[str, Template], vocab: Vocabular
     seen: set[str] = set()
     drawn = Counter[str]()
     for p in range(prompts_needed):
-        rng = row_rng(cfg.seed, p)
+        rng = row_rng(seed, p)
         for _ in range(MAX_DRAWS):
             seeds = draw_row(rng, gen.templates, requires, vocab, extracts, own)
             template = templates[seeds["template"]]
@@ -147,7 +148,7 @@ def build_requests(cfg: Config, templates: dict[str, Template], vocab: Vocabular
         seen.add(prompt)
         drawn[template.name] += 1
         for i in range(p * per_prompt, min((p + 1) * per_prompt, gen.num_samples)):
-            key = stable_hash({"template_sha": template.sha, "seeds": seeds, **sampling, "seed": cfg.seed, "row": i})
+            key = stable_hash({"template_sha": template.sha, "seeds": seeds, **sampling, "seed": seed, "row": i})
             rows.append({"id": key, "messages": [{"role": "user", "content": prompt}], "prompt": prompt,
                          "template_sha": template.sha, **seeds})
     for name, count in drawn.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +26,14 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import Config, public_dict
 from pipeline.errors import ConfigError, DataError
-from pipeline.generate.config import RephraseConfig, RouteCondition, RouteConfig
+from pipeline.generate.config import GenerateConfig, RephraseConfig, RouteCondition, RouteConfig
 from pipeline.generate.render import Template, load_templates
 from pipeline.generate.sampler import SEED_VARIABLES, Vocabulary, draw_seeds
 from pipeline.io import InputFile, expand_inputs, iter_batches, stable_hash
 from pipeline.lineage import content_digest, relative_name
 from pipeline.rundir import GENERATED_SOURCE, REASON, SHARD_GLOB, SOURCE, RunDir
+from pipeline.settings import public_dict
 
 DOCUMENT = "document"
 """The template variable (and column) holding the chunk's text."""
@@ -130,13 +131,13 @@ def route_of(doc: Document, routes: Sequence[RouteConfig]) -> RouteConfig | None
 def resolve_inputs(rc: RephraseConfig, run_dir: Path | str) -> list[tuple[InputFile, str]]:
     """Each input file with its origin: ``filtered`` and ``rejected`` name the run's filter outputs."""
     run = RunDir(run_dir)
-    rejected_dir = (run.filtered / "rejected").resolve()
+    rejected_dir = run.rejected.resolve()
     found: list[tuple[InputFile, str]] = []
     for entry in rc.input:
         if entry == "filtered":
             files, origin = expand_inputs(str(run.filtered / SHARD_GLOB)), "kept"
         elif entry == "rejected":
-            files, origin = expand_inputs(str(run.filtered / "rejected" / SHARD_GLOB)), "rejected"
+            files, origin = expand_inputs(str(run.rejected / SHARD_GLOB)), "rejected"
         else:
             files, origin = expand_inputs(entry), None
         for f in files:
@@ -184,9 +185,10 @@ def _number(value: Any) -> Any:
         return value
 
 
-def plan_rephrase(cfg: Config, prompts_dir: Path, vocab: Vocabulary) -> tuple[pd.DataFrame, dict[str, Template]]:
-    """The rephrase rows of ``cfg`` (see the module docstring) and the templates they use."""
-    gen, rc = cfg.generate, cfg.generate.rephrase
+def plan_rephrase(gen: GenerateConfig, seed: int, run_dir: Path, prompts_dir: Path,
+                  vocab: Vocabulary) -> tuple[pd.DataFrame, dict[str, Template]]:
+    """The rephrase rows of ``generate.rephrase`` (see the module docstring) and the templates they use."""
+    rc = gen.rephrase
     names = list(dict.fromkeys(r.name for r in rc.routes))
     if len(names) != len(rc.routes):
         raise ConfigError("config key 'generate.rephrase.routes': route names must be unique")
@@ -204,14 +206,21 @@ def plan_rephrase(cfg: Config, prompts_dir: Path, vocab: Vocabulary) -> tuple[pd
                 "max_tokens": gen.max_tokens}
     score_columns = [f"source_{c}" for c in rc.score_columns]
     rows = []
-    for doc in load_documents(rc, cfg.run_dir):
+    read = unrouted = 0
+    tested = {c.column for r in rc.routes for c in r.when}
+    unscored: dict[str, int] = {}  # a tested score column -> documents without it
+    for doc in load_documents(rc, run_dir):
+        read += 1
         route = route_of(doc, rc.routes)
         if route is None:
+            unrouted += 1
+            for column in tested - {k for k, v in doc.scores.items() if v is not None and v == v}:
+                unscored[column] = unscored.get(column, 0) + 1
             continue
         route_names = list(route.templates)
         for chunk, text in enumerate(chunk_text(doc.text, rc.chunk_tokens)):
             for k in range(rc.rows_per_chunk):
-                rng = random.Random(f"textbook-rephrase:{cfg.seed}:{doc.source_id}:{chunk}:{k}")
+                rng = random.Random(f"textbook-rephrase:{seed}:{doc.source_id}:{chunk}:{k}")
                 name = rng.choices(route_names, weights=[route.templates[n] for n in route_names])[0]
                 template = templates[name]
                 seeds = draw_seeds(rng, name, [v for v in template.requires if v != DOCUMENT], vocab,
@@ -219,10 +228,15 @@ def plan_rephrase(cfg: Config, prompts_dir: Path, vocab: Vocabulary) -> tuple[pd
                 prompt = template.render({**seeds, DOCUMENT: text})
                 lineage = {"source_id": doc.source_id, "chunk": chunk, "route": route.name}
                 key = stable_hash({"template_sha": template.sha, "seeds": seeds, "document": text, **lineage,
-                                   "variant": k, **sampling, "seed": cfg.seed})
+                                   "variant": k, **sampling, "seed": seed})
                 rows.append({"id": key, "messages": [{"role": "user", "content": prompt}], "prompt": prompt,
                              "template": name, "template_sha": template.sha, **seeds, DOCUMENT: text, **lineage,
                              **{f"source_{c}": doc.scores.get(c) for c in rc.score_columns}})
+    if unrouted:
+        why = unrouted_reason(rc, read, unrouted, unscored)
+        if unrouted == read:
+            raise ConfigError(why)
+        print(f"generate: {why}", file=sys.stderr)
     own_columns = sorted({v for t in templates.values() for v in t.variables})
     columns = ["id", "messages", "prompt", "template", "template_sha", *SEED_VARIABLES, *own_columns, DOCUMENT,
                *LINEAGE_COLUMNS, *score_columns]
@@ -232,17 +246,29 @@ def plan_rephrase(cfg: Config, prompts_dir: Path, vocab: Vocabulary) -> tuple[pd
     return frame.astype(dtypes), templates
 
 
-def rephrase_lineage(cfg: Config) -> tuple[dict[str, Any], dict[str, str]]:
+def unrouted_reason(rc: RephraseConfig, read: int, unrouted: int, unscored: dict[str, int]) -> str:
+    """Why ``unrouted`` of the ``read`` documents took no route: the score the routes test is missing
+    (the usual cause: text that was never scored), or their conditions and origins excluded them."""
+    inputs = ", ".join(rc.input)
+    head = f"generate.rephrase: {unrouted:,} of {read:,} documents of {inputs} take no route"
+    if unscored:
+        column, count = max(unscored.items(), key=lambda kv: kv[1])
+        return (f"{head}: {count:,} have no {column!r} to route by (generate.rephrase.routes test it); score them "
+                f"first (textbook score --input ... --output ..., or rephrase 'filtered' / 'rejected', which "
+                f"the filter scored), or route by origin alone (a route with origin any and no 'when')")
+    return f"{head}: no route's origin and conditions hold for them (generate.rephrase.routes)"
+
+
+def rephrase_lineage(rc: RephraseConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """What shapes the rephrase rows: the section (inputs by name) and each local input by content
     (a Hub source by name), so a changed source document stops a resume."""
-    rc = cfg.generate.rephrase
     config = public_dict(rc)
     remote, inputs = [], {}
-    for source, origin in resolve_inputs(rc, cfg.run_dir):
+    for source, origin in resolve_inputs(rc, run_dir):
         if source.on_hub:
             remote.append(source.path)
         else:
-            inputs[f"rephrase:{origin}:{relative_name(source.path, cfg.run_dir)}"] = content_digest(source.path)
+            inputs[f"rephrase:{origin}:{relative_name(source.path, run_dir)}"] = content_digest(source.path)
     config["remote"] = remote
     return config, inputs
 
@@ -265,6 +291,16 @@ def content_words(text: str) -> set[str]:
     return {w.lower() for w in set(text.translate(_ASCII_NON_LETTERS).split()) if len(w) > 3} - _STOPWORDS
 
 
+MIN_CONTENT_WORDS = 5
+"""A rewrite with fewer distinct content words than this (or than its source has) says next to nothing."""
+
+
+def says_nothing(source: str, rewrite: str) -> bool:
+    """Whether ``rewrite`` has almost no content (a lone ``\"\"\"``, a heading, a stub) against its
+    source: fewer distinct content words than ``MIN_CONTENT_WORDS``, or than its source has."""
+    return len(content_words(rewrite)) < min(MIN_CONTENT_WORDS, len(content_words(source)))
+
+
 def faithfulness(source: str, rewrite: str) -> float:
     """Share of the source's distinct content words that the rewrite keeps (1.0 for a source with none)."""
     words = content_words(source)
@@ -276,7 +312,8 @@ def faithfulness(source: str, rewrite: str) -> float:
 @dataclass(frozen=True)
 class Faithfulness:
     """The postprocess of a run with rephrase rows: ``faithfulness`` per rephrased row, and the flag
-    ``unfaithful`` below ``min_faithfulness`` (0 = never flagged). Other rows get NaN."""
+    ``unfaithful`` below ``min_faithfulness``, or whatever it is for a rewrite that says next to
+    nothing (:func:`says_nothing`; a real small model wrote lone ``\"\"\"`` rewrites). Other rows get NaN."""
 
     min_faithfulness: float
     completion_column: str = "text"
@@ -290,9 +327,10 @@ class Faithfulness:
         source = row.get(DOCUMENT)
         if not isinstance(source, str) or not source:
             return {"faithfulness": float("nan")}
-        score = faithfulness(source, str(row.get(self.completion_column) or ""))
+        rewrite = str(row.get(self.completion_column) or "")
+        score = faithfulness(source, rewrite)
         out: dict[str, Any] = {"faithfulness": score}
-        if score < self.min_faithfulness:
+        if score < self.min_faithfulness or says_nothing(source, rewrite):
             flags = row.get("flags")
             out["flags"] = [*([] if flags is None else list(flags)), "unfaithful"]
         return out

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pipeline.hub.downstream import checkpoint_results
 from pipeline.io import list_shards, read_json
 from pipeline.rundir import (
     ID,
@@ -50,6 +51,8 @@ class RunArtifacts:
     filter_manifest: dict[str, Any] | None = None
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     """phase -> {"path", "config" (config.json), "summary" (train_summary.json), "manifest"}."""
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """phase -> the `textbook eval` result of the checkpoint now in checkpoints/<phase> (by its digest)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -104,6 +107,7 @@ def load_artifacts(run_dir: Path, max_rows: int = 20_000, seed: int = 0) -> RunA
         }
     if not art.checkpoints:
         art.notes.append(f"{art.relative(run.checkpoints)}/: no trained checkpoint (run `textbook train --phase 1`)")
+    art.evals = checkpoint_results(art.run_dir, art.notes)
     return art
 
 

@@ -24,16 +24,26 @@ from pipeline.hub.layout import (
     CARD_FILE,
     FIGURES_DIR,
     MODEL_CARD_DIR,
-    ConversationParser,
     DataConfig,
     data_configs,
 )
-from pipeline.hub.provenance import card_lineage, lineage_chain, verify_outputs
+from pipeline.hub.provenance import card_lineage, lineage_chain, verify_outputs, verify_parents
 from pipeline.hub.reproduce import reproduce_section, write_reproduce_configs
-from pipeline.io import atomic_dir, build_manifest, copy_file, read_json, write_json, write_text
+from pipeline.io import (
+    atomic_dir,
+    build_manifest,
+    check_writable,
+    copy_file,
+    read_json,
+    write_json,
+    write_text,
+)
 from pipeline.rundir import LOSS_FIGURE, PHASES, SHARD_GLOB, RunDir, manifest_path
+from pipeline.train.config import TrainConfig
 
 REQUIRED_METADATA = ("license", "language", "task_categories", "size_categories", "tags", "configs")
+
+_RUN = RunDir(Path())  # the run directory's layout, relative to its root: how the card names a file
 
 
 def write_card(cfg: Config, restart: bool = False) -> int:
@@ -45,9 +55,11 @@ def write_card(cfg: Config, restart: bool = False) -> int:
     every stage accepts, has nothing to discard).
     """
     run_dir = require_run_dir(cfg.run_dir)
+    check_writable(HubError, RunDir(run_dir).card)
     verify_outputs(run_dir)
+    verify_parents(run_dir)
     art = load_artifacts(run_dir, cfg.hub.max_card_rows, cfg.seed)
-    configs = data_configs(run_dir, sft_parser(cfg.train.sft.parser))
+    configs = data_configs(run_dir, sft_chats(cfg.train, run_dir))
     out = RunDir(run_dir).card
     with atomic_dir(out) as tmp:
         build_dataset_card(cfg.hub, art, configs, tmp, cfg.seed)
@@ -88,9 +100,9 @@ def build_dataset_card(hub: HubConfig, art: RunArtifacts, configs: list[DataConf
         "filter_figure": _copy_figure(run.filter_report, figures, "filter_report.png"),
         "training": checkpoints.training_section(art),
         "untrained": [p for p in PHASES if p not in art.checkpoints],
-        "downstream": {name: section(art, f"eval/{name}.json", lambda _, r=r: downstream.eval_section(r))
-                       for name, r in downstream.eval_results(art.run_dir).items()},
-        "data_ab": section(art, "compare/compare.json", lambda a: downstream.compare_section(a.run_dir)),
+        "downstream": {phase: section(art, _RUN.eval.as_posix(), lambda _, r=r: downstream.eval_section(r))
+                       for phase, r in art.evals.items()},
+        "data_ab": section(art, _RUN.compare_table.as_posix(), lambda a: downstream.compare_section(a.run_dir)),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir),
         "notes": art.notes,
@@ -187,8 +199,7 @@ def build_model_card(hub: HubConfig, art: RunArtifacts, folder: Path) -> Path | 
         "architecture": checkpoints.architecture(ckpt.get("config")),
         "parameters": checkpoints.count_parameters(ckpt["path"]) or (ckpt.get("summary") or {}).get("parameters"),
         "phases": checkpoints.training_section(art),
-        "downstream": section(art, f"eval/{phase}.json",
-                              lambda a: downstream.eval_section(downstream.eval_results(a.run_dir).get(phase))),
+        "downstream": section(art, _RUN.eval.as_posix(), lambda a: downstream.eval_section(a.evals.get(phase))),
         "loss_figure": _copy_figure(ckpt["path"] / LOSS_FIGURE, folder, LOSS_FIGURE),
         "reproduce": reproduce_section(art.manifests, art.run_dir),
         "lineage": lineage_chain(art.run_dir, start=manifest_path(ckpt["path"])),
@@ -224,12 +235,19 @@ def model_repo_id(hub: HubConfig) -> str | None:
     return f"{hub.repo_id}-model" if hub.repo_id else None
 
 
-def sft_parser(name: str) -> ConversationParser:
-    """The conversation parser SFT training uses (``train.sft.parser``), so the card's ``sft`` config
-    matches what was trained on."""
-    from pipeline.train.sft import conversation_parser
+def sft_chats(train: TrainConfig, run_dir: Path) -> dict[str, list[dict[str, str]]] | None:
+    """The conversations SFT trains on, by the same selection (``train.sft`` and its source), so the
+    card's ``sft`` config is what was trained on; None when the run has none."""
+    from pipeline.errors import TrainError
+    from pipeline.train.sft import sft_conversations
 
-    return conversation_parser(name)
+    spec = train.sources.get(train.sft.source)
+    if spec is None or not spec.paths:
+        return None
+    try:
+        return sft_conversations(train.sft, spec, run_dir)[0]
+    except TrainError:  # no chat rows (or none left after the source's filters): no sft config
+        return None
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -237,7 +255,8 @@ def sft_parser(name: str) -> ConversationParser:
 def render(template: str, context: dict[str, Any], missing: Any) -> str:
     env = Environment(loader=FileSystemLoader(Path(__file__).parent), undefined=StrictUndefined,
                       autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=_num, pct=_pct, f1=_fixed(1), f2=_fixed(2), f3=_fixed(3), usd=_usd, cell=_cell)
+    env.filters.update(num=_num, pct=_pct, f1=_fixed(1), f2=_fixed(2), f3=_fixed(3), sig=_significant, usd=_usd,
+                       cell=_cell)
     env.globals["missing"] = missing
     return env.get_template(template).render(**context)
 
@@ -267,6 +286,13 @@ def _fixed(digits: int) -> Any:
         return f"{value:.{digits}f}"
 
     return fmt
+
+
+def _significant(value: Any) -> str:
+    """A threshold as it cuts: six significant digits, so 3.2e-05 never reads as 0.000."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        return "-"
+    return f"{value:.6g}"
 
 
 def _usd(value: Any) -> str:

@@ -11,6 +11,7 @@ fields the stages write: ``generated/part-*.parquet`` and ``generated/manifest.j
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,8 @@ import pandas as pd
 from pipeline.hub.artifacts import RunArtifacts
 from pipeline.hub.provenance import public_path
 from pipeline.hub.text_stats import card_metrics, full_report
-from pipeline.rundir import TEMPLATE, TEXT
+from pipeline.io import read_json
+from pipeline.rundir import TEMPLATE, TEXT, RunDir
 
 # the seed columns the generate stage writes (None where a row's template does not use one)
 SEED_FIELDS = ("subject", "topic", "subtopic", "audience", "style")
@@ -226,10 +228,15 @@ def filter_section(art: RunArtifacts) -> dict[str, Any] | None:
 
 
 def _public_counts(counts: dict[str, int], run_dir: Any) -> dict[str, int]:
-    """Counts keyed by input path, re-keyed by the name a public card shows (files of one name add up)."""
+    """Counts keyed by input path, re-keyed by the name a public card shows (files of one name add up):
+    a file the demo wrote into ``web_sample/`` by what it holds (installed docs, a Hub sample)."""
+    run = RunDir(Path(run_dir))
+    described = read_json(run.web_sources) if run.web_sources.exists() else {}
     out: dict[str, int] = {}
     for source, n in counts.items():
-        name = public_path(str(source), run_dir)
+        path = Path(str(source))
+        name = described.get(path.name) if path.parent == run.web_sample else None
+        name = name or public_path(str(source), run_dir)
         out[name] = out.get(name, 0) + n
     return out
 

@@ -15,14 +15,14 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.hub.provenance import public_path
 from pipeline.io import copy_file, current_umask, list_shards, read_table, write_parquet
-from pipeline.rundir import CONVERSATION, GENERATED_SOURCE, ID, MESSAGES, SOURCE, TEMPLATE, TEXT, RunDir
+from pipeline.rundir import GENERATED_SOURCE, ID, MESSAGES, SOURCE, RunDir
 
 # The upload folder, which is the published repo's layout (a contract of its own: the card links
 # these paths and readers download them), apart from the run directory's (pipeline.rundir).
@@ -35,7 +35,7 @@ CLASSIFIER_DIR = "classifier"
 REPRODUCE_DIR = "reproduce"
 
 Transform = Callable[[pa.Table], pa.Table]
-ConversationParser = Callable[[str], list[dict[str, str]]]
+Conversation = list[dict[str, str]]
 
 
 @dataclass
@@ -47,6 +47,8 @@ class DataConfig:
     description: str
     sources: list[Path]
     transform: Transform | None = None
+    run_dir: Path | None = None
+    """The run whose local paths the published rows show by their public names."""
     rows: int = 0
     files: list[str] = field(default_factory=list)
     """Paths of the written files, relative to the upload folder (filled by :func:`write_data`)."""
@@ -68,9 +70,25 @@ class DataConfig:
             if table.num_rows:
                 yield table
 
+    def published(self) -> Iterator[Path | pa.Table]:
+        """What each source shard publishes: the shard itself when it goes out unchanged (it is linked,
+        not rewritten), else its selected rows with local paths shown by their public names."""
+        for source in self.sources:
+            if self.transform is None and not _local_paths(source, self.run_dir):
+                yield source
+                continue
+            table = read_table(source)
+            table = public_names(self.transform(table) if self.transform else table, self.run_dir)
+            if table.num_rows:
+                yield table
 
-def data_configs(run_dir: Path, conversation_parser: ConversationParser | None = None) -> list[DataConfig]:
-    """The configs a run can publish, with their row counts; configs without rows are left out."""
+
+def data_configs(run_dir: Path, sft_chats: dict[str, Conversation] | None = None) -> list[DataConfig]:
+    """The configs a run can publish, with their row counts; configs without rows are left out.
+
+    ``sft_chats`` are the conversations SFT trains on (``pipeline.train.sft.sft_conversations``): the
+    published SFT set is exactly what trains.
+    """
     run = RunDir(run_dir)
     generated = list_shards(run.generated)
     candidates = [
@@ -81,13 +99,14 @@ def data_configs(run_dir: Path, conversation_parser: ConversationParser | None =
                    "Web text kept by the filter (heuristics, edu score, dedup, decontamination).",
                    list_shards(run.filtered), _web_rows),
     ]
-    if conversation_parser is not None:
+    if sft_chats:
         candidates.append(DataConfig(
-            "sft", "train", "Synthetic student/teacher conversations as chat messages, for SFT "
-            "(truncated, empty and refused ones left out).",
-            generated, _sft_rows(conversation_parser)))
+            "sft", "train", "Synthetic student/teacher conversations as chat messages, for SFT: the ones "
+            "the run's SFT trained on (truncated, empty, refused and repetitive ones left out).",
+            generated, _sft_rows(sft_chats)))
     configs = []
     for config in candidates:
+        config.run_dir = Path(run_dir)
         config.rows = _count(config)
         if config.rows:
             configs.append(config)
@@ -101,8 +120,7 @@ def write_data(configs: list[DataConfig], dest: Path) -> list[DataConfig]:
     """
     for config in configs:
         config.files = []
-        tables = config.tables() if config.transform else config.sources
-        for i, table in enumerate(tables):
+        for i, table in enumerate(config.published()):
             rel = f"{config.folder}/{config.split}-{i:05d}.parquet"
             if isinstance(table, Path):
                 _link_or_copy(table, dest / rel)
@@ -110,6 +128,39 @@ def write_data(configs: list[DataConfig], dest: Path) -> list[DataConfig]:
                 write_parquet(table, dest / rel)
             config.files.append(rel)
     return configs
+
+
+# Columns whose values may name a local file or folder: the generator model (a local folder) and a
+# filtered document's input file. Published rows show them as the card does (public_path).
+PUBLIC_COLUMNS = ("model", SOURCE)
+
+
+def public_names(table: pa.Table, run_dir: Path | None) -> pa.Table:
+    """``table`` with every local path in ``PUBLIC_COLUMNS`` replaced by its public name."""
+    for name, shown in _public_values(table, run_dir).items():
+        column = table[name]
+        index = pc.index_in(column, value_set=pa.array(list(shown)))
+        public = pc.take(pa.array(list(shown.values()), column.type), index)
+        table = table.set_column(table.column_names.index(name), name, pc.coalesce(public, column))
+    return table
+
+
+def _public_values(table: pa.Table, run_dir: Path | None) -> dict[str, dict[str, str]]:
+    """{column: {local path: public name}} of the values of ``PUBLIC_COLUMNS`` that name local paths."""
+    found = {}
+    for name in PUBLIC_COLUMNS:
+        kind = table.schema.field(name).type if name in table.column_names else None
+        if kind is not None and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            values = (v for v in pc.unique(table[name]).to_pylist() if isinstance(v, str))
+            shown = {v: p for v in values if (p := public_path(v, run_dir or Path())) != v}
+            if shown:
+                found[name] = shown
+    return found
+
+
+def _local_paths(shard: Path, run_dir: Path | None) -> bool:
+    columns = [c for c in PUBLIC_COLUMNS if c in pq.read_schema(shard).names]
+    return bool(columns) and bool(_public_values(read_table(shard, columns), run_dir))
 
 
 def _count(config: DataConfig) -> int:
@@ -139,24 +190,15 @@ def _web_rows(table: pa.Table) -> pa.Table:
     return table.filter(pc.fill_null(pc.not_equal(table[SOURCE], GENERATED_SOURCE), True))
 
 
-def _sft_rows(parse: ConversationParser) -> Transform:
+def _sft_rows(chats: dict[str, Conversation]) -> Transform:
     def transform(table: pa.Table) -> pa.Table:
-        if TEMPLATE not in table.column_names:
+        if ID not in table.column_names:
             return table.slice(0, 0).select([])
-        chats = table.filter(pc.fill_null(pc.equal(table[TEMPLATE], CONVERSATION), False))
-        flags = chats.column("flags").to_pylist() if "flags" in chats.column_names else [None] * chats.num_rows
-        rows: dict[str, list[Any]] = {ID: [], MESSAGES: [], "topic": [], "audience": []}
-        for row, row_flags in zip(chats.to_pylist(), flags, strict=True):
-            if set(row_flags or ()) & {"truncated", "empty", "refusal"}:
-                continue  # a cut-off or refused dialogue teaches the wrong turn-taking
-            messages = parse(row.get(TEXT) or "")
-            if len(messages) < 2:
-                continue
-            rows[ID].append(row.get(ID))
-            rows[MESSAGES].append(messages)
-            rows["topic"].append(row.get("topic"))
-            rows["audience"].append(row.get("audience"))
-        return pa.table(rows, schema=_SFT_SCHEMA)
+        rows = table.filter(pc.is_in(table[ID], pa.array(list(chats), pa.string())))
+        columns = {c: rows[c].to_pylist() if c in rows.column_names else [None] * rows.num_rows
+                   for c in ("topic", "audience")}
+        ids = rows[ID].to_pylist()
+        return pa.table({ID: ids, MESSAGES: [chats[i] for i in ids], **columns}, schema=_SFT_SCHEMA)
 
     return transform
 

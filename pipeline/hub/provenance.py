@@ -18,7 +18,14 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from pipeline.io import read_json
-from pipeline.lineage import LineageError, content_digest, fingerprint, manifest_ref, relative_name
+from pipeline.lineage import (
+    LineageError,
+    changed_parent,
+    content_digest,
+    fingerprint,
+    manifest_ref,
+    relative_name,
+)
 from pipeline.rundir import MANIFEST, PHASES, SHARD_GLOB, TRAIN_SUMMARY, RunDir, list_shards, manifest_path
 
 SHORT = 8  # digest characters a card shows: enough to tell manifests apart by eye
@@ -107,6 +114,22 @@ def verify_outputs(run_dir: Path) -> int:
     return checked
 
 
+def verify_parents(run_dir: Path) -> None:
+    """Every stage manifest was built from its parent manifests as they are now: a checkpoint trained
+    before the filter reran (or a filter run before the classifier was retrained) would publish data
+    beside a model that never saw it. A mismatch is a one-line :class:`LineageError` naming both and
+    the stage to rerun."""
+    run_dir = Path(run_dir)
+    for path in stage_manifests(run_dir):
+        manifest = _read(path)
+        changed = changed_parent(manifest.get("lineage"), run_dir)
+        if changed is not None:
+            parent, how = changed
+            raise LineageError(f"{relative_name(path.parent, run_dir)} was built from {public_path(parent, run_dir)}, "
+                               f"which {how}: it does not match the data this run holds now; rerun "
+                               f"{rerun_command(manifest, path)} (--restart to discard the old one), then textbook card")
+
+
 def _locate(name: str, run_dir: Path, folder: Path) -> Path:
     """An ``outputs`` name: relative to the run directory (the convention), else to the manifest's folder."""
     path = Path(name)
@@ -121,7 +144,7 @@ def card_parents(run_dir: Path) -> dict[str, dict[str, str]]:
     """{name: {"manifest", "digest"}} of every manifest and report a card reads, as they are now."""
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
-    results = [*sorted(run.eval.glob("*.json")), run.compare / "compare.json"]  # the scores the cards print
+    results = [*run.eval_results(), run.compare_table]  # the scores the cards print
     files = [*stage_manifests(run_dir), *[run_dir / r for r in _REPORTS], *results]
     refs = {relative_name(p, run_dir): manifest_ref(p, run_dir) for p in files}
     return {name: ref for name, ref in sorted(refs.items()) if ref}

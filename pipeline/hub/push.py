@@ -20,7 +20,7 @@ from pydantic import BaseModel, SecretStr
 from pipeline.config import Config, public_dict
 from pipeline.errors import HubError
 from pipeline.hub.artifacts import load_artifacts
-from pipeline.hub.card import build_dataset_card, build_model_card, model_repo_id, require_run_dir, sft_parser
+from pipeline.hub.card import build_dataset_card, build_model_card, model_repo_id, require_run_dir, sft_chats
 from pipeline.hub.checkpoints import final_checkpoint
 from pipeline.hub.config import HubConfig
 from pipeline.hub.layout import (
@@ -29,12 +29,11 @@ from pipeline.hub.layout import (
     DATA_DIR,
     FIGURES_DIR,
     MANIFESTS_DIR,
-    ConversationParser,
     data_configs,
     write_data,
 )
-from pipeline.hub.provenance import check_card_fresh, public_data, verify_outputs
-from pipeline.io import atomic_dir, copy_file, read_json, write_json
+from pipeline.hub.provenance import check_card_fresh, public_data, verify_outputs, verify_parents
+from pipeline.io import atomic_dir, check_writable, copy_file, read_json, write_json
 from pipeline.rundir import PHASES, TRAIN_SUMMARY, RunDir, manifest_path
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -75,11 +74,12 @@ def push(cfg: Config, repo_id: str | None = None, private: bool = False, dry_run
         hub = hub.model_copy(update={"repo_id": repo_id})
     token = known_token() if dry_run else resolve_token()
     dest = RunDir(run_dir).push_model if model else RunDir(run_dir).push
+    check_writable(HubError, dest)
     with atomic_dir(dest) as folder:
         if model:
             assemble_model(hub, run_dir, folder, cfg.seed)
         else:
-            assemble_dataset(hub, run_dir, folder, cfg.seed, sft_parser(cfg.train.sft.parser))
+            assemble_dataset(hub, run_dir, folder, cfg.seed, sft_chats(cfg.train, run_dir))
         check_upload(run_dir, folder, upload_secrets(cfg, token), shown_as=dest.name)
     total = print_listing(dest)
     if dry_run:
@@ -112,12 +112,13 @@ def check_upload(run_dir: Path, folder: Path, secrets: dict[str, str], shown_as:
     """
     run_dir = Path(run_dir)
     verify_outputs(run_dir)
+    verify_parents(run_dir)
     check_card_fresh(run_dir)
     for name, value in secrets.items():
         assert_no_secret(folder, value, name, shown_as)
 
 
-def upload_secrets(cfg: Config, token: str | None) -> dict[str, str]:
+def upload_secrets(cfg: BaseModel, token: str | None) -> dict[str, str]:
     """{what: value} no uploaded file may hold: the configured secrets long enough to be credentials
     (:func:`configured_secrets`, which walks the whole config), then the Hugging Face token."""
     secrets = {name: value for name, value in configured_secrets(cfg).items() if len(value) >= _MIN_SECRET}
@@ -126,9 +127,9 @@ def upload_secrets(cfg: Config, token: str | None) -> dict[str, str]:
     return secrets
 
 
-def configured_secrets(cfg: Config) -> dict[str, str]:
-    """{what: value} of the secrets a run knows: every ``SecretStr`` of the config, any other value
-    ``public_dict`` strips, and OPENAI_API_KEY."""
+def configured_secrets(cfg: BaseModel) -> dict[str, str]:
+    """{what: value} of the secrets a run knows: every ``SecretStr`` of the config (the whole of it: any
+    section may hold one), any other value ``public_dict`` strips, and OPENAI_API_KEY."""
     found: dict[str, str] = {}
 
     def walk(node: object, public: object, key: str) -> None:
@@ -150,13 +151,13 @@ def configured_secrets(cfg: Config) -> dict[str, str]:
 # --- assembling ----------------------------------------------------------------------------------
 
 def assemble_dataset(hub: HubConfig, run_dir: Path, folder: Path, seed: int,
-                     conversation_parser: ConversationParser) -> Path:
+                     chats: dict[str, list[dict[str, str]]] | None) -> Path:
     """Write the dataset upload files into ``folder``: README.md, figures/, reproduce/, data/, manifests/.
 
     The published manifests have their local paths made public, as the card shows them.
     """
     art = load_artifacts(run_dir, hub.max_card_rows, seed)
-    configs = data_configs(run_dir, conversation_parser)
+    configs = data_configs(run_dir, chats)
     if not configs:
         raise HubError(f"{run_dir}: no data to publish (no generated or filtered shards); run the stages first")
     write_data(configs, folder)

@@ -1,8 +1,10 @@
-"""Training state for exact resume: model, optimizer, step (the LR schedule is a function of it),
-RNG states and the data position, saved atomically under ``<phase dir>/state/step-NNNNNN/``.
+"""A phase's lineage and its training state for exact resume.
 
-``state/lineage.json`` holds the fingerprint of what the states were trained on (the loop checks it
-before it resumes, so a run never continues on data or settings that changed)."""
+The fingerprint (:func:`phase_fingerprint`) is what a phase's weights are a function of; it is stored
+in the phase's ``manifest.json`` and in ``state/lineage.json`` beside the resumable states, and
+:func:`reuse_or_discard` checks both before a run starts. A state is model, optimizer, step (the LR
+schedule is a function of it), RNG states and the data position, saved atomically under
+``<phase dir>/state/step-NNNNNN/``."""
 
 from __future__ import annotations
 
@@ -15,12 +17,35 @@ import numpy as np
 import torch
 
 from pipeline.errors import TrainError
-from pipeline.io import atomic_dir
+from pipeline.io import atomic_dir, read_json
+from pipeline.lineage import (
+    check_resume,
+    file_digests,
+    fingerprint,
+    manifest_ref,
+    read_fingerprint,
+    relative_name,
+)
+from pipeline.progress import note
+from pipeline.rundir import TRAIN_SUMMARY, RunDir, manifest_path
+from pipeline.sources import source_files, source_parents
+from pipeline.train.config import TrainConfig
+from pipeline.train.distributed import Dist, barrier
+from pipeline.train.plan import PhasePlan
 
 STATE = "state"
 """In a phase folder: the resumable states ``step-NNNNNN/`` and their ``lineage.json``."""
 LINEAGE = "lineage.json"
 """In the state folder: ``{"lineage": fingerprint}`` of the run its states belong to."""
+
+
+def state_dir(phase_dir: Path) -> Path:
+    """``<phase dir>/state/``: the resumable states and their lineage."""
+    return Path(phase_dir) / STATE
+
+
+def state_lineage(phase_dir: Path) -> Path:
+    return state_dir(phase_dir) / LINEAGE
 
 
 def save_state(folder: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -68,3 +93,59 @@ def load_latest(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return state
+
+
+# --- a phase's lineage ------------------------------------------------------------------------
+
+def phase_fingerprint(t: TrainConfig, run_dir: Path, plan: PhasePlan, mixture: dict[str, float],
+                      world: int) -> dict[str, Any]:
+    """What a phase's weights are a function of: its schedule and mixture, the sources' definitions
+    and the digests of every shard they read, the seed, sequence length, optimizer settings and
+    world size (it sets the steps and each rank's rows), the model shape for phase 1; and as
+    parents the manifests of the stages that wrote those shards, of the tokenizer and of the
+    phase it starts from (so a retrained phase 1 stops phase 2 from resuming)."""
+    config: dict[str, Any] = {
+        "seed": plan.seed, plan.key: plan.schedule.model_dump(exclude={"mixture"}), plan.mixture_key: mixture,
+        "train.sources": {n: t.sources[n].model_dump() for n in mixture}, "train.seq_len": t.seq_len,
+        "train.val_fraction": t.val_fraction, "train.weight_decay": t.weight_decay, "train.betas": list(t.betas),
+        "train.grad_clip": t.grad_clip, "world_size": world,
+    }
+    if plan.sft:
+        config["train.sft.parser"] = t.sft.parser
+    files = sorted({f for n in mixture for f in source_files(n, t.sources[n], run_dir)})
+    parents: dict[str, Any] = source_parents(files, run_dir)
+    if plan.init_from is None:
+        config["train.model"] = t.model.model_dump()
+        tokenizer = RunDir(run_dir).tokenizer
+        parents[tokenizer.name] = manifest_ref(manifest_path(tokenizer), run_dir)
+    else:
+        parents[relative_name(plan.init_from, run_dir)] = manifest_ref(manifest_path(plan.init_from), run_dir)
+    return fingerprint(config, file_digests(files, run_dir), {k: v for k, v in parents.items() if v is not None})
+
+
+def reuse_or_discard(plan: PhasePlan, current: dict[str, Any], restart: bool, d: Dist) -> dict[str, Any] | None:
+    """Check the phase's final checkpoint and saved state against ``current``.
+
+    Returns the final summary when the phase is already trained on exactly these inputs (nothing
+    to do), None when training should start or resume. A mismatch raises LineageError, or with
+    ``restart`` deletes the phase folder (state and final outputs) so training starts from scratch.
+    """
+    summary_path = plan.out_dir / TRAIN_SUMMARY  # written last: the phase is complete
+    states = state_dir(plan.out_dir)
+    fresh = True
+    if summary_path.exists():
+        fresh = check_resume(f"the {plan.name} checkpoint", read_fingerprint(manifest_path(plan.out_dir)),
+                             current, restart, plan.out_dir)
+    if fresh and list_states(states):
+        fresh = check_resume(f"the saved {plan.name} training state", read_fingerprint(state_lineage(plan.out_dir)),
+                             current, restart, states)
+    if not fresh:
+        barrier(d)  # every rank has checked before rank 0 deletes
+        if d.main:
+            shutil.rmtree(plan.out_dir)
+            note(f"{plan.out_dir}: discarded (built from other inputs; --restart); training from scratch")
+        barrier(d)
+        return None
+    if summary_path.exists():
+        return {**read_json(summary_path), "reused": True}
+    return None

@@ -15,20 +15,24 @@ know before trusting an A/B (nanochat and DCLM report differences of 0.007-0.04 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.config import Config, public_dict
 from pipeline.errors import TrainError
-from pipeline.io import read_json, write_json, write_png, write_text
+from pipeline.eval.config import EvalConfig
+from pipeline.io import check_writable, read_json, write_json, write_png, write_text
 from pipeline.lineage import describe_change, fingerprint, manifest_ref
+from pipeline.progress import stage_line
 from pipeline.rundir import TRAIN_SUMMARY, RunDir, manifest_path
-from pipeline.train.loop import PhasePlan, run_phase
+from pipeline.train.config import TrainConfig
+from pipeline.train.loop import run_phase
+from pipeline.train.plan import PhasePlan
+from pipeline.train.prepare import check_inputs, check_mixture
 
-TABLE, MARKDOWN, FIGURE = "compare.json", "compare.md", "compare.png"
-"""In RUN_DIR/compare/: the table, its Markdown rendering and the figure."""
 ARM_EVAL = "eval.json"
 """In an arm x seed folder: its ``textbook eval`` result."""
 
@@ -48,35 +52,59 @@ def compare(cfg: Config, restart: bool = False) -> int:
     phase1 = run.checkpoint("phase1")
     if not (phase1 / TRAIN_SUMMARY).exists():  # written after the final weights
         raise TrainError(f"{phase1}: no phase-1 checkpoint; run `textbook train --phase 1` first")
+    plans = {arm: [PhasePlan(f"phase2-{arm}-seed{k}", run.compare_arm(arm, k), phase1,
+                             cfg.train.phase2.model_copy(update={"mixture": mixture}), cfg.seed + k,
+                             key="train.phase2", mixture_key=f"train.compare.arms.{arm}",
+                             config=public_dict(cfg.model_copy(update={"seed": cfg.seed + k})))
+                   for k in range(c.seeds)]
+             for arm, mixture in arms.items()}
+    check_arms(cfg.eval, cfg.train, cfg.run_dir, plans)
+    check_writable(TrainError, run.compare)
     out = run.compare
     runs: dict[str, list[dict[str, Any]]] = {}
-    for arm, mixture in arms.items():
+    total, started = len(arms) * c.seeds, time.perf_counter()
+    for arm, seeds in plans.items():
         runs[arm] = []
-        for k in range(c.seeds):
-            seeded = cfg.model_copy(update={"seed": cfg.seed + k})
-            schedule = cfg.train.phase2.model_copy(update={"mixture": mixture})
-            plan = PhasePlan(f"phase2-{arm}-seed{k}", run.compare_arm(arm, k), phase1, schedule,
-                             key="train.phase2", mixture_key=f"train.compare.arms.{arm}")
-            summary = run_phase(seeded, plan, restart)
+        for k, plan in enumerate(seeds):
+            done = sum(len(r) for r in runs.values())
+            print(stage_line(f"arm {arm!r}, seed {k}", done, total, time.perf_counter() - started, "run"),
+                  flush=True)
+            summary = run_phase(cfg.train, cfg.run_dir, plan, restart)
             if summary.get("stopped_early"):
                 raise TrainError(f"compare arm {arm!r} stopped at step {summary['steps_done']}; "
                                  "unset train.stop_at_step")
             runs[arm].append({"seed": cfg.seed + k, "summary": summary,
-                              "eval": arm_eval(cfg, plan.out_dir) if cfg.eval.tasks else None})
+                              "eval": arm_eval(cfg.eval, cfg.train, cfg.run_dir, plan.out_dir) if cfg.eval.tasks else None})
     table = compare_table(runs, {a: arms[a] for a in runs})
     folders = [run.compare_arm(arm, k) for arm in arms for k in range(c.seeds)]
     table["lineage"] = fingerprint(
         {"train.compare": c.model_dump(mode="json")},
         parents={f.relative_to(out).as_posix(): manifest_ref(manifest_path(f), cfg.run_dir) for f in folders})
-    write_json(table, out / TABLE)
+    write_json(table, run.compare_table)
     markdown = render_markdown(table)
-    write_text(markdown, out / MARKDOWN)
-    plot_compare(table, out / FIGURE)
+    write_text(markdown, run.compare_report)
+    plot_compare(table, run.compare_figure)
     print(markdown)
     return 0
 
 
-def arm_eval(cfg: Config, checkpoint: Path) -> dict[str, Any]:
+def check_arms(e: EvalConfig, t: TrainConfig, run_dir: Path, plans: dict[str, list[PhasePlan]]) -> None:
+    """Everything that can fail cheaply, before the first arm trains (at scale an arm is GPU hours):
+    each arm's mixture and sources, and that every eval task loads (the Hub reached once, not after
+    the training)."""
+    from pipeline.eval.run import check_hub_reachable, hub_needs
+    from pipeline.eval.tasks import load_task
+
+    for seeds in plans.values():
+        plan = seeds[0]
+        check_inputs(t, run_dir, plan, check_mixture(t, plan.mixture_key, plan.schedule.mixture))
+    if e.tasks:
+        check_hub_reachable(hub_needs(e, str(plans[next(iter(plans))][0].init_from)))
+        for task in e.tasks:
+            load_task(task, e.seed)
+
+
+def arm_eval(e: EvalConfig, t: TrainConfig, run_dir: Path, checkpoint: Path) -> dict[str, Any]:
     """``textbook eval`` of one arm x seed, kept in its folder and reused while its lineage (the
     checkpoint's manifest, the task bundle) is the same."""
     from pipeline.eval.run import checkpoint_lineage, score_checkpoint
@@ -85,11 +113,10 @@ def arm_eval(cfg: Config, checkpoint: Path) -> dict[str, Any]:
     path = checkpoint / ARM_EVAL
     if path.exists():
         stored = read_json(path)
-        current = checkpoint_lineage(cfg.eval, cfg.run_dir, [load_task(t, cfg.eval.seed) for t in cfg.eval.tasks],
-                                     str(checkpoint))
+        current = checkpoint_lineage(e, run_dir, [load_task(task, e.seed) for task in e.tasks], str(checkpoint))
         if describe_change(stored.get("lineage", {}), current) is None:
             return stored
-    result = score_checkpoint(str(checkpoint), cfg.eval, cfg.run_dir, cfg.train)
+    result = score_checkpoint(str(checkpoint), e, run_dir, t.sources, t.val_fraction)
     write_json(result, path)
     return result
 

@@ -14,34 +14,16 @@ from pydantic import Field, field_validator
 from pipeline.rundir import (
     CONVERSATION,
     EDU_SCORE,
+    FLAGS,
     GENERATED_SOURCE,
-    ID,
     SHARD_GLOB,
     SOURCE,
     TEMPLATE,
-    TEXT,
+    UNUSABLE_FLAGS,
     RunDir,
 )
 from pipeline.settings import Section
-
-
-class RowCondition(Section):
-    """Keep a source's rows where ``column op value``; ``percentile`` sets ``value`` to that percentile
-    of the column. A source lists its conditions under the YAML key ``filters``."""
-
-    column: str
-    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not in"] = "=="
-    value: Any = None
-    percentile: float | None = Field(default=None, ge=0, le=100)
-
-
-class SourceConfig(Section):
-    paths: list[str] = []
-    text_column: str = TEXT
-    id_column: str = ID
-    filters: list[RowCondition] = []
-    max_docs: int | None = None
-    """Read at most this many documents (after filtering), in file order."""
+from pipeline.sources import RowCondition, SourceConfig
 
 
 class TokenizerConfig(Section):
@@ -106,16 +88,17 @@ _NOT_CHAT = {"column": TEMPLATE, "op": "!=", "value": CONVERSATION}
 _REPHRASE_TEMPLATES = ["rephrase_wikipedia", "rephrase_qa", "rephrase_tutorial", "rephrase_faq", "rephrase_table",
                        "rephrase_knowledge_list", "rephrase_math"]
 _NOT_REPHRASED = {"column": TEMPLATE, "op": "not in", "value": _REPHRASE_TEMPLATES}
+_USABLE = {"column": FLAGS, "op": "excludes", "value": list(UNUSABLE_FLAGS)}  # no cut-off, empty or looping rows
 
 
 def _default_sources() -> dict[str, SourceConfig]:
     return {
         "web": _src(_FILTERED, _NOT_GENERATED),
         "web_top_edu": _src(_FILTERED, _NOT_GENERATED, {"column": EDU_SCORE, "op": ">=", "percentile": 50}),
-        "synthetic": _src(_GENERATED, _NOT_CHAT, _NOT_REPHRASED),
-        "rephrased": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": _REPHRASE_TEMPLATES}),
-        "textbook": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": ["textbook", "exercises"]}),
-        "chat": _src(_GENERATED, {"column": TEMPLATE, "op": "==", "value": CONVERSATION}),
+        "synthetic": _src(_GENERATED, _NOT_CHAT, _NOT_REPHRASED, _USABLE),
+        "rephrased": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": _REPHRASE_TEMPLATES}, _USABLE),
+        "textbook": _src(_GENERATED, {"column": TEMPLATE, "op": "in", "value": ["textbook", "exercises"]}, _USABLE),
+        "chat": _src(_GENERATED, {"column": TEMPLATE, "op": "==", "value": CONVERSATION}, _USABLE),
         "held_out": SourceConfig(),
     }
 

@@ -15,77 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import xxhash
 
-from pipeline.errors import EmptySourceError, PipelineError, TrainError
-from pipeline.io import atomic_path, expand_inputs, read_json, read_parquet, stable_hash, write_json
+from pipeline.io import atomic_path, read_json, stable_hash, write_json
 from pipeline.lineage import file_digests
 from pipeline.progress import progress
 from pipeline.rundir import ID, TEXT, RunDir, manifest_path
-from pipeline.train.config import RowCondition, SourceConfig
-
-_OPS: dict[str, Callable[[pd.Series, object], pd.Series]] = {
-    "==": lambda s, v: s == v, "!=": lambda s, v: s != v, ">": lambda s, v: s > v,
-    ">=": lambda s, v: s >= v, "<": lambda s, v: s < v, "<=": lambda s, v: s <= v,
-    "in": lambda s, v: s.isin(list(v)), "not in": lambda s, v: ~s.isin(list(v)),
-}
-
-
-def source_files(name: str, spec: SourceConfig, run_dir: Path) -> list[str]:
-    """The Parquet files of a source (``{run_dir}`` substituted); TrainError if there are none."""
-    if not spec.paths:
-        raise TrainError(f"config key 'train.sources.{name}.paths': the source is empty (no paths)")
-    patterns = [p.replace("{run_dir}", str(run_dir)) for p in spec.paths]
-    try:
-        return [f.path for f in expand_inputs(patterns)]
-    except PipelineError as e:
-        raise TrainError(f"train.sources.{name}: {e}") from None
-
-
-def read_source(name: str, spec: SourceConfig, run_dir: Path) -> pd.DataFrame:
-    """All documents of a source after its row conditions, as columns ``id`` and ``text``, in file order."""
-    files = source_files(name, spec, run_dir)
-    columns = list(dict.fromkeys([spec.text_column, *(f.column for f in spec.filters)]))
-    frames = []
-    for path in files:
-        df = read_parquet(Path(path))
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise TrainError(f"{path}: source {name!r} needs column {missing[0]!r} (has: {', '.join(df.columns)})")
-        ids = df[spec.id_column].astype(str) if spec.id_column in df.columns else (
-            pd.Series([f"{path}:{i}" for i in range(len(df))], index=df.index))
-        frames.append(df[columns].assign(**{ID: ids.values}))
-    rows = pd.concat(frames, ignore_index=True)
-    total = len(rows)
-    for f in spec.filters:
-        rows = rows[_condition_mask(rows, f)]
-    rows = rows[rows[spec.text_column].fillna("").astype(str).str.strip() != ""]
-    if spec.max_docs is not None:
-        rows = rows.iloc[: spec.max_docs]
-    if rows.empty:
-        raise EmptySourceError(f"train.sources.{name}: no documents left ({total} rows in {len(files)} files "
-                         f"before filters {[f.model_dump(exclude_none=True) for f in spec.filters]})")
-    return pd.DataFrame({ID: rows[ID].values, TEXT: rows[spec.text_column].astype(str).values})
-
-
-def _condition_mask(rows: pd.DataFrame, f: RowCondition) -> pd.Series:
-    col = rows[f.column]
-    value = f.value
-    if f.percentile is not None:
-        value = float(np.nanpercentile(pd.to_numeric(col, errors="coerce"), f.percentile))
-    return _OPS[f.op](col, value).fillna(False).astype(bool)
-
-
-def validation_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
-    """Rows held out for validation, by a hash of the id: stable across runs and file orders."""
-    h = np.array([xxhash.xxh64_intdigest(str(i).encode("utf-8")) for i in ids], dtype=np.uint64)
-    mask = (h % np.uint64(1_000_000)) < np.uint64(int(fraction * 1_000_000))
-    if len(ids) >= 2 and not mask.any():
-        mask[int(np.argmin(h))] = True  # tiny sources still get one validation document
-    if mask.all():
-        mask[int(np.argmax(h))] = False
-    return mask
+from pipeline.sources import SourceConfig, read_source, source_files, validation_mask
 
 
 def tokenize_documents(tok, texts: Sequence[str], dtype: type = np.int64, batch_size: int = 1024,

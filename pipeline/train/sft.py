@@ -22,8 +22,9 @@ from pipeline.errors import EmptySourceError, TrainError
 from pipeline.io import read_parquet
 from pipeline.lineage import file_digests
 from pipeline.rundir import ID, MESSAGES, TEXT, RunDir
-from pipeline.train.config import SFTConfig, SourceConfig
-from pipeline.train.data import cached_arrays, read_source, source_files, token_dtype, validation_mask
+from pipeline.sources import SourceConfig, read_source, source_files, validation_mask
+from pipeline.train.config import SFTConfig
+from pipeline.train.data import cached_arrays, token_dtype
 
 Conversation = list[dict[str, str]]
 
@@ -43,7 +44,7 @@ _ROLES = ("system", "user", "assistant")
 def stored_messages(files: Sequence[str], spec: SourceConfig) -> dict[str, Conversation]:
     """Row id -> its ``messages`` (a list of ``{role, content}``), for the files that have that column.
 
-    Ids are as :func:`~pipeline.train.data.read_source` gives them (the id column, else ``path:row``).
+    Ids are as :func:`~pipeline.sources.read_source` gives them (the id column, else ``path:row``).
     A message with another role than system/user/assistant is an error, never silently trained on.
     """
     out: dict[str, Conversation] = {}
@@ -152,6 +153,24 @@ def pack_chats(chats: Sequence[tuple[list[int], list[bool]]], seq_len: int, pad:
     return tokens, masks
 
 
+def sft_conversations(cfg: SFTConfig, spec: SourceConfig, run_dir: Path) -> tuple[dict[str, Conversation], dict]:
+    """The conversations SFT trains on (row id -> messages, in source order), with counts: how many
+    came from a ``messages`` column and how many rows were skipped for lacking an assistant turn.
+    ``textbook push`` publishes exactly these."""
+    parse = conversation_parser(cfg.parser)
+    docs = read_source(cfg.source, spec, run_dir)
+    stored = stored_messages(source_files(cfg.source, spec, run_dir), spec)
+    chats: dict[str, Conversation] = {}
+    for doc_id, text in zip(docs[ID], docs[TEXT], strict=True):
+        messages = stored[doc_id] if doc_id in stored else parse(text)
+        if any(m.get("role") == "assistant" for m in messages):
+            chats[doc_id] = messages
+    if not chats:
+        raise EmptySourceError(f"train.sources.{cfg.source}: none of {len(docs)} conversations has an "
+                               f"assistant turn after parsing")
+    return chats, {"from_messages": sum(i in stored for i in chats), "skipped_without_assistant": len(docs) - len(chats)}
+
+
 def sft_data(cfg: SFTConfig, spec: SourceConfig, run_dir: Path, tok, tokenizer_id: str, seq_len: int,
              val_fraction: float) -> tuple[dict[str, np.ndarray], dict]:
     """Packed SFT rows ``train``/``train_mask``/``val``/``val_mask`` of the chat source, cached."""
@@ -161,22 +180,12 @@ def sft_data(cfg: SFTConfig, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
            "conversations_from": "messages column, else parser"}
 
     def build() -> tuple[dict[str, np.ndarray], dict]:
-        parse = conversation_parser(cfg.parser)
-        docs = read_source(cfg.source, spec, run_dir)
-        stored = stored_messages(files, spec)
-        chats, ids, used, skipped = [], [], [], 0
-        for doc_id, text in zip(docs[ID], docs[TEXT], strict=True):
-            messages = stored[doc_id] if doc_id in stored else parse(text)
-            if not any(m.get("role") == "assistant" for m in messages):
-                skipped += 1
-                continue
+        conversations, counts = sft_conversations(cfg, spec, run_dir)
+        chats, ids = [], []
+        for doc_id, messages in conversations.items():
             pieces = fit_chat(tok, messages, seq_len + 1)
             chats.extend(pieces)
             ids.extend([doc_id] * len(pieces))  # a split conversation stays on one side of the split
-            used.append(doc_id)
-        if not chats:
-            raise EmptySourceError(f"train.sources.{cfg.source}: none of {len(docs)} conversations has an "
-                             f"assistant turn after parsing")
         is_val = validation_mask(ids, val_fraction)
         dtype = token_dtype(len(tok))
         out = {}
@@ -186,9 +195,7 @@ def sft_data(cfg: SFTConfig, spec: SourceConfig, run_dir: Path, tok, tokenizer_i
             out[split], out[f"{split}_mask"] = tokens.astype(dtype), masks
         if not out["train_mask"][:, 1:].any():
             raise EmptySourceError(f"train.sources.{cfg.source}: no assistant tokens to train on")
-        info = {"conversations": len(used), "from_messages": sum(i in stored for i in used),
-                "skipped_without_assistant": skipped,
-                "assistant_tokens": int(out["train_mask"].sum())}
+        info = {"conversations": len(conversations), **counts, "assistant_tokens": int(out["train_mask"].sum())}
         return out, info
 
     return cached_arrays(RunDir(run_dir).tokens / f"sft-{cfg.source}", key, build)

@@ -12,10 +12,11 @@ from pipeline.classify.annotate import parse_score, wave_ends
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import GenerateError
-from pipeline.generate.runner import run_requests
-from pipeline.generate.stub_server import StubServer
 from pipeline.io import read_json, read_shards
 from pipeline.lineage import content_digest
+from pipeline.llm.run import run_requests
+from pipeline.llm.spec import RunSpec
+from pipeline.llm.stub_server import StubServer
 from tests.classify.conftest import make_corpus
 
 MALFORMED = [
@@ -116,12 +117,27 @@ def test_dry_run_sends_nothing(tmp_path, capsys):
     assert not (tmp_path / "annotations").exists()
 
 
+def test_a_sample_short_of_num_documents_says_why(tmp_path, capsys):
+    web = tmp_path / "web.jsonl"
+    texts = list(make_corpus(5, seed=1)["text"])
+    web.write_text("".join(json.dumps({"text": t}) + "\n" for t in [*texts, texts[0], ""]))
+    assert main(["annotate", "--dry-run", f"run_dir={tmp_path}", f"annotate.input=[{web}]",
+                 "annotate.num_documents=6", "generate.model=stub-model"]) == 0
+    out, err = capsys.readouterr()
+    assert "5 requests to send" in out
+    assert ("annotate: 5 of annotate.num_documents=6 documents: 1 drawn twice (the same id, or the same text "
+            "without one) counted once") in err
+    assert main(["annotate", "--dry-run", f"run_dir={tmp_path}", f"annotate.input=[{web}]",
+                 "annotate.num_documents=10", "generate.model=stub-model"]) == 0
+    assert "the inputs hold 6 non-empty (1 empty skipped)" in capsys.readouterr().err
+
+
 def test_an_engine_column_never_overwrites_a_passthrough(tmp_path):
     requests = pd.DataFrame({"id": ["a"], "messages": [[{"role": "user", "content": "hi"}]], "answer": ["doc"]})
     cfg = load_config(None, [f"run_dir={tmp_path}"])
     with pytest.raises(GenerateError, match="passthrough column 'answer' would be overwritten"):
-        run_requests(cfg.generate, requests, tmp_path / "out", stage="annotate", run_dir=cfg.run_dir,
-                     completion_column="answer")
+        run_requests(RunSpec("annotate", tmp_path / "out", cfg.run_dir, cfg.generate, completion_column="answer"),
+                     requests)
     assert not (tmp_path / "out").exists()
 
 
@@ -210,3 +226,27 @@ def test_annotate_resumes_only_on_the_inputs_it_was_built_from(tmp_path, capsys)
         assert len(srv.requests) == 60
     assert read_json(run / "annotations" / "manifest.json")["lineage"]["inputs"] == {str(web): content_digest(web)}
     assert len(read_shards(run / "annotations")) == 30
+
+
+def test_after_the_failure_gate_restart_asks_every_document_again_and_records_what_it_discarded(tmp_path, capsys):
+    """The gate's remedy may lie outside the fingerprint (a server fixed behind the same URL and model):
+    --restart then discards every answer, not only those built from other inputs."""
+    web = web_file(tmp_path / "web.jsonl", 40, seed=9)
+    run = tmp_path / "run"
+    common = ["annotate", f"run_dir={run}", f"annotate.input=[{web}]", "annotate.num_documents=30",
+              "annotate.failure_min_answers=10", "generate.model=stub-model", "generate.api_key=sk-test", "workers=1"]
+    with StubServer(api_key="sk-test") as broken:  # prose without a score line: every answer fails
+        assert main([*common, f"generate.base_url={broken.base_url}"]) == 2
+        assert len(broken.requests) == 10
+    with StubServer(responder=lambda messages, params: "Clear.\nEducational score: 3", api_key="sk-test") as fixed:
+        args = [*common, f"generate.base_url={fixed.base_url}"]
+        assert main(args) == 0  # resumed: only the 20 missing documents are asked; the 10 failures stay
+        assert len(fixed.requests) == 20
+        assert read_json(run / "annotations" / "manifest.json")["annotations"]["failed"] == 10
+        capsys.readouterr()
+        assert main([*args, "--restart"]) == 0
+        assert len(fixed.requests) == 20 + 30  # every document asked again
+    assert "discarding 30 paid rows" in capsys.readouterr().err
+    manifest = read_json(run / "annotations" / "manifest.json")
+    assert manifest["annotations"]["failed"] == 0 and manifest["annotations"]["scored"] == 30
+    assert [d["rows"] for d in manifest["discarded_runs"]] == [30]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.eval.config import TaskConfig
 from pipeline.eval.run import bundle_of, score_checkpoint
-from pipeline.eval.tasks import EvalError, load_task
+from pipeline.eval.tasks import EvalError, Task, load_task
 from tests.conftest import build_tiny_llama
 
 WORDS = ["sun", "rain", "tree", "stone", "river", "cloud", "bird", "apple", "chair", "paper", "glass", "light"]
@@ -54,25 +55,29 @@ def one_torch_thread():
 def test_random_model_scores_near_chance_and_a_trained_one_clearly_above(tmp_path, tiny_llama):
     task = write_mc(tmp_path / "yesno.jsonl", 300)
     cfg = eval_config(tmp_path / "run", task)
-    random_result = score_checkpoint(str(tiny_llama), cfg.eval, cfg.run_dir, cfg.train)
+    random_result = score_checkpoint(str(tiny_llama), cfg.eval, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
     s = random_result["tasks"]["yesno"]
     assert s["items"] == 200 and s["chance"] == pytest.approx(0.25)
     assert abs(random_result["score"]) < 0.2
 
-    trained = train_on_answers(tmp_path / "trained", task)
-    trained_result = score_checkpoint(str(trained), cfg.eval, cfg.run_dir, cfg.train)
+    trained = train_on_answers(tmp_path / "trained", load_task(cfg.eval.tasks[0], seed=1))
+    trained_result = score_checkpoint(str(trained), cfg.eval, cfg.run_dir, cfg.train.sources, cfg.train.val_fraction)
     assert trained_result["score"] > random_result["score"] + 0.4
     assert trained_result["bundle_digest"] == random_result["bundle_digest"]
 
 
-def train_on_answers(path: Path, task: Path) -> Path:
-    """The tiny model after a few hundred AdamW steps on the items' questions with their gold answers."""
+def train_on_answers(path: Path, task: Task) -> Path:
+    """The tiny model after 150 AdamW steps on the task's prompts, as eval shows them, with gold answers.
+
+    The prompts carry their few-shot examples (drawn with another seed than eval's): a 2-layer model
+    that only ever saw one short question does not carry the map to a question at the end of a
+    three-example context, and whether it happens to depends on the random init.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     build_tiny_llama(path)
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
-    rows = [json.loads(line) for line in task.read_text().splitlines()]
-    texts = [f"{r['query']} {r['choices'][r['gold']]}" for r in rows]
+    texts = [context + continuations[task.items[i].gold] for i, context, continuations in task.requests(1)]
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     torch.manual_seed(0)
     model.train()
@@ -151,22 +156,102 @@ def test_hub_layouts_load_from_local_files_of_the_same_schema(tmp_path, fmt):
         assert item.cloze == "Cooking: A man cracks an egg. He"
 
 
-def test_bad_task_rows_name_the_file_and_item(tmp_path):
+def test_bad_task_rows_name_the_file_and_line(tmp_path):
+    """1-based ``file:line``, as every other error names a row."""
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"query": "q", "choices": ["a", "b"], "gold": 5}) + "\n")
-    with pytest.raises(EvalError, match=r"bad\.jsonl: item 0: not a mc_jsonl row"):
+    path.write_text(json.dumps({"query": "q", "choices": ["a", "b"], "gold": 1}) + "\n\n"
+                    + json.dumps({"query": "q", "choices": ["a", "b"], "gold": 5}) + "\n")
+    with pytest.raises(EvalError, match=r"eval task 'bad': \S*bad\.jsonl:3: not a mc_jsonl row \(ValueError: answer 5"):
         load_task(TaskConfig(name="bad", path=str(path), format="mc_jsonl"), 0)
+    csv_path = tmp_path / "mmlu.csv"
+    csv_path.write_text("question,A,B,C,D,answer\n2+2?,3,4,5,6,B\nhalf a row,1\n")
+    with pytest.raises(EvalError, match=r"mmlu\.csv:3: expected question, four choices and an answer"):
+        load_task(TaskConfig(name="m", path=str(csv_path), format="mmlu_csv"), 0)
 
 
-def test_cli_writes_the_result_contract(tmp_path, tiny_llama, capsys):
+def test_an_item_with_one_choice_is_a_one_line_error(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"query": "q", "choices": ["only"], "gold": 0}) + "\n")
+    with pytest.raises(EvalError, match=r"one\.jsonl:1: 1 choice\(s\); a multiple-choice item needs at least 2"):
+        load_task(TaskConfig(name="one", path=str(path), format="mc_jsonl"), 0)
+
+
+def test_more_fewshot_examples_than_the_pool_holds_is_an_error(tmp_path):
+    task = write_mc(tmp_path / "t.jsonl", 5)
+    with pytest.raises(EvalError, match=r"eval task 't': num_fewshot=50 but the task's own items give only 4 examples"):
+        load_task(TaskConfig(name="t", path=str(task), format="mc_jsonl", num_fewshot=50), 0)
+    load_task(TaskConfig(name="t", path=str(task), format="mc_jsonl", num_fewshot=4), 0)
+
+
+def test_two_tasks_with_one_name_are_refused():
+    from pipeline.errors import ConfigError
+
+    tasks = '[{name: t, path: a.jsonl, format: mc_jsonl}, {name: t, path: b.jsonl, format: mc_jsonl}]'
+    with pytest.raises(ConfigError, match=r"eval.tasks.*two tasks are named 't'"):
+        load_config(None, [f"eval.tasks={tasks}"])
+
+
+def test_eval_without_tasks_writes_nothing_and_says_so(tmp_path, tiny_llama, capsys):
+    assert main(["eval", f"run_dir={tmp_path / 'run'}", "--checkpoint", str(tiny_llama), "eval.tasks=[]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config key 'eval.tasks': no tasks to score" in err
+    assert not (tmp_path / "run" / "eval").exists()
+
+
+@pytest.mark.parametrize("name", ["phase3", "/no/such/dir", "checkpoints/./sft/x"])
+def test_an_unknown_checkpoint_name_says_what_is_accepted(tmp_path, name, capsys):
+    assert main(["eval", f"run_dir={tmp_path / 'run'}", "--checkpoint", name]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --checkpoint {name}: no such checkpoint: use phase1|phase2|sft (this run's), "
+                   "a save_pretrained folder, or a Hub id ORG/NAME\n")
+
+
+def test_cli_writes_the_result_contract_keyed_by_the_checkpoint_digest(tmp_path, tiny_llama, capsys):
+    from pipeline.lineage import checkpoint_digest
+
     task = write_mc(tmp_path / "yesno.jsonl", 30)
     tasks = json.dumps([{"name": "yesno", "path": str(task), "format": "mc_jsonl", "max_items": 20}])
     code = main(["eval", f"run_dir={tmp_path / 'run'}", "--checkpoint", str(tiny_llama), f"eval.tasks={tasks}"])
     assert code == 0
-    out = json.loads((tmp_path / "run" / "eval" / f"{Path(tiny_llama).name}.json").read_text())
+    digest = checkpoint_digest(tiny_llama)
+    out = json.loads((tmp_path / "run" / "eval" / f"{Path(tiny_llama).name}-{digest}.json").read_text())
+    assert out["checkpoint_digest"] == digest
     assert set(out["tasks"]["yesno"]) >= {"accuracy", "accuracy_norm", "chance", "centered", "items"}
     assert {"score", "bpb", "bundle_digest"} <= set(out)
     assert "score (mean centered)" in capsys.readouterr().out
+    assert (tmp_path / "run" / "eval" / "scores.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.fixture
+def empty_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+
+
+def test_default_hub_tasks_offline_are_one_check_naming_every_task(tmp_path, tiny_llama, capsys, empty_hub_cache):
+    assert main(["eval", f"run_dir={tmp_path / 'run'}", "--checkpoint", str(tiny_llama)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the Hugging Face Hub is unreachable (HF_HUB_OFFLINE=1 is set)" in err
+    for name in ("arc_easy", "arc_challenge", "hellaswag", "piqa", "openbookqa", "commonsenseqa", "mmlu"):
+        assert f"eval.tasks {name} (" in err
+    assert "give each task a local path" in err
+
+
+def test_an_unanswering_hub_is_found_before_any_task_loads(tmp_path, tiny_llama, capsys, empty_hub_cache,
+                                                           monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert main(["eval", f"run_dir={tmp_path / 'run'}", "--checkpoint", str(tiny_llama),
+                 "eval.tasks=[{name: piqa, hf: ybisk/piqa, format: piqa, split: validation}]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"unreachable (http://127.0.0.1:{port}: " in err and "eval.tasks piqa" in err
 
 
 def test_hub_task_offline_is_one_line_naming_the_task(tmp_path, tiny_llama, capsys):

@@ -12,6 +12,7 @@ import pytest
 
 from filters.minhash import signature_scheme
 from pipeline.config import load_config, public_dict
+from pipeline.errors import PipelineError
 from pipeline.filter.runner import run_filter
 from pipeline.io import list_shards, read_shards
 from pipeline.lineage import LineageError, content_digest, file_digests, manifest_ref
@@ -158,3 +159,17 @@ def test_shards_scored_by_a_run_that_died_before_the_merge_are_not_scored_again(
     assert {p.name: p.stat().st_mtime_ns for p in list_shards(scored)} == stamps
     assert json.loads((scored / "manifest.json").read_text())["shards"]["part-00001.parquet"] == entry
     assert [p.name for p in scored.glob("*.json")] == ["manifest.json"]
+
+
+def test_restart_validates_the_inputs_before_it_discards_the_scores(tmp_path: Path) -> None:
+    good = write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "text": t} for i, t in enumerate(DOCS)])
+    assert run_filter(config(tmp_path, [good])) == 0
+    scored = tmp_path / "run" / "filtered" / "scored"
+    kept = {p.name: p.read_bytes() for p in scored.rglob("*") if p.is_file()}
+    before = manifest(tmp_path)
+    broken = tmp_path / "b.jsonl"
+    broken.write_bytes(b'{"id": "b0", "text": "fine"}\n{"id": "b1", "text": "\xff\xfe"}\n')
+    with pytest.raises(PipelineError, match=r"b\.jsonl:2"):
+        run_filter(config(tmp_path, [good, broken]), restart=True)
+    assert {p.name: p.read_bytes() for p in scored.rglob("*") if p.is_file()} == kept
+    assert manifest(tmp_path) == before

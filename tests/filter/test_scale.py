@@ -41,8 +41,8 @@ class Cluster:
         return proc
 
     def wait_for_workers(self, n: int) -> None:
-        with Client(self.address, timeout="30s") as client:
-            client.wait_for_workers(n, timeout=120)
+        with Client(self.address, timeout="300s") as client:
+            client.wait_for_workers(n, timeout=600)
 
     def stop(self) -> None:
         for p in reversed(self.procs):  # workers first, while their scheduler is still there to say goodbye to
@@ -77,7 +77,7 @@ def external_cluster(cluster: Cluster) -> str:
 def test_textbook_filter_runs_on_an_existing_cluster(planted: dict, external_cluster: str) -> None:
     args = [*planted["overrides"], "filter.minhash.enabled=true"]
     done = subprocess.run([BIN / "textbook", "filter", "--scheduler", external_cluster, *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "bands x" in done.stdout and "kept" in done.stdout
 

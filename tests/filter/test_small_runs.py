@@ -116,3 +116,19 @@ def test_validation_copies_read_as_the_source(corpus: Path, tmp_path: Path) -> N
     assert [p.key for p in copied] == [p.key for p in plain]  # stored scores do not depend on the copy
     for a, b in zip(copied, plain, strict=True):
         pd.testing.assert_frame_equal(read_partition(a), read_partition(b))
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_an_empty_input_is_an_error_not_kept_0_of_0(tmp_path: Path, kind: str, capsys) -> None:
+    from pipeline.cli import main
+
+    path = tmp_path / f"empty.{kind}"
+    if kind == "jsonl":
+        path.write_text("")
+    else:
+        pd.DataFrame({"text": pd.Series([], dtype=str)}).to_parquet(path)
+    assert main(["filter", f"run_dir={tmp_path / 'run'}", f"filter.input=[{path}]", "filter.include_generated=false",
+                 "filter.quality.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: filter.input: no documents in {path}: nothing to filter (nothing was written)\n"
+    assert not (tmp_path / "run" / "filtered").exists()

@@ -108,7 +108,8 @@ def counted_repeats(tokens: list[str], n: int) -> tuple[int, int]:
 def test_batched_ngram_repetition_equals_counting_each_document() -> None:
     docs = [t.lower().split() for t in GOOD[:8]]
     docs += [[], ["a"], ["a"] * 11, list("xyxyxyz"), list("bcdbcebcd")]
-    got = repeated_ngram_chars(docs, top_sizes=[2, 3, 4], dup_sizes=[5, 6, 10])
+    sizes = [2, 3, 4, 5, 6, 10]
+    got = repeated_ngram_chars(docs, top_sizes=sizes, dup_sizes=sizes)
     for n in (2, 3, 4, 5, 6, 10):
         expected = [counted_repeats(d, n) for d in docs]
         assert list(zip(got[n][0].tolist(), got[n][1].tolist(), strict=True)) == expected, n

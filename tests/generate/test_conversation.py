@@ -14,11 +14,11 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.generate.conversation import parse_conversation, turn_by_turn
-from pipeline.generate.journal import Journal, unanswered
 from pipeline.generate.plan import plan_requests
 from pipeline.generate.render import PROMPTS_DIR
-from pipeline.generate.stub_server import StubServer
 from pipeline.io import list_shards, read_json, read_shards
+from pipeline.llm.journal import Journal, unanswered
+from pipeline.llm.stub_server import StubServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,12 +125,13 @@ def test_kill_mid_conversations_then_rerun_gives_each_conversation_once_and_coun
             time.sleep(0.05)
         mark = len(srv.requests)
         rerun = subprocess.run([*args, f"scheduler={scheduler}"], cwd=ROOT, env=env, capture_output=True,
-                               text=True, timeout=120)
+                               text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         answered = len(srv.completed())
         resent = len(srv.requests) - mark
     table = read_shards(out)
-    planned, _ = plan_requests(load_config(None, _args(tmp_path, f"generate.num_samples={n}")))
+    cfg = load_config(None, _args(tmp_path, f"generate.num_samples={n}"))
+    planned, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     assert len(table) == n and set(table["id"]) == set(planned["id"])
     for messages in table["messages"]:
         assert [m["role"] for m in messages] == ["user", "assistant"] * 2

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from pipeline.cli import main
-from pipeline.generate.stub_server import StubServer
 from pipeline.io import list_shards, read_json, read_shards
 from pipeline.lineage import content_digest
+from pipeline.llm.stub_server import StubServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,12 +90,12 @@ def test_workers_load_the_model_without_bars_over_the_drivers(tiny_llama, capfd)
     from transformers.utils import logging as hf_logging
 
     from pipeline.config import load_config
-    from pipeline.generate.backends import _load_quietly
+    from pipeline.llm.backends import load_quietly
 
     gen = load_config(None, [f"generate.model={tiny_llama}", "generate.device=cpu"]).generate
     verbosity, hub_bars = hf_logging.get_verbosity(), os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
     try:
-        backend = _load_quietly(gen)
+        backend = load_quietly(gen)
     finally:  # this process is not a worker: give the other tests their bars and messages back
         hf_logging.enable_progress_bar()
         hf_logging.set_verbosity(verbosity)

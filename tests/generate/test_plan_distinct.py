@@ -35,12 +35,12 @@ def _plan(tmp_path: Path, num_samples: int, templates: str = "{greeting: 1}", se
                              f"generate.templates={templates}"])
     templates_ = load_templates(Path(cfg.generate.prompts_dir), cfg.generate.templates, SEED_VARIABLES)
     vocab = load_vocabulary(Path(cfg.generate.prompts_dir) / "seeds")
-    return build_requests(cfg, templates_, vocab, [], generations_per_prompt)
+    return build_requests(cfg.generate, cfg.seed, templates_, vocab, [], generations_per_prompt)
 
 
 def test_the_default_config_plans_5000_distinct_prompts_keeping_every_draw_that_repeats_nothing():
     cfg = load_config(ROOT / "configs" / "default.yaml", ["generate.num_samples=5000"])
-    rows, templates = plan_requests(cfg)
+    rows, templates = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     assert len(rows) == 5000 and rows["prompt"].is_unique and rows["id"].is_unique
     # a row whose own first draw repeats no earlier prompt keeps it: distinctness moves only the repeats
     vocab = load_vocabulary(PROMPTS_DIR / "seeds")
@@ -108,9 +108,11 @@ def test_several_generations_per_prompt_repeat_each_distinct_prompt_on_consecuti
 def test_generations_per_prompt_is_a_config_key_of_the_plan_and_its_lineage(tmp_path):
     base = [f"run_dir={tmp_path}", "generate.num_samples=9", "generate.templates={story: 1}"]
     repeated = load_config(None, [*base, "generate.generations_per_prompt=3"])
-    rows, templates = plan_requests(repeated)
+    rows, templates = plan_requests(repeated.generate, repeated.seed, repeated.run_dir)
     assert rows["prompt"].nunique() == 3 and rows["id"].is_unique
-    assert plan_lineage(load_config(None, base), templates) != plan_lineage(repeated, templates)
+    once = load_config(None, base)
+    assert plan_lineage(once.generate, once.seed, once.run_dir, templates) != \
+        plan_lineage(repeated.generate, repeated.seed, repeated.run_dir, templates)
     with pytest.raises(ConfigError, match="config key 'generate.generations_per_prompt': input should be greater"):
         load_config(None, [*base, "generate.generations_per_prompt=0"])
 

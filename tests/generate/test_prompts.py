@@ -61,7 +61,8 @@ def test_row_key_changes_with_model_sampling_and_template_version(tmp_path):
     cfg = load_config(None, [f"generate.prompts_dir={edited}", "generate.templates={story: 1}",
                              "generate.num_samples=3"])
     original = load_config(None, ["generate.templates={story: 1}", "generate.num_samples=3"])
-    assert not set(plan_requests(cfg)[0]["id"]) & set(plan_requests(original)[0]["id"])
+    edited_ids = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)[0]["id"]
+    assert not set(edited_ids) & set(plan_requests(original.generate, original.seed, original.run_dir)[0]["id"])
 
 
 def test_template_mix_weights_are_followed():
@@ -110,20 +111,20 @@ def test_sandbox_blocks_unsafe_attribute_access(tmp_path):
 def test_bad_template_mix_names_the_config_key(mix, message):
     cfg = load_config(None, [f"generate.templates={mix}"])
     with pytest.raises(ConfigError, match=message):
-        plan_requests(cfg)
+        plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
 
 
 def test_web_seeded_template_needs_web_seed_path_and_uses_extracts(tmp_path):
     cfg = load_config(None, ["generate.templates={web_textbook: 1}", "generate.num_samples=4"])
     with pytest.raises(GenerateError, match="generate.web_seed.path"):
-        plan_requests(cfg)
+        plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     web = tmp_path / "web.parquet"
     pd.DataFrame({"body": ["Tides rise and fall twice a day " * 40, "", "Bees dance to share where food is."]}
                  ).to_parquet(web)
     cfg = load_config(None, ["generate.templates={web_textbook: 1}", "generate.num_samples=4",
                              f"generate.web_seed.path=[{web}]", "generate.web_seed.text_column=body",
                              "generate.web_seed.max_chars=100"])
-    rows, _ = plan_requests(cfg)
+    rows, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     assert set(rows["extract"]) <= {("Tides rise and fall twice a day " * 3).strip(),
                                     "Bees dance to share where food is."}
     assert all(len(e) <= 100 and e in p for e, p in zip(rows["extract"], rows["prompt"], strict=True))
@@ -134,7 +135,7 @@ def test_malformed_seed_yaml_names_the_file_line_and_column(tmp_path):
     (prompts / "seeds" / "styles.yaml").write_text("styles:\n  - {name: plain, about: [unclosed\n")
     cfg = load_config(None, [f"generate.prompts_dir={prompts}"])
     with pytest.raises(GenerateError, match=r"styles\.yaml:3:1: invalid YAML: expected ',' or ']'"):
-        plan_requests(cfg)
+        plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
 
 
 def test_parse_conversation_alternates_user_and_assistant():
@@ -163,7 +164,7 @@ def _plan_inputs(num_samples=10, seed=0, templates=None, **gen):
         overrides.append("generate.templates={" + ", ".join(f"{k}: {v}" for k, v in templates.items()) + "}")
     cfg = load_config(None, overrides)
     templates_ = load_templates(PROMPTS_DIR, cfg.generate.templates, SEED_VARIABLES)
-    return cfg, templates_, load_vocabulary(PROMPTS_DIR / "seeds"), []
+    return cfg.generate, cfg.seed, templates_, load_vocabulary(PROMPTS_DIR / "seeds"), []
 
 
 def _copy_prompts(tmp_path: Path) -> Path:
@@ -200,7 +201,7 @@ def test_a_template_owns_its_seed_variables_with_weights_and_they_become_columns
     prompts = _own_prompts(tmp_path)
     cfg = load_config(None, [f"run_dir={tmp_path}", f"generate.prompts_dir={prompts}", "generate.num_samples=1500",
                              "generate.templates={grade_lesson: 2, textbook: 1}"])
-    rows, templates = plan_requests(cfg)
+    rows, templates = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     assert templates["grade_lesson"].variables["grade"] == (("grade 3", 1.0), ("grade 8", 2.0))
     lessons = rows[rows["template"] == "grade_lesson"]
     assert {"grade", "region"} <= set(rows.columns)
@@ -210,7 +211,7 @@ def test_a_template_owns_its_seed_variables_with_weights_and_they_become_columns
     assert rows.loc[rows["template"] == "textbook", "grade"].isna().all()
     first = lessons.iloc[0]
     assert first["prompt"] == f"Teach {first['subtopic']} to a {first['grade']} class in {first['region']}."
-    again, _ = plan_requests(cfg)
+    again, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     assert list(again["id"]) == list(rows["id"]) and list(again["prompt"]) == list(rows["prompt"])
 
 

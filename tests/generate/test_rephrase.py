@@ -19,8 +19,8 @@ from pipeline.generate.rephrase import (
     faithfulness,
     route_of,
 )
-from pipeline.generate.stub_server import StubServer, textbook_responder
 from pipeline.io import read_shards, write_parquet
+from pipeline.llm.stub_server import StubServer, textbook_responder
 
 ROUTES = ('[{name: low, when: [{column: edu_score, op: "<", value: 0.3}], templates: {rephrase_wikipedia: 1}}, '
           '{name: mid, when: [{column: edu_score, op: ">=", value: 0.3}, {column: edu_score, op: "<", value: 0.7}], '
@@ -56,10 +56,31 @@ def test_chunks_split_on_paragraphs_to_the_token_budget():
     assert len(parts) > 1 and all(len(p) <= 400 for p in parts) and " ".join(parts) == long
 
 
+def test_documents_without_the_score_the_routes_test_say_why_nothing_is_planned(tmp_path, capsys):
+    web = tmp_path / "unscored.parquet"
+    write_parquet(pd.DataFrame({"id": ["a", "b"], "text": [_paragraph(1), _paragraph(2)]}), web)
+    args = ["generate", "--dry-run", f"run_dir={tmp_path / 'run'}", "generate.num_samples=0",
+            f"generate.rephrase.input=[{web}]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"2 of 2 documents of {web} take no route: 2 have no 'edu_score' to route by" in err
+    assert "score them first" in err and "route by origin alone" in err
+    by_origin = "generate.rephrase.routes=[{name: all, templates: {rephrase_wikipedia: 1}}]"
+    assert main([*args, by_origin]) == 0
+    assert "2 rows, 0 already written, 2 requests to send" in capsys.readouterr().out
+
+    half = tmp_path / "half.jsonl"  # some scored, some not: the rest are planned, the skip is said
+    half.write_text(json.dumps({"id": "s", "text": _paragraph(3), "edu_score": 0.9}) + "\n"
+                    + json.dumps({"id": "u", "text": _paragraph(4)}) + "\n")
+    assert main([*args[:-1], f"generate.rephrase.input=[{half}]"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 rows, 0 already written" in out and "1 of 2 documents" in err and "1 have no 'edu_score'" in err
+
+
 def test_routing_by_bucket_with_lineage_columns_and_stable_ids(tmp_path):
     web = _web(tmp_path / "web.jsonl", n=12, paragraphs=3)
     cfg = _cfg(tmp_path, f"generate.rephrase.input=[{web}]", "generate.rephrase.chunk_tokens=200")
-    rows, templates = plan_requests(cfg)
+    rows, templates = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     expected = {f"doc{i}": "low" if i / 12 < 0.3 else "mid" if i / 12 < 0.7 else "high" for i in range(12)}
     assert dict(zip(rows["source_id"], rows["route"], strict=True)) == expected
     allowed = {"low": {"rephrase_wikipedia"}, "mid": {"rephrase_faq", "rephrase_tutorial"},
@@ -77,13 +98,13 @@ def test_routing_by_bucket_with_lineage_columns_and_stable_ids(tmp_path):
     lines = web.read_text().splitlines()
     shuffled = tmp_path / "shuffled.jsonl"
     shuffled.write_text("\n".join(reversed(lines)) + "\n")
-    again, _ = plan_requests(_cfg(tmp_path, f"generate.rephrase.input=[{shuffled}]",
-                                  "generate.rephrase.chunk_tokens=200"))
+    reordered = _cfg(tmp_path, f"generate.rephrase.input=[{shuffled}]", "generate.rephrase.chunk_tokens=200")
+    again, _ = plan_requests(reordered.generate, reordered.seed, reordered.run_dir)
     assert set(again["id"]) == set(rows["id"]) and rows["id"].is_unique
     # a changed source document changes the lineage fingerprint (a resume is refused)
-    before = plan_lineage(cfg, templates)
+    before = plan_lineage(cfg.generate, cfg.seed, cfg.run_dir, templates)
     web.write_text(web.read_text().replace("tide0word1 ", "tide0word1 changed "))
-    assert plan_lineage(cfg, templates) != before
+    assert plan_lineage(cfg.generate, cfg.seed, cfg.run_dir, templates) != before
 
 
 def test_recycle_route_takes_the_rejected_documents_but_never_benchmark_hits_or_duplicates(tmp_path):
@@ -96,7 +117,8 @@ def test_recycle_route_takes_the_rejected_documents_but_never_benchmark_hits_or_
                                                "near_dup"]})
     write_parquet(kept, run / "filtered" / "part-00000.parquet")
     write_parquet(rejected, run / "filtered" / "rejected" / "part-00000.parquet")
-    rows, _ = plan_requests(_cfg(tmp_path, "generate.rephrase.input=[filtered, rejected]"))
+    cfg = _cfg(tmp_path, "generate.rephrase.input=[filtered, rejected]")
+    rows, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
     routes = dict(zip(rows["source_id"], rows["route"], strict=True))
     assert routes == {"k1": "high", "k2": "low", "r1": "recycle", "r2": "recycle"}
     assert set(rows.loc[rows["route"] == "recycle", "template"]) == {"rephrase_wikipedia"}
@@ -136,7 +158,8 @@ def test_generate_rephrases_end_to_end_with_lineage_faithfulness_and_resume(tmp_
     with StubServer(responder=echo_wikipedia, api_key="sk-test") as srv:
         assert main([*args, f"generate.base_url={srv.base_url}"]) == 0
         table = read_shards(tmp_path / "run" / "generated")
-        planned, _ = plan_requests(load_config(None, [a for a in args[1:] if not a.startswith("scheduler")]))
+        cfg = load_config(None, [a for a in args[1:] if not a.startswith("scheduler")])
+        planned, _ = plan_requests(cfg.generate, cfg.seed, cfg.run_dir)
         assert list(table["id"]) == list(planned["id"])
         rephrased = table[table["route"].notna()]
         plain = table[table["route"].isna()]
@@ -162,8 +185,27 @@ def test_generate_rephrases_end_to_end_with_lineage_faithfulness_and_resume(tmp_
         assert len(srv.completed()) == sent
 
 
+def test_a_rewrite_that_says_nothing_is_flagged_whatever_the_minimum(tmp_path, scheduler):
+    """A real small model wrote lone '\"\"\"' rewrites: flagged unfaithful even with min_faithfulness off."""
+    def stubs_for_qa(messages: list[dict], params: dict) -> str:
+        prompt = messages[-1]["content"]
+        return '"""' if "question" in prompt.lower() and "Wikipedia" not in prompt else echo_wikipedia(messages, params)
+
+    web = _web(tmp_path / "web.jsonl", n=10, paragraphs=1)
+    with StubServer(responder=stubs_for_qa, api_key="sk-test") as srv:
+        assert main(["generate", f"run_dir={tmp_path / 'run'}", "generate.model=stub-model", "generate.api_key=sk-test",
+                     "generate.num_samples=0", f"scheduler={scheduler}", f"generate.rephrase.routes={ROUTES}",
+                     f"generate.rephrase.input=[{web}]", "generate.diversity_gate=warn",
+                     f"generate.base_url={srv.base_url}"]) == 0
+    table = read_shards(tmp_path / "run" / "generated")
+    empty = table["text"] == '"""'
+    assert empty.any() and (~empty).any()
+    assert all("unfaithful" in list(f) for f in table.loc[empty, "flags"])
+    assert not any("unfaithful" in list(f) for f in table.loc[table["template"] == "rephrase_wikipedia", "flags"])
+
+
 def test_rephrased_rows_are_a_train_source_of_their_own_and_not_synthetic(tmp_path):
-    from pipeline.train.data import read_source
+    from pipeline.sources import read_source
 
     run = tmp_path / "run"
     write_parquet(pd.DataFrame({"id": ["t", "c", "r1", "r2"], "text": ["a textbook", "a chat", "a rewrite", "qa"],

@@ -21,11 +21,12 @@ from pipeline.classify.train import describe_labels
 from pipeline.config import public_dict, validate
 from pipeline.filter.report import decontamination_report, stage_table
 from pipeline.generate.diversity import diversity_report
-from pipeline.generate.ledger import Ledger
 from pipeline.generate.sampler import SEED_VARIABLES
-from pipeline.generate.shard import COMPLETION_COLUMNS
+from pipeline.hub.provenance import stage_manifests
 from pipeline.io import build_manifest, list_shards, read_json, shard_path, write_json, write_parquet
 from pipeline.lineage import file_digests, fingerprint, manifest_ref
+from pipeline.llm.ledger import Ledger
+from pipeline.llm.rows import COMPLETION_COLUMNS
 from pipeline.rundir import LOSS_FIGURE, SHARD_GLOB, TRAIN_SUMMARY, RunDir, manifest_path
 from tests.conftest import SENTENCES
 
@@ -106,7 +107,7 @@ def build_run(run: Path, tiny_llama: Path | None = None, secret: str = "sk-test-
 
 
 def _generate_manifest(run: Path, config: dict, df: pd.DataFrame) -> None:
-    """As `pipeline.generate.runner.run_requests` then `generate` write it (totals keys copied from there)."""
+    """As `pipeline.llm.run.run_requests` then `generate` write it (totals keys copied from there)."""
     ledger = Ledger(0.15, 0.6, None, requests=62, prompt_tokens=int(df.prompt_tokens.sum()),
                     completion_tokens=int(df.completion_tokens.sum()))
     templates = {name: {"sha": sha, "requires": REQUIRES[name], "about": f"A {name} for the card's tests."}
@@ -121,10 +122,23 @@ def _generate_manifest(run: Path, config: dict, df: pd.DataFrame) -> None:
 
 
 def record_outputs(run: Path, folder: str) -> None:
-    """Set ``outputs`` of ``folder/manifest.json`` to the shards now in the folder, as the stage writes it."""
+    """Set ``outputs`` of ``folder/manifest.json`` to the shards now in the folder, as the stage writes it,
+    and re-link the manifests downstream of it, as rerunning those stages would."""
     manifest = read_json(manifest_path(run / folder))
     manifest["outputs"] = file_digests([*list_shards(run / folder), *list_shards(run / folder / "rejected")], run)
     write_json(manifest, manifest_path(run / folder))
+    relink(run)
+
+
+def relink(run: Path) -> None:
+    """Point every manifest's parents at the parent manifests as they are now, in pipeline order."""
+    for path in stage_manifests(run):
+        manifest = read_json(path)
+        parents = (manifest.get("lineage") or {}).get("parents") or {}
+        if parents:
+            for name, ref in parents.items():
+                parents[name] = manifest_ref(run / ref["manifest"], run)
+            write_json(manifest, path)
 
 
 def _filter_outputs(run: Path, config: dict, df: pd.DataFrame) -> None:
@@ -169,7 +183,7 @@ def _classifier_report(run: Path, cfg, config: dict) -> None:
     metrics = evaluate_scores(VAL_LABELS, VAL_SCORES, 0.5)
     train = evaluate_scores([0] * 80 + [1] * 80, np.r_[np.linspace(0, 0.48, 80), np.linspace(0.52, 1, 80)])
     report = build_manifest(
-        "train-classifier", config, mode="dclm", label_rule=describe_labels(cfg, "dclm"), verdict="accepted",
+        "train-classifier", config, mode="dclm", label_rule=describe_labels(cfg.classifier, "dclm"), verdict="accepted",
         warnings=["only 19 validation documents in the smaller class: metrics are noisy"],
         counts={"used": 200, "train": 160, "validation": 40, "train_positives": 80, "validation_positives": 19,
                 "skipped": {"unlabelled": 0, "not_text": 0, "empty": 0, "duplicate": 2}},

@@ -19,7 +19,7 @@ from pipeline.hub.card import size_category, write_card
 from pipeline.hub.push import push
 from pipeline.io import read_json, write_json, write_parquet
 from pipeline.lineage import content_digest
-from tests.hub.conftest import TEMPLATES, generated_frame, record_outputs
+from tests.hub.conftest import TEMPLATES, generated_frame, record_outputs, relink
 
 
 def test_every_config_of_the_published_folder_loads_with_datasets(run_dir):
@@ -73,7 +73,7 @@ def test_the_card_body_is_a_datasheet_of_the_run(run_dir, capsys):
     assert "- warning: only 19 validation documents" in text
     assert "| heuristics | 120 | 100 | 20 | 16.7% |" in text and "| generated | 10 |" in text
     assert "**Dedup rate:** 20 of 70 documents\n(28.6%)" in text  # dedup runs after decontamination
-    assert "**Quality threshold:** documents kept when `edu_score >= 0.482` (the top 50.0% of web documents" in text
+    assert "**Quality threshold:** documents kept when `edu_score >= 0.4821` (the top 50.0% of web documents" in text
     assert "| gsm8k | 7 | 5 | 5 | 1,319 | 1,300 |" in text and "| mmlu | 3 | 3 | 3 | 14,042 | 14,000 |" in text
     assert 'hf download acme/textbooks --repo-type dataset --include "reproduce/*" --local-dir .' in text
     assert ".venv/bin/textbook generate -c reproduce/config.yaml" in text
@@ -203,11 +203,31 @@ def test_the_cards_print_the_lineage_chain_from_checkpoint_to_shards(run_dir):
     _assert_tables_well_formed(text)
     _assert_tables_well_formed(model)
 
-    read = read_json(filtered)["lineage"]["parents"]["generate"]["digest"][:8]
-    write_json({**read_json(generated), "stop_reason": "rerun"}, generated)  # generate reran after filter read it
-    write_card(validate({"run_dir": str(run_dir)}))
-    text = (run_dir / "card" / "README.md").read_text()
-    assert f"generate: `generated/manifest.json` `{read}` (changed since)" in text
+
+
+def test_the_card_and_push_refuse_a_checkpoint_trained_on_other_data(run_dir, capsys):
+    """The filter reran on new input after training: the run would ship filtered data beside a model
+    that never saw it."""
+    assert main(["card", f"run_dir={run_dir}"]) == 0
+    filtered = run_dir / "filtered" / "manifest.json"
+    write_json({**read_json(filtered), "documents_out": 49}, filtered)  # a new filter run
+    message = ("checkpoints/sft was built from filtered/manifest.json, which changed since: it does not match the "
+               "data this run holds now; rerun textbook train --phase sft (--restart to discard the old one), then "
+               "textbook card\n")
+    card_before = (run_dir / "card" / "README.md").read_bytes()
+    assert main(["card", f"run_dir={run_dir}"]) == 2
+    assert capsys.readouterr().err == "error: " + message
+    assert (run_dir / "card" / "README.md").read_bytes() == card_before
+    assert main(["push", f"run_dir={run_dir}", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "error: " + message
+    assert not (run_dir / "push").exists()
+
+    generated = run_dir / "generated" / "manifest.json"
+    relink(run_dir)  # trained again on the new data...
+    write_json({**read_json(generated), "stop_reason": "rerun"}, generated)  # ...then generate reran
+    assert main(["card", f"run_dir={run_dir}"]) == 2
+    assert capsys.readouterr().err.startswith("error: filtered was built from generated/manifest.json, which "
+                                              "changed since")
 
 
 def test_manifests_without_lineage_still_get_a_card_that_says_not_recorded(run_dir):
@@ -309,7 +329,8 @@ def test_the_cards_show_the_downstream_scores_and_the_data_ab_with_their_bundle(
 
     tasks = [{"name": "facts", "path": str(write_mc(tmp_path / "facts.jsonl", 24)), "format": "mc_jsonl"}]
     cfg = validate({"run_dir": str(run_dir), "eval": {"tasks": tasks, "bpb_docs": 0}})
-    result = score_checkpoint(str(run_dir / "checkpoints" / "sft"), cfg.eval, cfg.run_dir, cfg.train)
+    result = score_checkpoint(str(run_dir / "checkpoints" / "sft"), cfg.eval, cfg.run_dir, cfg.train.sources,
+                              cfg.train.val_fraction)
     write_json(result, run_dir / "eval" / "sft.json")
     runs = {arm: [{"seed": k, "summary": {"final_val": {"web": {"bpb": 1.0 + 0.01 * k}}, "tokens": 640},
                    "eval": {**result, "score": result["score"] + shift + 0.02 * k}} for k in (0, 1)]
@@ -331,6 +352,61 @@ def test_the_cards_show_the_downstream_scores_and_the_data_ab_with_their_bundle(
     write_json({**result, "score": 0.5}, run_dir / "eval" / "sft.json")  # a new eval after the card
     with pytest.raises(LineageError, match=r"eval/sft\.json changed"):
         check_card_fresh(run_dir)
+
+
+def test_a_small_quality_threshold_is_shown_as_it_cuts(run_dir):
+    stats = read_json(run_dir / "filtered" / "stats.json")
+    write_json({**stats, "quality": {"threshold": 3.2e-05, "keep_top": 0.9}}, run_dir / "filtered" / "stats.json")
+    write_card(validate({"run_dir": str(run_dir)}))
+    assert "documents kept when `edu_score >= 3.2e-05`" in (run_dir / "card" / "README.md").read_text()
+
+
+def _perturb(checkpoint: Path, shift: float) -> None:
+    """Other weights in the same folder: another model, or this one retrained."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file({k: v + shift for k, v in weights.items()}, checkpoint / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_eval_results_are_tied_to_the_checkpoint_they_scored(run_dir, tmp_path, capsys):
+    """Evaluating another model also named `sft` keeps the run's own result, and each card shows only
+    the scores of the checkpoint it describes."""
+    import json
+
+    from pipeline.lineage import checkpoint_digest, file_digests
+    from tests.eval.test_eval import write_mc
+
+    tasks = json.dumps([{"name": "facts", "path": str(write_mc(tmp_path / "facts.jsonl", 24)), "format": "mc_jsonl"}])
+    common = [f"run_dir={run_dir}", f"eval.tasks={tasks}", "eval.bpb_docs=0"]
+    sft = run_dir / "checkpoints" / "sft"
+    ours = checkpoint_digest(sft)
+    assert main(["eval", "--checkpoint", "sft", *common]) == 0
+    other = tmp_path / "elsewhere" / "sft"
+    shutil.copytree(sft, other)
+    _perturb(other, 0.5)
+    theirs = checkpoint_digest(other)
+    assert main(["eval", "--checkpoint", str(other), *common]) == 0
+    assert sorted(p.name for p in (run_dir / "eval").glob("*.json")) == sorted([f"sft-{ours}.json", f"sft-{theirs}.json"])
+
+    capsys.readouterr()
+    assert main(["card", f"run_dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    model = (run_dir / "card" / "model" / "README.md").read_text()
+    assert f"digest\n`{ours}`" in model and theirs not in model
+    text = (run_dir / "card" / "README.md").read_text()
+    assert f"| `sft` (`{ours[:8]}`) |" in text and f"(`{theirs[:8]}`)" not in text
+    assert "scored a checkpoint outside this run (sft); not shown" in text  # the card says what it left out
+    assert f"eval/sft-{theirs}.json: scored a checkpoint outside this run (sft); not shown" in out
+
+    _perturb(sft, 0.25)  # sft retrained: the result on disk scored the model it replaced
+    manifest = read_json(sft / "manifest.json")
+    write_json({**manifest, "outputs": file_digests([sft / "model.safetensors"], run_dir)}, sft / "manifest.json")
+    assert main(["card", f"run_dir={run_dir}"]) == 0
+    model = (run_dir / "card" / "model" / "README.md").read_text()
+    assert "_Not evaluated: `textbook eval --checkpoint sft`" in model and ours not in model
+    assert (f"eval/sft-{ours}.json: scored an earlier sft checkpoint than the run holds now; rerun textbook eval "
+            "--checkpoint sft") in capsys.readouterr().out
 
 
 def test_the_card_shows_tokens_per_rephrase_route(run_dir):

@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import huggingface_hub.constants
+import pandas as pd
 import pytest
 
 from pipeline.cli import main
 from pipeline.config import validate
 from pipeline.errors import HubError
 from pipeline.hub.push import check_repo_id, push
-from tests.hub.conftest import record_outputs
+from pipeline.io import write_parquet
+from tests.hub.conftest import WEB_INPUT, record_outputs, relink
 from tests.hub.hub_server import HubStandIn
 
 TOKEN = "hf_FAKEtokenFORtests0123456789abcdef"
@@ -127,6 +129,7 @@ def test_offline_mode_is_a_clear_error(run_dir, online, monkeypatch):
 
 def test_push_refuses_a_folder_that_contains_the_token(run_dir, online, monkeypatch):
     (run_dir / "generated" / "manifest.json").write_text(f'{{"leaked": "{TOKEN}"}}')
+    relink(run_dir)  # the stages after it reran on it
     with HubStandIn(TOKEN) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         with pytest.raises(HubError, match="contains the Hugging Face token"):
@@ -136,6 +139,7 @@ def test_push_refuses_a_folder_that_contains_the_token(run_dir, online, monkeypa
 
 def test_a_dry_run_refuses_what_a_real_push_refuses(run_dir, online, capsys):
     (run_dir / "generated" / "manifest.json").write_text(f'{{"leaked": "{TOKEN}"}}')
+    relink(run_dir)
     assert main(["push", f"run_dir={run_dir}", "--repo-id", "acme/textbooks", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err == ("error: push/manifests/generate.json (copied from generated/manifest.json): contains the "
@@ -155,9 +159,10 @@ def test_push_refuses_a_card_built_from_other_manifests(run_dir, capsys):
     assert main(["card", f"run_dir={run_dir}"]) == 0
     manifest = run_dir / "filtered" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"documents_out": 50', '"documents_out": 49'))  # filter reran
+    relink(run_dir)  # and so did training
     assert main(["push", f"run_dir={run_dir}", "--dry-run"]) == 2
-    assert capsys.readouterr().err == ("error: card/ was built from other manifests (filtered/manifest.json changed): "
-                                       "rerun textbook card\n")
+    assert capsys.readouterr().err == ("error: card/ was built from other manifests (checkpoints/sft/manifest.json "
+                                       "changed, filtered/manifest.json changed): rerun textbook card\n")
     assert main(["card", f"run_dir={run_dir}"]) == 0
     assert main(["push", f"run_dir={run_dir}", "--dry-run"]) == 0
 
@@ -173,3 +178,50 @@ def test_the_model_card_links_the_dataset_this_run_was_pushed_to(run_dir, online
     card = ModelCard(hub.repos["acme/tiny-lm"].files["README.md"].decode())
     assert card.data.to_dict()["datasets"] == ["acme/textbooks"]
     assert "Training data: [acme/textbooks](https://huggingface.co/datasets/acme/textbooks)." in card.text
+
+
+def test_published_rows_show_public_names_not_local_paths(run_dir, capsys):
+    """The generator was a local model folder and the web text a local file: the data files say
+    their names, as the cards and manifests do, never where they sat on this machine."""
+    generated = run_dir / "generated" / "part-00000.parquet"
+    write_parquet(pd.read_parquet(generated).assign(model="/home/someone/models/SmolLM2-local"), generated)
+    filtered = run_dir / "filtered" / "part-00000.parquet"
+    web = pd.read_parquet(filtered)
+    write_parquet(web.assign(source=[WEB_INPUT if s != "generated" else s for s in web["source"]]), filtered)
+    record_outputs(run_dir, "generated")
+    record_outputs(run_dir, "filtered")
+    assert main(["card", f"run_dir={run_dir}"]) == 0
+    assert main(["push", f"run_dir={run_dir}", "--dry-run"]) == 0
+    data = run_dir / "push" / "data"
+    models = pd.concat(pd.read_parquet(p) for p in (data / "generated").glob("*.parquet"))["model"]
+    assert set(models) == {"SmolLM2-local", "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    sources = pd.concat(pd.read_parquet(p) for p in (data / "filtered_web").glob("*.parquet"))["source"]
+    assert set(sources) == {"web.jsonl"}
+    for path in (run_dir / "push").rglob("*"):
+        assert not path.is_file() or b"/home/someone" not in path.read_bytes(), path
+    assert pd.read_parquet(generated)["model"].iloc[0] == "/home/someone/models/SmolLM2-local"  # the run's own
+
+
+def test_the_published_sft_set_is_what_sft_trains_on(run_dir):
+    """A conversation flagged repetitive or truncated neither trains nor is published; the rest do both."""
+    import pandas as pd
+
+    from pipeline.io import read_parquet, write_parquet
+    from pipeline.rundir import RunDir, shard_path
+    from pipeline.train.sft import sft_conversations
+
+    shard = shard_path(RunDir(run_dir).generated, 0)
+    rows = read_parquet(shard)
+    looping = rows.index[rows["template"] == "conversation"][0]
+    rows.at[looping, "flags"] = ["repetitive"]
+    write_parquet(rows, shard)
+    record_outputs(run_dir, "generated")
+    cfg = validate({"run_dir": str(run_dir)})
+    trained, _ = sft_conversations(cfg.train.sft, cfg.train.sources[cfg.train.sft.source], run_dir)
+    assert rows.at[looping, "id"] not in trained
+
+    push(cfg, repo_id="acme/textbooks", dry_run=True)
+    published = pd.concat([read_parquet(p) for p in (run_dir / "push" / "data" / "sft").glob("*.parquet")])
+    assert list(published["id"]) == list(trained)
+    for row_id, messages in zip(published["id"], published["messages"], strict=True):
+        assert [dict(m) for m in messages] == trained[row_id]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import TrainError
-from pipeline.train.config import RowCondition, SourceConfig
-from pipeline.train.data import MixtureSampler, interleave, pack_sequences, read_source, validation_mask
+from pipeline.sources import RowCondition, SourceConfig, read_source, validation_mask
+from pipeline.train.data import MixtureSampler, interleave, pack_sequences
 
 
 def test_packing_frames_every_document_with_bos_and_eos():

@@ -188,7 +188,7 @@ def test_token_cache_is_keyed_by_content_not_mtime(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.train.config import RowCondition, SourceConfig
+    from pipeline.sources import RowCondition, SourceConfig
     from pipeline.train.data import packed_source
     from pipeline.train.tokenizer import train_bpe
     from tests.conftest import SENTENCES

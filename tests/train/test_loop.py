@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pipeline.lineage import LineageError
 from pipeline.train.compare import compare
 from pipeline.train.evals import read_metrics
 from pipeline.train.loop import train
-from tests.train.conftest import tiny_config, write_run
+from tests.train.conftest import tiny_config, tiny_overrides, write_run
 
 
 def _train_losses(folder):
@@ -74,13 +75,16 @@ def test_each_phase_leaves_a_loadable_checkpoint_and_a_summary(trained):
     assert "sft_assistant" in json.loads((sft / "train_summary.json").read_text())["final_val"]
 
 
-def test_compare_over_two_seeds_reports_the_spread_and_judges_differences_against_it(trained, tmp_path):
+def test_compare_over_two_seeds_reports_the_spread_and_judges_differences_against_it(trained, tmp_path, capsys):
     from tests.eval.test_eval import write_mc
 
     tasks = json.dumps([{"name": "facts", "path": str(write_mc(tmp_path / "facts.jsonl", 40)), "format": "mc_jsonl",
                          "max_items": 40}])
     cfg = trained.model_copy(update={"eval": load_config(None, [f"eval.tasks={tasks}"]).eval})
     assert compare(cfg) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("=== arm")]
+    assert lines[0] == "=== arm 'with_synthetic', seed 0 (run 1 of 4) ==="  # k of N, then the time left
+    assert re.fullmatch(r"=== arm 'web_only', seed 1 \(run 4 of 4, ~\d+ s left\) ===", lines[3]), lines
     out = trained.run_dir / "compare"
     table = json.loads((out / "compare.json").read_text())
     assert table["baseline"] == "with_synthetic" and table["seeds"] == 2
@@ -103,6 +107,41 @@ def test_compare_over_two_seeds_reports_the_spread_and_judges_differences_agains
     stamp = (out / "web_only" / "seed-1" / "eval.json").stat().st_mtime_ns
     assert compare(cfg) == 0  # reused: same checkpoints, same bundle
     assert (out / "web_only" / "seed-1" / "eval.json").stat().st_mtime_ns == stamp
+
+
+def test_compare_checks_its_eval_tasks_and_arms_before_training_any(trained, tmp_path, capsys):
+    """At scale an arm is GPU hours: a task that cannot load is found before the first one trains."""
+    before = sorted((trained.run_dir / "compare").rglob("*")) if (trained.run_dir / "compare").exists() else []
+    args = ["compare", *tiny_overrides(trained.run_dir), "train.phase2.mixture={web_top_edu: 0.7, synthetic: 0.3}"]
+    missing = tmp_path / "facts.jsonl"
+    assert main([*args, f"eval.tasks=[{{name: facts, path: {missing}, format: mc_jsonl}}]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"eval task 'facts': {missing}: no input files match" in err
+    assert main([*args, "train.compare.arms={a: {web: 1.0}, b: {nosuch: 1.0}}"]) == 2
+    assert "train.compare.arms.b.nosuch': unknown source" in capsys.readouterr().err
+    after = sorted((trained.run_dir / "compare").rglob("*")) if (trained.run_dir / "compare").exists() else []
+    assert after == before  # no arm trained, nothing written
+
+
+def test_ctrl_c_says_training_resumes_from_the_latest_saved_state(tmp_path):
+    import signal
+    import time
+
+    run_dir = write_run(tmp_path / "run")
+    args = [sys.executable, "-m", "pipeline", "train", "--phase", "1",
+            *tiny_overrides(run_dir, "train.phase1.tokens=2560000", "train.checkpoint_every=2")]
+    proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    state = run_dir / "checkpoints" / "phase1" / "state"
+    deadline = time.monotonic() + 300
+    while not (state / "step-000002").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == ("interrupted: training resumes from the latest saved state (every "
+                                            "train.checkpoint_every steps); rerun the same command to resume")
 
 
 def test_synthetic_share_sweep_preset():
@@ -140,7 +179,7 @@ def test_torchrun_with_two_processes_shards_the_batch_and_only_rank_0_writes(tra
            "train.phase1.warmup_steps=2", "train.eval_every=10", "train.eval_sequences=4",
            "train.checkpoint_every=5", "train.val_fraction=0.1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     folder = run_dir / "checkpoints" / "phase1"
     summary = json.loads((folder / "train_summary.json").read_text())
@@ -178,6 +217,25 @@ def test_sft_with_an_unimportable_parser_fails_before_anything_is_built(run_dir)
     with pytest.raises(TrainError, match=r"train.sft.parser': cannot import 'nosuch.module:parse'"):
         train(tiny_config(run_dir, "train.sft.parser=nosuch.module:parse"), "sft")
     assert sorted(p.name for p in run_dir.iterdir()) == ["filtered", "generated"]
+
+
+def test_restart_checks_the_sources_before_it_discards_the_trained_phase(trained, tmp_path, capsys):
+    """--restart with a chat file missing its text column: the SFT checkpoint it would replace stays."""
+    import pandas as pd
+
+    from pipeline.io import write_parquet
+
+    bad = write_parquet(pd.DataFrame({"id": ["a", "b"], "body": ["Student: Hi?", "Teacher: Hello."]}),
+                        tmp_path / "chats.parquet")
+    sft = trained.run_dir / "checkpoints" / "sft"
+    before = {p.name: p.read_bytes() for p in sft.iterdir() if p.is_file()}
+    args = ["train", "--phase", "sft", "--restart", *tiny_overrides(trained.run_dir),
+            "train.phase2.mixture={web_top_edu: 0.7, synthetic: 0.3}", f"train.sources.chat.paths=[{bad}]",
+            "train.sources.chat.filters=[]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{bad}: source 'chat' needs column 'text'" in err and "(has: id, body)" in err
+    assert {p.name: p.read_bytes() for p in sft.iterdir() if p.is_file()} == before
 
 
 def test_a_tokenizer_built_with_other_settings_is_not_reused(trained):

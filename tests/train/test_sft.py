@@ -10,9 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.errors import EmptySourceError, TrainError
-from pipeline.train.config import SFTConfig, SourceConfig
+from pipeline.sources import SourceConfig
+from pipeline.train.config import SFTConfig
+from pipeline.train.distributed import Dist
 from pipeline.train.evals import IGNORE, batch_targets
-from pipeline.train.loop import Dist, train_step
+from pipeline.train.loop import train_step
 from pipeline.train.sft import conversation_parser, fit_chat, pack_chats, sft_data, tokenize_chat
 from pipeline.train.tokenizer import train_bpe
 from tests.conftest import SENTENCES
@@ -93,6 +95,23 @@ def test_sft_reads_the_messages_column_when_present(tmp_path):
     assert trained.count("Blue light scatters most.<|im_end|>") == 6
     assert trained.count("The light goes further.<|im_end|>") == 6
     assert "Why is the sky blue?" not in trained and "A film of water forms." in trained
+
+
+def test_chat_data_with_only_a_messages_column_is_read(tmp_path):
+    """TRL / datasets chat data: no text column, only ``messages``; every source reader takes it."""
+    from pipeline.sources import check_source, read_source
+
+    tok = _tok(tmp_path / "tok")
+    chat = [{"role": "user", "content": "Why is the sky blue?"}, {"role": "assistant", "content": "Blue scatters most."}]
+    spec = _chat_source(tmp_path, [{"messages": chat} for _ in range(5)])
+    check_source("chat", spec, tmp_path / "run")
+    docs = read_source("chat", spec, tmp_path / "run")
+    assert docs["text"].tolist() == ["user: Why is the sky blue?\n\nassistant: Blue scatters most."] * 5
+    arrays, info = sft_data(SFTConfig(), spec, tmp_path / "run", tok, "tok", seq_len=512, val_fraction=0.2)
+    assert info["conversations"] == 5 and info["from_messages"] == 5
+    trained = tok.decode(np.concatenate([arrays["train"], arrays["val"]])[
+        np.concatenate([arrays["train_mask"], arrays["val_mask"]])].tolist())
+    assert trained.count("Blue scatters most.<|im_end|>") == 5
 
 
 def test_sft_on_user_data_without_conversations_fails_loudly(tmp_path):

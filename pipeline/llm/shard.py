@@ -1,7 +1,7 @@
-"""One shard of a run, executed as one Dask task: request the missing rows, journal, compact.
+"""One shard of an online run, executed as one Dask task: request the missing rows, journal, compact.
 
 The task body is synchronous (what Dask runs); the requests run on the worker's long-lived event
-loop through the one :class:`~pipeline.generate.backends.Backend` interface, in the worker's
+loop through the one :class:`~pipeline.llm.backends.Backend` interface, in the worker's
 :class:`RequestPool` for the run: up to the backend's ``concurrency`` slots, each sending
 ``batch_size`` conversations per call and holding one lease of the run's cluster-wide
 ``distributed.Semaphore`` while the pool has requests queued. A shard task hands its rows to the
@@ -36,24 +36,19 @@ import pandas as pd
 
 from pipeline.cluster import run_on_worker_loop
 from pipeline.errors import GenerateError
-from pipeline.generate.backends import Backend, Completion, Sampling, open_backend
-from pipeline.generate.config import GenerateConfig
-from pipeline.generate.conversation import TurnByTurn, render_conversation
-from pipeline.generate.flags import completion_flags
-from pipeline.generate.journal import EVENT, Journal, estimate_prompt_tokens, journal_path, turns_of
-from pipeline.generate.limits import CompletionGate
-from pipeline.io import read_parquet, stable_hash, write_parquet
-from pipeline.rundir import ID, MESSAGES, TEXT, shard_path
+from pipeline.io import stable_hash
+from pipeline.llm.backends import Backend, Completion, Sampling, open_backend
+from pipeline.llm.config import LLMConfig
+from pipeline.llm.journal import Journal, estimate_prompt_tokens, turns_of
+from pipeline.llm.limits import CompletionGate
+from pipeline.llm.rows import Postprocess, RowBuilder, history, read_part, turn_entry, write_part
+from pipeline.llm.spec import Dialogue
+from pipeline.rundir import ID, MESSAGES, TEXT, journal_path
 
-# Slots open this far apart (the whole ramp at most 1 s). Started together, their requests come back
-# together, queue on the event loop for as long as the burst takes to process, and stay bunched
-# from then on (measured: C=64, L=0.2 s: median latency 210 ms together, 204 ms staggered by 2 ms).
+# Slots open this far apart (the whole ramp at most 1 s): requests sent together come back together
+# and stay bunched on the event loop from then on.
 SLOT_STAGGER_S = 0.002
 MAX_RAMP_S = 1.0
-
-# What the engine adds to every row besides the completion itself (``ShardSpec.completion_column``).
-COMPLETION_COLUMNS = ["model", "temperature", "max_tokens", "finish_reason", "prompt_tokens",
-                      "completion_tokens", "latency_s", "flags"]
 
 
 @dataclass
@@ -64,14 +59,19 @@ class ShardSpec:
     index: int
     requests: pd.DataFrame
     out_dir: Path
-    cfg: GenerateConfig
+    cfg: LLMConfig
     sampling: Sampling
     seed: int = 0
-    postprocess: Callable[[dict], dict] | None = None
+    postprocess: Postprocess | None = None
     completion_column: str = TEXT
     gate: CompletionGate | None = None
-    dialogue: TurnByTurn | None = None
+    dialogue: Dialogue | None = None
     """Builds the rows it applies to turn by turn (one request per turn); None: one request per row."""
+
+    @property
+    def rows(self) -> RowBuilder:
+        return RowBuilder(self.completion_column, self.cfg.model, self.sampling,
+                          self.dialogue.render if self.dialogue is not None else None)
 
 
 @dataclass
@@ -86,8 +86,7 @@ def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any, share_leases: b
 
     ``share_leases``: other workers run shards of this run too, so this worker's slots hand their
     leases round at each shard boundary rather than keeping them while it has rows queued."""
-    part = shard_path(spec.out_dir, spec.index)
-    existing = read_parquet(part) if part.exists() else None
+    existing = read_part(spec.out_dir, spec.index)
     journal = Journal(journal_path(spec.out_dir, spec.index))
     done = set(existing[ID]) if existing is not None else set()
     done |= {r["id"] for r in journal.read()}
@@ -100,43 +99,23 @@ def run_shard(spec: ShardSpec, coordinator: Any, semaphore: Any, share_leases: b
                 stop_reason = _complete(spec, todo, journal, coordinator, semaphore, share_leases)
     finally:
         journal.close()
-    events = journal.events()
-    fresh = [r for r in events if EVENT not in r]
-    if fresh or existing is None:
-        table = _compact(spec, existing, fresh)
-        if len(table):
-            write_parquet(table, part)
-    finished = done | {r["id"] for r in fresh}
-    if not any(row_id not in finished for row_id in turns_of(events)):
-        journal.remove()  # else an unfinished conversation's paid turns stay for the rerun to continue
-    return ShardResult(spec.index, len(fresh), stop_reason)
+    new_rows = write_part(spec.out_dir, spec.index, spec.requests, existing, journal, done, spec.postprocess)
+    return ShardResult(spec.index, new_rows, stop_reason)
 
 
 def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator: Any,
               semaphore: Any, share_leases: bool = False) -> str | None:
     """Send the shard's rows through this worker's pool; the run's stop reason, if it stopped."""
-    cfg, sampling = spec.cfg, spec.sampling
+    rows = spec.rows
 
     def record(row_id: str, c: Completion) -> None:
-        journal.append({
-            "id": row_id, spec.completion_column: c.text, "model": cfg.model, "temperature": sampling.temperature,
-            "max_tokens": sampling.max_tokens, "finish_reason": c.finish_reason,
-            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-            "latency_s": c.latency_s, "flags": completion_flags(c.text, c.finish_reason)})
+        journal.append(rows.completed(row_id, c))
 
     def finish(row_id: str, turns: list[dict]) -> str:
-        """Journal a conversation whose every turn is in: the row, with the turns' summed cost; its text."""
-        messages = [{"role": t["role"], "content": t["content"]} for t in turns]
-        text = render_conversation(messages)
-        flags = [f for t in turns for f in completion_flags(t["content"], t["finish_reason"])]
-        journal.append({
-            "id": row_id, spec.completion_column: text, MESSAGES: messages, "requests": len(turns),
-            "model": cfg.model, "temperature": sampling.temperature, "max_tokens": sampling.max_tokens,
-            "finish_reason": turns[-1]["finish_reason"],
-            "prompt_tokens": sum(t["prompt_tokens"] for t in turns),
-            "completion_tokens": sum(t["completion_tokens"] for t in turns),
-            "latency_s": round(sum(t["latency_s"] for t in turns), 4), "flags": list(dict.fromkeys(flags))})
-        return text
+        """Journal a conversation whose every turn is in (the row); its text."""
+        row = rows.conversation(row_id, turns)
+        journal.append(row)
+        return row[spec.completion_column]
 
     jobs: dict[str, dict] = {}
     dialogue = spec.dialogue
@@ -150,15 +129,14 @@ def _complete(spec: ShardSpec, todo: pd.DataFrame, journal: Journal, coordinator
                 else:
                     jobs[row[ID]] = {"row": row, "turns": turns}
         todo = todo[~todo[ID].isin(journaled.keys() - jobs.keys())]
-    backend = open_backend(cfg)  # loads an in-process model here, in the task, not on the event loop
+    backend = open_backend(spec.cfg)  # loads an in-process model here, in the task, not on the event loop
     work = _Work(spec, journal, record, finish)
 
     def item(row_id: str, messages: list[dict]) -> _Item:
         job = jobs.get(row_id)
         if job is None:
             return _Item(work, row_id, messages)
-        history = [{"role": t["role"], "content": t["content"]} for t in job["turns"]]
-        return _Item(work, row_id, dialogue.request(job["row"], history), job)  # type: ignore[union-attr]
+        return _Item(work, row_id, dialogue.request(job["row"], history(job["turns"])), job)  # type: ignore[union-attr]
 
     items = [item(row_id, messages) for row_id, messages in zip(todo[ID], todo[MESSAGES], strict=True)]
     if not items:
@@ -403,14 +381,11 @@ class RequestPool:
         dialogue, job, work = self.dialogue, it.job, it.work
         assert dialogue is not None and job is not None
         k = len(job["turns"])
-        turn = {"turn": k, "role": dialogue.role(k), "content": dialogue.clean(c.text),
-                "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens, "latency_s": c.latency_s}
+        turn = turn_entry(k, dialogue.role(k), dialogue.clean(c.text), c)
         work.journal.turn(nonce, it.row_id, **turn)
         job["turns"].append(turn)
         if len(job["turns"]) < dialogue.requests:
-            history = [{"role": t["role"], "content": t["content"]} for t in job["turns"]]
-            self.queue.appendleft(_Item(work, it.row_id, dialogue.request(job["row"], history), job))
+            self.queue.appendleft(_Item(work, it.row_id, dialogue.request(job["row"], history(job["turns"])), job))
             work.queued += 1
             return None
         return work.finish(it.row_id, job["turns"])
@@ -471,34 +446,3 @@ class RequestPool:
             del _POOLS[self.key]
             self.beat.cancel()
             self.threads.shutdown(wait=False)
-
-
-def _compact(spec: ShardSpec, existing: pd.DataFrame | None, fresh: list[dict]) -> pd.DataFrame:
-    """Old part + journaled rows (postprocessed, joined to their passthrough columns), in request order."""
-    requests = spec.requests
-    passthrough = requests.drop(columns=[MESSAGES]).set_index(ID)
-    records = {}
-    seen = set(existing[ID]) if existing is not None else set()
-    for rec in fresh:
-        if rec["id"] not in seen and rec["id"] in passthrough.index:
-            seen.add(rec["id"])
-            records[rec["id"]] = rec
-    # one join for the whole shard: a per-row ``.loc`` lookup costs more than the row's request
-    new_rows = pd.concat([passthrough.loc[list(records)].reset_index(),
-                          pd.DataFrame(list(records.values())).drop(columns=ID, errors="ignore")],
-                         axis=1) if records else pd.DataFrame()
-    if spec.postprocess is not None and len(new_rows):
-        # only the columns it returns are set, so the others keep their dtypes (and nothing pays for
-        # rebuilding the whole frame from dicts: that cost more than the postprocess itself)
-        reads = getattr(spec.postprocess, "reads", None)  # the columns it needs, if it says
-        rows = new_rows[[c for c in reads if c in new_rows.columns]] if reads is not None else new_rows
-        results = [spec.postprocess(row) for row in rows.to_dict("records")]
-        for column in dict.fromkeys(k for r in results for k in r):
-            before = new_rows[column].tolist() if column in new_rows.columns else [None] * len(results)
-            new_rows[column] = [r.get(column, old) for r, old in zip(results, before, strict=True)]
-    frames = [f for f in (existing, new_rows) if f is not None and len(f)]
-    if not frames:
-        return pd.DataFrame()
-    table = pd.concat(frames, ignore_index=True)
-    order = {row_id: i for i, row_id in enumerate(requests[ID])}
-    return table.sort_values(ID, key=lambda s: s.map(order)).reset_index(drop=True)

@@ -1,7 +1,8 @@
-"""Model backends behind one async interface (:class:`Backend`), chosen by :func:`open_backend`:
-any OpenAI-compatible server (async, retried) or in-process transformers (batched).
+"""Model backends, all built by :func:`open_backend`: behind one async interface (:class:`Backend`)
+any OpenAI-compatible server (async, retried) or in-process transformers (batched); and a server's
+Batch API (:class:`BatchAPI`) for ``generate.mode: batch``.
 
-Both return ``Completion`` records; neither knows about shards, journals or Dask. Fatal answers
+They return ``Completion`` records; none knows about shards, journals or Dask. Fatal answers
 (401/403/404/400) raise ``GenerateError`` at once with a one-line cause; transient ones (429, 5xx,
 timeouts, dropped connections) are retried with exponential backoff and jitter, honouring Retry-After.
 """
@@ -14,13 +15,14 @@ import json
 import os
 import random
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from pipeline.cluster import close_at_exit, worker_cached
 from pipeline.errors import GenerateError
-from pipeline.generate.config import GenerateConfig
+from pipeline.llm.config import LLMConfig
 
 Messages = list[dict[str, str]]
 _BACKOFF_CAP_S = 30.0
@@ -45,11 +47,18 @@ class Sampling:
     max_tokens: int
     temperature: float
     top_p: float
+    repetition_penalty: float | None = None
 
     @classmethod
-    def of(cls, cfg: GenerateConfig) -> Sampling:
-        """The ``generate`` section's sampling."""
-        return cls(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    def of(cls, cfg: LLMConfig) -> Sampling:
+        """The section's sampling."""
+        return cls(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                   repetition_penalty=cfg.repetition_penalty)
+
+    def body(self) -> dict[str, Any]:
+        """The request body's sampling fields (a server that does not know an unset one never sees it)."""
+        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        return fields if self.repetition_penalty is None else {**fields, "repetition_penalty": self.repetition_penalty}
 
 
 class Backend(Protocol):
@@ -70,16 +79,34 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-def open_backend(cfg: GenerateConfig) -> Backend:
-    """This worker's backend for ``cfg`` (``generate.backend``): built once, reused by every shard."""
+@overload
+def open_backend(cfg: LLMConfig, batch: Literal[False] = False) -> Backend: ...
+
+
+@overload
+def open_backend(cfg: LLMConfig, batch: Literal[True]) -> BatchAPI: ...
+
+
+def open_backend(cfg: LLMConfig, batch: bool = False) -> Backend | BatchAPI:
+    """The backend ``cfg`` names (``generate.backend``): for online requests, this worker's, built once
+    and reused by every shard; with ``batch``, the server's Batch API (``generate.mode: batch``)."""
+    if batch:
+        if cfg.backend != "openai":
+            raise GenerateError("generate.mode=batch needs generate.backend=openai (a server with /v1/batches)")
+        return BatchAPI(cfg)
     if cfg.backend == "transformers":
-        return worker_cached(("transformers", cfg.model, cfg.device, cfg.batch_size), lambda: _load_quietly(cfg))
+        return worker_cached(("transformers", cfg.model, cfg.device, cfg.batch_size), lambda: load_quietly(cfg))
     return OpenAIBackend(cfg, shared_openai_client(cfg))
 
 
-def resolve_endpoint(cfg: GenerateConfig) -> tuple[str | None, str]:
+def base_url_of(cfg: LLMConfig) -> str | None:
+    """The endpoint from the config, else OPENAI_BASE_URL (None: the OpenAI API)."""
+    return cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+
+def resolve_endpoint(cfg: LLMConfig) -> tuple[str | None, str]:
     """(base_url, api_key) from the config, else OPENAI_BASE_URL / OPENAI_API_KEY."""
-    base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    base_url = base_url_of(cfg)
     key = cfg.api_key.get_secret_value() if cfg.api_key else os.environ.get("OPENAI_API_KEY")
     if not key:
         if base_url is None:
@@ -89,7 +116,7 @@ def resolve_endpoint(cfg: GenerateConfig) -> tuple[str | None, str]:
     return base_url, key
 
 
-def openai_client(cfg: GenerateConfig) -> Any:
+def openai_client(cfg: LLMConfig) -> Any:
     """This endpoint's HTTP client for chat completions (``generate.http_client``), one kept-alive
     connection per slot: :class:`AioHttpChat` (default) or the openai SDK over httpx."""
     if cfg.http_client == "aiohttp":
@@ -101,13 +128,13 @@ def openai_client(cfg: GenerateConfig) -> Any:
     # the SDK's default pool keeps 100 connections, so a wider run would close and reopen them on
     # every burst
     pool = httpx2.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
-    # loading the CA bundle costs ~50 ms: once per worker process, not once per shard
+    # the CA bundle is loaded once per worker process, not once per shard
     tls = worker_cached(("ssl-context", "httpx"), httpx2.create_ssl_context)
     return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.request_timeout_s,
                               http_client=openai.DefaultAsyncHttpxClient(limits=pool, verify=tls))
 
 
-def shared_openai_client(cfg: GenerateConfig) -> Any:
+def shared_openai_client(cfg: LLMConfig) -> Any:
     """This worker's client for ``cfg``'s endpoint, reused by every shard on its event loop."""
     def build() -> Any:
         client = openai_client(cfg)
@@ -140,11 +167,11 @@ class AioHttpChat:
     ``OPENAI_PROJECT_ID``).
 
     Why not the SDK: its request path (options, headers, retries wrapper, its own aiohttp adapter)
-    cost ~1.1 ms of CPU per request more than this on the project's server, which at C=64 and 0.2 s
-    latency is what kept a run below C/latency; its import adds ~0.6 s before the first request.
+    costs more client CPU per request than the request itself at high concurrency, and its import
+    delays the first request (bench/generate.py measures both).
     """
 
-    def __init__(self, cfg: GenerateConfig) -> None:
+    def __init__(self, cfg: LLMConfig) -> None:
         base_url, key = resolve_endpoint(cfg)
         self.url = (base_url or "https://api.openai.com/v1").rstrip("/") + "/chat/completions"
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
@@ -164,7 +191,7 @@ class AioHttpChat:
 
         tls: Any = True
         if self.url.startswith("https:"):
-            # loading the CA bundle costs ~50 ms: once per worker process, not once per shard
+            # the CA bundle is loaded once per worker process, not once per shard
             tls = worker_cached(("ssl-context", "aiohttp"), _ssl_context)
         # HTTP(S)_PROXY / NO_PROXY, as the SDK's httpx honours them: looked up once here, since
         # aiohttp's trust_env looks them (and ~/.netrc) up in a thread on every request
@@ -227,7 +254,7 @@ class OpenAIBackend:
     batch_size = 1  # the server batches; the shard keeps ``concurrency`` requests in flight
     remote = True
 
-    def __init__(self, cfg: GenerateConfig, client: Any | None = None) -> None:
+    def __init__(self, cfg: LLMConfig, client: Any | None = None) -> None:
         self.cfg = cfg
         self.concurrency = cfg.concurrency
         self.where = resolve_endpoint(cfg)[0] or "api.openai.com"
@@ -241,8 +268,7 @@ class OpenAIBackend:
     async def complete_one(self, messages: Messages, params: Sampling) -> Completion:
         """One chat completion, retried on transient failures."""
         cfg = self.cfg
-        body = {"model": cfg.model, "messages": messages, "temperature": params.temperature,
-                "top_p": params.top_p, "max_tokens": params.max_tokens}
+        body = {"model": cfg.model, "messages": messages, **params.body()}
         last = ""
         for attempt in range(cfg.max_retries + 1):
             start = time.perf_counter()
@@ -253,7 +279,7 @@ class OpenAIBackend:
                 wait = self._backoff(attempt)
             else:
                 if answer.status < 300:
-                    return _completion(answer.body, time.perf_counter() - start, self.where)
+                    return parse_completion(answer.body, time.perf_counter() - start, self.where)
                 fatal = self._fatal(answer.status, answer.message)
                 if fatal:
                     raise GenerateError(fatal) from None
@@ -343,7 +369,7 @@ def transport_failure(e: BaseException) -> str:
     return f"connection error ({e.__cause__ or e})"
 
 
-def _completion(raw: bytes, latency: float, where: str) -> Completion:
+def parse_completion(raw: bytes, latency: float, where: str) -> Completion:
     """A ``Completion`` from the JSON body of a chat completion."""
     try:
         body = json.loads(raw)
@@ -359,19 +385,93 @@ def _completion(raw: bytes, latency: float, where: str) -> Completion:
                             f"{raw[:120]!r}") from None
 
 
+class BatchConnectionError(GenerateError):
+    """The Batch API did not answer (timeout, refused or dropped connection); nothing it was sent is lost."""
+
+
+class BatchAPI:
+    """An OpenAI-compatible server's Batch API (``/v1/files``, ``/v1/batches``), synchronous: the driver
+    uploads, creates, polls and downloads while the provider does the work.
+
+    Same endpoint and key as the online client; the SDK retries each call (``generate.max_retries``).
+    An error answer raises ``GenerateError`` (``HTTP <status>: <message>``), no answer
+    :class:`BatchConnectionError`.
+    """
+
+    ENDPOINT = "/v1/chat/completions"
+
+    def __init__(self, cfg: LLMConfig) -> None:
+        self.cfg = cfg
+        self.where = base_url_of(cfg) or "api.openai.com"
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The SDK's client, built at the first call (a dry run never imports the SDK)."""
+        if self._client is None:
+            import openai
+
+            base_url, key = resolve_endpoint(self.cfg)
+            self._client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=self.cfg.max_retries,
+                                         timeout=self.cfg.request_timeout_s)
+        return self._client
+
+    def upload(self, name: str, blob: bytes) -> str:
+        """A JSONL batch input file; its file id."""
+        with self._answers():
+            return self.client.files.create(file=(name, blob, "application/jsonl"), purpose="batch").id
+
+    def create(self, input_file_id: str, window: str, key: str) -> Any:
+        """A batch of the file's requests, tagged with ``key`` (its record in the run's book)."""
+        with self._answers():
+            return self.client.batches.create(input_file_id=input_file_id, endpoint=self.ENDPOINT,
+                                              completion_window=window, metadata={"textbook_batch": key})
+
+    def retrieve(self, batch_id: str) -> Any:
+        with self._answers():
+            return self.client.batches.retrieve(batch_id)
+
+    def recent(self, limit: int = 100) -> Iterator[Any]:
+        """The server's batches, newest first, a page of ``limit`` at a time as the caller reads on."""
+        with self._answers():
+            yield from self.client.batches.list(limit=limit)
+
+    def content(self, file_id: str) -> str:
+        """An output or error file's text."""
+        with self._answers():
+            return self.client.files.content(file_id).text
+
+    def completion(self, body: dict[str, Any], latency: float) -> Completion:
+        """The ``Completion`` of an output line's response body."""
+        return parse_completion(json.dumps(body).encode("utf-8"), latency, self.where)
+
+    @contextmanager
+    def _answers(self) -> Iterator[None]:
+        import openai
+
+        try:
+            yield
+        except openai.APIStatusError as e:
+            raise GenerateError(f"{self.where}: batch API: HTTP {e.status_code}: "
+                                f"{' '.join(str(getattr(e, 'message', '')).splitlines()[:1])}") from None
+        except openai.APIConnectionError as e:
+            raise BatchConnectionError(f"{self.where}: batch API: {type(e).__name__}") from None
+
+
 class TransformersBackend:
-    """In-process batched generation: a Hub id or local path, its chat template, left padding."""
+    """In-process batched generation: a Hub id, a local folder or GGUF file (``pipeline.models``), its
+    chat template, left padding."""
 
     concurrency = 1  # one forward pass at a time: a second would only compete for the same device
     remote = False
 
     def __init__(self, model: str, device: str | None = None, batch_size: int = 8) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from pipeline.models import load_causal_lm
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForCausalLM.from_pretrained(model)
+            self.tokenizer, self.model = load_causal_lm(model)
         except (OSError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise GenerateError(f"generate.model '{model}': cannot load with transformers ({first})") from None
@@ -397,25 +497,31 @@ class TransformersBackend:
 
     def _generate(self, batch: list[Messages], params: Sampling, seed: int) -> list[Completion]:
         import torch
+        from transformers import StoppingCriteriaList
 
         tok = self.tokenizer
         start = time.perf_counter()
         enc = tok([self._prompt(m) for m in batch], return_tensors="pt", padding=True,
                   add_special_tokens=False).to(self.device)
         torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} \
-            if params.temperature > 0 else {"do_sample": False}
-        with torch.no_grad():
-            out = self.model.generate(**enc, max_new_tokens=params.max_tokens, pad_token_id=tok.pad_token_id,
-                                      **sampling)
-        latency = (time.perf_counter() - start) / len(batch)
+        penalty = {} if params.repetition_penalty is None else {"repetition_penalty": params.repetition_penalty}
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, **penalty} \
+            if params.temperature > 0 else {"do_sample": False, **penalty}
         eos = {tok.eos_token_id, *([self.model.generation_config.eos_token_id]
                                    if isinstance(self.model.generation_config.eos_token_id, int)
                                    else self.model.generation_config.eos_token_id or [])}
+        loops = LoopStop(enc["input_ids"].shape[1], eos)
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=params.max_tokens, pad_token_id=tok.pad_token_id,
+                                      stopping_criteria=StoppingCriteriaList([loops]), **sampling)
+        latency = (time.perf_counter() - start) / len(batch)
         results = []
-        for row, mask in zip(out[:, enc["input_ids"].shape[1]:].tolist(), enc["attention_mask"], strict=True):
+        rows = out[:, enc["input_ids"].shape[1]:].tolist()
+        for r, (row, mask) in enumerate(zip(rows, enc["attention_mask"], strict=True)):
             stop = next((i for i, t in enumerate(row) if t in eos), None)
-            kept = row if stop is None else row[:stop]
+            if r in loops.stopped:  # cut off in a loop: no ending of its own (the padding after is EOS)
+                stop = None
+            kept = row[:loops.stopped[r]] if r in loops.stopped else row if stop is None else row[:stop]
             results.append(Completion(
                 text=tok.decode(kept, skip_special_tokens=True).strip(),
                 finish_reason="stop" if stop is not None else "length",
@@ -424,7 +530,40 @@ class TransformersBackend:
         return results
 
 
-def _load_quietly(cfg: GenerateConfig) -> TransformersBackend:
+class LoopStop:
+    """Stops a row whose last ``span`` tokens already stand twice earlier in its completion: a small
+    model that loops would otherwise spend its whole ``max_tokens`` (and hold its batch) repeating.
+    A row that has ended (an ``eos`` token; its padding repeats) is left alone. ``stopped`` maps each
+    row it stopped to its completion length then."""
+
+    def __init__(self, prompt_length: int, eos: set[int], span: int = 24, every: int = 8) -> None:
+        self.prompt_length, self.eos, self.span, self.every = prompt_length, eos, span, every
+        self.stopped: dict[int, int] = {}
+
+    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+        import torch
+
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        length = input_ids.shape[1] - self.prompt_length
+        if length < 3 * self.span or length % self.every:
+            for r in self.stopped:
+                done[r] = True
+            return done
+        for r, row in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            if r in self.stopped:
+                done[r] = True
+                continue
+            if self.eos.intersection(row):
+                continue
+            text = "," + ",".join(map(str, row)) + ","
+            tail = "," + ",".join(map(str, row[-self.span:])) + ","
+            if text.count(tail) >= 3:
+                self.stopped[r] = length
+                done[r] = True
+        return done
+
+
+def load_quietly(cfg: LLMConfig) -> TransformersBackend:
     """Load the model on a worker without its progress bars and info messages.
 
     A worker's stderr is the driver's terminal: its "Loading weights" bars and per-batch notices would

@@ -23,23 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.rundir import shard_path
-
 EVENT = "event"
 """Key of the bookkeeping records (``sent`` / ``failed`` / ``turn``); completed rows have no such key."""
-
-
-JOURNAL_DIR = ".journal"
-"""The folder of an engine output that holds the journals of unfinished shards."""
-
-
-def journal_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / JOURNAL_DIR
-
-
-def journal_path(out_dir: Path, index: int) -> Path:
-    """``out_dir/.journal/part-NNNNN.jsonl``: named like the shard it becomes."""
-    return journal_dir(out_dir) / shard_path("", index).with_suffix(".jsonl").name
 
 
 class Journal:

@@ -26,7 +26,7 @@ twice creates each once).
     with StubServer(faults=["429", None, "500"], api_key="sk-test") as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key="sk-test")
 
-    python -m pipeline.generate.stub_server --port 8000 --latency 0.2
+    python -m pipeline.llm.stub_server --port 8000 --latency 0.2
 """
 
 from __future__ import annotations
@@ -39,38 +39,34 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 Responder = Callable[[list[dict], dict], str]
 
-_SENTENCES = [
-    "A definition gives a precise name to an idea so that we can reason about it.",
-    "Consider a worked example that applies the idea step by step.",
-    "First we write down what is known, then we ask what must follow from it.",
-    "Notice how each step depends only on the step before it.",
-    "A common mistake is to skip the check at the end, so always verify the result.",
-    "We can picture the situation with a simple diagram of its parts.",
-    "The same reasoning carries over to larger cases with only small changes.",
-    "Try the exercise below before reading the solution that follows it.",
-    "In summary, the key property explains why the method works.",
-    "Historically, this question was first studied by careful observation.",
-    "Each term in the formula has a meaning that we can state in words.",
-    "An analogy from everyday life makes the abstract rule easier to remember.",
-]
+# An answer's sentences are drawn from subject x verb x object (1,728 of them) without repeats, so a
+# conversation of several answers does not repeat itself (the Gopher repetition rules flag that).
+_SUBJECTS = ["A definition", "A worked example", "The first step", "Each step", "A common mistake", "A simple diagram",
+             "The same reasoning", "The exercise below", "The key property", "Careful observation", "Each term",
+             "An everyday analogy"]
+_VERBS = ["names", "shows", "checks", "explains", "connects", "tests", "builds on", "separates", "compares",
+          "supports", "describes", "follows from"]
+_OBJECTS = ["the idea we study", "what must follow", "the case before it", "the final result", "its separate parts",
+            "the larger cases", "the worked solution", "why the method works", "the first question",
+            "the formula in words", "the abstract rule", "a careful estimate"]
 _MAX_HEADER_BYTES = 64 * 1024
 
 
 def textbook_responder(messages: list[dict], params: dict) -> str:
     """Deterministic textbook-like prose: the same prompt always gets the same answer."""
     prompt = "\n".join(m.get("content", "") for m in messages)
-    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    digest = hashlib.sha512(prompt.encode("utf-8")).digest()
     topic = " ".join(prompt.split()[:6])
-    lines = [_SENTENCES[digest[0] % len(_SENTENCES)], f"This lesson is about {topic}."]
-    lines += [_SENTENCES[b % len(_SENTENCES)] for b in digest[1:12]]
-    return " ".join(lines)
+    picks = dict.fromkeys((digest[k] % 12, digest[k + 1] % 12, digest[k + 2] % 12) for k in range(0, 60, 3))
+    lines = [f"{_SUBJECTS[s]} {_VERBS[v]} {_OBJECTS[o]}." for s, v, o in list(picks)[:12]]
+    return " ".join([lines[0], f"This lesson is about {topic}.", *lines[1:]])
 
 
 @dataclass
@@ -111,8 +107,12 @@ class StubServer:
     def __init__(self, responder: Responder | None = None, faults: Iterable[str | Fault | None] = (),
                  api_key: str | None = None, models: Iterable[str] = ("stub-model",), latency_s: float = 0.0,
                  slow_s: float = 5.0, host: str = "127.0.0.1", port: int = 0, batch_delay_s: float = 0.0,
-                 batch_errors: Iterable[str] = (), batch_expiry: Iterable[int | None] = ()) -> None:
+                 batch_errors: Iterable[str] = (), batch_expiry: Iterable[int | None] = (),
+                 hold: Callable[[dict], Awaitable[None]] | None = None) -> None:
         self.responder = responder or textbook_responder
+        self.hold = hold
+        """Awaited on the server's loop before a chat request is answered: a test can keep an answer
+        back until another request has arrived, instead of timing it."""
         self.slow_s = slow_s
         self.faults: list[Fault | None] = [f if f is None or isinstance(f, Fault) else Fault(str(f), delay_s=slow_s)
                                            for f in faults]
@@ -189,13 +189,14 @@ class StubServer:
         """One keep-alive connection: read a request, answer it, repeat until the client goes."""
         self._open[writer] = asyncio.current_task()
         self.connections += 1
+        connection = self.connections
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
                 method, path = head[0].split(" ")[:2]
                 headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
                 body = await reader.readexactly(int(headers.get("content-length") or 0))
-                reply = await self._answer(method, path.split("?")[0].rstrip("/"), headers, body)
+                reply = await self._answer(method, path.split("?")[0].rstrip("/"), headers, body, connection)
                 if reply.status is None:
                     return  # a dropped connection: closed below without an answer
                 writer.write(_encode(reply))
@@ -208,7 +209,8 @@ class StubServer:
             self._open.pop(writer, None)
             writer.close()
 
-    async def _answer(self, method: str, route: str, headers: dict[str, str], raw: bytes) -> _Reply:
+    async def _answer(self, method: str, route: str, headers: dict[str, str], raw: bytes,
+                      connection: int) -> _Reply:
         if method == "GET" and route == "/v1/models":
             return self._unauthorized(headers) or _Reply(200, {"object": "list", "data": [
                 {"id": m, "object": "model", "created": 0, "owned_by": "stub"} for m in self.models]})
@@ -224,7 +226,8 @@ class StubServer:
             return _error(400, "'messages' is required and must be a non-empty list", "invalid_request")
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        entry = {"time": time.time(), "model": body.get("model"), "messages": body["messages"], "status": 0}
+        entry = {"time": time.time(), "model": body.get("model"), "messages": body["messages"], "status": 0,
+                 "connection": connection}
         try:
             reply = await self._complete(headers, body)
             entry["status"] = reply.status or 0
@@ -248,6 +251,8 @@ class StubServer:
             return _error(404, f"The model '{model}' does not exist or you do not have access to it.",
                           "model_not_found")
         fault = self.faults.pop(0) if self.faults else None
+        if self.hold is not None:
+            await self.hold(body)
         return await self._chat(body, fault)
 
     async def _chat(self, body: dict, fault: Fault | None, latency: bool = True) -> _Reply:

@@ -14,9 +14,9 @@ from pipeline.generate.diversity import (
     opening_share,
     words_keeping_contractions,
 )
-from pipeline.generate.journal import Journal
-from pipeline.generate.ledger import Ledger
-from pipeline.generate.limits import Coordinator, TokenBucket
+from pipeline.llm.journal import Journal
+from pipeline.llm.ledger import Ledger
+from pipeline.llm.limits import Coordinator, TokenBucket
 
 
 def test_ledger_prices_tokens_per_million():

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from pipeline.generate.ledger import Ledger
+from pipeline.llm.ledger import Ledger
 
 
 class CompletionGate(Protocol):
@@ -71,7 +71,7 @@ class Coordinator:
             wait = self.requests.reserve(1)
             if wait > 0 and self.limited_by is None:
                 self.limited_by = (f"generate.requests_per_minute={self.requests.rate * 60:g} "
-                                   f"({self.requests.rate:.0f} requests/s)")
+                                   f"({self.requests.rate:.3g} requests/s)")
         if self.tokens:
             # a request larger than the bucket would wait forever; let it through at full bucket
             self.tokens.burst = max(self.tokens.burst, tokens)

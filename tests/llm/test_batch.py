@@ -15,10 +15,11 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.generate.batch import BATCHES_FILE
-from pipeline.generate.runner import run_requests
-from pipeline.generate.stub_server import StubServer
 from pipeline.io import list_shards, read_json, read_shards
+from pipeline.llm.run import run_requests
+from pipeline.llm.spec import RunSpec
+from pipeline.llm.stub_server import StubServer
+from pipeline.rundir import BATCHES_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,8 +38,9 @@ def batch_config(srv: StubServer, tmp_path: Path, *overrides: str):
                               "generate.batch_poll_s=0.05", "generate.retry_backoff_s=0.05", *overrides])
 
 
-def run(cfg, requests: pd.DataFrame, out: Path, **kwargs):
-    return run_requests(cfg.generate, requests, out, stage="generate", run_dir=cfg.run_dir, seed=cfg.seed, **kwargs)
+def run(cfg, requests: pd.DataFrame, out: Path, restart: bool = False, dry_run: bool = False, **spec):
+    return run_requests(RunSpec("generate", out, cfg.run_dir, cfg.generate, seed=cfg.seed, **spec), requests,
+                        restart=restart, dry_run=dry_run)
 
 
 def batch_ids(srv: StubServer) -> list[list[str]]:
@@ -127,7 +129,9 @@ def test_no_wait_then_a_batch_id_lost_to_a_kill_is_found_by_its_file_not_submitt
     out = tmp_path / "out"
     with StubServer(api_key="sk-test", batch_delay_s=0.5) as srv:
         first = run(batch_config(srv, tmp_path, "generate.batch_wait=false"), requests_frame(6), out)
-        assert not first.complete and "rerun to collect" in first.stop_reason and first.rows == 0
+        assert not first.complete and first.rows == 0
+        assert first.stop_reason == ("1 batch submitted and not finished (generate.batch_wait=false): rerun to "
+                                     "collect them")
         book = json.loads((out / BATCHES_FILE).read_text())
         assert len(book["batches"]) == 1 and book["batches"][0]["batch_id"] == "batch_000001"
         book["batches"][0]["batch_id"] = None  # what a kill right after batches.create leaves
@@ -231,9 +235,9 @@ def test_batches_in_flight_from_another_config_stop_a_rerun_unless_restart(tmp_p
         assert main(["generate", url, *args, "generate.batch_wait=false"]) == 0
         assert len(srv.batches) == 1 and not list_shards(tmp_path / "generated")
         assert main(["generate", url, *args, "generate.max_tokens=64"]) != 0
-        assert "submitted batches" in capsys.readouterr().err and len(srv.batches) == 1
+        assert "its 1 batch submitted (1 not collected)" in capsys.readouterr().err and len(srv.batches) == 1
         assert main(["generate", url, *args, "generate.max_tokens=64", "--restart"]) == 0
         assert len(srv.batches) == 2
-    assert "forgetting 1 batches of another plan" in capsys.readouterr().err
+    assert "forgetting 1 batch of another plan" in capsys.readouterr().err
     table = read_shards(tmp_path / "generated")
     assert len(table) == 4 and (table["max_tokens"] == 64).all()
