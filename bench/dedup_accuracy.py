@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import logging
 import random
@@ -259,20 +260,23 @@ def main() -> None:
             out = minhash_dedup(ddf, threshold=args.threshold, stats=stats, **options).compute()
             out = out.set_index("id").loc[corpus["id"]].reset_index()
             seconds = time.perf_counter() - t0
+            removed = "\n".join(sorted(out.loc[out["near_dup"], "id"])).encode()
             results.append((name, stats, evaluate(out, jac, args.threshold, args.recall_at),
-                            audit(out, jac, args.threshold, samples=100), seconds))
+                            audit(out, jac, args.threshold, samples=100), seconds,
+                            hashlib.sha256(removed).hexdigest()[:12]))
 
     t = args.threshold
     print(f"\nthreshold {t}; precision: removed doc linked to a kept doc of its cluster by a chain of true "
           f"J >= {t};\npair recall: pairs with true J >= {args.recall_at} put in one cluster with at least one of "
           "the two removed")
     print(f"{'variant':<44}{'perms':>6}{'bands':>6}{'rows':>5}{'cand':>7}{'verif':>7}{'removed':>8}{'should':>7}"
-          f"{'prec':>7}{'rec':>7}{'pairRec':>8}{'auditFP':>8}{'s':>6}")
-    for name, st, ev, au, seconds in results:
+          f"{'prec':>7}{'rec':>7}{'pairRec':>8}{'auditFP':>8}{'s':>6}{'removed ids':>14}")
+    for name, st, ev, au, seconds, digest in results:
         print(f"{name:<44}{st['num_perm']:>6}{st['bands']:>6}{st['rows']:>5}{st['candidate_pairs']:>7}{st['verified_pairs']:>7}"
               f"{ev['removed']:>8}{ev['should_remove']:>7}{ev['precision']:>7.3f}{ev['recall_docs']:>7.3f}"
-              f"{ev['pair_recall']:>8.3f}{au['fp_rate']:>8.3f}{seconds:>6.1f}")
-    name, st, ev, au, _ = results[0]
+              f"{ev['pair_recall']:>8.3f}{au['fp_rate']:>8.3f}{seconds:>6.1f}{digest:>14}")
+    print("(removed ids: a digest of the removed documents' ids, the same for two code versions that decide alike)")
+    name, st, ev, au, _, _ = results[0]
     print(f"\npair recall by true Jaccard ({name}):")
     print(f"{'true J':<14}{'pairs':>7}{'caught':>10}")
     for label, count, share in ev["buckets"]:

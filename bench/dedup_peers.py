@@ -3,6 +3,10 @@
     .venv/bin/python bench/dedup_peers.py                 # ~40 MB
     .venv/bin/python bench/dedup_peers.py --mb 200        # the scale where one process is the limit
     .venv/bin/python bench/dedup_peers.py --tools textbook,rensa --repeat 3
+    .venv/bin/python bench/dedup_peers.py --tools textbook,textbook@base,rensa --code base=/tmp/old-checkout
+
+``textbook@NAME`` runs the checkout given as ``--code NAME=PATH`` (on ``PYTHONPATH``, with this
+checkout's venv) in the same rounds, on the same corpus: a change measured against the code before it.
 
 The corpus is real English text available offline (Python's pydoc topics, man pages, the news
 articles of --data when there, see bench/shared_data.py): documents of 400-1,600 words built from consecutive paragraphs,
@@ -187,16 +191,17 @@ PHASES: list[dict[str, float]] = []
 """The per-phase seconds of every textbook run, from its stats.json: where the whole process went."""
 
 
-def run_textbook(data: Path, work: Path, workers: int) -> tuple[float, float, set[str]]:
+def run_textbook(data: Path, work: Path, workers: int, code: str | None = None) -> tuple[float, float, set[str]]:
     run_dir = work / "textbook_run"
     cmd = [str(ROOT / ".venv" / "bin" / "textbook"), "filter", f"run_dir={run_dir}",
            f"filter.input=[{data}/*.parquet]", "filter.include_generated=false", f"workers={workers}",
            "filter.heuristics.enabled=false", "filter.quality.enabled=false", "filter.decontaminate.enabled=false",
            "filter.language.enabled=false",
            f"filter.minhash.threshold={THRESHOLD}", f"filter.minhash.num_perm={NUM_PERM}", f"filter.minhash.ngram={NGRAM}"]
-    seconds, peak = run_measured(cmd, env={"TEXTBOOK_PROGRESS_S": "3600"})
+    seconds, peak = run_measured(cmd, env={"TEXTBOOK_PROGRESS_S": "3600", **({"PYTHONPATH": code} if code else {})})
     phases = {k: float(v) for k, v in json.loads((run_dir / "filtered" / "stats.json").read_text())["timings_s"].items()}
-    PHASES.append({**phases, "other": seconds - sum(phases.values()), "whole": seconds})
+    PHASES.append({"code": code or "this checkout", **phases, "other": seconds - sum(phases.values()),
+                   "whole": seconds})
     rejected = pd.concat([pd.read_parquet(p, columns=["id", "filter_reason"])
                           for p in sorted((run_dir / "filtered" / "rejected").glob("part-*.parquet"))])
     return seconds, peak, set(rejected.loc[rejected["filter_reason"].isin(["exact_dup", "near_dup"]), "id"])
@@ -288,12 +293,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--code", action="append", default=[], metavar="NAME=PATH",
+                    help="another checkout, run as the tool textbook@NAME")
     shared_data.add_argument(ap)
     args = ap.parse_args()
     shared_data.use(args.data)
     say_sources()
     tools = args.tools.split(",")
-    python = ensure_peers() if set(tools) - {"textbook"} else None
+    checkouts = dict(c.split("=", 1) for c in args.code)
+    python = ensure_peers() if {t.split("@")[0] for t in tools} - {"textbook"} else None
     with tempfile.TemporaryDirectory(prefix="dedup_peers_") as tmp:
         work = Path(tmp)
         data = work / "data"
@@ -312,8 +320,9 @@ def main() -> None:
             for tool in tools:
                 scratch = work / f"{tool}-{rep}"
                 scratch.mkdir()
-                if tool == "textbook":
-                    seconds, peak, removed = run_textbook(data, scratch, args.workers)
+                if tool.split("@")[0] == "textbook":
+                    code = checkouts[tool.split("@")[1]] if "@" in tool else None
+                    seconds, peak, removed = run_textbook(data, scratch, args.workers, code)
                 elif tool == "rensa":
                     seconds, peak, removed = run_script(python, RENSA, [str(data), str(scratch / "removed.json"),
                                                         str(THRESHOLD), str(NUM_PERM), str(NGRAM)], scratch, tool)
@@ -331,23 +340,27 @@ def main() -> None:
                 print(f"  {tool} run {rep + 1}: {seconds:.1f} s, peak {peak:.2f} GB, removed {acc['removed']}, "
                       f"precision {acc['precision']:.3f}, pair recall {acc['pair_recall']:.3f}", flush=True)
     base = {rep: s for tool, rep, s, _, _ in results if tool == "textbook"}
+    rensa = {rep: s for tool, rep, s, _, _ in results if tool == "rensa"}
     print(f"\n{mb:.0f} MB, {len(corpus):,} documents, 2 cores; threshold {THRESHOLD}, word {NGRAM}-grams, "
           f"{NUM_PERM} permutations; every run listed")
-    print(f"{'tool':<12}{'run':>4}{'seconds':>9}{'vs textbook':>13}{'cpu s':>7}{'load':>6}{'peak GB':>9}{'removed':>9}"
+    print(f"{'tool':<16}{'run':>4}{'seconds':>9}{'vs textbook':>13}{'rensa/this':>11}{'cpu s':>7}{'load':>6}{'peak GB':>9}{'removed':>9}"
           f"{'should':>8}{'precision':>11}{'recall@.85':>12}")
     for tool, rep, seconds, peak, acc in results:
         ratio = seconds / base[rep] if rep in base else float("nan")
-        print(f"{tool:<12}{rep + 1:>4}{seconds:>9.1f}{ratio:>12.2f}x{acc['cpu']:>7.1f}{acc['load']:>6.1f}{peak:>9.2f}"
+        against = rensa[rep] / seconds if rep in rensa else float("nan")
+        print(f"{tool:<16}{rep + 1:>4}{seconds:>9.1f}{ratio:>12.2f}x{against:>10.2f}x{acc['cpu']:>7.1f}{acc['load']:>6.1f}{peak:>9.2f}"
               f"{acc['removed']:>9}{acc['should']:>8}{acc['precision']:>11.3f}{acc['pair_recall']:>12.3f}")
     print("(vs textbook: a tool's seconds over textbook's in the same round; above 1 means textbook is faster; "
+          "rensa/this: rensa's seconds in the same round over the tool's, above 1 means the tool is faster; "
           "cpu s: user + system seconds of the process tree; load: 1-minute load average when the run started)")
     if PHASES:
         names = list(dict.fromkeys(k for p in PHASES for k in p))
         print("\ntextbook filter, wall seconds per phase (stats.json timings_s; other = imports, cluster start "
               "and stop, report, manifests)")
-        print(f"{'run':>4}" + "".join(f"{n:>14}" for n in names))
+        names.remove("code")
+        print(f"{'run':>4}{'code':>16}" + "".join(f"{n[:13]:>14}" for n in names))
         for k, p in enumerate(PHASES):
-            print(f"{k + 1:>4}" + "".join(f"{p.get(n, 0.0):>14.2f}" for n in names))
+            print(f"{k + 1:>4}{p['code'][-16:]:>16}" + "".join(f"{p.get(n, 0.0):>14.2f}" for n in names))
 
 
 if __name__ == "__main__":

@@ -54,9 +54,11 @@ NFC_STABLE = r"\x00-\x{2ff}\x{2002}-\x{20cf}\x{2190}-\x{22ff}"
 
 def arrow_texts(texts: Iterable[Any]) -> pa.Array | None:
     """``texts`` as an Arrow large_string array, non-strings as ``""``; ``None`` when a text holds a
-    lone surrogate (JSON's "\\ud800"), which Arrow cannot hold. An Arrow-backed Series converts
-    without a Python object per text."""
-    if isinstance(texts, pd.Series) and isinstance(texts.dtype, pd.StringDtype) and texts.dtype.storage == "pyarrow":
+    lone surrogate (JSON's "\\ud800"), which Arrow cannot hold. An Arrow array or an Arrow-backed
+    Series converts without a Python object per text."""
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        arr = texts.cast(pa.large_string())
+    elif isinstance(texts, pd.Series) and isinstance(texts.dtype, pd.StringDtype) and texts.dtype.storage == "pyarrow":
         arr = pa.array(texts, type=pa.large_string())
     else:
         try:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -168,8 +169,24 @@ def local_threads(workers: int | None = None) -> Iterator[ThreadClient]:
         client.close()
 
 
-def as_completed(futures: Any) -> Iterator[Any]:
-    """Futures as they finish: a ``ThreadClient``'s or a ``distributed.Client``'s."""
+class NoWorkersError(PipelineError):
+    """No Dask worker was connected for the whole of the configured wait."""
+
+
+WORKER_POLL_S = 1.0
+"""How often the driver asks the scheduler how many workers it has, while it waits on tasks."""
+
+
+def as_completed(futures: Any, client: Any = None, worker_wait_s: float | None = None,
+                 wait_key: str = "worker_wait_s", stage: str = "textbook") -> Iterator[Any]:
+    """Futures as they finish: a ``ThreadClient``'s or a ``distributed.Client``'s.
+
+    With a ``distributed.Client`` and ``worker_wait_s``, a watcher asks the scheduler every
+    ``WORKER_POLL_S`` seconds whether any worker is left. With none, the driver says so on one line
+    and waits; if a worker joins within ``worker_wait_s`` the tasks go on, else they are cancelled and
+    ``NoWorkersError`` (naming ``wait_key``, the config key of the wait) ends the iteration. ``stage``
+    starts the line.
+    """
     import concurrent.futures
 
     futures = list(futures)
@@ -178,7 +195,40 @@ def as_completed(futures: Any) -> Iterator[Any]:
         return
     from distributed import as_completed as distributed_as_completed
 
-    yield from distributed_as_completed(futures)
+    if client is None or worker_wait_s is None:
+        yield from distributed_as_completed(futures)
+        return
+    stop, expired = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        since: float | None = None
+        while not stop.wait(WORKER_POLL_S):
+            try:
+                workers = len(client.nthreads())
+            except Exception:  # the client is closing: the iteration ends on its own
+                return
+            if workers:
+                since = None
+                continue
+            if since is None:
+                since = time.monotonic()
+                print(f"{stage}: no Dask worker is connected; waiting up to {worker_wait_s:g} s for one ({wait_key})",
+                      flush=True)
+            elif time.monotonic() - since >= worker_wait_s:
+                expired.set()
+                client.cancel(futures)
+                return
+
+    watcher = threading.Thread(target=watch, name="worker-watch", daemon=True)
+    watcher.start()
+    try:
+        for future in distributed_as_completed(futures):
+            if expired.is_set():
+                raise NoWorkersError(f"no Dask worker for {worker_wait_s:g} s ({wait_key}); the work done so far "
+                                     "is kept: rerun when workers are back to resume")
+            yield future
+    finally:
+        stop.set()
 
 
 def worker_cached(key: Any, factory: Callable[[], T]) -> T:

@@ -6,6 +6,8 @@ naming, where manifests live, and the column names stages and the hub share.
       annotations/    part-*.parquet  manifest.json        (textbook annotate)
       classifier/     edu_fasttext.bin report.json report.png manifest.json  rejected/
       filtered/       part-*.parquet  rejected/  scored/  stats.json report.png manifest.json
+        scored/         part-*.parquet  part-*.json (each shard's entry)  manifest.json (merged once)
+        dedup/          <pass>/*.arrow  <pass>/manifest.json  (the dedup passes; gone when the outputs are)
       tokenizer/      manifest.json + PreTrainedTokenizerFast files
       tokens/         packed token shards (a cache)
       checkpoints/    phase1/ phase2/ sft/  (save_pretrained + manifest.json train_summary.json ...)
@@ -17,8 +19,8 @@ naming, where manifests live, and the column names stages and the hub share.
 
 Hidden beside a stage's outputs, the state a rerun resumes from: ``.lineage.json`` (the fingerprint the
 rows on disk were built from), ``.ledger.json`` and ``.journal/`` (the request engine's paid requests
-and unfinished shards), ``.batches.json`` (batches submitted to a Batch API), ``.staging/`` (parts of
-a pass not yet moved into place).
+and unfinished shards), ``.batches.json`` (batches submitted to a Batch API). The filter's dedup passes
+and its staged outputs live in ``filtered/dedup/`` until the outputs are in place.
 
 A stage asks this module for a path (``RunDir(cfg.run_dir).filtered``) rather than joining strings,
 so a layout change is one edit here and a reader finds every artifact in one place.
@@ -52,6 +54,16 @@ def manifest_path(folder: Path) -> Path:
     return Path(folder) / MANIFEST
 
 
+def shard_entry_path(folder: Path, index: int) -> Path:
+    """``folder/part-NNNNN.json``: what one shard was made from, written beside it by the task that made it."""
+    return Path(folder) / f"part-{index:05d}.json"
+
+
+def block_path(folder: Path, index: int, kind: str = "part") -> Path:
+    """``folder/<kind>-NNNNN.arrow``: a file of a dedup pass, one per task or one per partition."""
+    return Path(folder) / f"{kind}-{index:05d}.arrow"
+
+
 # --- hidden state inside a stage's folder (what a rerun resumes from) ---------------------------
 
 LINEAGE_FILE = ".lineage.json"
@@ -62,8 +74,6 @@ BATCHES_FILE = ".batches.json"
 """The durable record of the batches submitted to a provider's Batch API: row ids, input file, batch id."""
 JOURNAL_DIR = ".journal"
 """The journals of a request engine's unfinished shards."""
-STAGING_DIR = ".staging"
-"""Parts written by a pass that is not finished; moved into place once it is."""
 
 
 def lineage_path(folder: Path) -> Path:
@@ -86,9 +96,6 @@ def journal_path(folder: Path, index: int) -> Path:
     """``folder/.journal/part-NNNNN.jsonl``: named like the shard it becomes."""
     return journal_dir(folder) / shard_path("", index).with_suffix(".jsonl").name
 
-
-def staging_dir(folder: Path) -> Path:
-    return Path(folder) / STAGING_DIR
 
 
 # --- columns shared between stages and the hub ------------------------------------------------
@@ -175,6 +182,11 @@ class RunDir:
     @property
     def scored(self) -> Path:
         return self.filtered / "scored"
+
+    @property
+    def dedup(self) -> Path:
+        """The dedup passes' files and records (``pipeline.filter.passes``), while a run is under way."""
+        return self.filtered / "dedup"
 
     @property
     def filter_stats(self) -> Path:

@@ -75,6 +75,8 @@ class MinHashConfig(StageConfig):
     """Confirm LSH candidate pairs by the exact Jaccard of their shingle sets before clustering."""
     verify_threshold: float | None = Field(default=None, ge=0, le=1)
     """Jaccard a verified pair needs (default: threshold)."""
+    max_cluster: int = Field(default=1000, ge=2)
+    """Clusters of more members than this keep their best member only (no Jaccard with kept members: each removed member is linked to it by a chain of verified pairs); smaller ones are resolved best first against every kept member. Bounds what one task holds: the shingles of this many documents."""
 
     @model_validator(mode="after")
     def _bands_with_rows(self) -> MinHashConfig:
@@ -159,6 +161,8 @@ class FilterConfig(Section):
     """Text per partition of local Parquet inputs, at most (MB, uncompressed, from the footers): what one task holds in memory, whatever the corpus. A small corpus gets smaller partitions: six per thread, of 2 MB at least."""
     in_process: bool | None = None
     """Run on `workers` threads in this process (true) or on a LocalCluster of worker processes (false); default (null): threads for small inputs (in_process_mb) and for runs whose per-document work all releases the GIL (no heuristics, language, quality or decontamination), processes otherwise. Ignored with a scheduler."""
+    worker_wait_s: float = Field(default=300, ge=0)
+    """With no Dask worker left (all killed, or gone from `--scheduler`), how long the driver waits for one: it says so on one line, goes on if a worker joins within this many seconds, else stops with one line. The passes done so far are kept and a rerun resumes at the first unfinished one (with any value of this key: it is not part of the outputs' lineage)."""
     in_process_mb: float = Field(default=8, ge=0)
     """Local inputs up to this many MB in all count as small for `in_process`: threads start at once, worker processes must be spawned and import the stage first."""
     normalize: LengthBounds = LengthBounds()

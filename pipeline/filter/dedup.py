@@ -1,68 +1,95 @@
-"""Exact and MinHash-LSH near-duplicate removal over partitions of a corpus: the corpus-wide passes;
-the in-memory parts (hashes, keep order, Jaccard, components) are ``filters.minhash``.
+"""Exact and MinHash-LSH near-duplicate removal over a corpus on a cluster: the corpus-wide passes;
+the in-memory kernels (hashes, keep order, Jaccard, stars, component steps) are ``filters.minhash``.
 
-A corpus is a list of ``dask.delayed`` pandas partitions that can be recomputed (read again) in
-the same row order. Per partition, ``exact_members`` and ``bucket_rows`` are the hashes each dedup
-needs (the filter stage computes both in one task, from one read of the text); ``exact_reducers``
-and ``near_duplicates`` turn them into a small table (the copies to remove; the members of
-multi-member clusters) and ``flag_exact`` / ``flag_near`` flag a partition's rows from it. No
-process ever holds the corpus or the LSH index. ``exact_dedup`` and ``minhash_dedup`` wrap this
-for a Dask DataFrame (lazy frame out) or a pandas one (pandas out), for notebooks and scripts.
+Every pass is Dask tasks over files (``pipeline.filter.passes``): each task reads its block of the
+files of the pass before (``pipeline.filter.shuffle``) and writes its own, and a pass is recorded
+when all its tasks are done. A killed worker costs its tasks; a killed driver resumes at the first
+pass without a record; the driver holds per-task metadata only, never a per-document table.
+Documents travel between passes as integer keys (partition << 32 | row); ids, lengths, scores and
+shingle sets are read back from a partition only for the documents a duplicate group needs, and
+each partition's decisions come back to it alone.
 
-MinHash dedup, in the order of the data flow (two passes over the input, whatever its size):
+The passes, in the order of the data flow (P partitions, R = P / 8 reducers):
 
-1. per partition: word n-gram shingles, signatures and LSH band hashes (``filters.minhash``),
-   as integer rows ``(bucket, key)``: bucket = one uint64 naming (band, band hash), key = partition
-   number and row (ids, often strings, stay out of the shuffle); signatures are never stored;
-2. LSH banding: those rows shuffled on ``bucket`` (``pipeline.filter.shuffle``; one 16-byte row per
-   document and band); only the rows of buckets with two or more members are gathered (a few,
-   whatever the corpus);
-3. verification: a second pass takes the ids and shingles of those candidate rows, positionally
-   (only partitions holding a candidate are read again); every document of a bucket is linked to
-   the bucket's smallest id (a star, not all pairs), and a candidate pair is kept only if the exact
-   Jaccard of its shingle sets reaches the threshold (no estimate noise at the threshold:
-   recall-oriented band parameters then cost comparisons, not precision);
-4. connected components of the verified pairs (in the process that clusters);
-5. members visited best first (highest ``score_column``, then longest text, then smallest id):
-   a member is removed if it is that similar to a member already kept, else kept; so each cluster
-   keeps its best document and every removed one resembles a kept one (no chaining).
-
-What one process holds is bounded by the duplicates, not the corpus: the rows of shared buckets
-(18 bytes each), the candidate edges (~50 bytes each) and the distinct shingles of candidate
-documents (4 bytes per word). Both passes must see the same rows in the same order per partition
-(any deterministic input: Parquet, JSONL, a pandas frame).
+1. ``hashes`` (P tasks): per partition, one word split gives each document's exact hash (rows
+   ``key, exact_hash``) and its LSH buckets (rows ``bucket, key``: one uint64 names band and band
+   hash, 16 bytes per document and band); signatures are never stored;
+2. ``exact`` and ``banding`` (R tasks each): the rows regrouped by exact hash / by bucket; only
+   groups of two or more go on (the copies; the rows of shared buckets);
+3. ``exact_docs``, ``exact_keep``: each copy's id, length and score read back from its partition,
+   the copies regrouped by hash, and every copy but the best of its group (keep rule below) lost;
+4. ``members``: per partition, the shared buckets' rows less the exact losers; each remaining
+   document's id, length, score and shingle set (sorted distinct uint32) is written beside its
+   partition (``members/part-P``), and its bucket rows go on with its id;
+5. ``edges``: bucket rows regrouped (a bucket that lost members to exact dedup may no longer be
+   shared) and every member linked to the member with the smallest id (a star, not all pairs);
+6. ``candidates``, ``verified``: each edge sent to the partition of its first document, which adds
+   that document's shingles, then to the partition of the second, where the exact Jaccard of all
+   its edges' sets is computed at once in numpy; an edge stays if it reaches ``min_similarity``;
+7. ``large-K``, ``small-K``: connected components of the verified edges, in rounds until no edge
+   changes (``pipeline.filter.components``); then ``labels``: each document's component and its size;
+8. ``cluster_docs``, ``clusters``: each component's members with their ids, lengths, scores and
+   shingles gathered by component and visited best first (highest ``score``, then longest text,
+   then smallest id): a member is removed if it is that similar to a member already kept, else it
+   is kept; so each cluster keeps its best document and every removed one resembles a kept one
+   (no chaining). A component of more than ``max_cluster`` members is resolved without shingles:
+   its best member is kept and every other one removed (each is linked to the kept one by a chain
+   of verified pairs, as datatrove keeps one document per component);
+9. ``decisions``: exact losers and cluster decisions sent back by partition: one file per partition
+   that has any (``row, exact_dup, cluster_id, cluster_size, near_dup``), read by that partition's
+   write task alone.
 
 ``cluster_id`` is the smallest id of a cluster, so results do not depend on partitioning or on
-the number of workers.
+the number of workers. ``exact_dedup`` and ``minhash_dedup`` run the same passes over a Dask or a
+pandas DataFrame for notebooks and scripts: its partitions are written once to a work folder.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dask
 import numpy as np
 import pandas as pd
-from dask.delayed import Delayed
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from filters.minhash import (
     MAX_NGRAM,
     band_hashes,
-    best_first,
-    connected_components,
+    bucket_stars,
+    dedup_hashes,
     exact_hashes,
-    jaccard,
     keep_best,
     lsh_buckets,
     lsh_params,
+    pair_jaccard,
     partition_shingles,
+    resolve_clusters,
+    set_offsets,
     signatures_from_flat,
 )
+from filters.normalize import arrow_texts
 from pipeline.errors import FilterError
-from pipeline.filter.shuffle import shuffle_reduce
+from pipeline.filter.components import LABELS, connected_components, edge_table, labels
+from pipeline.filter.passes import Passes
+from pipeline.filter.shuffle import (
+    read_block,
+    read_table,
+    reducer_of,
+    reducers_for,
+    write_blocks,
+    write_table,
+)
+from pipeline.rundir import block_path, shard_path
 from pipeline.timing import timed
 
 log = logging.getLogger(__name__)
@@ -77,7 +104,15 @@ DEDUP_REASONS = {EXACT_DUP: "exact_dedup", NEAR_DUP: "minhash"}
 FALSE_POSITIVE_WEIGHT = 0.1
 FALSE_NEGATIVE_WEIGHT = 0.9
 
-_ROW_BITS = 32  # a document's key: partition number << _ROW_BITS | row in the partition
+KEY_BITS = 32  # a document's key: partition number << KEY_BITS | row in the partition
+MAX_CLUSTER = 1000
+"""Components of more members than this are resolved without shingles (``filter.minhash.max_cluster``)."""
+
+SHINGLES = pa.list_(pa.uint32())
+EXACT_ROWS = pa.schema([("key", pa.int64()), ("exact_hash", pa.uint64())])
+BUCKET_ROWS = pa.schema([("bucket", pa.uint64()), ("key", pa.int64())])
+LOSERS = pa.schema([("key", pa.int64())])
+EDGE_KEYS = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -92,11 +127,12 @@ class MinHashParams:
     bands: int
     rows: int
     min_similarity: float
+    max_cluster: int = MAX_CLUSTER
 
     @classmethod
     def resolve(cls, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5, seed: int = 0,
                 bands: int | None = None, rows: int | None = None, verify: bool = True,
-                verify_threshold: float | None = None) -> MinHashParams:
+                verify_threshold: float | None = None, max_cluster: int = MAX_CLUSTER) -> MinHashParams:
         """Derive ``bands`` x ``rows`` from ``threshold`` unless given; FilterError on a bad value."""
         if bands is None or rows is None:
             bands, rows = lsh_params(threshold, num_perm, FALSE_POSITIVE_WEIGHT, FALSE_NEGATIVE_WEIGHT)
@@ -104,21 +140,514 @@ class MinHashParams:
             raise FilterError(f"filter.minhash.ngram: must be between 1 and {MAX_NGRAM}, got {ngram}")
         if bands * rows > num_perm:
             raise FilterError(f"filter.minhash: bands * rows = {bands * rows} exceeds num_perm = {num_perm}")
+        if max_cluster < 2:
+            raise FilterError(f"filter.minhash.max_cluster: must be at least 2, got {max_cluster}")
         min_similarity = (threshold if verify_threshold is None else verify_threshold) if verify else 0.0
-        return cls(threshold, num_perm, ngram, seed, bands, rows, min_similarity)
+        return cls(threshold, num_perm, ngram, seed, bands, rows, min_similarity, max_cluster)
 
 
-def _doc_table(part: pd.DataFrame, text_column: str, id_column: str, score_column: str) -> pd.DataFrame:
-    """``doc``, ``length``, ``score`` of a partition: what the keep rule needs."""
-    texts = part[text_column]
-    score = part[score_column].astype(float) if score_column in part else np.nan
-    if isinstance(texts.dtype, pd.StringDtype):  # Arrow strings: counted in Arrow, no Python string each
-        length = texts.str.len().fillna(0).astype(np.int64)
+def keys_of(number: int, rows: np.ndarray) -> np.ndarray:
+    """The keys of rows ``rows`` of partition ``number``."""
+    return (np.int64(number) << np.int64(KEY_BITS)) | np.asarray(rows, dtype=np.int64)
+
+
+def partition_of(keys: np.ndarray) -> np.ndarray:
+    return np.asarray(keys, dtype=np.int64) >> np.int64(KEY_BITS)
+
+
+def row_of(keys: np.ndarray) -> np.ndarray:
+    return np.asarray(keys, dtype=np.int64) & np.int64((1 << KEY_BITS) - 1)
+
+
+def by_partition(keys: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(partition, positions in keys)`` of every partition the keys name, in order."""
+    part = partition_of(keys)
+    order = np.argsort(part, kind="stable")
+    cuts = np.flatnonzero(np.diff(part[order])) + 1
+    for positions in np.split(order, cuts) if len(order) else []:
+        yield int(part[positions[0]]), positions
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Where the passes read documents back: partition ``p`` is the file ``folder/part-NNNNN.parquet``
+    (a scored shard) or, for ``kind="docs"``, ``folder/docs-NNNNN.arrow``; its row ``r`` is the
+    document of key ``(p, r)``. The columns: text, id (of Arrow type ``id_type``), score (may be
+    absent: no score) and length (absent: counted from the text)."""
+
+    folder: str
+    id_type: pa.DataType
+    kind: str = "parquet"
+    text: str = "text"
+    id: str = "id"
+    score: str = "edu_score"
+    length: str | None = None
+
+    def path(self, partition: int) -> Path:
+        if self.kind == "docs":
+            return block_path(Path(self.folder), partition, "docs")
+        return shard_path(Path(self.folder), partition)
+
+    def read(self, partition: int, rows: np.ndarray, text: bool = False) -> pa.Table:
+        """``doc``, ``length``, ``score`` (and ``text``) of rows ``rows`` of a partition, in that order."""
+        path = self.path(partition)
+        whole = read_table(path) if self.kind == "docs" else None  # memory-mapped: columns read when touched
+        names = whole.column_names if whole is not None else pq.read_schema(path).names
+        wanted = [c for c in (self.id, self.score, self.length) if c and c in names]
+        if text or self.length not in names:
+            wanted.append(self.text)
+        table = whole.select(wanted) if whole is not None else pq.read_table(path, columns=wanted)
+        table = table.take(pa.array(rows, pa.int64()))
+        if self.length in names:
+            length = table[self.length].cast(pa.int64())
+        else:
+            length = pc.fill_null(pc.utf8_length(table[self.text]), 0).cast(pa.int64())
+        score = table[self.score].cast(pa.float64()) if self.score in names else \
+            pa.nulls(len(table), pa.float64())
+        columns = {"doc": table[self.id].cast(self.id_type), "length": length, "score": score}
+        if text:
+            columns["text"] = table[self.text]
+        return pa.table(columns)
+
+
+def _schema(corpus: Corpus, *fields: tuple[str, pa.DataType]) -> pa.Schema:
+    """A schema of ``fields`` where the type ``None`` stands for the corpus's id type."""
+    return pa.schema([(name, corpus.id_type if kind is None else kind) for name, kind in fields])
+
+
+def _files(folder: str, count: int, kind: str = "part") -> list[Path]:
+    return [block_path(Path(folder), i, kind) for i in range(count)]
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    return table[name].to_numpy()
+
+
+# ---------------------------------------------------------------- pass 1: hashes
+
+def hash_partition(texts: Any, rows: np.ndarray, number: int, exact: bool, params: MinHashParams | None,
+                   folder: str, reducers: int) -> dict[str, Any]:
+    """The dedup hashes of the documents ``texts`` (rows ``rows`` of partition ``number``), written into
+    ``folder``: ``exact-NNNNN.arrow`` (``key, exact_hash``) and ``bands-NNNNN.arrow`` (``bucket, key``),
+    each ordered by reducer. Returns the files and the seconds of each hash."""
+    seconds: dict[str, float] = {}
+    files = []
+    keys = keys_of(number, rows)
+    shingles = None
+    if exact:
+        with timed(seconds, "exact_hashes"):  # with minhash too: the word split both share
+            if params is not None:
+                hashes, *shingles = dedup_hashes(texts, params.ngram)
+            else:
+                hashes = exact_hashes(texts)
+            table = pa.table([pa.array(keys), pa.array(hashes, pa.uint64())], schema=EXACT_ROWS)
+            files.append(write_blocks(table, reducer_of(hashes, reducers), reducers,
+                                      block_path(Path(folder), number, "exact")))
+    if params is not None:
+        with timed(seconds, "signatures"):
+            flat, sizes = shingles if shingles else partition_shingles(texts, params.ngram)
+            has = np.flatnonzero(sizes > 0)
+            signatures = signatures_from_flat(flat, sizes, params.num_perm, params.seed)[has]
+            buckets = lsh_buckets(band_hashes(signatures, params.bands, params.rows)).ravel()
+            table = pa.table([pa.array(buckets, pa.uint64()), pa.array(keys[has].repeat(params.bands))],
+                             schema=BUCKET_ROWS)
+            files.append(write_blocks(table, reducer_of(buckets, reducers), reducers,
+                                      block_path(Path(folder), number, "bands")))
+    return {"files": files, "seconds": seconds, "documents": len(keys)}
+
+
+# ---------------------------------------------------------------- exact dedup
+
+def _groups_of_two_or_more(values: np.ndarray) -> np.ndarray:
+    """Positions of the rows whose value occurs at least twice."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    same = ordered[1:] == ordered[:-1]
+    many = np.zeros(len(values), dtype=bool)
+    many[1:] |= same
+    many[:-1] |= same
+    return np.sort(order[many])
+
+
+def _shared(source: str, partitions: int, reducer: int, folder: str, reducers: int, kind: str,
+            schema: pa.Schema, column: str) -> dict[str, Any]:
+    """Rows of block ``reducer`` of the ``kind`` files whose ``column`` value has two or more rows
+    (copies; shared buckets), sent on by partition."""
+    rows = read_block(_files(source, partitions, kind), reducer, schema)
+    shared = rows.take(pa.array(_groups_of_two_or_more(_column(rows, column))))
+    route = reducer_of(partition_of(_column(shared, "key")), reducers)
+    return {"files": [write_blocks(shared, route, reducers, block_path(Path(folder), reducer))],
+            "rows": len(shared)}
+
+
+def _copy_docs(source: str, reducers: int, reducer: int, folder: str, corpus: Corpus) -> dict[str, Any]:
+    """The copies of block ``reducer``, with their id, length and score read from their partitions,
+    sent on by exact hash."""
+    copies = read_block(_files(source, reducers), reducer, EXACT_ROWS)
+    keys = _column(copies, "key")
+    pieces = []
+    for partition, at in by_partition(keys):
+        docs = corpus.read(partition, row_of(keys[at]))
+        pieces.append(pa.table({"exact_hash": copies["exact_hash"].take(pa.array(at)), "key": pa.array(keys[at]),
+                                **{c: docs[c] for c in docs.column_names}}))
+    schema = _schema(corpus, ("exact_hash", pa.uint64()), ("key", pa.int64()), ("doc", None),
+                     ("length", pa.int64()), ("score", pa.float64()))
+    table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
+    route = reducer_of(_column(table, "exact_hash"), reducers)
+    return {"files": [write_blocks(table, route, reducers, block_path(Path(folder), reducer))]}
+
+
+def _exact_losers(source: str, reducers: int, reducer: int, folder: str, corpus: Corpus) -> dict[str, Any]:
+    """Every copy of block ``reducer`` but the best of its group, sent on by partition."""
+    schema = _schema(corpus, ("exact_hash", pa.uint64()), ("key", pa.int64()), ("doc", None),
+                     ("length", pa.int64()), ("score", pa.float64()))
+    copies = read_block(_files(source, reducers), reducer, schema).to_pandas()
+    best = keep_best(copies, "exact_hash").to_numpy() if len(copies) else np.zeros(0, dtype=bool)
+    losers = np.sort(copies["key"].to_numpy()[~best])
+    table = pa.table([pa.array(losers, pa.int64())], schema=LOSERS)
+    return {"files": [write_blocks(table, reducer_of(partition_of(losers), reducers), reducers,
+                                   block_path(Path(folder), reducer))],
+            "losers": len(losers), "groups": int(copies["exact_hash"].nunique())}
+
+
+def exact_passes(passes: Passes, corpus: Corpus, partitions: int, reducers: int) -> dict[str, Any]:
+    """Passes ``exact``, ``exact_docs`` and ``exact_keep`` after ``hashes``; the loser counts."""
+    hashes = str(passes.folder_of("hashes"))
+    passes.run("exact", _shared, [(hashes, partitions, j, str(passes.folder_of("exact")), reducers, "exact",
+                                   EXACT_ROWS, "exact_hash") for j in range(reducers)])
+    passes.run("exact_docs", _copy_docs, [(str(passes.folder_of("exact")), reducers, j,
+                                           str(passes.folder_of("exact_docs")), corpus) for j in range(reducers)])
+    kept = passes.run("exact_keep", _exact_losers, [(str(passes.folder_of("exact_docs")), reducers, j,
+                                                     str(passes.folder_of("exact_keep")), corpus)
+                                                    for j in range(reducers)])
+    return {"removed": sum(s["losers"] for s in kept), "groups": sum(s["groups"] for s in kept)}
+
+
+# ---------------------------------------------------------------- MinHash dedup
+
+def shingle_sets(texts: Any, ngram: int) -> pa.ListArray:
+    """Each text's shingle set as sorted distinct uint32 hashes (an Arrow list per text)."""
+    flat, sizes = partition_shingles(texts, ngram)
+    n = len(sizes)
+    # one sort for all documents, not one np.unique each: (document, shingle) pairs, distinct
+    pairs = np.sort((np.repeat(np.arange(n, dtype=np.uint64), sizes) << np.uint64(32)) | flat)
+    if len(pairs):
+        pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+    offsets = np.searchsorted(pairs >> np.uint64(32), np.arange(n + 1, dtype=np.uint64)).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array((pairs & np.uint64(0xFFFFFFFF)).astype(np.uint32)))
+
+
+def _members(shared_folder: str, losers_folder: str | None, reducers: int, reducer: int, folder: str,
+             corpus: Corpus, ngram: int, shingles: bool) -> dict[str, Any]:
+    """Block ``reducer`` of the shared buckets' rows, less the exact losers: per partition, the
+    members' ids, lengths, scores and shingle sets into ``members/part-P``; their bucket rows, with
+    their ids, sent on by bucket."""
+    rows = read_block(_files(shared_folder, reducers), reducer, BUCKET_ROWS)
+    bucket, keys = _column(rows, "bucket"), _column(rows, "key")
+    if losers_folder is not None:
+        lost = _column(read_block(_files(losers_folder, reducers), reducer, LOSERS), "key")
+        alive = ~np.isin(keys, lost)
+        bucket, keys = bucket[alive], keys[alive]
+    files, docs, members = [], [], 0
+    for partition, at in by_partition(keys):
+        distinct = np.unique(keys[at])
+        read = corpus.read(partition, row_of(distinct), text=shingles)
+        table = {"key": pa.array(distinct), "doc": read["doc"], "length": read["length"], "score": read["score"]}
+        if shingles:
+            table["shingles"] = shingle_sets(read["text"], ngram)
+        files.append(write_table(pa.table(table), block_path(Path(folder), partition)))
+        docs.append(read["doc"].take(pa.array(np.searchsorted(distinct, keys[at]))))
+        members += len(distinct)
+    schema = _schema(corpus, ("bucket", pa.uint64()), ("key", pa.int64()), ("doc", None))
+    order = np.concatenate([at for _, at in by_partition(keys)]) if len(keys) else np.empty(0, dtype=np.int64)
+    table = pa.table([pa.array(bucket[order], pa.uint64()), pa.array(keys[order], pa.int64()),
+                      pa.chunked_array(docs, corpus.id_type) if docs else pa.array([], corpus.id_type)],
+                     schema=schema)
+    files.append(write_blocks(table, reducer_of(_column(table, "bucket"), reducers), reducers,
+                              block_path(Path(folder), reducer, "buckets")))
+    return {"files": files, "members": members}
+
+
+def _edges(source: str, reducers: int, reducer: int, folder: str, corpus: Corpus) -> dict[str, Any]:
+    """The star edges of the buckets of block ``reducer`` that still have two or more members, sent
+    on by the partition of their first document."""
+    schema = _schema(corpus, ("bucket", pa.uint64()), ("key", pa.int64()), ("doc", None))
+    rows = read_block(_files(source, reducers, "buckets"), reducer, schema)
+    doc = rows["doc"].to_numpy(zero_copy_only=False)
+    src, dst = bucket_stars(_column(rows, "bucket"), _column(rows, "key"), doc)
+    table = pa.table([pa.array(src, pa.int64()), pa.array(dst, pa.int64())], schema=EDGE_KEYS)
+    return {"files": [write_blocks(table, reducer_of(partition_of(src), reducers), reducers,
+                                   block_path(Path(folder), reducer))]}
+
+
+def _member_sets(members: str, partition: int, keys: np.ndarray) -> pa.Array:
+    """The shingle sets of documents ``keys`` of a partition, from its ``members`` file."""
+    table = read_table(block_path(Path(members), partition))
+    return table["shingles"].take(pa.array(np.searchsorted(_column(table, "key"), keys)))
+
+
+def _candidates(source: str, reducers: int, reducer: int, folder: str, members: str, verify: bool) -> dict[str, Any]:
+    """The distinct candidate edges of block ``reducer``: with ``verify``, each with its first
+    document's shingles, sent on by the partition of the second; else as verified edges."""
+    edges = read_block(_files(source, reducers), reducer, EDGE_KEYS)
+    src, dst = _distinct(_column(edges, "src"), _column(edges, "dst"))
+    if not verify:
+        table = edge_table(src, dst)
+        return {"files": [write_blocks(table, reducer_of(_column(table, "node"), reducers), reducers,
+                                       block_path(Path(folder), reducer))], "candidates": len(src)}
+    pieces = [pa.table({"src": pa.array(src[at]), "dst": pa.array(dst[at]),
+                        "shingles": _member_sets(members, partition, src[at])})
+              for partition, at in by_partition(src)]
+    schema = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("shingles", SHINGLES)])
+    table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
+    return {"files": [write_blocks(table, reducer_of(partition_of(_column(table, "dst")), reducers), reducers,
+                                   block_path(Path(folder), reducer))], "candidates": len(src)}
+
+
+def _distinct(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if not len(src):
+        return src, dst
+    order = np.lexsort((dst, src))
+    src, dst = src[order], dst[order]
+    new = np.ones(len(src), dtype=bool)
+    new[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
+    return src[new], dst[new]
+
+
+def _verified(source: str, reducers: int, reducer: int, folder: str, members: str,
+              min_similarity: float) -> dict[str, Any]:
+    """The candidate edges of block ``reducer`` whose two shingle sets have an exact Jaccard of
+    ``min_similarity`` or more, computed per partition of their second document; both directions,
+    hashed on their first node (``pipeline.filter.components``)."""
+    schema = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("shingles", SHINGLES)])
+    edges = read_block(_files(source, reducers), reducer, schema)
+    dst = _column(edges, "dst")
+    kept = []
+    for partition, at in by_partition(dst):
+        own = set_offsets(edges["shingles"].take(pa.array(at)))
+        other = set_offsets(_member_sets(members, partition, dst[at]))
+        kept.append(at[pair_jaccard(own, other) >= min_similarity])
+    kept_at = np.sort(np.concatenate(kept)) if kept else np.empty(0, dtype=np.int64)
+    table = edge_table(_column(edges, "src")[kept_at], dst[kept_at])
+    return {"files": [write_blocks(table, reducer_of(_column(table, "node"), reducers), reducers,
+                                   block_path(Path(folder), reducer))], "verified": len(kept_at)}
+
+
+def _cluster_docs(source: str, reducers: int, reducer: int, folder: str, members: str, corpus: Corpus,
+                  max_cluster: int, shingles: bool) -> dict[str, Any]:
+    """The members of the components of block ``reducer`` with their ids, lengths, scores and (in a
+    component of at most ``max_cluster``) shingles, from their partitions; sent on by component."""
+    nodes = read_block(_files(source, reducers), reducer, LABELS)
+    keys = _column(nodes, "key")
+    pieces = []
+    for partition, at in by_partition(keys):
+        table = read_table(block_path(Path(members), partition))
+        found = pa.array(np.searchsorted(_column(table, "key"), keys[at]))
+        piece = {"key": pa.array(keys[at]), "label": nodes["label"].take(pa.array(at)),
+                 "size": nodes["size"].take(pa.array(at)), "doc": table["doc"].take(found),
+                 "length": table["length"].take(found), "score": table["score"].take(found)}
+        if shingles:
+            compared = _compared(_column(nodes, "size")[at], max_cluster)
+            sets = table["shingles"].take(found)
+            piece["shingles"] = pc.if_else(pa.array(compared), sets, pa.scalar([], SHINGLES))
+        else:
+            piece["shingles"] = pa.array([[]] * len(at), SHINGLES)
+        pieces.append(pa.table(piece))
+    schema = _cluster_schema(corpus)
+    table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
+    return {"files": [write_blocks(table, reducer_of(_column(table, "label"), reducers), reducers,
+                                   block_path(Path(folder), reducer))]}
+
+
+def _compared(size: np.ndarray, max_cluster: int) -> np.ndarray:
+    """Which members of components of these sizes are resolved on their shingles: not those of a
+    giant component (its best member is kept), nor those of a pair (its one edge is verified: the
+    worse one resembles the better one)."""
+    return (size > 2) & (size <= max_cluster)
+
+
+def _cluster_schema(corpus: Corpus) -> pa.Schema:
+    return _schema(corpus, ("key", pa.int64()), ("label", pa.int64()), ("size", pa.int64()), ("doc", None),
+                   ("length", pa.int64()), ("score", pa.float64()), ("shingles", SHINGLES))
+
+
+def _decision_schema(corpus: Corpus) -> pa.Schema:
+    return _schema(corpus, ("key", pa.int64()), ("cluster_id", None), ("cluster_size", pa.int64()),
+                   (NEAR_DUP, pa.bool_()))
+
+
+def _clusters(source: str, reducers: int, reducer: int, folder: str, corpus: Corpus, min_similarity: float,
+              max_cluster: int) -> dict[str, Any]:
+    """The components of block ``reducer`` resolved (keep rule; see the module docstring): per member
+    its ``cluster_id`` (the smallest id), ``cluster_size`` and ``near_dup``; sent on by partition."""
+    table = read_block(_files(source, reducers), reducer, _cluster_schema(corpus))
+    members = table.drop_columns(["shingles"]).to_pandas()
+    label = members["label"].to_numpy()
+    near = np.zeros(len(members), dtype=bool)
+    compared = _compared(members["size"].to_numpy(), max_cluster)
+    if compared.any():
+        part = members[compared].reset_index(drop=True)
+        near[compared] = resolve_clusters(label[compared], part["doc"].to_numpy(), part["score"].to_numpy(),
+                                          part["length"].to_numpy(),
+                                          set_offsets(table["shingles"].filter(pa.array(compared))), min_similarity)
+    if (~compared).any():  # pairs and giant components: the best member is kept, the rest removed
+        near[~compared] = ~keep_best(members[~compared].reset_index(drop=True), "label").to_numpy()
+    small = members["size"].to_numpy() <= max_cluster
+    cluster_id = members.groupby("label")["doc"].transform("min")
+    out = pa.table([table["key"], pa.array(cluster_id, corpus.id_type, from_pandas=True), table["size"],
+                    pa.array(near)], schema=_decision_schema(corpus))
+    route = reducer_of(partition_of(_column(out, "key")), reducers)
+    return {"files": [write_blocks(out, route, reducers, block_path(Path(folder), reducer))],
+            "clusters": int(len(np.unique(label))), "clustered": len(members), "removed": int(near.sum()),
+            "giant": int(len(np.unique(label[~small])))}
+
+
+def _decisions(losers: str | None, clusters: str | None, reducers: int, reducer: int, folder: str,
+               corpus: Corpus) -> dict[str, Any]:
+    """The decisions of block ``reducer``, one file per partition: ``row``, ``exact_dup``,
+    ``cluster_id`` (null: no cluster), ``cluster_size`` and ``near_dup``, by row."""
+    schema = _decision_schema(corpus)
+    lost = _column(read_block(_files(losers, reducers), reducer, LOSERS), "key") if losers else \
+        np.empty(0, dtype=np.int64)
+    near = read_block(_files(clusters, reducers), reducer, schema).sort_by("key") if clusters else \
+        schema.empty_table()
+    near_keys = _column(near, "key")
+    keys = np.union1d(lost, near_keys)
+    if len(near_keys):
+        at = np.searchsorted(near_keys, keys)
+        clustered = at < len(near_keys)
+        clustered[clustered] = near_keys[at[clustered]] == keys[clustered]
+        take = pa.array(np.where(clustered, at, 0), mask=~clustered)
+        cluster_id, size = near["cluster_id"].take(take), near["cluster_size"].take(take)
+        near_dup = pc.fill_null(near[NEAR_DUP].take(take), False)
     else:
-        length = texts.map(lambda t: len(t) if isinstance(t, str) else 0).astype(np.int64)
-    return pd.DataFrame({"doc": part[id_column], "length": length,
-                         "score": score}, index=part.index).reset_index(drop=True)
+        cluster_id, size = pa.nulls(len(keys), corpus.id_type), pa.nulls(len(keys), pa.int64())
+        near_dup = pa.array(np.zeros(len(keys), dtype=bool))
+    table = pa.table([pa.array(row_of(keys)), pa.array(np.isin(keys, lost)), cluster_id, size, near_dup],
+                     schema=decision_schema(corpus.id_type))
+    files = [write_table(table.take(pa.array(at)), block_path(Path(folder), partition))
+             for partition, at in by_partition(keys)]
+    return {"files": files}
 
+
+def decision_schema(id_type: pa.DataType) -> pa.Schema:
+    """The columns of a partition's decisions file."""
+    return pa.schema([("row", pa.int64()), (EXACT_DUP, pa.bool_()), ("cluster_id", id_type),
+                      ("cluster_size", pa.int64()), (NEAR_DUP, pa.bool_())])
+
+
+@dataclass
+class Found:
+    """What ``find_duplicates`` found: where each partition's decisions are, and counts for stats."""
+
+    decisions: Path
+    exact: dict[str, Any] = field(default_factory=dict)
+    minhash: dict[str, Any] = field(default_factory=dict)
+
+
+def find_duplicates(passes: Passes, corpus: Corpus, partitions: int, reducers: int, exact: bool,
+                    params: MinHashParams | None, clock: dict[str, float] | None = None) -> Found:
+    """Every pass after ``hashes`` (which the caller has run): exact copies, then near-duplicates
+    among the rest, then the decisions by partition (``decisions/part-P.arrow``; see the module
+    docstring). ``clock`` gets the wall seconds of ``exact_dedup``, ``minhash`` and ``decisions``."""
+    clock = {} if clock is None else clock
+    found = Found(passes.folder_of("decisions"))
+    folder = passes.folder_of
+    if exact:
+        with timed(clock, "exact_dedup"):
+            found.exact = exact_passes(passes, corpus, partitions, reducers)
+    clusters = None
+    if params is not None:
+        with timed(clock, "minhash"):
+            found.minhash, clusters = _minhash_passes(passes, corpus, partitions, reducers, exact, params)
+    with timed(clock, "decisions"):
+        passes.run("decisions", _decisions, [(str(folder("exact_keep")) if exact else None,
+                                              clusters and str(folder(clusters)), reducers, j,
+                                              str(folder("decisions")), corpus) for j in range(reducers)])
+    return found
+
+
+def _minhash_passes(passes: Passes, corpus: Corpus, partitions: int, reducers: int, exact: bool,
+                    params: MinHashParams) -> tuple[dict[str, Any], str | None]:
+    folder = passes.folder_of
+    verify = params.min_similarity > 0
+    hashes = str(folder("hashes"))
+    banded = passes.run("banding", _shared, [(hashes, partitions, j, str(folder("banding")), reducers, "bands",
+                                              BUCKET_ROWS, "bucket") for j in range(reducers)])
+    passes.run("members", _members, [(str(folder("banding")), str(folder("exact_keep")) if exact else None,
+                                      reducers, j, str(folder("members")), corpus, params.ngram, verify)
+                                     for j in range(reducers)], params={"ngram": params.ngram, "verify": verify})
+    members = str(folder("members"))
+    passes.run("edges", _edges, [(str(folder("members")), reducers, j, str(folder("edges")), corpus)
+                                 for j in range(reducers)])
+    candidates = passes.run("candidates", _candidates, [(str(folder("edges")), reducers, j, str(folder("candidates")),
+                                                         members, verify) for j in range(reducers)],
+                            params={"verify": verify})
+    stats: dict[str, Any] = {"shared_bucket_rows": sum(s["rows"] for s in banded),
+                             "candidate_pairs": sum(s["candidates"] for s in candidates)}
+    source = "candidates"
+    if verify:
+        verified = passes.run("verified", _verified, [(str(folder("candidates")), reducers, j,
+                                                       str(folder("verified")), members, params.min_similarity)
+                                                      for j in range(reducers)],
+                              params={"min_similarity": params.min_similarity})
+        stats["verified_pairs"] = sum(s["verified"] for s in verified)
+        source = "verified"
+    else:
+        stats["verified_pairs"] = stats["candidate_pairs"]
+    stats.update(clusters=0, clustered_docs=0, removed=0, giant_clusters=0, component_steps=[])
+    if not stats["verified_pairs"]:
+        return stats, None
+    stars, changed = connected_components(passes, source, reducers)
+    labels(passes, stars, reducers, shift=KEY_BITS)
+    passes.run("cluster_docs", _cluster_docs, [(str(folder("labels")), reducers, j, str(folder("cluster_docs")),
+                                                members, corpus, params.max_cluster, verify)
+                                               for j in range(reducers)], params={"max_cluster": params.max_cluster})
+    resolved = passes.run("clusters", _clusters, [(str(folder("cluster_docs")), reducers, j, str(folder("clusters")),
+                                                   corpus, params.min_similarity, params.max_cluster)
+                                                  for j in range(reducers)])
+    stats.update(clusters=sum(s["clusters"] for s in resolved), clustered_docs=sum(s["clustered"] for s in resolved),
+                 removed=sum(s["removed"] for s in resolved), giant_clusters=sum(s["giant"] for s in resolved),
+                 component_steps=changed)
+    return stats, "clusters"
+
+
+def read_decisions(folder: Path, partition: int, id_type: pa.DataType) -> pa.Table:
+    """The decisions of one partition (an empty table when it has none)."""
+    path = block_path(Path(folder), partition)
+    return read_table(path) if path.exists() else decision_schema(id_type).empty_table()
+
+
+def dedup_flags(ids: pd.Series, decisions: pa.Table, exact: bool, minhash: bool) -> dict[str, Any]:
+    """The dedup columns of a partition whose ids are ``ids`` (in row order), from its decisions:
+    ``exact_dup``; ``cluster_id`` (its own id when in no cluster), ``cluster_size``, ``near_dup``."""
+    rows = _column(decisions, "row")
+    flags: dict[str, Any] = {}
+    if exact:
+        flags[EXACT_DUP] = np.zeros(len(ids), dtype=bool)
+        flags[EXACT_DUP][rows] = decisions[EXACT_DUP].to_numpy(zero_copy_only=False)
+    if minhash:
+        clustered = decisions["cluster_id"].is_valid().to_numpy(zero_copy_only=False)
+        at = rows[clustered]
+        cluster_id = ids.to_numpy(dtype=object, copy=True)
+        cluster_id[at] = decisions["cluster_id"].filter(pa.array(clustered)).to_numpy(zero_copy_only=False)
+        size = np.ones(len(ids), dtype=np.int64)
+        size[at] = decisions["cluster_size"].filter(pa.array(clustered)).to_numpy(zero_copy_only=False)
+        near = np.zeros(len(ids), dtype=bool)
+        near[at] = decisions[NEAR_DUP].filter(pa.array(clustered)).to_numpy(zero_copy_only=False)
+        flags.update(cluster_id=pd.Series(cluster_id, index=ids.index, dtype=ids.dtype), cluster_size=size,
+                     **{NEAR_DUP: near})
+    return flags
+
+
+def minhash_stats(params: MinHashParams, found: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+    """The ``minhash`` entry of stats: band layout, pair, cluster and removal counts, seconds per pass."""
+    return {"bands": params.bands, "rows": params.rows, "num_perm": params.num_perm, "ngram": params.ngram,
+            "threshold": params.threshold, "verify_threshold": params.min_similarity or None,
+            "max_cluster": params.max_cluster, **found, "seconds": seconds}
+
+
+# ---------------------------------------------------------------- DataFrames in and out
 
 def _check_columns(frame: Any, text_column: str, id_column: str) -> None:
     missing = [c for c in (text_column, id_column) if c not in frame.columns]
@@ -126,269 +655,117 @@ def _check_columns(frame: Any, text_column: str, id_column: str) -> None:
         raise FilterError(f"dedup: input has no column {missing[0]!r} (columns: {list(frame.columns)})")
 
 
-def _keys(number: int, rows: np.ndarray) -> np.ndarray:
-    return (np.int64(number) << np.int64(_ROW_BITS)) | np.asarray(rows, dtype=np.int64)
+def _id_type(meta: pd.DataFrame, id_column: str) -> pa.DataType:
+    kind = meta[id_column].dtype
+    if pd.api.types.is_integer_dtype(kind):
+        return pa.int64()
+    if pd.api.types.is_float_dtype(kind):
+        return pa.float64()
+    return pa.large_string()
 
 
-def concat_tables(frames: Sequence[pd.DataFrame], meta: pd.DataFrame) -> pd.DataFrame:
-    """The reducers' small tables as one (``meta``: an empty one, for no reducers at all)."""
-    return pd.concat([meta, *frames], ignore_index=True) if frames else meta
+def _frame_hashes(part: pd.DataFrame, number: int, text_column: str, id_column: str, score_column: str,
+                  id_type: pa.DataType, exact: bool, params: MinHashParams | None, folder: str,
+                  reducers: int) -> dict[str, Any]:
+    """Partition ``number`` of a DataFrame written to ``folder/docs-NNNNN.arrow`` (the corpus the
+    passes read back), then its dedup hashes (``hash_partition``)."""
+    texts = arrow_texts(part[text_column]) if len(part) else pa.array([], pa.large_string())
+    if texts is None:  # lone surrogates: replaced, as the hashes see them
+        texts = pa.array([t.encode("utf-8", "replace").decode("utf-8") if isinstance(t, str) else None
+                          for t in part[text_column]], pa.large_string())
+    score = part[score_column].astype(float).to_numpy() if score_column in part else np.full(len(part), np.nan)
+    docs = pa.table({"text": texts, "id": pa.array(part[id_column].to_numpy(), from_pandas=True).cast(id_type),
+                     "length": pc.fill_null(pc.utf8_length(texts), 0).cast(pa.int64()),
+                     "score": pa.array(score, pa.float64(), from_pandas=True)})
+    written = write_table(docs, block_path(Path(folder), number, "docs"))
+    summary = hash_partition(part[text_column], np.arange(len(part)), number, exact, params, folder, reducers)
+    summary["files"].append(written)
+    return summary
 
 
-# ---------------------------------------------------------------- exact dedup
-
-def exact_members(part: pd.DataFrame, number: int, text_column: str = "text", id_column: str = "id",
-                  score_column: str = "edu_score", hashes: np.ndarray | None = None) -> pd.DataFrame:
-    """``key``, ``doc``, ``length``, ``score`` and ``exact_hash`` of every row of partition ``number``
-    (``hashes``: its ``exact_hashes`` when already computed)."""
-    table = _doc_table(part, text_column, id_column, score_column)
-    table.insert(0, "key", _keys(number, np.arange(len(part))))
-    return table.assign(exact_hash=exact_hashes(part[text_column]) if hashes is None else hashes)
+def _work_folder(work_dir: str | Path | None) -> Path:
+    if work_dir is not None:
+        return Path(tempfile.mkdtemp(prefix="dedup-", dir=work_dir))
+    folder = Path(tempfile.mkdtemp(prefix="textbook-dedup-"))
+    atexit.register(shutil.rmtree, folder, True)  # the lazy frame reads its decisions until the process ends
+    return folder
 
 
-def _exact_losers(part: pd.DataFrame) -> pd.DataFrame:
-    copies = part[part["exact_hash"].duplicated(keep=False)]
-    return copies.loc[~keep_best(copies, "exact_hash"), ["key", "doc"]]
-
-
-def exact_reducers(members: Sequence[Delayed], meta: pd.DataFrame) -> list[Delayed]:
-    """Lazy ``key``, ``doc`` tables of every copy but the kept one, one per reducer, from the
-    ``exact_members`` of each partition (``meta``: an empty one); as small as the duplicates."""
-    return shuffle_reduce(members, "exact_hash", _exact_losers, meta=meta[["key", "doc"]], rows_meta=meta)
-
-
-def exact_flags(ids: pd.Series, losers: pd.DataFrame) -> np.ndarray:
-    """``exact_dup`` of each document of ``ids``: its id is among the ``losers``' docs."""
-    return ids.isin(losers["doc"]).to_numpy()
-
-
-def flag_exact(part: pd.DataFrame, losers: pd.DataFrame, id_column: str = "id") -> pd.DataFrame:
-    """``part`` plus ``exact_dup`` (``exact_flags``)."""
-    return part.assign(**{EXACT_DUP: exact_flags(part[id_column], losers)})
-
-
-def exact_dedup(ddf: Any, text_column: str = "text", id_column: str = "id",
-                score_column: str = "edu_score") -> Any:
-    """``ddf`` plus ``exact_dup`` (True for every copy but the kept one).
-
-    Copies are documents with equal dedup form (case, punctuation and spacing ignored). The kept copy
-    is the best by ``score_column`` (if present), then length, then id. Computes one pass over
-    ``ddf`` now (hashes only); the returned frame is lazy and recomputes ``ddf``. A pandas
-    DataFrame in gives a pandas DataFrame out.
-    """
+def dedup_frame(ddf: Any, text_column: str, id_column: str, score_column: str, exact: bool,
+                params: MinHashParams | None, work_dir: str | Path | None = None) -> tuple[Path, pa.DataType, Found]:
+    """Run the dedup passes over a Dask or pandas DataFrame in a work folder (``work_dir``: a folder
+    every worker can read, default a temporary one removed when the process exits); the folder of
+    the decisions, the id type and what was found."""
     _check_columns(ddf, text_column, id_column)
     pandas_in = isinstance(ddf, pd.DataFrame)
     parts = [dask.delayed(ddf)] if pandas_in else ddf.to_delayed()
-    meta = exact_members(ddf.iloc[:0] if pandas_in else ddf._meta, 0, text_column, id_column, score_column)
-    members = [dask.delayed(exact_members, pure=True)(p, n, text_column, id_column, score_column)
-               for n, p in enumerate(parts)]
-    losers = concat_tables(dask.compute(*exact_reducers(members, meta)), meta[["key", "doc"]])
-    if pandas_in:
-        return flag_exact(ddf, losers, id_column)
-    return ddf.map_partitions(flag_exact, dask.delayed(losers), id_column,
-                              meta=flag_exact(ddf._meta, losers.iloc[:0], id_column))
-
-
-# ---------------------------------------------------------------- MinHash dedup
-
-def _bucket_meta() -> pd.DataFrame:
-    return pd.DataFrame({"bucket": pd.Series(dtype=np.uint64), "key": pd.Series(dtype=np.int64)})
-
-
-def bucket_rows(part: pd.DataFrame, number: int, params: MinHashParams, text_column: str = "text",
-                shingles: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
-    """One row per (document with shingles, band) of partition ``number``: its LSH ``bucket`` and its
-    ``key`` (``shingles``: its ``partition_shingles`` when already computed). Integer keys, not ids,
-    travel through the shuffle (ids are joined back for candidates only).
-    """
-    flat, sizes = partition_shingles(part[text_column], params.ngram) if shingles is None else shingles
-    has = np.flatnonzero(sizes > 0)
-    signatures = signatures_from_flat(flat, sizes, params.num_perm, params.seed)[has]
-    buckets = lsh_buckets(band_hashes(signatures, params.bands, params.rows))
-    return pd.DataFrame({"bucket": buckets.ravel(), "key": _keys(number, has).repeat(params.bands)})
-
-
-def _shared_buckets(part: pd.DataFrame) -> pd.DataFrame:
-    """The rows of buckets with two or more members (a few; all other buckets link nothing)."""
-    return part[part.duplicated("bucket", keep=False)]
-
-
-def banding_reducers(buckets: Sequence[Delayed]) -> list[Delayed]:
-    """LSH banding, lazy: the ``bucket_rows`` of each partition grouped by bucket, one table of the
-    shared buckets' rows per reducer (``banded_table`` joins them)."""
-    return shuffle_reduce(buckets, "bucket", _shared_buckets, meta=_bucket_meta(), rows_meta=_bucket_meta())
-
-
-def banded_table(reduced: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """The computed ``banding_reducers`` as one table of ``bucket``, ``key``."""
-    return concat_tables(reduced, _bucket_meta())
-
-
-def _bucket_edges(part: pd.DataFrame) -> pd.DataFrame:
-    """Edges ``(src, dst)`` from every bucket member (``doc``) to the bucket's smallest id."""
-    smallest = part.groupby("bucket")["doc"].transform("min")
-    linked = part["doc"] != smallest
-    return pd.DataFrame({"src": part["doc"][linked].reset_index(drop=True),
-                         "dst": smallest[linked].reset_index(drop=True)}).drop_duplicates(ignore_index=True)
-
-
-def _members(part: pd.DataFrame, keys: np.ndarray, text_column: str, id_column: str, score_column: str,
-             ngram: int) -> pd.DataFrame:
-    """``key``, ``doc``, ``length``, ``score`` and ``shingles`` (sorted distinct hashes) of the rows of
-    ``part`` with these ``keys`` (all of one partition): shingled again, for these few documents only."""
-    part = part.iloc[keys & ((1 << _ROW_BITS) - 1)]
-    table = _doc_table(part, text_column, id_column, score_column)
-    flat, sizes = partition_shingles(part[text_column], ngram)
-    # one sort for all documents, not one np.unique each: (document, shingle) pairs, distinct
-    pairs = np.sort((np.repeat(np.arange(len(part), dtype=np.uint64), sizes) << np.uint64(32)) | flat)
-    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))] if len(pairs) else pairs
-    cuts = np.searchsorted(pairs >> np.uint64(32), np.arange(1, len(part), dtype=np.uint64))
-    table["shingles"] = np.split((pairs & np.uint64(0xFFFFFFFF)).astype(np.uint32), cuts) if len(part) else []
-    table.insert(0, "key", keys)
-    return table
-
-
-def _resolve_clusters(members: pd.DataFrame, min_similarity: float) -> pd.DataFrame:
-    """Per member of the clusters: ``cluster_id``, ``cluster_size`` and ``near_dup``.
-
-    Members are visited best first (keep rule); one is a duplicate when its exact shingle Jaccard
-    with a member already kept reaches ``min_similarity``, else it is kept. So every removed
-    document resembles a kept one, and chains (a ~ b ~ c, a !~ c) remove nothing that nothing kept
-    resembles. Cost: members x kept members per cluster, for candidate documents only.
-    """
-    members = members.rename(columns={"label": "cluster_id"}).reset_index(drop=True)
-    order = best_first(members, "cluster_id")
-    shingles = members["shingles"].to_numpy()
-    cluster = members["cluster_id"].to_numpy()
-    dup = np.zeros(len(members), dtype=bool)
-    kept: list[int] = []
-    for k, row in enumerate(order):
-        if k == 0 or cluster[row] != cluster[order[k - 1]]:
-            kept = [row]  # the best member of a new cluster
-        elif min_similarity <= 0 or any(jaccard(shingles[j], shingles[row]) >= min_similarity for j in kept):
-            dup[row] = True
-        else:
-            kept.append(row)
-    return pd.DataFrame({"doc": members["doc"],
-                         "cluster_id": members["cluster_id"],
-                         "cluster_size": members.groupby("cluster_id")["doc"].transform("size").astype(np.int64),
-                         NEAR_DUP: dup})
-
-
-def _cluster(edges: pd.DataFrame, members: pd.DataFrame, min_similarity: float) -> tuple[pd.DataFrame, int]:
-    """Verify candidate ``edges`` on exact Jaccard, then cluster: the table ``flag_near`` reads, and
-    the number of verified edges."""
-    members = members.set_index("doc", drop=False)
-    if min_similarity > 0:
-        a = members["shingles"].reindex(edges["src"]).to_numpy()
-        b = members["shingles"].reindex(edges["dst"]).to_numpy()
-        edges = edges[np.fromiter(map(jaccard, a, b), dtype=float, count=len(edges)) >= min_similarity]
-    if edges.empty:
-        return no_clusters(members["doc"]), 0
-    labels = connected_components(edges).rename(columns={"node": "doc"})
-    clustered = members.reset_index(drop=True).merge(labels, on="doc")
-    return _resolve_clusters(clustered, min_similarity), len(edges)
-
-
-def no_clusters(ids: pd.Series) -> pd.DataFrame:
-    """The cluster table when no pair is a near-duplicate (ids: any series of the id type)."""
-    empty = ids.iloc[:0].reset_index(drop=True)
-    return pd.DataFrame({"doc": empty, "cluster_id": empty, "cluster_size": pd.Series(dtype=np.int64),
-                         NEAR_DUP: pd.Series(dtype=bool)})
-
-
-def near_flags(ids: pd.Series, clusters: pd.DataFrame) -> tuple[pd.Series, np.ndarray, np.ndarray]:
-    """``cluster_id``, ``cluster_size`` and ``near_dup`` of each document of ``ids`` from the cluster
-    table; a document in no cluster is its own cluster of one. Positions in numpy, not a join: this
-    runs for every partition when the outputs are written."""
-    at = pd.Index(clusters["doc"]).get_indexer(ids)
-    found = at >= 0
-    at = at[found]
-    cluster_id = np.empty(len(ids), dtype=object)
-    cluster_id[found] = clusters["cluster_id"].to_numpy(dtype=object)[at]
-    size = np.ones(len(ids), dtype=np.int64)
-    size[found] = clusters["cluster_size"].to_numpy(dtype=np.int64)[at]
-    near = np.zeros(len(ids), dtype=bool)
-    near[found] = clusters[NEAR_DUP].to_numpy(dtype=bool)[at]
-    return ids.where(~found, cluster_id), size, near
-
-
-def flag_near(part: pd.DataFrame, clusters: pd.DataFrame, id_column: str = "id") -> pd.DataFrame:
-    """``part`` plus ``cluster_id``, ``cluster_size`` and ``near_dup`` (``near_flags``)."""
-    cluster_id, size, near = near_flags(part[id_column], clusters)
-    return part.assign(**{"cluster_id": cluster_id, "cluster_size": size, NEAR_DUP: near})
-
-
-def near_duplicates(shared: pd.DataFrame, parts: Sequence[Delayed], params: MinHashParams, ids: pd.Series,
-                    text_column: str = "text", id_column: str = "id", score_column: str = "edu_score",
-                    exclude: np.ndarray | None = None, stats: dict[str, Any] | None = None) -> pd.DataFrame:
-    """The cluster table (``doc``, ``cluster_id``, ``cluster_size``, ``near_dup``) of the partitions
-    ``parts``, from their ``banded_table`` (``shared``, keys numbered like ``parts``).
-
-    Documents whose key is in ``exclude`` (the copies exact dedup removes) take no part. The
-    candidate documents are read again (only the partitions holding one), verified and clustered.
-    ``ids``: an empty series of the id type. ``stats``, if given, receives the band layout, pair,
-    cluster and removal counts and the seconds of this step. Computes now.
-    """
+    meta = ddf.iloc[:0] if pandas_in else ddf._meta
+    id_type = _id_type(meta, id_column)
+    folder = _work_folder(work_dir)
+    passes = Passes(folder, {"work": str(folder)})
+    reducers = reducers_for(len(parts))
+    hashes = str(passes.folder_of("hashes"))
+    passes.run("hashes", _frame_hashes, [(p, n, text_column, id_column, score_column, id_type, exact, params,
+                                          hashes, reducers) for n, p in enumerate(parts)])
+    corpus = Corpus(hashes, id_type, kind="docs", id="id", score="score", length="length")
     clock: dict[str, float] = {}
-    with timed(clock, "verification_and_clusters"):
-        if exclude is not None and len(exclude):  # the same as banding without them: drop, then re-share
-            shared = _shared_buckets(shared[~np.isin(shared["key"].to_numpy(), exclude)])
-        keys = np.unique(shared["key"].to_numpy())
-        table, verified, edges = no_clusters(ids), 0, shared.iloc[:0]
-        if len(keys):
-            cuts = np.searchsorted(keys >> _ROW_BITS, np.arange(len(parts) + 1))
-            members = pd.concat(dask.compute(*[
-                dask.delayed(_members, pure=True)(parts[n], keys[cuts[n]:cuts[n + 1]], text_column, id_column,
-                                                  score_column, params.ngram)
-                for n in range(len(parts)) if cuts[n + 1] > cuts[n]]), ignore_index=True)
-            doc = members.set_index("key")["doc"].reindex(shared["key"].to_numpy())
-            edges = _bucket_edges(shared.assign(doc=doc.array))
-            table, verified = _cluster(edges, members.drop(columns="key"), params.min_similarity)
-    if stats is not None:
-        stats.update(bands=params.bands, rows=params.rows, num_perm=params.num_perm, ngram=params.ngram,
-                     threshold=params.threshold, verify_threshold=params.min_similarity or None,
-                     candidate_pairs=len(edges), verified_pairs=verified,
-                     clusters=int(table["cluster_id"].nunique()), clustered_docs=len(table),
-                     removed=int(table[NEAR_DUP].sum()), seconds={k: round(v, 2) for k, v in clock.items()})
-    return table
+    found = find_duplicates(passes, corpus, len(parts), reducers, exact, params, clock)
+    found.minhash["seconds"] = {k: round(v, 2) for k, v in passes.seconds.items()}
+    return found.decisions, id_type, found
+
+
+def _flag_partition(part: pd.DataFrame, folder: str, id_column: str, id_type: pa.DataType, exact: bool,
+                    minhash: bool, partition_info: dict[str, Any] | None = None) -> pd.DataFrame:
+    number = partition_info["number"] if partition_info else 0
+    decisions = read_decisions(Path(folder), number, id_type)
+    return part.assign(**dedup_flags(part[id_column], decisions, exact, minhash))
+
+
+def _flagged(ddf: Any, folder: Path, id_column: str, id_type: pa.DataType, exact: bool, minhash: bool) -> Any:
+    if isinstance(ddf, pd.DataFrame):
+        return _flag_partition(ddf, str(folder), id_column, id_type, exact, minhash)
+    meta = _flag_partition(ddf._meta, str(folder / "none"), id_column, id_type, exact, minhash)
+    return ddf.map_partitions(_flag_partition, str(folder), id_column, id_type, exact, minhash, meta=meta)
+
+
+def exact_dedup(ddf: Any, text_column: str = "text", id_column: str = "id", score_column: str = "edu_score",
+                work_dir: str | Path | None = None) -> Any:
+    """``ddf`` plus ``exact_dup`` (True for every copy but the kept one).
+
+    Copies are documents with equal dedup form (case, punctuation and spacing ignored). The kept copy
+    is the best by ``score_column`` (if present), then length, then id. Runs the passes now (one
+    read of ``ddf``, and of the copies' partitions again); the returned frame is lazy and recomputes
+    ``ddf``. A pandas DataFrame in gives a pandas DataFrame out. ``work_dir``: see ``dedup_frame``.
+    """
+    folder, id_type, _ = dedup_frame(ddf, text_column, id_column, score_column, True, None, work_dir)
+    return _flagged(ddf, folder, id_column, id_type, True, False)
 
 
 def minhash_dedup(ddf: Any, text_column: str = "text", id_column: str = "id",
                   score_column: str = "edu_score", threshold: float = 0.8, num_perm: int = 128,
                   ngram: int = 5, seed: int = 0, bands: int | None = None, rows: int | None = None,
-                  verify: bool = True, verify_threshold: float | None = None,
-                  stats: dict[str, Any] | None = None) -> Any:
+                  verify: bool = True, verify_threshold: float | None = None, max_cluster: int = MAX_CLUSTER,
+                  stats: dict[str, Any] | None = None, work_dir: str | Path | None = None) -> Any:
     """``ddf`` plus ``cluster_id``, ``cluster_size`` and ``near_dup`` (True = remove).
 
     Near-duplicates have word ``ngram``-gram Jaccard similarity of about ``threshold`` or more. LSH
     ``bands`` x ``rows`` are derived from ``threshold`` and ``num_perm`` unless given; with ``verify``,
     a candidate pair counts only if the exact Jaccard of its shingle sets reaches
     ``verify_threshold`` (default ``threshold``), and a cluster member is removed only if it is that
-    similar to a kept member (members visited best first, so the best of each cluster is kept).
+    similar to a kept member (members visited best first, so the best of each cluster is kept); a
+    cluster of more than ``max_cluster`` members keeps its best member only.
     ``cluster_id`` is the smallest id of the connected component (a document's own id when alone);
     ``cluster_size`` its size. Ids must be unique.
-    ``stats``, if given, receives bands, rows, pair, cluster and removal counts and phase seconds.
-    Computes the banding and the clustering now (two passes over ``ddf``, the second shingling only
-    candidate documents again); the returned frame is lazy and recomputes ``ddf`` partition by
-    partition. A pandas DataFrame in gives a pandas DataFrame out.
+    ``stats``, if given, receives bands, rows, pair, cluster and removal counts and seconds per pass.
+    Runs the passes now (see the module docstring); the returned frame is lazy and recomputes
+    ``ddf`` partition by partition. A pandas DataFrame in gives a pandas DataFrame out.
     """
-    _check_columns(ddf, text_column, id_column)
-    params = MinHashParams.resolve(threshold, num_perm, ngram, seed, bands, rows, verify, verify_threshold)
+    params = MinHashParams.resolve(threshold, num_perm, ngram, seed, bands, rows, verify, verify_threshold,
+                                   max_cluster)
     log.info("minhash: threshold %.2f, %d permutations -> %d bands x %d rows", threshold, num_perm,
              params.bands, params.rows)
-    pandas_in = isinstance(ddf, pd.DataFrame)
-    parts = [dask.delayed(ddf)] if pandas_in else ddf.to_delayed()
-    meta = ddf.iloc[:0] if pandas_in else ddf._meta
-    buckets = [dask.delayed(bucket_rows, pure=True)(p, n, params, text_column) for n, p in enumerate(parts)]
-    clock: dict[str, float] = {}
-    with timed(clock, "signatures_and_banding"):
-        shared = banded_table(dask.compute(*banding_reducers(buckets)))
-    table = near_duplicates(shared, parts, params, meta[id_column], text_column, id_column, score_column,
-                            stats=stats)
+    folder, id_type, found = dedup_frame(ddf, text_column, id_column, score_column, False, params, work_dir)
     if stats is not None:
-        stats["seconds"] = {"signatures_and_banding": round(clock["signatures_and_banding"], 2), **stats["seconds"]}
-    if pandas_in:
-        return flag_near(ddf, table, id_column)
-    return ddf.map_partitions(flag_near, dask.delayed(table), id_column,
-                              meta=flag_near(meta, table.iloc[:0], id_column))
+        stats.update(minhash_stats(params, {k: v for k, v in found.minhash.items() if k != "seconds"},
+                                   found.minhash.get("seconds", {})))
+    return _flagged(ddf, folder, id_column, id_type, False, True)

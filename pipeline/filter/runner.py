@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from filters.decontaminate import BenchmarkIndex, Decontaminate
-from filters.minhash import dedup_hashes, signature_scheme
+from filters.minhash import signature_scheme
 from pipeline.cluster import as_completed, dask_client, local_threads, worker_cached
 from pipeline.config import Config, public_dict
 from pipeline.errors import DataError, FilterError
@@ -47,21 +47,21 @@ from pipeline.filter.config import BenchmarkConfig, DecontaminateConfig, FilterC
 from pipeline.filter.dedup import (
     EXACT_DUP,
     NEAR_DUP,
+    Corpus,
     MinHashParams,
-    banded_table,
-    banding_reducers,
-    bucket_rows,
-    concat_tables,
-    exact_flags,
-    exact_members,
-    exact_reducers,
-    near_duplicates,
-    near_flags,
+    decision_schema,
+    dedup_flags,
+    find_duplicates,
+    hash_partition,
+    minhash_stats,
+    read_decisions,
 )
 from pipeline.filter.documents import DocumentFilters, percentile_threshold
 from pipeline.filter.inputs import Partition, Source, discover, read_partition, text_bytes, validate_input
+from pipeline.filter.passes import Passes
 from pipeline.filter.plot import plot_report
 from pipeline.filter.report import decontamination_report, stage_table
+from pipeline.filter.shuffle import read_block, reducer_of, reducers_for, write_blocks
 from pipeline.io import (
     build_manifest,
     check_writable,
@@ -83,12 +83,16 @@ from pipeline.rundir import (
     SOURCE,
     TEXT,
     RunDir,
+    block_path,
     manifest_path,
-    staging_dir,
+    shard_entry_path,
 )
 from pipeline.timing import timed
 
 EDU_BINS = np.linspace(0.0, 1.0, 41)
+# Keys of the filter section that shape no output, only how long a run waits: a rerun with another
+# value resumes (the natural answer to running out of it)
+WAIT_KEYS = ("worker_wait_s",)
 # Flags that the kept/rejected split already says; the scores themselves stay as columns.
 _DROPPED = (EXACT_DUP, NEAR_DUP)
 
@@ -120,18 +124,20 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
         with timed(clock, "validate"):
             rows = partition_rows(sources, fc.partition_rows, cluster["threads"], fc.partition_mb)
             partitions, bad_files, limited = validate_inputs(client, sources, rows, fc.on_bad_file,
-                                                             None if address else Path(copies))
+                                                             None if address else Path(copies), fc.worker_wait_s)
         lineage = filter_lineage(fc, cfg.run_dir, cfg.seed, partitions, filters, index)
         if restart:  # only once every input has been read and found good
             discard(run)
         with timed(clock, "score"):
-            shards = score_shards(client, partitions, filters, run.scored)
+            shards = score_shards(client, partitions, filters, run.scored, fc.worker_wait_s)
         output_key = stable_hash({"shards": read_json(manifest_path(run.scored))["shards"],
                                   "lineage": lineage, "run_dir": str(cfg.run_dir)})
         if _up_to_date(run, output_key):
+            shutil.rmtree(run.dedup, ignore_errors=True)  # a run stopped between its manifest and this
             print(f"filter: {folder} is up to date (same inputs, scores and config); nothing to do")
             return 0
-        stats, staged = filter_corpus(client, shards, filters, fc, folder, index, clock)
+        passes = Passes(run.dedup, output_key, client, fc.worker_wait_s)
+        stats, staged = filter_corpus(passes, shards, filters, cfg, index, clock)
     stats["cluster"] = cluster
     _record(run, public_dict(cfg), stats, clock, filters, output_key, partitions, lineage, staged, bad_files, limited)
     return 0
@@ -157,6 +163,7 @@ def _record(run: RunDir, config: dict[str, Any], stats: dict[str, Any], clock: d
     for row in stats["stages"]:  # per-document stages: worker seconds; global stages: wall seconds
         row["seconds"] = round(stage_seconds.get(row["stage"], 0.0), 3)
     finish(run, config, stats, output_key, partitions, lineage, staged)
+    shutil.rmtree(run.dedup, ignore_errors=True)  # the passes' files: the outputs are in place
 
 
 def _releases_gil(filters: DocumentFilters, index: BenchmarkIndex | None) -> bool:
@@ -217,10 +224,10 @@ def partition_rows(sources: list[Source], most: int, threads: int, most_mb: floa
 
 
 def discard(run: RunDir) -> None:
-    """Forget the stored scores and the manifest that vouches for the outputs (``--restart``)."""
+    """Forget the stored scores, the dedup passes and the manifest that vouches for the outputs (``--restart``)."""
     manifest_path(run.filtered).unlink(missing_ok=True)
     shutil.rmtree(run.scored, ignore_errors=True)
-    shutil.rmtree(staging_dir(run.filtered), ignore_errors=True)
+    shutil.rmtree(run.dedup, ignore_errors=True)
 
 
 def filter_lineage(fc: FilterConfig, run_dir: Path, seed: int, partitions: list[Partition],
@@ -248,7 +255,8 @@ def filter_lineage(fc: FilterConfig, run_dir: Path, seed: int, partitions: list[
         inputs["decontaminate.benchmarks"] = index.digest()
     if fc.minhash.enabled:  # the same seed gives other signatures under another rensa algorithm
         inputs["minhash.signatures"] = signature_scheme()
-    return fingerprint({"filter": public_dict(fc), "seed": seed}, inputs,
+    config = {k: v for k, v in public_dict(fc).items() if k not in WAIT_KEYS}
+    return fingerprint({"filter": config, "seed": seed}, inputs,
                        {name: ref for name, ref in parents.items() if ref is not None})
 
 
@@ -262,16 +270,26 @@ def _validate_one(source: Source, partition_rows: int, copies: str | None
         return [], None, str(e)
 
 
+def _results(client: Any, futures: list[Any], worker_wait_s: float | None) -> list[Any]:
+    """The results of ``futures`` in order; with no worker left, as ``as_completed`` says."""
+    index = {f: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    for future in as_completed(futures, client, worker_wait_s, "filter.worker_wait_s", "filter"):
+        results[index[future]] = future.result()
+    return results
+
+
 def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_bad_file: str,
-                    copies: Path | None = None) -> tuple[list[Partition], list[dict[str, str]], list[dict[str, Any]]]:
+                    copies: Path | None = None, worker_wait_s: float | None = None) -> tuple[list[Partition], list[dict[str, str]], list[dict[str, Any]]]:
     """Validate every input on the cluster before any output; stop on a bad file or skip and report it.
     With ``copies`` (a folder), the rows validation decodes are kept there for scoring (``validate_input``).
 
     Returns the partitions, the skipped files and the inputs ``filter.limit`` cut short (each with
     the documents read and the documents it holds), which are printed as well.
     """
-    results = client.gather(client.map(_validate_one, sources, partition_rows=partition_rows, copies=copies and str(copies),
-                                       pure=False))
+    futures = client.map(_validate_one, sources, partition_rows=partition_rows, copies=copies and str(copies),
+                         pure=False)
+    results = _results(client, futures, worker_wait_s)
     bad = [{"path": s.file.path, "error": err} for s, (_, _, err) in zip(sources, results, strict=True) if err]
     if bad and on_bad_file == "fail":
         more = f" (and {len(bad) - 1} more bad input(s))" if len(bad) > 1 else ""
@@ -293,8 +311,10 @@ def validate_inputs(client: Any, sources: list[Source], partition_rows: int, on_
     return partitions, bad, limited
 
 
-def _score_shard(part: Partition, filters: DocumentFilters, path: str) -> tuple[int, dict[str, float]]:
-    """Score one partition into ``path``; returns its rows and seconds per scoring step."""
+def _score_shard(part: Partition, filters: DocumentFilters, path: str, entry: dict[str, Any],
+                 entry_path: str) -> tuple[int, dict[str, float]]:
+    """Score one partition into ``path``, then write its manifest entry (``entry`` with its rows and
+    seconds per scoring step) beside it; returns the rows and seconds."""
     clock: dict[str, float] = {}
     with timed(clock, "read"):
         frame = read_partition(part)
@@ -303,16 +323,30 @@ def _score_shard(part: Partition, filters: DocumentFilters, path: str) -> tuple[
         # internal state that the later passes read three times: uncompressed, reading and
         # writing cost a quarter of zstd's (the outputs stay zstd)
         write_parquet(frame, Path(path), compression="none")
-    return len(frame), {k: round(v, 3) for k, v in clock.items()}
+    seconds = {k: round(v, 3) for k, v in clock.items()}
+    write_json({**entry, "rows": len(frame), "seconds": seconds}, Path(entry_path))
+    return len(frame), seconds
 
 
-def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilters, folder: Path) -> list[Path]:
+def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilters, folder: Path,
+                 worker_wait_s: float | None = None) -> list[Path]:
     """Score every partition into ``folder/part-*.parquet``; a shard whose manifest entry (input
-    digest, score-config hash) matches is done and skipped."""
+    digest, score-config hash) matches is done and skipped.
+
+    Each task writes its shard's entry beside it (``part-*.json``); the entries are merged into the
+    manifest once, at the end (and, after a run that stopped, at the start), not rewritten per shard.
+    """
     manifest_file = manifest_path(folder)
     manifest = read_json(manifest_file) if manifest_file.exists() else {"shards": {}}
     score_hash = stable_hash(filters.score_key())
     paths = [shard_path(folder, i) for i in range(len(partitions))]
+    for i, path in enumerate(paths):  # entries of shards a stopped run finished
+        entry = shard_entry_path(folder, i)
+        if entry.exists():
+            try:
+                manifest["shards"][path.name] = read_json(entry)
+            except ValueError:  # torn: the shard is scored again
+                manifest["shards"].pop(path.name, None)
     for stale in list_shards(folder)[len(partitions):]:
         stale.unlink()
         manifest["shards"].pop(stale.name, None)
@@ -324,19 +358,24 @@ def score_shards(client: Any, partitions: list[Partition], filters: DocumentFilt
     todo = [i for i, p in enumerate(paths) if not done(p)]
     for i in todo:  # forget first: a crash while rewriting must not leave a matching entry
         manifest["shards"].pop(paths[i].name, None)
+        shard_entry_path(folder, i).unlink(missing_ok=True)
     manifest["shards"] = {k: v for k, v in manifest["shards"].items() if k in entries}
     if manifest_file.exists():  # a first run has nothing to forget: no files until a shard is done
         write_json(manifest, manifest_file)
     if len(todo) < len(paths):
         print(f"filter: {len(paths) - len(todo)}/{len(paths)} shards already scored, resuming")
-    futures = {client.submit(_score_shard, partitions[i], filters, str(paths[i]), pure=False): i for i in todo}
+    futures = {client.submit(_score_shard, partitions[i], filters, str(paths[i]), entries[paths[i].name],
+                             str(shard_entry_path(folder, i)), pure=False): i for i in todo}
     with progress(total=len(todo), desc="filter: score", unit="shard", disable=not todo) as bar:
-        for future in as_completed(futures):
+        for future in as_completed(futures, client, worker_wait_s, "filter.worker_wait_s", "filter"):
             i = futures[future]
             rows, seconds = future.result()
             manifest["shards"][paths[i].name] = {**entries[paths[i].name], "rows": rows, "seconds": seconds}
-            write_json(manifest, manifest_file)
             bar.update(1)
+    if todo or not manifest_file.exists():
+        write_json(manifest, manifest_file)
+    for i in range(len(paths)):
+        shard_entry_path(folder, i).unlink(missing_ok=True)
     return paths
 
 
@@ -398,9 +437,32 @@ def _scores(path: str) -> pd.DataFrame:
     return read_parquet(Path(path), columns)
 
 
-def _id_hashes(path: str) -> np.ndarray:
-    """uint64 hashes of a scored shard's ids (a duplicate id across inputs shows as a repeated hash)."""
-    return pd.util.hash_array(read_parquet(Path(path), [ID])[ID].to_numpy(dtype=object), categorize=False)
+_ID_HASHES = pa.schema([("id_hash", pa.uint64())])
+
+
+def _id_hashes(path: str, number: int, folder: str, reducers: int) -> dict[str, Any]:
+    """uint64 hashes of a scored shard's ids, ordered by reducer (a duplicate id across inputs shows as
+    a repeated hash in one reducer)."""
+    hashes = pd.util.hash_array(read_parquet(Path(path), [ID])[ID].to_numpy(dtype=object), categorize=False)
+    table = pa.table([pa.array(hashes, pa.uint64())], schema=_ID_HASHES)
+    return {"files": [write_blocks(table, reducer_of(hashes, reducers), reducers, block_path(Path(folder), number))]}
+
+
+def _repeated_ids(folder: str, partitions: int, reducer: int) -> dict[str, Any]:
+    hashes = read_block([block_path(Path(folder), i) for i in range(partitions)], reducer, _ID_HASHES)["id_hash"]
+    return {"repeated": len(hashes) - len(np.unique(hashes.to_numpy()))}
+
+
+def check_ids(passes: Passes, paths: list[str], reducers: int) -> None:
+    """FilterError when two documents of the scored shards share an id: their hashes grouped by
+    reducer (passes ``ids`` and ``id_check``), only a count per reducer reaches the driver."""
+    ids = str(passes.folder_of("ids"))
+    passes.run("ids", _id_hashes, [(p, n, ids, reducers) for n, p in enumerate(paths)])
+    repeated = sum(s["repeated"] for s in passes.run("id_check", _repeated_ids,
+                                                     [(ids, len(paths), j) for j in range(reducers)]))
+    if repeated:
+        raise FilterError(f"filter.id_column: {repeated} duplicate document ids across inputs; use a "
+                          "unique id column, or drop it from the inputs so ids are made from source and row")
 
 
 def _judged(path: str, filters: DocumentFilters, hits: pd.DataFrame | None) -> pd.DataFrame:
@@ -420,28 +482,16 @@ def _hits_of(path: str, filters: DocumentFilters, config: DecontaminateConfig) -
 
 
 def _dedup_hashes(path: str, number: int, filters: DocumentFilters, hits: pd.DataFrame | None,
-                  exact: bool, params: MinHashParams | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
-    """One read of a shard for both dedups: the exact hashes and the LSH bucket rows of its alive
-    documents, and the worker seconds of each."""
+                  exact: bool, params: MinHashParams | None, folder: str, reducers: int) -> dict[str, Any]:
+    """One read of a shard for both dedups: the exact hashes and the LSH buckets of its alive
+    documents, keyed by their rows in the shard (``dedup.hash_partition``)."""
     alive = _alive(_judged(path, filters, hits))
-    seconds: dict[str, float] = {}
-    members = buckets = shingles = None
-    if exact:
-        with timed(seconds, "exact_hashes"):  # with minhash too: the word split both share
-            if params is not None:
-                hashes, *shingles = dedup_hashes(alive[TEXT], params.ngram)
-                members = exact_members(alive, number, TEXT, ID, EDU_SCORE, hashes=hashes)
-            else:
-                members = exact_members(alive, number, TEXT, ID, EDU_SCORE)
-    if params is not None:
-        with timed(seconds, "signatures"):
-            buckets = bucket_rows(alive, number, params, TEXT, shingles=tuple(shingles) if shingles else None)
-    return members, buckets, seconds
+    return hash_partition(alive[TEXT], alive.index.to_numpy(), number, exact, params, folder, reducers)
 
 
-def _outputs(judged: pd.DataFrame, losers: pd.DataFrame | None,
-             clusters: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(kept, rejected with ``filter_reason``) of a judged shard, given the dedup tables.
+def _outputs(judged: pd.DataFrame, decisions: pa.Table, exact: bool,
+             minhash: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, rejected with ``filter_reason``) of a judged shard, given its dedup decisions.
 
     Rejected rows come in the order of the stage that rejected them (per-document stages, exact,
     near); each output is one take of the shard's rows (the text is copied once, not per stage).
@@ -450,16 +500,14 @@ def _outputs(judged: pd.DataFrame, losers: pd.DataFrame | None,
     """
     reason = judged[REASON].to_numpy(dtype=object, copy=True)
     rank = np.where(reason == "", 3, 0)  # 3: kept; else the stage that rejected the row
-    flags: dict[str, Any] = {}
-    if losers is not None:
-        flags[EXACT_DUP] = exact_flags(judged[ID], losers)
+    flags = dedup_flags(judged[ID], decisions, exact, minhash)
+    if exact:
         copy = (rank == 3) & flags[EXACT_DUP]
         reason[copy], rank[copy] = EXACT_DUP, 1
-    if clusters is not None:
+    if minhash:
         before = rank < 3  # rows rejected before near-dedup carry no cluster
-        cluster_id, size, flags[NEAR_DUP] = near_flags(judged[ID], clusters)
-        flags["cluster_id"] = cluster_id.mask(before)
-        flags["cluster_size"] = pd.arrays.IntegerArray(size, before)
+        flags["cluster_id"] = flags["cluster_id"].mask(before)
+        flags["cluster_size"] = pd.arrays.IntegerArray(flags["cluster_size"], before)
         near = (rank == 3) & flags[NEAR_DUP]
         reason[near], rank[near] = NEAR_DUP, 2
     frame = judged.assign(**flags)
@@ -470,34 +518,37 @@ def _outputs(judged: pd.DataFrame, losers: pd.DataFrame | None,
 
 
 def _write_shard(path: str, number: int, filters: DocumentFilters, hits: pd.DataFrame | None,
-                 losers: pd.DataFrame | None, clusters: pd.DataFrame | None, staging: str,
-                 schemas: dict[bool, pa.Schema]) -> list[dict[str, Any]]:
-    """The kept and rejected outputs of one scored shard, written to staging; their summaries."""
-    kept, rejected = _outputs(_judged(path, filters, hits), losers, clusters)
-    return [_write_part(kept, str(shard_path(Path(staging) / "kept", number)), schemas[False], False),
-            _write_part(rejected, str(shard_path(Path(staging) / "rejected", number)), schemas[True], True)]
+                 decisions: str | None, id_type: pa.DataType, exact: bool, minhash: bool, staging: str,
+                 schemas: dict[bool, pa.Schema]) -> dict[str, Any]:
+    """The kept and rejected outputs of one scored shard, written to staging, from its own dedup
+    decisions (``decisions/part-N``) only; their summaries."""
+    mine = read_decisions(Path(decisions), number, id_type) if decisions else decision_schema(id_type).empty_table()
+    kept, rejected = _outputs(_judged(path, filters, hits), mine, exact, minhash)
+    summaries = [_write_part(kept, str(shard_path(Path(staging) / "kept", number)), schemas[False], False),
+                 _write_part(rejected, str(shard_path(Path(staging) / "rejected", number)), schemas[True], True)]
+    return {"files": [{k: s[k] for k in ("file", "bytes", "digest")} for s in summaries if "file" in s],
+            "summaries": summaries}
 
 
-def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, fc: FilterConfig, folder: Path,
+def filter_corpus(passes: Passes, shards: list[Path], filters: DocumentFilters, cfg: Config,
                   index: BenchmarkIndex | None, clock: dict[str, float]) -> tuple[dict[str, Any], dict[str, str]]:
     """Thresholds, decontamination, exact dedup and MinHash dedup over the scored shards; write the
-    outputs to staging. Returns stats and the content digest of each staged shard.
+    outputs to staging (the ``write`` pass). Returns stats and the content digest of each staged shard.
 
-    Every pass is one task per scored shard that reads it again (no pass holds the corpus); both
-    dedups hash the text in one pass. Tables that cross passes are small: duplicate ids, hits, copies,
-    cluster members.
+    Every pass is one task per scored shard or per reducer (``pipeline.filter.passes``) that reads
+    files and writes files: no pass holds the corpus, and the driver only per-task summaries. Both
+    dedups hash the text in one pass; each write task reads its own shard's decisions only.
     """
+    fc = cfg.filter
+    run = RunDir(cfg.run_dir)
     paths = [str(p) for p in shards]
+    reducers = reducers_for(len(paths))
     stats: dict[str, Any] = {}
     with timed(clock, "thresholds"):
-        id_hashes = np.concatenate(dask.compute(*[dask.delayed(_id_hashes)(p) for p in paths]))
-        repeated = len(id_hashes) - len(np.unique(id_hashes))
-        if repeated:
-            raise FilterError(f"filter.id_column: {repeated} duplicate document ids across inputs; use a "
-                              "unique id column, or drop it from the inputs so ids are made from source and row")
+        check_ids(passes, paths, reducers)
         if filters.quality and fc.quality.keep_top:
-            pool = pd.concat(dask.compute(*[dask.delayed(filters.quality_pool)(dask.delayed(_scores)(p))
-                                            for p in paths]))
+            pool = pd.concat(_results(passes.client, passes.client.compute(
+                [dask.delayed(filters.quality_pool)(dask.delayed(_scores)(p)) for p in paths]), fc.worker_wait_s))
             threshold = percentile_threshold(pool.to_numpy(), fc.quality.keep_top)
             filters = filters.with_threshold(threshold)
             print(f"filter: keep_top={fc.quality.keep_top} of {len(pool):,} documents -> edu_score >= {threshold:.6g}")
@@ -508,59 +559,55 @@ def filter_corpus(client: Any, shards: list[Path], filters: DocumentFilters, fc:
     hits = None
     if index is not None:  # before dedup: a contaminated copy must never be the one a cluster keeps
         with timed(clock, "decontaminate"):
-            hits = pd.concat(dask.compute(*[dask.delayed(_hits_of)(p, shared_filters, fc.decontaminate)
-                                            for p in paths]), ignore_index=True)
+            hits = pd.concat(_results(passes.client, passes.client.compute(
+                [dask.delayed(_hits_of)(p, shared_filters, fc.decontaminate) for p in paths]), fc.worker_wait_s),
+                ignore_index=True)
         meta = _flag_decontaminated(meta, _no_hits(meta[ID]))
     shared_hits = dask.delayed(hits, traverse=False)
+    # what the documents dedup sees depends on beyond the scores: the thresholds and the hits
+    passes.depend({"quality": filters.quality.threshold if filters.quality else None,
+                   "hits": None if hits is None else stable_hash(hits.astype(str).to_dict("list"))})
+    exact = fc.exact_dedup.enabled
     params = None
     if fc.minhash.enabled:
         mh = fc.minhash
         params = MinHashParams.resolve(mh.threshold, mh.num_perm, mh.ngram, mh.seed, mh.bands, mh.rows, mh.verify,
-                                       mh.verify_threshold)
-    losers = clusters = None
+                                       mh.verify_threshold, mh.max_cluster)
+    id_type = pq.read_schema(paths[0]).field(ID).type
+    decisions = None
     dedup_seconds: dict[str, float] = {}
-    if fc.exact_dedup.enabled or params is not None:
-        with timed(clock, "dedup_hashes"):  # one pass: hashes, then both groupings in one graph
-            hashed = [dask.delayed(_dedup_hashes, nout=3)(p, n, shared_filters, shared_hits,
-                                                         fc.exact_dedup.enabled, params)
-                      for n, p in enumerate(paths)]
-            members_meta = exact_members(_alive(meta), 0, TEXT, ID, EDU_SCORE)
-            exact = exact_reducers([h[0] for h in hashed], members_meta) if fc.exact_dedup.enabled else []
-            banded = banding_reducers([h[1] for h in hashed]) if params is not None else []
-            results = dask.compute(*exact, *banded, *[h[2] for h in hashed])
-        for seconds in results[len(exact) + len(banded):]:
-            for step, s in seconds.items():
+    if exact or params is not None:
+        hashes = str(passes.folder_of("hashes"))
+        with progress(desc="filter: dedup", unit="task") as bar:
+            passes.bar = bar
+            with timed(clock, "dedup_hashes"):
+                hashed = passes.run("hashes", _dedup_hashes, [(p, n, shared_filters, shared_hits, exact, params,
+                                                               hashes, reducers) for n, p in enumerate(paths)],
+                                    params={"exact": exact, "minhash": params and vars(params)})
+            corpus = Corpus(str(run.scored), id_type, length="n_chars")
+            found = find_duplicates(passes, corpus, len(paths), reducers, exact, params, clock)
+        for summary in hashed:
+            for step, s in summary["seconds"].items():
                 dedup_seconds[step] = dedup_seconds.get(step, 0.0) + s
-        if fc.exact_dedup.enabled:
-            with timed(clock, "exact_dedup"):
-                losers = concat_tables(results[:len(exact)], members_meta[["key", "doc"]])
+        decisions = str(found.decisions)
         if params is not None:
-            lsh: dict[str, Any] = {}
-            with timed(clock, "minhash"):
-                parts = [dask.delayed(_alive)(dask.delayed(_judged)(p, shared_filters, shared_hits)) for p in paths]
-                clusters = near_duplicates(banded_table(results[len(exact):len(exact) + len(banded)]), parts,
-                                           params, meta[ID], TEXT, ID, EDU_SCORE,
-                                           exclude=None if losers is None else losers["key"].to_numpy(), stats=lsh)
-            lsh["seconds"] = {"signatures": round(dedup_seconds.get("signatures", 0.0), 2), **lsh["seconds"]}
             print(f"filter: minhash threshold {params.threshold} with {params.num_perm} permutations -> "
                   f"{params.bands} bands x {params.rows} rows")
-            stats["minhash"] = lsh
-    schemas = _output_schemas(_outputs(meta, None if losers is None else losers.iloc[:0],
-                                       None if clusters is None else clusters.iloc[:0])[0])
-    staging = staging_dir(folder)
-    shutil.rmtree(staging, ignore_errors=True)
-    shared_losers, shared_clusters = dask.delayed(losers, traverse=False), dask.delayed(clusters, traverse=False)
-    writes = [dask.delayed(_write_shard)(p, n, shared_filters, shared_hits, shared_losers, shared_clusters,
-                                         str(staging), schemas) for n, p in enumerate(paths)]
-    with timed(clock, "write"):
-        futures = client.compute(writes)
-        summaries = []
-        with progress(total=len(futures), desc="filter: write", unit="shard") as bar:
-            for future in as_completed(futures):
-                summaries += future.result()
-                bar.update(1)
+            seconds = {"signatures": round(dedup_seconds.get("signatures", 0.0), 2),
+                       **{k: v for k, v in passes.seconds.items() if k not in ("ids", "id_check", "hashes")}}
+            stats["minhash"] = minhash_stats(params, found.minhash, seconds)
+    minhash = params is not None
+    schemas = _output_schemas(_outputs(meta, decision_schema(id_type).empty_table(), exact, minhash)[0])
+    staging = str(passes.folder_of("write"))
+    with timed(clock, "write"), progress(total=len(paths), desc="filter: write", unit="shard") as bar:
+        passes.bar = bar
+        written = passes.run("write", _write_shard, [(p, n, shared_filters, shared_hits, decisions, id_type, exact,
+                                                      minhash, staging, schemas) for n, p in enumerate(paths)])
+    summaries = [s for w in written for s in w["summaries"]]
     stats.update(_summarise(summaries, index, hits))
     stats["dedup_seconds"] = {k: round(v, 3) for k, v in dedup_seconds.items()}
+    # what each pass wrote (its shuffle and state on disk) and its wall seconds, for sizing a cluster
+    stats["passes"] = {name: {"bytes": size, "seconds": passes.seconds.get(name)} for name, size in passes.bytes.items()}
     return stats, {s["file"]: s["digest"] for s in summaries if "file" in s}
 
 
@@ -599,7 +646,8 @@ def _write_part(frame: pd.DataFrame, path: str, schema: pa.Schema, rejected: boo
     table = pa.Table.from_arrays([table[f.name].cast(f.type) if f.name in table.column_names
                                   else pa.nulls(len(frame), f.type) for f in schema], schema=schema)
     write_parquet(table, Path(path))
-    summary.update(file=f"{'rejected' if rejected else 'kept'}/{Path(path).name}", digest=content_digest(path))
+    summary.update(file=f"{'rejected' if rejected else 'kept'}/{Path(path).name}", bytes=Path(path).stat().st_size,
+                   digest=content_digest(path))
     return summary
 
 
@@ -665,7 +713,7 @@ def finish(run: RunDir, config: dict[str, Any], stats: dict[str, Any], output_ke
     outputs never mix), then write stats.json, report.png and manifest.json: lineage, and the content
     digest of every shard (``staged``: digests by ``kept/part-…`` or ``rejected/part-…`` staging name).
     ``config`` is the public config the manifest records."""
-    staging = staging_dir(run.filtered)
+    staging = run.dedup / "write"
     manifest_path(run.filtered).unlink(missing_ok=True)  # outputs are in flux until the manifest is back
     outputs: dict[str, str] = {}
     for sub, dest in (("kept", run.filtered), ("rejected", run.rejected)):

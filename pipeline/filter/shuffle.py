@@ -1,65 +1,82 @@
-"""Group the rows of many partitions by a uint64 hash column, then reduce each group of rows.
+"""A shuffle through files: rows of many tasks regrouped by a hash column, no process holding them all.
 
-Both dedups need every row with one hash value (an exact-text hash, an LSH bucket) in the same
-reducer, without any process holding all rows: a hash partition (a shuffle), then a pandas
-function per reducer. Two ways, chosen by the number of input partitions:
-
-- up to ``SINGLE_STAGE_INPUTS``, one stage of tasks: each input partition is cut into
-  ``reducers`` pieces by ``hash % reducers``, and reducer ``j`` concatenates piece ``j`` of every
-  input. The pieces wait in worker memory (Dask spills them past its memory target) and travel
-  by Dask's ordinary worker-to-worker transfer. No setup and no cluster-wide barrier: on 2
-  workers, 1.9M rows take ~0.3 s this way against ~0.9 s through p2p;
-- beyond, Dask's p2p shuffle: pieces are buffered on disk, so memory stays flat whatever the
-  corpus, and the task count grows with inputs + reducers, not inputs x reducers.
-
-The partitions are ``dask.delayed`` pandas frames (or a Dask DataFrame): the one-stage way needs
-no Dask DataFrame, whose import alone costs ~1.5 s of a small run's start-up.
-
-Reducers are fewer than inputs: the hash rows (16 bytes per document and band) are a fraction of
-the text they come from (~15% for 5 KB documents), so a reducer of ``INPUTS_PER_REDUCER`` inputs'
-rows still holds less than one input partition, and fewer reducers mean fewer pieces.
+A task of one pass writes its rows into one Arrow file, ordered by the reducer each row goes to
+(``hash % reducers``), with the row where each reducer's block starts in the file's schema
+metadata; reducer ``j`` of the next pass reads block ``j`` of every such file. This is the
+sort-based shuffle of Hadoop and Spark: the blocks wait on disk in the run directory (not in any
+process, so memory stays flat whatever the corpus), a killed worker loses nothing another task
+needs, and the files are the pass's record for a rerun. Files are uncompressed Arrow IPC, read
+memory-mapped: a block is a zero-copy slice, and only its pages are read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
 
-import dask
 import numpy as np
-import pandas as pd
-from dask.delayed import Delayed
+import pyarrow as pa
+import xxhash
 
-SINGLE_STAGE_INPUTS = 64
+from pipeline.io import atomic_path
+from pipeline.lineage import DIGEST_CHARS
+
 INPUTS_PER_REDUCER = 8
+"""Input partitions per reducer: a reducer's rows (hashes, keys, candidate shingles) are a fraction
+of the text they come from, so a reducer of this many inputs' rows still holds less than one input."""
+_BLOCKS = b"blocks"
 
 
-def split_by_hash(rows: pd.DataFrame, column: str, reducers: int) -> tuple[pd.DataFrame, ...]:
-    """``rows`` cut into ``reducers`` pieces: piece ``j`` holds the rows with ``column % reducers == j``."""
-    target = (rows[column].to_numpy(dtype=np.uint64) % np.uint64(reducers)).astype(np.intp)
-    order = np.argsort(target, kind="stable")
-    cuts = np.searchsorted(target[order], np.arange(reducers + 1))
-    ordered = rows.iloc[order]
-    return tuple(ordered.iloc[cuts[j]:cuts[j + 1]] for j in range(reducers))
+def reducers_for(partitions: int) -> int:
+    """How many reducers a corpus of ``partitions`` partitions gets (at least one)."""
+    return max(1, -(-partitions // INPUTS_PER_REDUCER))
 
 
-def _concat_reduce(reduce: Callable[[pd.DataFrame], pd.DataFrame], *pieces: pd.DataFrame) -> pd.DataFrame:
-    return reduce(pd.concat(pieces, ignore_index=True))
+def reducer_of(values: np.ndarray, reducers: int) -> np.ndarray:
+    """The reducer of each uint64 hash (or non-negative integer) in ``values``."""
+    return (np.asarray(values).astype(np.uint64) % np.uint64(reducers)).astype(np.intp)
 
 
-def shuffle_reduce(frames: Sequence[Delayed] | Any, column: str, reduce: Callable[[pd.DataFrame], pd.DataFrame],
-                   meta: pd.DataFrame, rows_meta: pd.DataFrame | None = None) -> list[Delayed]:
-    """``reduce`` of each reducer's rows of ``frames`` (delayed pandas frames shaped like ``rows_meta``,
-    or a Dask DataFrame), grouped by the uint64 hash ``column``: all rows with one value of ``column``
-    reach the same call. Lazy: one ``Delayed`` frame (like ``meta``) per reducer."""
-    dask_frame = hasattr(frames, "to_delayed")
-    parts = list(frames.to_delayed()) if dask_frame else list(frames)
-    reducers = -(-len(parts) // INPUTS_PER_REDUCER)
-    if len(parts) > SINGLE_STAGE_INPUTS:
-        import dask.dataframe as dd  # only here: a corpus of this many partitions does not notice the import
+def write_blocks(table: pa.Table, reducer: np.ndarray, reducers: int, path: Path) -> dict[str, object]:
+    """Write ``table`` to ``path`` ordered by ``reducer`` (each row's reducer, ``0 <= r < reducers``)
+    with the start of every reducer's block; returns the file's name, rows, bytes and digest."""
+    order = np.argsort(reducer, kind="stable")
+    cuts = np.searchsorted(np.asarray(reducer)[order], np.arange(reducers + 1)).astype("<i8")
+    table = table.take(order) if len(table) else table
+    return write_table(table.replace_schema_metadata({_BLOCKS: cuts.tobytes()}), path)
 
-        frame = frames if dask_frame else dd.from_delayed(parts, meta=rows_meta, verify_meta=False)
-        return frame.shuffle(on=column, npartitions=reducers).map_partitions(reduce, meta=meta).to_delayed()
-    pieces = [dask.delayed(split_by_hash, nout=reducers, pure=True)(rows, column, reducers) for rows in parts]
-    return [dask.delayed(_concat_reduce, pure=True)(reduce, *(piece[j] for piece in pieces))
-            for j in range(reducers)]
+
+def write_table(table: pa.Table, path: Path) -> dict[str, object]:
+    """Write ``table`` to ``path`` as one Arrow IPC file, atomically; its name, rows, bytes and digest.
+
+    The digest is xxh3-128 of the bytes, taken from memory before they are written: these files are
+    the passes' own state, hashed as they are made (sha256 of a file read back cost ~10x more).
+    """
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    data = sink.getvalue()
+    with atomic_path(Path(path)) as tmp, pa.OSFile(str(tmp), "wb") as out:
+        out.write(data)
+    return {"file": Path(path).name, "rows": len(table), "bytes": data.size,
+            "digest": xxhash.xxh3_128_hexdigest(memoryview(data))[:DIGEST_CHARS]}
+
+
+def read_table(path: Path) -> pa.Table:
+    """A file ``write_table`` or ``write_blocks`` wrote, memory-mapped (its pages read when touched)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def read_block(paths: Sequence[Path], reducer: int, schema: pa.Schema) -> pa.Table:
+    """Block ``reducer`` of every file of ``paths`` (written by ``write_blocks``), as one table like ``schema``."""
+    pieces = []
+    for path in paths:
+        table = read_table(path)
+        cuts = np.frombuffer(table.schema.metadata[_BLOCKS], dtype="<i8")
+        start, stop = int(cuts[reducer]), int(cuts[reducer + 1])
+        if stop > start:
+            pieces.append(table.slice(start, stop - start).replace_schema_metadata(None))
+    if not pieces:
+        return schema.empty_table()
+    return pa.concat_tables(pieces).cast(schema) if len(pieces) > 1 else pieces[0].cast(schema)

@@ -80,3 +80,20 @@ def planted(tmp_path: Path, edu_model: Path, request: pytest.FixtureRequest) -> 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "light: planted inputs without the 10 MB page, MinHash off (fast reruns)")
+
+
+@pytest.fixture
+def dedup_corpus(tmp_path: Path) -> dict:
+    """90 documents in one Parquet file (9 partitions of 10: two reducers) with planted exact copies,
+    near-duplicates and a cluster of five; the dedup-only overrides of a run (without run_dir)."""
+    docs = documents(70, seed=31)
+    texts = docs + [docs[k].upper() for k in range(5)]  # exact copies
+    texts += [near_duplicate(docs[k], seed=k) for k in range(5, 15)]  # near-duplicates
+    texts += [near_duplicate(near_duplicate(docs[15], seed=1), seed=2, edits=2) for _ in range(1)]
+    texts += [near_duplicate(docs[16], seed=s, edits=2) for s in range(4)]  # a cluster of five
+    path = tmp_path / "web.parquet"
+    pd.DataFrame({"id": [f"d{i:03d}" for i in range(len(texts))], "text": texts}).to_parquet(path)
+    base = [f"filter.input=[{path}]", "filter.include_generated=false", "filter.quality.enabled=false",
+            "filter.language.enabled=false", "filter.heuristics.enabled=false", "filter.partition_rows=10",
+            "workers=2"]
+    return {"path": path, "overrides": base, "documents": len(texts)}

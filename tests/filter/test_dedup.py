@@ -12,7 +12,6 @@ import pytest
 from filters.minhash import exact_hashes, shingle_hashes
 from pipeline.cluster import dask_client
 from pipeline.errors import FilterError
-from pipeline.filter import shuffle
 from pipeline.filter.dedup import exact_dedup, minhash_dedup
 
 SUBJECTS = ["the student", "a teacher", "the river", "our class", "the engine", "a farmer", "the planet",
@@ -109,6 +108,22 @@ def test_candidates_are_verified_on_their_exact_jaccard():
     assert unverified["near_dup"].tolist() == [False, True]
 
 
+def test_a_cluster_above_max_cluster_keeps_its_best_member_only():
+    rng = random.Random(19)
+    a = document(rng)
+    b = edit(rng, a, 4)
+    c = edit(rng, b, 4)  # a chain: a ~ b ~ c, but a !~ c
+    assert jaccard(a, b) > 0.88 and jaccard(b, c) > 0.88 and jaccard(a, c) < 0.8
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "text": [a, b, c], "edu_score": [0.9, 0.5, 0.1]})
+    resolved = minhash_dedup(frame)  # best first: c resembles only b, which is removed, so c stays
+    assert resolved["near_dup"].tolist() == [False, True, False]
+    stats: dict = {}
+    capped = minhash_dedup(frame, max_cluster=2, stats=stats)  # 3 members > 2: the best is kept, the rest go
+    assert capped["near_dup"].tolist() == [False, True, True]
+    assert capped["cluster_size"].tolist() == [3, 3, 3] and capped["cluster_id"].tolist() == ["a", "a", "a"]
+    assert stats["giant_clusters"] == 1 and stats["clusters"] == 1 and stats["removed"] == 2
+
+
 def test_keep_rule_without_a_score_column_prefers_longest_then_smallest_id():
     rng = random.Random(3)
     base = document(rng)
@@ -161,9 +176,7 @@ def result(out: pd.DataFrame) -> pd.DataFrame:
     return out.set_index("id").sort_index()[["cluster_id", "cluster_size", "near_dup", "exact_dup"]]
 
 
-@pytest.mark.parametrize("single_stage_inputs", [shuffle.SINGLE_STAGE_INPUTS, 0], ids=["one-stage", "p2p"])
-def test_results_do_not_depend_on_partitioning_or_workers(corpus, monkeypatch, single_stage_inputs):
-    monkeypatch.setattr(shuffle, "SINGLE_STAGE_INPUTS", single_stage_inputs)
+def test_results_do_not_depend_on_partitioning_or_workers(corpus):
     frame = pd.concat([corpus, corpus.head(3).assign(id=lambda f: f["id"] + "-copy")], ignore_index=True)
 
     def run(npartitions: int) -> pd.DataFrame:

@@ -49,7 +49,8 @@ def test_the_manifest_names_the_inputs_parents_and_outputs(planted: dict, cluste
     assert run_filter(cfg, scheduler=cluster) == 0
 
     lineage = manifest(planted["root"])["lineage"]
-    assert lineage["config"] == {"filter": public_dict(cfg.filter), "seed": cfg.seed}
+    filter_section = {k: v for k, v in public_dict(cfg.filter).items() if k != "worker_wait_s"}  # shapes no output
+    assert lineage["config"] == {"filter": filter_section, "seed": cfg.seed}
     web, more = planted["root"] / "web.jsonl", planted["root"] / "more.parquet"
     assert {k: v for k, v in lineage["inputs"].items() if k != "decontaminate.benchmarks"} == {
         str(web): content_digest(web), str(more): content_digest(more),
@@ -134,6 +135,30 @@ def test_an_input_changed_in_place_is_rescored_whatever_its_size_and_mtime(tmp_p
     assert web.stat().st_size == before.st_size
     run_filter(config(tmp_path, [web]), scheduler=cluster)
     assert read_shards(tmp_path / "run" / "filtered").text.tolist() == [changed]
+
+
+def test_shards_scored_by_a_run_that_died_before_the_merge_are_not_scored_again(tmp_path: Path, cluster: str,
+                                                                                capsys: pytest.CaptureFixture) -> None:
+    # each scoring task writes its shard's entry beside it; the driver merges them into the manifest once
+    docs = [write_jsonl(tmp_path / f"web{k}.jsonl", [{"id": f"w{k}-{i}", "text": t} for i, t in enumerate(DOCS)])
+            for k in range(3)]
+    cfg = config(tmp_path, docs)
+    run_filter(cfg, scheduler=cluster)
+    scored = tmp_path / "run" / "filtered" / "scored"
+    merged = json.loads((scored / "manifest.json").read_text())
+    assert sorted(merged["shards"]) == [p.name for p in list_shards(scored)]
+    assert [p.name for p in scored.glob("*.json")] == ["manifest.json"]  # the entries, merged, are gone
+    # as a driver killed after shard 1's task finished and before the merge leaves it
+    entry = merged["shards"].pop("part-00001.parquet")
+    (scored / "manifest.json").write_text(json.dumps(merged))
+    (scored / "part-00001.json").write_text(json.dumps(entry))
+    stamps = {p.name: p.stat().st_mtime_ns for p in list_shards(scored)}
+    capsys.readouterr()
+    run_filter(cfg, scheduler=cluster)
+    assert "3/3 shards already scored" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in list_shards(scored)} == stamps
+    assert json.loads((scored / "manifest.json").read_text())["shards"]["part-00001.parquet"] == entry
+    assert [p.name for p in scored.glob("*.json")] == ["manifest.json"]
 
 
 def test_restart_validates_the_inputs_before_it_discards_the_scores(tmp_path: Path) -> None:

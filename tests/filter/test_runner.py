@@ -73,7 +73,7 @@ def test_filter_end_to_end(planted: dict, cluster: str, capsys: pytest.CaptureFi
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "filter" and len(manifest["inputs"]) == 3
-    assert not list(out.glob(".staging*")) and "bands x" in capsys.readouterr().out
+    assert not (out / "dedup").exists() and "bands x" in capsys.readouterr().out
 
 
 @pytest.mark.light

@@ -9,6 +9,7 @@ import unicodedata
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from datasketch.lsh import _optimal_param
 from rensa import RMinHash
@@ -17,25 +18,32 @@ from filters.minhash import (
     MAX_HASH,
     MAX_NGRAM,
     band_hashes,
+    bucket_stars,
     collision_probability,
     connected_components,
     dedup_form,
     dedup_hashes,
     estimated_jaccard,
     exact_hashes,
+    jaccard,
     keep_best,
+    large_star,
     lsh_buckets,
     lsh_params,
     minhash_signatures,
+    pair_jaccard,
     partition_shingles,
+    resolve_clusters,
+    set_offsets,
     shingle_hashes,
     signatures_from_flat,
+    small_star,
     word_hash,
 )
 from tests.conftest import SENTENCES
 
 
-def jaccard(a: str, b: str) -> float:
+def text_jaccard(a: str, b: str) -> float:
     sa, sb = set(shingle_hashes(a).tolist()), set(shingle_hashes(b).tolist())
     return len(sa & sb) / len(sa | sb)
 
@@ -217,13 +225,13 @@ def test_the_signature_estimate_of_jaccard_is_unbiased():
     assert abs(errors.mean()) < 0.15 and 0.7 < errors.std() < 1.3
 
 
-def test_estimated_jaccard_tracks_true_jaccard():
+def test_estimated_jaccard_tracks_true_text_jaccard():
     base = " ".join(SENTENCES)
     words = base.split()
     for edits in (1, 3, 8):
         copy = " ".join("EDITED" if i % (len(words) // edits) == 7 else w for i, w in enumerate(words))
         sig = minhash_signatures([base, copy], num_perm=256)
-        assert abs(estimated_jaccard(sig[0], sig[1]) - jaccard(base, copy)) < 0.1
+        assert abs(estimated_jaccard(sig[0], sig[1]) - text_jaccard(base, copy)) < 0.1
 
 
 def test_lsh_params_minimise_the_same_error_as_datasketch():
@@ -297,3 +305,87 @@ def test_components_label_as_scipy_does(seed: int) -> None:
                                   reference.sort_values("node", ignore_index=True))
     chain = pd.DataFrame({"src": [f"c{i:03d}" for i in range(1, 200)], "dst": [f"c{i - 1:03d}" for i in range(1, 200)]})
     assert set(connected_components(chain)["label"]) == {"c000"}
+
+
+# --- the kernels of dedup's reducers -------------------------------------------------------------
+
+def shingle_sets(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    return [np.unique(rng.integers(0, 60, rng.integers(0, 40))).astype(np.uint32) for _ in range(n)]
+
+
+def as_lists(sets: list[np.ndarray]) -> pa.ListArray:
+    return pa.array([s.tolist() for s in sets], pa.list_(pa.uint32()))
+
+
+def test_pair_jaccard_is_the_exact_jaccard_of_every_pair_at_once() -> None:
+    rng = np.random.default_rng(1)
+    a, b = shingle_sets(rng, 300), shingle_sets(rng, 300)
+    a[0], b[0] = np.empty(0, np.uint32), np.empty(0, np.uint32)  # both empty: 0
+    b[1] = a[1].copy()  # equal: 1
+    # sliced Arrow lists (offsets not from 0), as a reducer reads them
+    got = pair_jaccard(set_offsets(as_lists(a).slice(0, 300)), set_offsets(pa.chunked_array([as_lists(b)])))
+    assert np.allclose(got, [jaccard(x, y) for x, y in zip(a, b, strict=True)])
+    assert got[0] == 0.0 and got[1] == 1.0
+    assert np.allclose(pair_jaccard(set_offsets(as_lists(a).slice(5, 7)), set_offsets(as_lists(b).slice(9, 7))),
+                       [jaccard(x, y) for x, y in zip(a[5:12], b[9:16], strict=True)])
+
+
+def test_bucket_stars_link_every_member_to_the_smallest_id_of_its_bucket() -> None:
+    bucket = np.array([5, 5, 5, 7, 7, 9, 5, 7], dtype=np.uint64)
+    key = np.array([10, 11, 12, 13, 14, 15, 10, 11])
+    doc = np.array(["c", "a", "b", "z", "y", "q", "c", "a"], dtype=object)
+    src, dst = bucket_stars(bucket, key, doc)
+    # bucket 5: a (11) is the centre; bucket 7: a (11) again; bucket 9 is alone; key 10 twice: one edge
+    assert sorted(zip(src.tolist(), dst.tolist(), strict=True)) == [(10, 11), (12, 11), (13, 11), (14, 11)]
+
+
+def star_components(a: np.ndarray, b: np.ndarray) -> tuple[dict[int, int], int]:
+    """Large-star / small-star in one process until a round changes nothing: node -> label, rounds."""
+    rounds = 0
+    while True:
+        rounds += 1
+        larger, smaller, large_changes = large_star(np.concatenate([a, b]), np.concatenate([b, a]))
+        a, b, small_changes = small_star(larger, smaller)
+        if large_changes == small_changes == 0:
+            labels = dict(zip(a.tolist(), b.tolist(), strict=True))
+            labels.update({int(v): int(v) for v in b})
+            return labels, rounds
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_star_steps_reach_the_components_of_the_in_process_kernel(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 400))
+    src, dst = rng.integers(0, n, n // 2), rng.integers(0, n, n // 2)
+    labels, _ = star_components(src.astype(np.int64), dst.astype(np.int64))
+    reference = connected_components(pd.DataFrame({"src": src, "dst": dst}))
+    for node, label in zip(reference["node"], reference["label"], strict=True):
+        assert labels.get(node, node) == label  # a node only in self-loops is its own component
+
+
+def test_star_steps_take_logarithmic_rounds_on_a_long_chain() -> None:
+    n = 5000
+    for order in (np.arange(n), np.random.default_rng(0).permutation(n)):
+        labels, rounds = star_components(order[1:].astype(np.int64), order[:-1].astype(np.int64))
+        assert set(labels.values()) == {0} and len(labels) == n
+        assert rounds <= 2 * int(np.log2(n)), rounds
+
+
+def test_resolve_clusters_keeps_the_best_and_removes_only_what_resembles_a_kept_member() -> None:
+    base = np.arange(100, dtype=np.uint32)
+    b = np.arange(10, 110, dtype=np.uint32)   # J(base, b) = 90/110
+    c = np.arange(20, 120, dtype=np.uint32)   # J(b, c) = 90/110, J(base, c) = 80/120
+    other = np.arange(500, 600, dtype=np.uint32)
+    sets = [base, b, c, other, other.copy()]
+    values = np.concatenate(sets)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sets])])
+    cluster = np.array([1, 1, 1, 2, 2])
+    doc = np.array(["a", "b", "c", "x", "y"], dtype=object)
+    score = np.array([0.9, 0.5, 0.1, np.nan, np.nan])
+    length = np.array([10, 10, 10, 5, 7])
+    near = resolve_clusters(cluster, doc, score, length, (values, offsets), 0.8)
+    # a kept (best); b resembles a: removed; c resembles only b, which is removed: kept (no chaining);
+    # x and y tie on score: the longer (y) is kept
+    assert near.tolist() == [False, True, False, True, False]
+    assert resolve_clusters(cluster, doc, score, length, (values, offsets), 0.0).tolist() == \
+        [False, True, True, True, False]
