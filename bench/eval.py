@@ -39,7 +39,7 @@ import shared_data  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.eval.run import load_model, score_checkpoint  # noqa: E402
-from pipeline.eval.score import encode_pair  # noqa: E402
+from pipeline.eval.score import encode_pair, special_prefix  # noqa: E402
 from pipeline.train.model import build_model  # noqa: E402
 from pipeline.train.tokenizer import train_bpe  # noqa: E402
 
@@ -103,7 +103,7 @@ def plain_loop(path: str, items: Path, device: str) -> tuple[float, float, int]:
         for r in rows:
             lls = []
             for choice in r["choices"]:
-                ctx, cont = encode_pair(tok, r["query"], " " + choice)
+                ctx, cont = encode_pair(tok, r["query"], " " + choice, special_prefix(tok, None))
                 ids = torch.tensor([ctx + cont], device=dev)
                 logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
                 lls.append(float(logp[len(ctx) - 1:].gather(1, ids[0, len(ctx):, None]).sum()))
@@ -133,7 +133,7 @@ def run_lm_eval(python: Path, path: str, items: Path, work: Path, batch: int, de
         "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
     out = work / "lm_eval_out"
     cmd = [str(python), "-m", "lm_eval", "--model", "hf",
-           "--model_args", f"pretrained={path},dtype=float32,add_bos_token=True",
+           "--model_args", f"pretrained={path},dtype=float32",  # lm-eval's default BOS handling, as ours
            "--tasks", "tb_mc", "--include_path", str(tasks), "--batch_size", str(batch),
            "--device", "cuda" if device == "cuda" else "cpu", "--output_path", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -155,6 +155,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-lm-eval", action="store_true")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a save_pretrained folder to score instead of the random preset model (e.g. SmolLM2)")
     shared_data.add_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,7 +165,10 @@ def main() -> None:
         items = work / "items.jsonl"
         n, kind = write_items(items, args.items, seed=0, given=args.data)
         ckpt = work / "ckpt"
-        build_checkpoint(ckpt, args.preset, args.vocab)
+        if args.checkpoint:
+            ckpt = Path(args.checkpoint)
+        else:
+            build_checkpoint(ckpt, args.preset, args.vocab)
         tasks = json.dumps([{"name": "mmlu_cloze", "path": str(items), "format": "mc_jsonl", "max_items": n}])
         cfg = load_config(None, [f"run_dir={work / 'run'}", f"eval.tasks={tasks}",
                                  f"eval.batch_size={args.batch_size}", f"eval.device={args.device}"])
@@ -177,7 +182,7 @@ def main() -> None:
         if not args.no_lm_eval:
             lm_s, lm = run_lm_eval(ensure_lm_eval(), str(ckpt), items, work, args.batch_size, args.device)
             rows.append(("lm-eval (whole process)", lm_s, lm["acc,none"], lm["acc_norm,none"]))
-    print(f"\n{n} {kind} items, 4 choices, 0-shot, preset {args.preset}, device {args.device}, "
+    print(f"\n{n} {kind} items, 4 choices, 0-shot, {args.checkpoint or 'preset ' + args.preset}, device {args.device}, "
           f"{args.threads} threads")
     print(f"{'runner':<50}{'seconds':>9}{'items/s':>10}{'vs ours':>9}{'acc':>8}{'acc_norm':>10}")
     for name, seconds, acc, acc_norm in rows:
