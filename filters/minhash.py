@@ -3,8 +3,7 @@ half of dedup: exact-text hashes, the keep order, exact Jaccard of shingle sets,
 
 Signatures are rensa's R-MinHash of the shingle hashes (permutations made on the fly from random
 ``(a, b)`` pairs, after C-MinHash; its Jaccard estimate is unbiased, with datasketch's spread):
-rensa computes a whole partition's signature matrix in Rust from one flat buffer of hashes (0.09-0.10 s
-of CPU per 40 MB partition, against 0.27-0.42 s for the numpy pass per permutation it replaced), the
+rensa computes a whole partition's signature matrix in Rust from one flat buffer of hashes, the
 same for a given ``seed`` and rensa algorithm version (which the filter stage's lineage records).
 
 Shingles are word n-grams (default 5) of the lowercased text, words being runs of letters, digits
@@ -50,8 +49,8 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SIGNATURE_SHINGLES = 1 << 20
 # _LOW_BYTES[k]: the mask of the low k bytes of a little-endian uint64 (k = 8: all of them)
 _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
-# Text per word split: the split's byte-sized temporaries stay near cache size (~40% faster than
-# one split of a 40 MB partition), and its memory is bounded whatever the partition's size.
+# Text per word split: the split's byte-sized temporaries stay near cache size, and its memory is
+# bounded whatever the partition's size.
 _SPLIT_BYTES = 4 << 20
 
 
@@ -116,7 +115,7 @@ def _word_chars(data: np.ndarray) -> np.ndarray:
     are classified (by RE2's Unicode classes, as a regex split would).
     """
     # ASCII word bytes of lowercased text are 0-9, a-z and _: two wrapping range tests and one
-    # equality, in place, are ~2x cheaper than gathering from a 256-entry table
+    # equality, in place, are cheaper than gathering from a 256-entry table
     scratch = data - np.uint8(ord("0"))
     is_word = scratch < 10
     scratch -= np.uint8(ord("a") - ord("0"))
@@ -167,7 +166,7 @@ def _bytes_hash(padded: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.
     lengths = ends - starts
     h = view[starts]
     h &= _LOW_BYTES.take(lengths, mode="clip")  # clip: 9 bytes and more keep all 8
-    longer = np.flatnonzero(lengths > 8)  # in English about one word in six; past 16 bytes, rare
+    longer = np.flatnonzero(lengths > 8)  # a minority of words: the chained hash runs on them alone
     if len(longer):
         start, length = starts[longer], lengths[longer]
         chain = h[longer]
@@ -443,7 +442,7 @@ def connected_components(edges: pd.DataFrame) -> pd.DataFrame:
     """``node``, ``label`` for every node of ``edges`` (``src``, ``dst``): label = smallest id of its component.
 
     Min-label propagation with pointer jumping in numpy: the edges are those of the duplicates, a
-    few, so this takes milliseconds where importing scipy's graph module takes ~0.5 s.
+    few, so this is quicker than importing scipy's graph module.
     """
     codes, nodes = pd.factorize(pd.concat([edges["src"], edges["dst"]], ignore_index=True))
     a, b = codes[:len(edges)], codes[len(edges):]
@@ -471,7 +470,7 @@ def set_offsets(sets: Any) -> tuple[np.ndarray, np.ndarray]:
     return values, offsets - offsets[0]
 
 
-# Elements per merge in pair_jaccard: its temporaries stay in cache (~25% faster than one merge of all)
+# Elements per merge in pair_jaccard: its temporaries stay in cache, unlike one merge of all
 _MERGE_ELEMENTS = 1 << 18
 
 

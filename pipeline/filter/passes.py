@@ -88,7 +88,7 @@ class Passes:
 
     def _compute(self, name: str, fn: Callable[..., dict[str, Any]],
                  tasks: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        if isinstance(self.client, ThreadClient):  # threads: no graph to build per task (~1 ms of CPU each)
+        if isinstance(self.client, ThreadClient):  # threads: no graph to build per task
             shared: dict[int, Any] = {}
             futures = [self.client.submit(_task, name, fn, *(_computed(a, shared) for a in args)) for args in tasks]
         else:

@@ -191,10 +191,9 @@ def _threads(client: Any) -> int:
 
 
 # A small corpus is cut into at least this many partitions per thread (while they hold at least
-# MIN_PARTITION_MB of text each): smaller tasks hold less at once (a 40 MB corpus on 2 threads peaks
-# ~50 MB lower on 3.4 MB partitions than on 10 MB ones) and no thread idles at the end. A large
-# corpus takes partitions of up to filter.partition_mb: each partition costs ~25-55 ms a pass on
-# one thread (reads, pandas work, and the allocator giving back and faulting in its memory).
+# MIN_PARTITION_MB of text each): smaller tasks hold less at once and no thread idles at the end.
+# A large corpus takes partitions of up to filter.partition_mb: each partition adds a fixed cost per
+# pass (reads, pandas work, and the allocator giving back and faulting in its memory).
 MIN_ROUNDS = 6
 MIN_PARTITION_MB = 2
 
@@ -320,8 +319,8 @@ def _score_shard(part: Partition, filters: DocumentFilters, path: str, entry: di
         frame = read_partition(part)
     frame = filters.score(frame, clock)
     with timed(clock, "write"):
-        # internal state that the later passes read three times: uncompressed, reading and
-        # writing cost a quarter of zstd's (the outputs stay zstd)
+        # internal state that the later passes read three times: uncompressed, as that reads and
+        # writes cheaper than zstd (the outputs stay zstd)
         write_parquet(frame, Path(path), compression="none")
     seconds = {k: round(v, 3) for k, v in clock.items()}
     write_json({**entry, "rows": len(frame), "seconds": seconds}, Path(entry_path))
@@ -495,8 +494,8 @@ def _outputs(judged: pd.DataFrame, decisions: pa.Table, exact: bool,
 
     Rejected rows come in the order of the stage that rejected them (per-document stages, exact,
     near); each output is one take of the shard's rows (the text is copied once, not per stage).
-    The flags are numpy arrays until one ``assign``: a pandas operation costs ~50 us whatever its
-    length, and this runs for every partition.
+    The flags are numpy arrays until one ``assign``: a pandas operation has a fixed cost whatever
+    its length, and this runs for every partition.
     """
     reason = judged[REASON].to_numpy(dtype=object, copy=True)
     rank = np.where(reason == "", 3, 0)  # 3: kept; else the stage that rejected the row

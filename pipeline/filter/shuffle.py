@@ -50,7 +50,7 @@ def write_table(table: pa.Table, path: Path) -> dict[str, object]:
     """Write ``table`` to ``path`` as one Arrow IPC file, atomically; its name, rows, bytes and digest.
 
     The digest is xxh3-128 of the bytes, taken from memory before they are written: these files are
-    the passes' own state, hashed as they are made (sha256 of a file read back cost ~10x more).
+    the passes' own state, hashed as they are made (cheaper than reading a file back for sha256).
     """
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
