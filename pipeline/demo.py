@@ -30,7 +30,7 @@ from pipeline.io import (
     write_parquet,
 )
 from pipeline.llm.config import LLMConfig
-from pipeline.llm.flags import flag_counts
+from pipeline.llm.flags import cut_and_looping
 from pipeline.models import local_model_path
 from pipeline.progress import stage_line
 from pipeline.rundir import (
@@ -134,8 +134,8 @@ def stage_outputs(run: RunDir) -> dict[str, str]:
     made: dict[str, str] = {}
     rows = read_shards(run.generated, [TEMPLATE, FLAGS]) if list_shards(run.generated) else None
     if rows is not None:
-        counts = flag_counts(rows[FLAGS].tolist()) if FLAGS in rows else {}
-        flagged = ", ".join(f"{n} {flag}" for flag, n in sorted(counts.items())) or "none flagged"
+        cut, looping = cut_and_looping(rows[FLAGS].tolist()) if FLAGS in rows else (0, 0)
+        flagged = f"{cut} cut at max_tokens, {looping} looping" if cut or looping else "none flagged"
         made["generate"] = f"{len(rows)} rows ({(rows[TEMPLATE] == CONVERSATION).sum()} conversations; {flagged})"
     validation = read(run.classifier_report).get("validation") or {}
     if validation:

@@ -88,10 +88,10 @@ def diversity(gen: GenerateConfig, summary: RunSummary, previous: dict[str, Any]
 
 def flag_warnings(out_dir: Path, gen: GenerateConfig) -> list[str]:
     """What the rows' flags say about the settings: too many cut off or looping, or a greedy server."""
-    from pipeline.llm.flags import flag_counts, flagged_warning, greedy_warning
+    from pipeline.llm.flags import flagged_warning, greedy_warning
 
     rows = read_shards(out_dir, ["prompt", TEXT, FLAGS])
-    said = [flagged_warning(flag_counts(rows[FLAGS].tolist()), len(rows), gen.max_tokens, gen.max_flagged_share),
+    said = [flagged_warning(rows[FLAGS].tolist(), gen.max_tokens, gen.max_flagged_share),
             greedy_warning(rows["prompt"].tolist(), rows[TEXT].tolist(), gen.temperature)]
     return [s for s in said if s]
 

@@ -43,27 +43,25 @@ def is_repetitive(text: str) -> bool:
     return not bool(keep.iloc[0])
 
 
-def flag_counts(flags: Sequence[Sequence[str] | None]) -> dict[str, int]:
-    """Rows carrying each flag (a row counts once per flag)."""
-    return dict(Counter(f for row in flags for f in set(row if row is not None else ())))
+def cut_and_looping(flags: Sequence[Sequence[str] | None]) -> tuple[int, int]:
+    """Rows cut at max_tokens, and rows that loop (stopped in a loop or looping to the end; a looping
+    row is counted there, not as cut, since a longer limit would not have ended it)."""
+    sets = [set(f) if f is not None else set() for f in flags]
+    looping = sum("repetitive" in f for f in sets)
+    return sum("truncated" in f and "repetitive" not in f for f in sets), looping
 
 
-def flagged_warning(counts: dict[str, int], rows: int, max_tokens: int, max_share: float) -> str | None:
-    """One line when truncated or repetitive rows pass ``max_share`` of the run, saying what to change."""
-    if not rows:
+def flagged_warning(flags: Sequence[Sequence[str] | None], max_tokens: int, max_share: float) -> str | None:
+    """One line when rows cut off or looping pass ``max_share`` of the run, saying what to change."""
+    cut, looping = cut_and_looping(flags)
+    if not flags or (cut + looping) / len(flags) <= max_share:
         return None
-    said = []
-    truncated, repetitive = counts.get("truncated", 0), counts.get("repetitive", 0)
-    if truncated / rows > max_share:
-        said.append(f"{truncated} of {rows} rows hit generate.max_tokens={max_tokens} (flag 'truncated': "
-                    "raise it, or ask for shorter texts)")
-    if repetitive / rows > max_share:
-        said.append(f"{repetitive} of {rows} rows loop on a line or phrase (flag 'repetitive': try a "
-                    "higher generate.temperature or a larger model)")
-    if not said:
-        return None
-    return (f"{'; '.join(said)}; over generate.max_flagged_share={max_share:.0%}. Training and the published "
-            "SFT set leave flagged rows out")
+    said = [f"{cut} hit generate.max_tokens={max_tokens} (flag 'truncated': raise it, or ask for shorter texts)"
+            if cut else "",
+            f"{looping} loop on a line or phrase (flag 'repetitive': try a higher generate.temperature or "
+            "generate.repetition_penalty, or a larger model)" if looping else ""]
+    return (f"{cut + looping} of {len(flags)} rows are flagged, over generate.max_flagged_share={max_share:.0%}: "
+            f"{'; '.join(s for s in said if s)}. Training and the published SFT set leave flagged rows out")
 
 
 def greedy_warning(prompts: Sequence[str], texts: Sequence[str], temperature: float) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.llm.flags import completion_flags, flag_counts, flagged_warning, greedy_warning
+from pipeline.llm.flags import completion_flags, cut_and_looping, flagged_warning, greedy_warning
 
 LESSON = ("Photosynthesis is how plants make food. Leaves take in carbon dioxide from the air and water "
           "from the roots. Sunlight gives the energy that joins them into sugar, and oxygen is let out. "
@@ -21,15 +21,14 @@ def test_a_looping_completion_is_flagged_repetitive_and_a_lesson_is_not():
 
 def test_too_many_truncated_or_looping_rows_are_said_in_one_line_with_what_to_change():
     flags = [["truncated"]] * 20 + [["truncated", "repetitive"]] * 2 + [[]] * 2
-    counts = flag_counts(flags)
-    assert counts == {"truncated": 22, "repetitive": 2}
-    line = flagged_warning(counts, 24, 128, 0.2)
+    assert cut_and_looping(flags) == (20, 2)  # a row stopped in a loop counts as looping, not cut
+    line = flagged_warning(flags, 128, 0.2)
     assert line is not None and "\n" not in line
-    assert "22 of 24 rows hit generate.max_tokens=128" in line and "repetitive" not in line.split(";")[0]
-    assert "generate.max_flagged_share=20%" in line
-    assert flagged_warning(counts, 24, 128, 0.95) is None
-    looping = flagged_warning({"repetitive": 6}, 24, 512, 0.2)
-    assert looping is not None and "6 of 24 rows loop" in looping
+    assert line.startswith("22 of 24 rows are flagged, over generate.max_flagged_share=20%")
+    assert "20 hit generate.max_tokens=128" in line and "2 loop on a line" in line
+    assert flagged_warning(flags, 128, 0.95) is None
+    looping = flagged_warning([["repetitive"]] * 6 + [None] * 18, 512, 0.2)
+    assert looping is not None and "6 loop" in looping and "max_tokens" not in looping
 
 
 def test_a_server_that_ignores_the_temperature_is_named():
