@@ -137,7 +137,7 @@ def run_filter(cfg: Config, scheduler: str | None = None, restart: bool = False,
             print(f"filter: {folder} is up to date (same inputs, scores and config); nothing to do")
             return 0
         passes = Passes(run.dedup, output_key, client, fc.worker_wait_s)
-        stats, staged = filter_corpus(passes, shards, filters, cfg, index, clock)
+        stats, staged = filter_corpus(passes, shards, filters, fc, run, index, clock)
     stats["cluster"] = cluster
     _record(run, public_dict(cfg), stats, clock, filters, output_key, partitions, lineage, staged, bad_files, limited)
     return 0
@@ -529,7 +529,7 @@ def _write_shard(path: str, number: int, filters: DocumentFilters, hits: pd.Data
             "summaries": summaries}
 
 
-def filter_corpus(passes: Passes, shards: list[Path], filters: DocumentFilters, cfg: Config,
+def filter_corpus(passes: Passes, shards: list[Path], filters: DocumentFilters, fc: FilterConfig, run: RunDir,
                   index: BenchmarkIndex | None, clock: dict[str, float]) -> tuple[dict[str, Any], dict[str, str]]:
     """Thresholds, decontamination, exact dedup and MinHash dedup over the scored shards; write the
     outputs to staging (the ``write`` pass). Returns stats and the content digest of each staged shard.
@@ -538,8 +538,6 @@ def filter_corpus(passes: Passes, shards: list[Path], filters: DocumentFilters, 
     files and writes files: no pass holds the corpus, and the driver only per-task summaries. Both
     dedups hash the text in one pass; each write task reads its own shard's decisions only.
     """
-    fc = cfg.filter
-    run = RunDir(cfg.run_dir)
     paths = [str(p) for p in shards]
     reducers = reducers_for(len(paths))
     stats: dict[str, Any] = {}
