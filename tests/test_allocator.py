@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # 200 MB of Arrow arrays allocated and freed: MB held at the peak, and MB still held after
@@ -32,6 +34,7 @@ def held(environ: dict[str, str]) -> tuple[str, int, int]:
     return delay, int(peak), int(after)
 
 
+@pytest.mark.slow
 def test_freed_arrow_memory_goes_back_at_once() -> None:
     environ = {k: v for k, v in os.environ.items() if k != "MIMALLOC_PURGE_DELAY"}
     delay, peak, after = held(environ)

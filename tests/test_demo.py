@@ -33,6 +33,7 @@ def run_demo(tmp_path: Path, server: StubServer) -> tuple[int, Path]:
     return code, run_dir
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_leaves_every_artifact(tmp_path: Path, capsys) -> None:
     with StubServer() as server:
         code, run_dir = run_demo(tmp_path, server)
@@ -61,6 +62,7 @@ def test_demo_runs_every_stage_and_leaves_every_artifact(tmp_path: Path, capsys)
     assert {p: p.read_bytes() for p in manifests} == manifests
 
 
+@pytest.mark.slow
 def test_demo_trains_sft_even_when_the_generator_ignores_every_turn_format(tmp_path: Path, capsys) -> None:
     """Conversations are built one request per turn, so a model that writes no Student:/Teacher: labels
     (as small models do) still yields alternating user/assistant messages, and SFT always trains."""

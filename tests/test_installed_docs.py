@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.installed_docs import MIN_CHARS, installed_docs
 
 
+@pytest.mark.slow
 def test_the_installed_documentation_is_a_mixed_corpus_with_duplicates_and_the_same_every_time():
     docs = installed_docs()
     assert docs["id"].is_unique and len(docs) > 500

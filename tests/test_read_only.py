@@ -53,6 +53,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (["eval", "--checkpoint", "{model}", "eval.tasks=[{{name: t, path: {tasks}, format: mc_jsonl}}]"], "eval"),
     (["generate", "generate.model=stub-model", "generate.num_samples=4"], "."),
 ])
+@pytest.mark.slow
 def test_a_read_only_output_folder_is_one_line_before_any_work(tmp_path, inputs, stage, folder):
     run = tmp_path / "run"
     (run / folder).mkdir(parents=True, exist_ok=True)

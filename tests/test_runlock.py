@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "generate.templates={textbook: 0.5, story: 0.5}"
 
 
+@pytest.mark.slow
 def test_a_second_generate_stops_naming_the_live_one_and_takes_over_after_a_kill(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "pipeline", "generate", f"run_dir={tmp_path}", "generate.model=stub-model",
             "generate.num_samples=40", "generate.concurrency=1", "generate.max_tokens=20", "workers=1", PLAIN]
@@ -72,6 +73,7 @@ def held(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     ["generate"], ["annotate"], ["train-classifier"], ["filter"], ["train", "--phase", "sft", "--restart"],
     ["compare"], ["eval"], ["card"], ["push", "--dry-run"], ["demo"],
 ])
+@pytest.mark.slow
 def test_every_stage_that_writes_refuses_a_run_directory_in_use(held, stage, capsys) -> None:
     run_dir, pid = held
     before = sorted(p.name for p in run_dir.iterdir())

@@ -53,6 +53,7 @@ def canned_answers(corpus: pd.DataFrame) -> dict[str, str]:
     return answers
 
 
+@pytest.mark.slow
 def test_annotate_then_train_on_the_annotations(tmp_path, capsys):
     corpus = make_corpus(150, seed=21).drop_duplicates("text").reset_index(drop=True)
     web = tmp_path / "web.jsonl"
@@ -167,6 +168,7 @@ def web_file(path, n: int, seed: int):
     return path
 
 
+@pytest.mark.slow
 def test_unparseable_answers_stop_the_run_early_and_exit_nonzero(tmp_path, capsys):
     web = web_file(tmp_path / "web.jsonl", 150, seed=5)
     run = tmp_path / "run"
@@ -228,6 +230,7 @@ def test_annotate_resumes_only_on_the_inputs_it_was_built_from(tmp_path, capsys)
     assert len(read_shards(run / "annotations")) == 30
 
 
+@pytest.mark.slow
 def test_after_the_failure_gate_restart_asks_every_document_again_and_records_what_it_discarded(tmp_path, capsys):
     """The gate's remedy may lie outside the fingerprint (a server fixed behind the same URL and model):
     --restart then discards every answer, not only those built from other inputs."""

@@ -40,6 +40,7 @@ def trained(tmp_path_factory, labelled_parquet):
     return run
 
 
+@pytest.mark.slow
 def test_training_writes_model_report_and_figure(trained):
     out = trained / "classifier"
     assert (out / "edu_fasttext.bin").stat().st_size > 0
@@ -128,6 +129,7 @@ def test_annotations_are_the_default_input_and_failed_rows_are_skipped(tmp_path)
     assert report["counts"]["used"] + 40 + report["counts"]["skipped"]["duplicate"] == 400
 
 
+@pytest.mark.slow
 def test_bad_documents_are_counted_not_fatal(tmp_path):
     corpus = make_corpus(300, seed=6)
     extra = pd.DataFrame({
@@ -148,6 +150,7 @@ def test_bad_documents_are_counted_not_fatal(tmp_path):
     assert counts["used"] == 300 + 3 + 1 + 2 - skipped["duplicate"]
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_after_other_models_in_the_process():
     """fastText reads memory left by earlier models; each training runs in a fresh process instead."""
     def split(corpus: pd.DataFrame) -> pd.DataFrame:
@@ -186,6 +189,7 @@ def test_missing_annotations_say_what_to_run(tmp_path, capsys):
     assert "run `textbook annotate`" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_model_no_better_than_chance_is_refused(tmp_path, capsys):
     corpus = make_corpus(600, seed=8)
     corpus["score"] = np.random.default_rng(0).permutation(corpus["score"].to_numpy())  # labels carry no signal
@@ -220,6 +224,7 @@ def small_negative_class(tmp_path, negatives: int):
     return write_parquet(pd.concat([corpus[edu].head(200), corpus[~edu].head(negatives)]), tmp_path / "few.parquet")
 
 
+@pytest.mark.slow
 def test_a_validation_class_too_small_to_measure_is_refused_unless_accepted(tmp_path, capsys):
     path = small_negative_class(tmp_path, 15)  # 20% held out: 3 negative validation documents
     assert train(tmp_path / "run", f"classifier.input=[{path}]") == 2
@@ -311,6 +316,7 @@ def test_classifier_manifest_traces_the_model_to_its_annotations(tmp_path):
         classifier_parent(run, model)
 
 
+@pytest.mark.slow
 def test_a_rerun_on_the_same_inputs_keeps_the_installed_model_and_its_manifest(tmp_path, labelled_parquet, capsys):
     run = tmp_path / "run"
     assert train(run, f"classifier.input=[{labelled_parquet}]") == 0

@@ -52,6 +52,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_random_model_scores_near_chance_and_a_trained_one_clearly_above(tmp_path, tiny_llama):
     task = write_mc(tmp_path / "yesno.jsonl", 300)
     cfg = eval_config(tmp_path / "run", task)

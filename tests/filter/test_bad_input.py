@@ -76,6 +76,7 @@ def truncated_gzip(tmp_path: Path) -> Path:
     (missing_column, "body.jsonl:1: missing text column 'text'"),
     (truncated_gzip, "cut.jsonl.gz: cannot read JSONL"),
 ])
+@pytest.mark.slow
 def test_a_bad_file_stops_the_run_before_any_output(tmp_path: Path, cluster: str, make, message: str) -> None:
     bad = make(tmp_path)
     with pytest.raises(DataError, match=message) as e:

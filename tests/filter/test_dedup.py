@@ -60,6 +60,7 @@ def corpus() -> pd.DataFrame:
     return frame
 
 
+@pytest.mark.slow
 def test_fixture_near_copies_are_similar_and_distinct_documents_are_not(corpus):
     texts, origin = corpus["text"].tolist(), corpus["origin"].tolist()
     for i in range(len(texts)):
@@ -176,6 +177,7 @@ def result(out: pd.DataFrame) -> pd.DataFrame:
     return out.set_index("id").sort_index()[["cluster_id", "cluster_size", "near_dup", "exact_dup"]]
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_partitioning_or_workers(corpus):
     frame = pd.concat([corpus, corpus.head(3).assign(id=lambda f: f["id"] + "-copy")], ignore_index=True)
 

@@ -23,6 +23,7 @@ def run(planted: dict, cluster: str, *extra: str) -> Path:
     return planted["run"] / "filtered"
 
 
+@pytest.mark.slow
 def test_filter_end_to_end(planted: dict, cluster: str, capsys: pytest.CaptureFixture) -> None:
     out = run(planted, cluster, "filter.minhash.verify_threshold=0.75")
     kept, rejected = read_shards(out), read_shards(out / "rejected")
@@ -76,6 +77,7 @@ def test_filter_end_to_end(planted: dict, cluster: str, capsys: pytest.CaptureFi
     assert not (out / "dedup").exists() and "bands x" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.light
 def test_thresholds_change_without_rescoring(planted: dict, cluster: str, capsys: pytest.CaptureFixture) -> None:
     out = run(planted, cluster)
@@ -96,6 +98,7 @@ def test_thresholds_change_without_rescoring(planted: dict, cluster: str, capsys
     assert "quality:low_edu_score" in set(read_shards(out / "rejected").filter_reason)
 
 
+@pytest.mark.slow
 @pytest.mark.light
 def test_a_changed_input_rescores_only_its_shards(planted: dict, cluster: str) -> None:
     out = run(planted, cluster)

@@ -73,6 +73,7 @@ def external_cluster(cluster: Cluster) -> str:
     return cluster.address
 
 
+@pytest.mark.slow
 @pytest.mark.light
 def test_textbook_filter_runs_on_an_existing_cluster(planted: dict, external_cluster: str) -> None:
     args = [*planted["overrides"], "filter.minhash.enabled=true"]

@@ -34,6 +34,7 @@ def outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return kept, rejected, json.loads((run_dir / "filtered" / "stats.json").read_text())
 
 
+@pytest.mark.slow
 def test_in_process_and_worker_processes_give_the_same_outputs(corpus: Path, tmp_path: Path) -> None:
     base = [f"filter.input=[{corpus}]", "filter.include_generated=false", "filter.quality.enabled=false",
             "filter.language.enabled=false", "workers=2"]
@@ -59,6 +60,7 @@ def test_in_process_and_worker_processes_give_the_same_outputs(corpus: Path, tmp
     assert stats["documents_in"] == stats_p["documents_in"] == 40
 
 
+@pytest.mark.slow
 def test_a_run_whose_per_document_work_releases_the_gil_runs_on_threads(corpus: Path, tmp_path: Path) -> None:
     base = [f"filter.input=[{corpus}]", "filter.include_generated=false", "filter.quality.enabled=false",
             "filter.language.enabled=false", "filter.in_process_mb=0", "workers=2"]

@@ -81,6 +81,7 @@ def split_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return request.param
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("batched", "per_document"), FILTERS, ids=[f.name for f, _ in FILTERS])
 def test_batch_scores_and_decisions_equal_the_per_document_implementation(batched, per_document,
                                                                           split_bytes: int) -> None:

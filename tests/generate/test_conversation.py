@@ -37,6 +37,7 @@ def _args(tmp_path: Path, *extra: str) -> list[str]:
             "generate.max_tokens=50", *extra]
 
 
+@pytest.mark.slow
 def test_rows_alternate_roles_by_construction_and_the_ledger_counts_every_turn(tmp_path, scheduler):
     with StubServer(responder=turn_responder) as srv:
         code = main(["generate", *_args(tmp_path, f"generate.base_url={srv.base_url}", "generate.api_key=k",
@@ -97,6 +98,7 @@ def test_journaled_turns_are_answered_requests_not_lost_ones():
     assert [e["request"] for e in unanswered(events)] == ["b"]
 
 
+@pytest.mark.slow
 def test_kill_mid_conversations_then_rerun_gives_each_conversation_once_and_counts_every_paid_turn(
         tmp_path, scheduler):
     """SIGKILL while conversations are half built: the rerun continues each from its last journaled

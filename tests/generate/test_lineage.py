@@ -7,6 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.cli import main
 from pipeline.io import list_shards, read_json, read_shards
 from pipeline.lineage import content_digest
@@ -67,6 +69,7 @@ def test_rows_resume_only_on_the_same_lineage_and_restart_keeps_the_discarded_co
     assert "prompts/textbook.j2 changed" in discarded["reason"]
 
 
+@pytest.mark.slow
 def test_log_to_a_file_has_periodic_lines_and_no_bar_frames(tmp_path, capsys, monkeypatch, scheduler):
     """stderr not a terminal (here: captured): one plain line per ``TEXTBOOK_PROGRESS_S``, no carriage returns."""
     monkeypatch.setenv("TEXTBOOK_PROGRESS_S", "0.3")

@@ -86,6 +86,7 @@ def test_run_requests_contract_postprocess_and_resume(tmp_path, scheduler):
     assert not (out / ".journal").exists()
 
 
+@pytest.mark.slow
 def test_concurrency_holds_across_a_two_worker_cluster(tmp_path, scheduler):
     with StubServer(latency_s=0.15, api_key="sk-test") as srv:
         cfg = config(srv, tmp_path, scheduler, "generate.shard_size=6", "generate.concurrency=3")
@@ -94,6 +95,7 @@ def test_concurrency_holds_across_a_two_worker_cluster(tmp_path, scheduler):
     assert 2 <= srv.max_in_flight <= 3  # per-worker limits would let 6 through
 
 
+@pytest.mark.slow
 def test_workers_keep_their_connections_from_shard_to_shard(tmp_path, scheduler):
     """Each worker's client outlives its shards and runs: connections carry several shards' requests.
 
@@ -162,6 +164,7 @@ def once_upon_a_time(messages: list[dict], params: dict) -> str:
     return "Once upon a time, " + textbook_responder(messages, params)
 
 
+@pytest.mark.slow
 def test_diversity_gate_warns_or_stops_the_run_early(tmp_path, capsys, scheduler):
     """TinyStories' collapse: every text opens alike. ``warn`` finishes and warns; ``fail`` stops early."""
     with StubServer(responder=once_upon_a_time, latency_s=0.05) as srv:
@@ -235,6 +238,7 @@ def test_bad_files_and_servers_are_one_line_nonzero_and_write_no_shard(tmp_path,
     assert not (tmp_path / "generated").exists() or not list_shards(tmp_path / "generated")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_every_row_once_and_the_ledger_counts_every_paid_request(
         tmp_path, scheduler):
     """Kill -9 while shards are half done and every slot has a request in flight (the run's own
@@ -285,6 +289,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once_and_the_ledger_counts_e
     assert f"{answered} requests (incl. {answered - n} lost in flight" in rerun.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_mid_run_says_one_line_and_the_rerun_resumes(tmp_path, workers):
     """Ctrl-C reaches the whole process group (driver and worker processes): what the user reads is
@@ -323,6 +328,7 @@ def _done_ids(out: Path) -> set[str]:
     return ids
 
 
+@pytest.mark.slow
 def test_transformers_backend_on_the_cluster(tmp_path, tiny_llama, scheduler):
     """The in-process backend as a Dask task: batched generation from a local model path."""
     from pipeline.generate.runner import generate

@@ -46,6 +46,7 @@ def test_every_config_of_the_published_folder_loads_with_datasets(run_dir):
     assert first[0]["content"].startswith("Can you explain")
 
 
+@pytest.mark.slow
 def test_the_card_body_is_a_datasheet_of_the_run(run_dir, capsys):
     assert main(["card", f"run_dir={run_dir}", "hub.repo_id=acme/textbooks"]) == 0
     card_dir = run_dir / "card"
@@ -89,6 +90,7 @@ def test_the_card_body_is_a_datasheet_of_the_run(run_dir, capsys):
     assert "dataset card:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_model_card_describes_the_final_checkpoint(run_dir, tiny_llama):
     from transformers import AutoModelForCausalLM
 
@@ -104,6 +106,7 @@ def test_the_model_card_describes_the_final_checkpoint(run_dir, tiny_llama):
     _assert_tables_well_formed(card.text)
 
 
+@pytest.mark.slow
 def test_missing_artifacts_are_named_not_fatal(run_dir):
     for folder in ("classifier", "filtered", "checkpoints"):
         shutil.rmtree(run_dir / folder)
@@ -187,6 +190,7 @@ def _digest(path: Path) -> str:
     return content_digest(path)[:8]
 
 
+@pytest.mark.slow
 def test_the_cards_print_the_lineage_chain_from_checkpoint_to_shards(run_dir):
     generated, filtered = run_dir / "generated" / "manifest.json", run_dir / "filtered" / "manifest.json"
     write_card(validate({"run_dir": str(run_dir)}))
@@ -205,6 +209,7 @@ def test_the_cards_print_the_lineage_chain_from_checkpoint_to_shards(run_dir):
 
 
 
+@pytest.mark.slow
 def test_the_card_and_push_refuse_a_checkpoint_trained_on_other_data(run_dir, capsys):
     """The filter reran on new input after training: the run would ship filtered data beside a model
     that never saw it."""
@@ -260,6 +265,7 @@ def test_a_card_is_never_built_from_manifests_that_no_longer_match_the_files(run
 
 # --- a public card: no machine-local paths, provenance as it happened --------------------------------
 
+@pytest.mark.slow
 def test_the_public_card_shows_no_machine_local_path(run_dir, tmp_path):
     local_model = str(tmp_path / "models" / "SmolLM2-135M-Instruct")
     for shard in sorted((run_dir / "generated").glob("part-*.parquet")):
@@ -295,6 +301,7 @@ def test_the_public_card_shows_no_machine_local_path(run_dir, tmp_path):
     ({"input": [], "positives": [], "negatives": []},
      "trained on LLM annotations (`annotations/`, positive when score >= 3.0)"),
 ])
+@pytest.mark.slow
 def test_the_card_says_what_the_classifier_was_trained_on(run_dir, classifier, said):
     path = run_dir / "classifier" / "report.json"
     report = read_json(path)
@@ -304,6 +311,7 @@ def test_the_card_says_what_the_classifier_was_trained_on(run_dir, classifier, s
     assert said in (run_dir / "card" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_card_and_push_folders_follow_the_umask(run_dir):
     shard = run_dir / "generated" / "part-00000.parquet"
     shard.chmod(0o600)  # as an older version wrote every shard
@@ -320,6 +328,7 @@ def test_card_and_push_folders_follow_the_umask(run_dir):
     assert stat.S_IMODE(shard.stat().st_mode) == 0o600  # the run's own shard is left as it was
 
 
+@pytest.mark.slow
 def test_the_cards_show_the_downstream_scores_and_the_data_ab_with_their_bundle(run_dir, tmp_path):
     from pipeline.eval.run import score_checkpoint
     from pipeline.hub.provenance import check_card_fresh
@@ -354,6 +363,7 @@ def test_the_cards_show_the_downstream_scores_and_the_data_ab_with_their_bundle(
         check_card_fresh(run_dir)
 
 
+@pytest.mark.slow
 def test_a_small_quality_threshold_is_shown_as_it_cuts(run_dir):
     stats = read_json(run_dir / "filtered" / "stats.json")
     write_json({**stats, "quality": {"threshold": 3.2e-05, "keep_top": 0.9}}, run_dir / "filtered" / "stats.json")
@@ -369,6 +379,7 @@ def _perturb(checkpoint: Path, shift: float) -> None:
     save_file({k: v + shift for k, v in weights.items()}, checkpoint / "model.safetensors", metadata={"format": "pt"})
 
 
+@pytest.mark.slow
 def test_eval_results_are_tied_to_the_checkpoint_they_scored(run_dir, tmp_path, capsys):
     """Evaluating another model also named `sft` keeps the run's own result, and each card shows only
     the scores of the checkpoint it describes."""

@@ -39,6 +39,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_push_uploads_exactly_the_dry_run_folder(run_dir, online, monkeypatch, capsys):
     with HubStandIn(TOKEN) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
@@ -72,6 +73,7 @@ def test_push_uploads_exactly_the_dry_run_folder(run_dir, online, monkeypatch, c
     assert not any(TOKEN.encode() in b for b in dry_run.values())
 
 
+@pytest.mark.slow
 def test_a_second_push_replaces_stale_data_files(run_dir, online, monkeypatch):
     cfg = validate({"run_dir": str(run_dir), "hub": {"repo_id": "acme/textbooks"}})
     with HubStandIn(TOKEN) as hub:
@@ -102,6 +104,7 @@ def test_model_push_uploads_the_checkpoint_with_its_model_card(run_dir, online, 
     assert AutoModelForCausalLM.from_pretrained(run_dir / "push_model") is not None
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_and_never_show_the_token(run_dir, online, monkeypatch, capsys):
     cfg = validate({"run_dir": str(run_dir)})
     with HubStandIn("hf_another_token_the_hub_expects") as hub:
@@ -121,12 +124,14 @@ def test_errors_are_one_line_and_never_show_the_token(run_dir, online, monkeypat
     assert err.startswith("error: run_dir") and err.count("\n") == 1 and TOKEN not in err
 
 
+@pytest.mark.slow
 def test_offline_mode_is_a_clear_error(run_dir, online, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
         push(validate({"run_dir": str(run_dir)}), repo_id="acme/textbooks")
 
 
+@pytest.mark.slow
 def test_push_refuses_a_folder_that_contains_the_token(run_dir, online, monkeypatch):
     (run_dir / "generated" / "manifest.json").write_text(f'{{"leaked": "{TOKEN}"}}')
     relink(run_dir)  # the stages after it reran on it
@@ -137,6 +142,7 @@ def test_push_refuses_a_folder_that_contains_the_token(run_dir, online, monkeypa
     assert hub.requests == []
 
 
+@pytest.mark.slow
 def test_a_dry_run_refuses_what_a_real_push_refuses(run_dir, online, capsys):
     (run_dir / "generated" / "manifest.json").write_text(f'{{"leaked": "{TOKEN}"}}')
     relink(run_dir)
@@ -155,6 +161,7 @@ def test_a_dry_run_refuses_a_configured_secret_in_any_file(run_dir, capsys):
     assert "contains config key 'generate.api_key'" in err and key not in err
 
 
+@pytest.mark.slow
 def test_push_refuses_a_card_built_from_other_manifests(run_dir, capsys):
     assert main(["card", f"run_dir={run_dir}"]) == 0
     manifest = run_dir / "filtered" / "manifest.json"
@@ -167,6 +174,7 @@ def test_push_refuses_a_card_built_from_other_manifests(run_dir, capsys):
     assert main(["push", f"run_dir={run_dir}", "--dry-run"]) == 0
 
 
+@pytest.mark.slow
 def test_the_model_card_links_the_dataset_this_run_was_pushed_to(run_dir, online, monkeypatch):
     from huggingface_hub import ModelCard
 
@@ -180,6 +188,7 @@ def test_the_model_card_links_the_dataset_this_run_was_pushed_to(run_dir, online
     assert "Training data: [acme/textbooks](https://huggingface.co/datasets/acme/textbooks)." in card.text
 
 
+@pytest.mark.slow
 def test_published_rows_show_public_names_not_local_paths(run_dir, capsys):
     """The generator was a local model folder and the web text a local file: the data files say
     their names, as the cards and manifests do, never where they sat on this machine."""
@@ -202,6 +211,7 @@ def test_published_rows_show_public_names_not_local_paths(run_dir, capsys):
     assert pd.read_parquet(generated)["model"].iloc[0] == "/home/someone/models/SmolLM2-local"  # the run's own
 
 
+@pytest.mark.slow
 def test_the_published_sft_set_is_what_sft_trains_on(run_dir):
     """A conversation flagged repetitive or truncated neither trains nor is published; the rest do both."""
     import pandas as pd

@@ -70,6 +70,7 @@ def test_429_waits_for_retry_after_then_succeeds():
 TRANSPORTS = pytest.mark.parametrize("http_client", ["aiohttp", "httpx"])
 
 
+@pytest.mark.slow
 @TRANSPORTS
 @pytest.mark.parametrize("fault", ["500", "503", "drop"])
 def test_transient_failures_are_retried(fault, http_client):
@@ -79,6 +80,7 @@ def test_transient_failures_are_retried(fault, http_client):
     assert len(srv.requests) == 3 and srv.requests[-1]["status"] == 200
 
 
+@pytest.mark.slow
 @TRANSPORTS
 def test_slow_answer_times_out_and_is_retried(http_client):
     with StubServer(faults=[Fault("slow", delay_s=3.0)]) as srv:
@@ -89,6 +91,7 @@ def test_slow_answer_times_out_and_is_retried(http_client):
     assert retries and retries[-1]["status"] == 200 and retries[0]["time"] < slow["answered"]
 
 
+@pytest.mark.slow
 @TRANSPORTS
 def test_timeout_is_named_a_timeout(http_client):
     with StubServer(faults=[Fault("slow", delay_s=3.0)]) as srv, pytest.raises(GenerateError) as err:

@@ -48,6 +48,7 @@ def batch_ids(srv: StubServer) -> list[list[str]]:
     return [[line["custom_id"] for line in b["_lines"]] for b in srv.batches.values()]
 
 
+@pytest.mark.slow
 def test_batch_mode_gives_the_same_rows_and_columns_as_online_at_half_the_price(tmp_path, scheduler):
     common = ["generate.model=stub-model", "generate.api_key=sk-test", "generate.num_samples=12",
               "generate.shard_size=5", "generate.max_tokens=40", "generate.price_input_per_million=2",
@@ -84,6 +85,7 @@ def test_batch_mode_gives_the_same_rows_and_columns_as_online_at_half_the_price(
     assert not (tmp_path / "batch" / "generated" / ".journal").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_after_submit_then_rerun_polls_the_same_batch_and_submits_nothing(tmp_path):
     n = 9
     run_dir = tmp_path / "run"

@@ -36,6 +36,7 @@ def weights(folder: Path) -> bytes:
     return (folder / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_phase_1_on_changed_shards_is_refused_and_restart_retrains(run_dir, capsys):
     phase1 = run_dir / "checkpoints" / "phase1"
     assert main(["train", "--phase", "1", *tiny_overrides(run_dir)]) == 0
@@ -61,6 +62,7 @@ def test_phase_1_on_changed_shards_is_refused_and_restart_retrains(run_dir, caps
     assert tokenizer["lineage"]["inputs"]["filtered/part-00001.parquet"] == content_digest(changed)
 
 
+@pytest.mark.slow
 def test_a_stopped_run_does_not_continue_on_changed_data(tmp_path, tiny_llama):
     """With a pretrained tokenizer (no tokenizer lineage in the way), the phase's own check fires;
     --restart then trains exactly like a fresh run on the new data, not from the old step 5."""
@@ -88,6 +90,7 @@ def test_a_stopped_run_does_not_continue_on_changed_data(tmp_path, tiny_llama):
     assert steps == list(range(1, 21))
 
 
+@pytest.mark.slow
 def test_an_unchanged_rerun_reuses_the_checkpoint_and_phase_2_refuses_a_retrained_phase_1(run_dir, capsys):
     cfg = tiny_config(run_dir)
     train(cfg, "1")
@@ -111,6 +114,7 @@ def test_an_unchanged_rerun_reuses_the_checkpoint_and_phase_2_refuses_a_retraine
         train(tiny_config(run_dir, "train.phase2.lr=0.0005"), "2")
 
 
+@pytest.mark.slow
 def test_the_manifest_names_its_parents_and_shards_by_digest(run_dir):
     for stage in ("filtered", "generated"):
         write_json({"stage": stage}, run_dir / stage / "manifest.json")
@@ -136,6 +140,7 @@ def test_the_manifest_names_its_parents_and_shards_by_digest(run_dir):
         run_dir / "checkpoints/phase2/model.safetensors")
 
 
+@pytest.mark.slow
 def test_a_compare_arm_with_another_mixture_is_refused(run_dir):
     base = ("train.phase1.tokens=1280", "train.phase2.tokens=640", "train.compare.seeds=1", "eval.tasks=[]")
     cfg = tiny_config(run_dir, *base)

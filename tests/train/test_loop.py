@@ -39,6 +39,7 @@ def trained(tmp_path_factory):
     return cfg
 
 
+@pytest.mark.slow
 def test_loss_goes_down_in_phase_1(trained):
     folder = trained.run_dir / "checkpoints" / "phase1"
     losses = [loss for _, loss in _train_losses(folder)]
@@ -75,6 +76,7 @@ def test_each_phase_leaves_a_loadable_checkpoint_and_a_summary(trained):
     assert "sft_assistant" in json.loads((sft / "train_summary.json").read_text())["final_val"]
 
 
+@pytest.mark.slow
 def test_compare_over_two_seeds_reports_the_spread_and_judges_differences_against_it(trained, tmp_path, capsys):
     from tests.eval.test_eval import write_mc
 
@@ -123,6 +125,7 @@ def test_compare_checks_its_eval_tasks_and_arms_before_training_any(trained, tmp
     assert after == before  # no arm trained, nothing written
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_training_resumes_from_the_latest_saved_state(tmp_path):
     import signal
     import time
@@ -150,6 +153,7 @@ def test_synthetic_share_sweep_preset():
     assert arms["synthetic_0"] == {"web_top_edu": 1.0} and arms["synthetic_75"] == {"web_top_edu": 0.25, "synthetic": 0.75}
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     whole = tiny_config(write_run(tmp_path / "whole"), "train.phase1.tokens=1536", "train.phase1.grad_accum=2",
                         "train.phase1.batch_size=2")
@@ -169,6 +173,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_processes_shards_the_batch_and_only_rank_0_writes(trained, tmp_path):
     """2 ranks x 2 rows per step must train exactly like 1 process x 4 rows: each rank reads its own
     rows of the mixture plan and DDP averages the gradients (both ranks on the same rows would not)."""

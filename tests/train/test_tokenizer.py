@@ -61,6 +61,7 @@ def test_missing_pretrained_tokenizer_names_the_key(tmp_path):
         load_pretrained(str(tmp_path / "nope"))
 
 
+@pytest.mark.slow
 def test_document_tokenization_matches_the_tokenizer_and_is_compact(bpe):
     texts = [SENTENCES[0], "naïve café 42×7", SENTENCES[1] * 3]
     ids = tokenize_documents(bpe, texts, np.uint16, batch_size=2)
