@@ -518,10 +518,11 @@ class TransformersBackend:
         results = []
         rows = out[:, enc["input_ids"].shape[1]:].tolist()
         for r, (row, mask) in enumerate(zip(rows, enc["attention_mask"], strict=True)):
-            stop = next((i for i, t in enumerate(row) if t in eos), None)
             if r in loops.stopped:  # cut off in a loop: no ending of its own (the padding after is EOS)
-                stop = None
-            kept = row[:loops.stopped[r]] if r in loops.stopped else row if stop is None else row[:stop]
+                stop, kept = None, row[:loops.stopped[r]]
+            else:
+                stop = next((i for i, t in enumerate(row) if t in eos), None)
+                kept = row if stop is None else row[:stop]
             results.append(Completion(
                 text=tok.decode(kept, skip_special_tokens=True).strip(),
                 finish_reason="stop" if stop is not None else "length",

@@ -56,12 +56,14 @@ def flagged_warning(flags: Sequence[Sequence[str] | None], max_tokens: int, max_
     cut, looping = cut_and_looping(flags)
     if not flags or (cut + looping) / len(flags) <= max_share:
         return None
-    said = [f"{cut} hit generate.max_tokens={max_tokens} (flag 'truncated': raise it, or ask for shorter texts)"
-            if cut else "",
-            f"{looping} loop on a line or phrase (flag 'repetitive': try a higher generate.temperature or "
-            "generate.repetition_penalty, or a larger model)" if looping else ""]
+    said = []
+    if cut:
+        said.append(f"{cut} hit generate.max_tokens={max_tokens} (flag 'truncated': raise it, or ask for shorter texts)")
+    if looping:
+        said.append(f"{looping} loop on a line or phrase (flag 'repetitive': try a higher generate.temperature or "
+                    "generate.repetition_penalty, or a larger model)")
     return (f"{cut + looping} of {len(flags)} rows are flagged, over generate.max_flagged_share={max_share:.0%}: "
-            f"{'; '.join(s for s in said if s)}. Training and the published SFT set leave flagged rows out")
+            f"{'; '.join(said)}. Training and the published SFT set leave flagged rows out")
 
 
 def greedy_warning(prompts: Sequence[str], texts: Sequence[str], temperature: float) -> str | None:
