@@ -13,7 +13,6 @@ sampled clusters, and a threshold curve on human-graded text-reuse pairs.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import logging
@@ -40,20 +39,6 @@ from pipeline.cluster import dask_client  # noqa: E402
 from pipeline.filter.dedup import minhash_dedup  # noqa: E402
 
 EDIT_RATES = [0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1]
-_ROFF = re.compile(r"\\f[BIRP]|\\\(..|\\[-&e|^]|\\s[-+]?\d")
-
-
-def _man_page_text(path: Path) -> str:
-    """Plain text of a roff man page: request lines dropped, font escapes removed."""
-    try:
-        with gzip.open(path, "rt", errors="replace") as f:
-            raw = f.read()
-    except (OSError, EOFError):
-        return ""
-    lines = [_ROFF.sub("", line) for line in raw.splitlines() if line and not line.startswith((".", "'"))]
-    return "\n\n".join(lines)
-
-
 ARTICLES = "web/scrapinghub_articles.jsonl"
 
 
@@ -69,7 +54,7 @@ def real_texts() -> Iterator[str]:
     if path.exists():
         yield from (json.loads(line)["text"] for line in path.open())
     for path in sorted(Path("/usr/share/man").glob("man[1-8]/*.gz")):
-        yield _man_page_text(path)
+        yield shared_data.man_page_text(path)
 
 
 def say_sources() -> None:

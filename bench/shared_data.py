@@ -76,16 +76,21 @@ def python_docs() -> list[str]:
     return [t for t in topics.values() if t.strip()]
 
 
+def man_page_text(path: Path) -> str:
+    """Plain text of one roff man page: request lines dropped, font escapes removed ("" if unreadable)."""
+    try:
+        with gzip.open(path, "rt", errors="replace") as f:
+            raw = f.read()
+    except (OSError, EOFError):
+        return ""
+    return "\n\n".join(_ROFF.sub("", line) for line in raw.splitlines() if line and not line.startswith((".", "'")))
+
+
 def man_pages(limit_bytes: int = 60_000_000) -> Iterator[str]:
     """Plain text of the machine's man pages (roff requests dropped, font escapes removed)."""
     total = 0
     for path in sorted(Path("/usr/share/man").glob("man[1-8]/*.gz")):
-        try:
-            with gzip.open(path, "rt", errors="replace") as f:
-                raw = f.read()
-        except (OSError, EOFError):
-            continue
-        text = "\n\n".join(_ROFF.sub("", line) for line in raw.splitlines() if line and not line.startswith((".", "'")))
+        text = man_page_text(path)
         if text.strip():
             yield text
             total += len(text)
