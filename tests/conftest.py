@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,22 @@ SENTENCES = [
     "The mitochondria produce most of the chemical energy that a cell needs to power its reactions.",
     "Our store opens at nine and closes at five; free parking is available behind the building.",
 ]
+
+@contextmanager
+def holding_run_dir(run_dir: Path, command: str) -> Iterator[int]:
+    """Another live process holds ``run_dir``'s lock as a running ``command`` would; yields its pid."""
+    code = ("import sys; from pipeline.runlock import run_lock\n"
+            f"with run_lock({str(run_dir)!r}, {command!r}):\n"
+            "    print('held', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -17,6 +17,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.io import read_shards
 from pipeline.llm.stub_server import StubServer
+from tests.conftest import holding_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "generate.templates={textbook: 0.5, story: 0.5}"
@@ -56,17 +57,8 @@ def held(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """A run directory held by another live process (pid), as a running stage holds it."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    code = ("import sys; from pipeline.runlock import run_lock\n"
-            f"with run_lock({str(run_dir)!r}, 'textbook train --phase 1'):\n"
-            "    print('held', flush=True); sys.stdin.read()")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout.readline().strip() == "held"
-        yield run_dir, proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
+    with holding_run_dir(run_dir, "textbook train --phase 1") as pid:
+        yield run_dir, pid
 
 
 @pytest.mark.parametrize("stage", [

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 from pipeline.cli import main
 from pipeline.io import read_json, write_json
+from tests.conftest import holding_run_dir
 from tests.hub.conftest import build_run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def table(out: str) -> dict[str, str]:
@@ -43,16 +38,7 @@ def test_status_shows_each_stage_with_its_state_and_cost(tmp_path, tiny_llama, c
 
 def test_status_names_the_process_running_in_the_run_directory(tmp_path, tiny_llama, capsys):
     run = build_run(tmp_path / "run", tiny_llama)
-    code = ("import sys; from pipeline.runlock import run_lock\n"
-            f"with run_lock({str(run)!r}, 'textbook filter'):\n"
-            "    print('held', flush=True); sys.stdin.read()")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout.readline().strip() == "held"
+    with holding_run_dir(run, "textbook filter") as pid:
         assert main(["status", f"run_dir={run}"]) == 0  # reads; never waits for the lock
         first = capsys.readouterr().out.splitlines()[0]
-    finally:
-        proc.kill()
-        proc.wait()
-    assert first.startswith(f"run_dir {run}: running pid {proc.pid} on ") and "(textbook filter, since" in first
+    assert first.startswith(f"run_dir {run}: running pid {pid} on ") and "(textbook filter, since" in first
