@@ -10,7 +10,8 @@ naming, where manifests live, and the column names stages and the hub share.
         dedup/          <pass>/*.arrow  <pass>/manifest.json  (the dedup passes; gone when the outputs are)
       tokenizer/      manifest.json + PreTrainedTokenizerFast files
       tokens/         packed token shards (a cache)
-      checkpoints/    phase1/ phase2/ sft/  (save_pretrained + manifest.json train_summary.json ...)
+      checkpoints/    phase1/ phase2/ sft/  (save_pretrained + manifest.json train_summary.json ...
+                        state/step-NNNNNN/ lineage.json: the resumable states)
       eval/           <checkpoint>-<digest>.json  scores.png
       compare/        <arm>/seed-<k>/  compare.json compare.md compare.png
       card/           README.md  model/README.md  manifest.json
@@ -290,3 +291,26 @@ METRICS = "metrics.jsonl"
 LOSS_FIGURE = "loss.png"
 MODEL_CONFIG = "config.json"
 """The model config ``save_pretrained`` writes: a checkpoint folder that has it holds a trained model."""
+STATE = "state"
+"""In a phase folder: the resumable states ``step-NNNNNN/`` and their ``lineage.json``."""
+STATE_LINEAGE = "lineage.json"
+"""In the state folder: ``{"lineage": fingerprint}`` of the run its states belong to."""
+
+
+def state_dir(phase_dir: Path) -> Path:
+    """``<phase dir>/state/``: the resumable states and their lineage."""
+    return Path(phase_dir) / STATE
+
+
+def state_lineage(phase_dir: Path) -> Path:
+    return state_dir(phase_dir) / STATE_LINEAGE
+
+
+def state_path(folder: Path, step: int) -> Path:
+    """``folder/step-NNNNNN``: the state saved after ``step`` steps."""
+    return Path(folder) / f"step-{step:06d}"
+
+
+def list_states(folder: Path) -> list[Path]:
+    """The complete states in a state folder (each holds its ``state.pt``), oldest first."""
+    return sorted(p for p in Path(folder).glob("step-*") if (p / "state.pt").exists())

@@ -17,7 +17,16 @@ from pipeline.errors import PipelineError
 from pipeline.io import read_json
 from pipeline.lineage import changed_parent, checkpoint_digest, relative_name
 from pipeline.progress import duration
-from pipeline.rundir import MODEL_CONFIG, PHASES, TRAIN_SUMMARY, RunDir, list_shards, manifest_path
+from pipeline.rundir import (
+    MODEL_CONFIG,
+    PHASES,
+    TRAIN_SUMMARY,
+    RunDir,
+    list_shards,
+    list_states,
+    manifest_path,
+    state_dir,
+)
 from pipeline.runlock import holder
 
 
@@ -119,7 +128,7 @@ def _tokenizer(run: RunDir, run_dir: Path) -> StageStatus:
 def _phase(run: RunDir, phase: str, run_dir: Path) -> StageStatus:
     folder = run.checkpoint(phase)
     summary = _manifest(folder / TRAIN_SUMMARY)
-    states = sorted((folder / "state").glob("step-*")) if (folder / "state").is_dir() else []
+    states = list_states(state_dir(folder))
     if summary is None:
         if states:
             return StageStatus(phase, f"saved state at step {int(states[-1].name.split('-')[1])}",

@@ -27,32 +27,26 @@ from pipeline.lineage import (
     relative_name,
 )
 from pipeline.progress import note
-from pipeline.rundir import TRAIN_SUMMARY, RunDir, manifest_path
+from pipeline.rundir import (
+    TRAIN_SUMMARY,
+    RunDir,
+    list_states,
+    manifest_path,
+    state_dir,
+    state_lineage,
+    state_path,
+)
 from pipeline.sources import source_files, source_parents
 from pipeline.train.config import TrainConfig
 from pipeline.train.distributed import Dist, barrier
 from pipeline.train.plan import PhasePlan
-
-STATE = "state"
-"""In a phase folder: the resumable states ``step-NNNNNN/`` and their ``lineage.json``."""
-LINEAGE = "lineage.json"
-"""In the state folder: ``{"lineage": fingerprint}`` of the run its states belong to."""
-
-
-def state_dir(phase_dir: Path) -> Path:
-    """``<phase dir>/state/``: the resumable states and their lineage."""
-    return Path(phase_dir) / STATE
-
-
-def state_lineage(phase_dir: Path) -> Path:
-    return state_dir(phase_dir) / LINEAGE
 
 
 def save_state(folder: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                data_position: int, extra: dict[str, Any], keep: int) -> Path:
     """Write ``folder/step-{step:06d}/state.pt`` (temporary folder, then rename; modes follow the
     umask); keep the last ``keep``."""
-    final = folder / f"step-{step:06d}"
+    final = state_path(folder, step)
     state = {
         "step": step,
         "data_position": data_position,
@@ -67,10 +61,6 @@ def save_state(folder: Path, step: int, model: torch.nn.Module, optimizer: torch
     for old in list_states(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def list_states(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).glob("step-*") if (p / "state.pt").exists())
 
 
 def load_latest(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:

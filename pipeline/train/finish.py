@@ -13,8 +13,7 @@ import torch
 
 from pipeline.io import build_manifest, current_umask, write_json
 from pipeline.lineage import file_digests, relative_name
-from pipeline.rundir import LOSS_FIGURE, MANIFEST, METRICS, TRAIN_SUMMARY, manifest_path
-from pipeline.train.checkpoint import list_states
+from pipeline.rundir import LOSS_FIGURE, MANIFEST, METRICS, TRAIN_SUMMARY, list_states, manifest_path
 from pipeline.train.distributed import barrier
 from pipeline.train.evals import plot_losses, read_metrics
 from pipeline.train.prepare import Run

@@ -18,14 +18,12 @@ import torch
 from pipeline.errors import EmptySourceError, PipelineError, TrainError, first_line
 from pipeline.io import check_writable, write_json
 from pipeline.progress import interactive, note
-from pipeline.rundir import TRAIN_SUMMARY, RunDir
+from pipeline.rundir import TRAIN_SUMMARY, RunDir, state_dir, state_lineage
 from pipeline.sources import check_source
 from pipeline.train.checkpoint import (
     load_latest,
     phase_fingerprint,
     reuse_or_discard,
-    state_dir,
-    state_lineage,
 )
 from pipeline.train.config import PhaseConfig, TrainConfig
 from pipeline.train.data import MixtureSampler, packed_source
